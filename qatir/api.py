@@ -1,0 +1,107 @@
+"""The public entry points. Heavy modules (tensorflow, onnx) are imported on first use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import ModelFormatError, QatirError
+from qatir.ir import Graph
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    return Path(path).suffix.lower()
+
+
+def load(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Import a model (.onnx, .tflite) or reload a saved IR (.qatir, .json)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"{path}: no such file")
+    suffix = _suffix(path)
+    if suffix == ".onnx":
+        from qatir.frontends.onnx import load_onnx
+
+        return load_onnx(path, input_shapes=input_shapes)
+    if suffix == ".tflite":
+        from qatir.frontends.tflite import load_tflite
+
+        return load_tflite(path)
+    if suffix == ".qatir":
+        from qatir.serialize import load_qatir
+
+        return load_qatir(path)
+    if suffix == ".json":
+        from qatir.serialize import load_json
+
+        return load_json(path)
+    raise ModelFormatError(f"{path}: unknown model suffix {suffix!r} "
+                           "(expected .onnx, .tflite, .qatir or .json)")
+
+
+def save(graph: Graph, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Save by suffix: .tflite (flatbuffer), .qatir (lossless IR), .json (dump). Atomic."""
+    from qatir.fileio import atomic_write
+
+    suffix = _suffix(path)
+    if suffix == ".qatir":
+        from qatir.serialize import save_qatir_bytes
+
+        data = save_qatir_bytes(graph)
+    elif suffix == ".json":
+        data = graph.to_json(**kwargs).encode()
+    elif suffix == ".tflite":
+        data = to_tflite(graph, **kwargs)
+    else:
+        raise QatirError(f"{path}: unknown output suffix {suffix!r} (expected .tflite, .qatir, .json)")
+    atomic_write(path, data)
+
+
+def run(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Execute the graph in TensorFlow (float, or fake-quant if it has FAKE_QUANT nodes)."""
+    from qatir.tf.executor import run as tf_run
+
+    return tf_run(graph, feeds)
+
+
+def quantize(graph: Graph, table: str | os.PathLike | None = None,
+             passes: Sequence[str] | None = None, **options: Any) -> Graph:
+    """Run the quantization pipeline on a copy of ``graph``; the input is untouched."""
+    from qatir.pipeline import quantize as _quantize
+
+    return _quantize(graph, table=table, passes=passes, **options)
+
+
+def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], **options: Any) -> Graph:
+    """Set activation ranges of a quantized graph from representative data (in place)."""
+    from qatir.tf.train import calibrate as _calibrate
+
+    return _calibrate(graph, batches, **options)
+
+
+def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", epochs: int = 1,
+        strategy: Any = None, **options: Any) -> dict[str, list[float]]:
+    """Train the graph (float, or QAT when it has FAKE_QUANT nodes); values written back."""
+    from qatir.tf.train import fit as _fit
+
+    return _fit(graph, dataset, loss=loss, optimizer=optimizer, epochs=epochs, strategy=strategy,
+                **options)
+
+
+def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, **options: Any) -> bytes:
+    """Write the graph as a TFLite flatbuffer (int8 when quantized, float otherwise)."""
+    from qatir.tflite_writer import to_tflite as _to_tflite
+
+    return _to_tflite(graph, io=io, batch_size=batch_size, **options)
+
+
+def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray],
+                  kernels: str = "reference") -> dict[str, np.ndarray]:
+    """Run the quantized graph with integer arithmetic, bit-exact with LiteRT."""
+    from qatir.reference import run_reference as _run_reference
+
+    return _run_reference(graph, feeds, kernels=kernels)

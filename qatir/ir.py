@@ -1,0 +1,422 @@
+"""The qatir IR: tensors are values, nodes are TFLite-like ops, a graph owns both.
+
+Layout is NHWC. The IR knows nothing of onnx, tflite or tensorflow: frontends,
+the TF executor and the writer depend on it, never the reverse.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import ShapeError, VerifyError
+
+Shape = tuple[int | None, ...]
+
+FUSED_ACTIVATIONS = ("NONE", "RELU", "RELU_N1_TO_1", "RELU6", "TANH")
+
+_DTYPE_SHORT = {
+    "float32": "f32",
+    "float16": "f16",
+    "float64": "f64",
+    "int8": "i8",
+    "uint8": "u8",
+    "int16": "i16",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization: real = (q - zero_point) * scale.
+
+    Per-tensor when ``axis`` is None, otherwise one scale/zero point per slice
+    along ``axis``. ``dtype`` is the integer storage type ("int8", "int32", ...).
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None
+    bits: int = 8
+    narrow_range: bool = False
+    dtype: str = "int8"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
+        if len(self.scale) != len(self.zero_point):
+            raise ValueError("scale and zero_point must have the same length")
+        if self.axis is None and len(self.scale) != 1:
+            raise ValueError("per-tensor quantization needs exactly one scale")
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    def qrange(self) -> tuple[int, int]:
+        """The integer range the stored values may take."""
+        if self.dtype.startswith("u"):
+            return 0, (1 << self.bits) - 1
+        lo = -(1 << (self.bits - 1))
+        return (lo + 1 if self.narrow_range else lo), (1 << (self.bits - 1)) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scale": list(self.scale),
+            "zero_point": list(self.zero_point),
+            "axis": self.axis,
+            "bits": self.bits,
+            "narrow_range": self.narrow_range,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantParams:
+        return cls(
+            scale=tuple(d["scale"]),
+            zero_point=tuple(d["zero_point"]),
+            axis=d.get("axis"),
+            bits=d.get("bits", 8),
+            narrow_range=d.get("narrow_range", False),
+            dtype=d.get("dtype", "int8"),
+        )
+
+    def __str__(self) -> str:
+        if self.axis is None:
+            return f"q({self.scale[0]:.6g}, {self.zero_point[0]})"
+        return f"q[axis={self.axis}, n={len(self.scale)}]({min(self.scale):.4g}..{max(self.scale):.4g})"
+
+
+class Tensor:
+    """A value: produced by at most one node, or a graph input, or a constant."""
+
+    __slots__ = ("name", "shape", "dtype", "data", "quant", "source_layout", "producer", "_uses")
+
+    def __init__(
+        self,
+        name: str,
+        shape: Sequence[int | None],
+        dtype: Any = np.float32,
+        data: np.ndarray | None = None,
+        quant: QuantParams | None = None,
+        source_layout: str | None = None,
+    ):
+        self.name = name
+        self.shape: Shape = tuple(None if d is None else int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.data = data
+        self.quant = quant
+        self.source_layout = source_layout
+        self.producer: Node | None = None
+        self._uses: list[tuple[Node, int]] = []
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def uses(self) -> list[tuple[Node, int]]:
+        """A snapshot of (node, input index) pairs; safe to edit the graph while iterating."""
+        return list(self._uses)
+
+    @property
+    def users(self) -> list[Node]:
+        """Distinct consuming nodes, in first-use order (a snapshot)."""
+        seen: dict[int, Node] = {}
+        for node, _ in self._uses:
+            seen.setdefault(id(node), node)
+        return list(seen.values())
+
+    def __repr__(self) -> str:
+        return f"Tensor(%{self.name}: {type_str(self)})"
+
+
+class Node:
+    """One operation. Inputs are set through the node so use lists stay current."""
+
+    __slots__ = ("op", "name", "attrs", "_inputs", "_outputs", "graph")
+
+    def __init__(self, op: str, name: str, attrs: dict[str, Any] | None = None):
+        self.op = op
+        self.name = name
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self._inputs: list[Tensor | None] = []
+        self._outputs: list[Tensor] = []
+        self.graph: Graph | None = None
+
+    @property
+    def inputs(self) -> tuple[Tensor | None, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> tuple[Tensor, ...]:
+        return tuple(self._outputs)
+
+    @property
+    def output(self) -> Tensor:
+        return self._outputs[0]
+
+    def set_input(self, index: int, tensor: Tensor | None) -> None:
+        old = self._inputs[index]
+        if old is not None:
+            old._uses.remove((self, index))
+        self._inputs[index] = tensor
+        if tensor is not None:
+            tensor._uses.append((self, index))
+
+    def add_input(self, tensor: Tensor | None) -> None:
+        self._inputs.append(None)
+        self.set_input(len(self._inputs) - 1, tensor)
+
+    def drop_inputs(self) -> None:
+        for i in range(len(self._inputs)):
+            self.set_input(i, None)
+        self._inputs = []
+
+    def __repr__(self) -> str:
+        return f"Node({self.op} {self.name!r})"
+
+
+class Graph:
+    """Owns nodes in topological order, its inputs and outputs, and all tensors by name."""
+
+    __slots__ = ("name", "nodes", "inputs", "outputs", "tensors", "metadata", "_counter",
+                 "_node_names")
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+        self.tensors: dict[str, Tensor] = {}
+        self.metadata: dict[str, Any] = {}
+        self._counter = itertools.count()
+        self._node_names: set[str] = set()
+
+    # ----------------------------------------------------------------- building
+    def unique_name(self, base: str) -> str:
+        if base not in self.tensors:
+            return base
+        while True:
+            cand = f"{base}_{next(self._counter)}"
+            if cand not in self.tensors:
+                return cand
+
+    def add_tensor(self, tensor: Tensor) -> Tensor:
+        if tensor.name in self.tensors:
+            raise VerifyError(f"duplicate tensor name %{tensor.name}")
+        self.tensors[tensor.name] = tensor
+        return tensor
+
+    def add_input(self, name: str, shape: Sequence[int | None], dtype: Any = np.float32,
+                  source_layout: str | None = None) -> Tensor:
+        t = self.add_tensor(Tensor(name, shape, dtype, source_layout=source_layout))
+        self.inputs.append(t)
+        return t
+
+    def const(self, data: Any, name: str = "const", dtype: Any = None,
+              quant: QuantParams | None = None) -> Tensor:
+        """Add a constant tensor (a fresh, unique name derived from ``name``)."""
+        arr = np.asarray(data, dtype=dtype)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        return self.add_tensor(Tensor(self.unique_name(name), arr.shape, arr.dtype, arr, quant))
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Tensor | None],
+        attrs: dict[str, Any] | None = None,
+        name: str | None = None,
+        outputs: Sequence[Tensor | str] | None = None,
+        num_outputs: int | None = None,
+    ) -> Node:
+        """Append a node; output tensors are created and shaped by the op registry.
+
+        ``outputs`` may give names (or existing, producer-less tensors) for the outputs.
+        The node is appended at the end: call :meth:`toposort` after inserting out of order.
+        """
+        from qatir.ops.registry import get_op
+
+        opdef = get_op(op)
+        node = Node(op, self._unique_node_name(name or op.lower()), opdef.with_defaults(attrs))
+        for t in inputs:
+            node.add_input(t)
+        n_out = num_outputs if num_outputs is not None else (len(outputs) if outputs else opdef.num_outputs)
+        try:
+            specs = opdef.infer(node)
+        except ShapeError as e:
+            node.drop_inputs()
+            raise ShapeError(f"node {node.name!r} ({op}): {e}") from None
+        except (ValueError, IndexError, TypeError, KeyError) as e:
+            node.drop_inputs()
+            raise ShapeError(f"node {node.name!r} ({op}): cannot infer shapes: {e}") from None
+        if n_out != len(specs):
+            specs = specs[:n_out] if len(specs) > n_out else specs
+        for i, (shape, dtype) in enumerate(specs):
+            given = outputs[i] if outputs else None
+            if isinstance(given, Tensor):
+                t = given
+                t.shape, t.dtype = tuple(shape), np.dtype(dtype)
+                if t.name not in self.tensors:
+                    self.add_tensor(t)
+            else:
+                t = self.add_tensor(Tensor(self.unique_name(given or node.name), shape, dtype))
+            t.producer = node
+            node._outputs.append(t)
+        node.graph = self
+        self.nodes.append(node)
+        return node
+
+    def _unique_node_name(self, base: str) -> str:
+        name = base
+        while name in self._node_names:
+            name = f"{base}_{next(self._counter)}"
+        self._node_names.add(name)
+        return name
+
+    def reinfer(self, node: Node) -> None:
+        """Re-run shape inference on ``node`` after its inputs or attributes changed."""
+        from qatir.ops.registry import get_op
+
+        for t, (shape, dtype) in zip(node._outputs, get_op(node.op).infer(node)):
+            t.shape, t.dtype = tuple(shape), np.dtype(dtype)
+
+    # ---------------------------------------------------------------- rewiring
+    def replace_all_uses_with(self, old: Tensor, new: Tensor) -> None:
+        """Point every consumer of ``old`` (and the graph outputs) at ``new``."""
+        for node, idx in old.uses:
+            node.set_input(idx, new)
+        self.outputs = [new if t is old else t for t in self.outputs]
+
+    def erase(self, node: Node) -> None:
+        """Remove a node whose outputs are unused; refuses a node still in use."""
+        for t in node._outputs:
+            if t._uses or any(o is t for o in self.outputs):
+                raise VerifyError(f"cannot erase node {node.name!r}: output %{t.name} is still used")
+        node.drop_inputs()
+        for t in node._outputs:
+            t.producer = None
+            self.tensors.pop(t.name, None)
+        self.nodes.remove(node)
+        self._node_names.discard(node.name)
+        node.graph = None
+
+    def erase_many(self, nodes: Iterable[Node]) -> None:
+        """Erase several nodes at once (linear time); each must be unused after the batch."""
+        doomed = {id(n) for n in nodes}
+        for n in self.nodes:
+            if id(n) not in doomed:
+                continue
+            n.drop_inputs()
+        for n in self.nodes:
+            if id(n) not in doomed:
+                continue
+            for t in n._outputs:
+                if t._uses or any(o is t for o in self.outputs):
+                    raise VerifyError(f"cannot erase node {n.name!r}: output %{t.name} is still used")
+                t.producer = None
+                self.tensors.pop(t.name, None)
+            self._node_names.discard(n.name)
+            n.graph = None
+        self.nodes = [n for n in self.nodes if id(n) not in doomed]
+
+    def prune_tensors(self) -> int:
+        """Drop constants and orphan tensors that nothing uses. Returns how many."""
+        keep = {id(t) for t in self.inputs} | {id(t) for t in self.outputs}
+        dead = [name for name, t in self.tensors.items()
+                if not t._uses and t.producer is None and id(t) not in keep]
+        for name in dead:
+            del self.tensors[name]
+        return len(dead)
+
+    def eliminate_dead_code(self) -> bool:
+        """Remove nodes that do not contribute to an output, then unused constants."""
+        live: set[int] = set()
+        stack = [t for t in self.outputs]
+        while stack:
+            t = stack.pop()
+            if id(t) in live:
+                continue
+            live.add(id(t))
+            if t.producer is not None:
+                stack.extend(i for i in t.producer._inputs if i is not None)
+        dead = [n for n in self.nodes if not any(id(o) in live for o in n._outputs)]
+        if dead:
+            self.erase_many(dead)
+        return bool(dead) | bool(self.prune_tensors())
+
+    def toposort(self) -> None:
+        """Order nodes so every producer comes before its users (stable, linear time)."""
+        indeg: dict[int, int] = {}
+        for n in self.nodes:
+            indeg[id(n)] = len({id(t.producer) for t in n._inputs
+                                if t is not None and t.producer is not None})
+        ready = [n for n in self.nodes if indeg[id(n)] == 0]
+        order: list[Node] = []
+        position = {id(n): i for i, n in enumerate(self.nodes)}
+        heap = [(position[id(n)], id(n), n) for n in ready]
+        heapq.heapify(heap)
+        while heap:
+            _, _, n = heapq.heappop(heap)
+            order.append(n)
+            done: set[int] = set()
+            for out in n._outputs:
+                for user, _ in out._uses:
+                    if id(user) in done:
+                        continue
+                    done.add(id(user))
+                    indeg[id(user)] -= 1
+                    if indeg[id(user)] == 0:
+                        heapq.heappush(heap, (position[id(user)], id(user), user))
+        if len(order) != len(self.nodes):
+            stuck = [n.name for n in self.nodes if indeg[id(n)] > 0][:5]
+            raise VerifyError(f"graph {self.name!r} has a cycle through nodes {stuck}")
+        self.nodes = order
+
+    # ------------------------------------------------------------------ checks
+    def verify(self) -> None:
+        from qatir.verify import verify_graph
+
+        verify_graph(self)
+
+    def clone(self) -> Graph:
+        """A deep copy: new tensors and nodes, constant arrays copied."""
+        from qatir.serialize import graph_from_dict, graph_to_dict
+
+        data: dict[str, np.ndarray] = {}
+        d = graph_to_dict(self, arrays=data)
+        return graph_from_dict(d, {k: v.copy() for k, v in data.items()}, validate=False)
+
+    def producer_of(self, name: str) -> Node | None:
+        t = self.tensors.get(name)
+        return t.producer if t else None
+
+    def __str__(self) -> str:
+        from qatir.printer import format_graph
+
+        return format_graph(self)
+
+    def to_json(self, include_data: bool = False) -> str:
+        from qatir.serialize import graph_to_json
+
+        return graph_to_json(self, include_data=include_data)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes)"
+
+
+def type_str(t: Tensor) -> str:
+    dims = ",".join("?" if d is None else str(d) for d in t.shape)
+    return f"{_DTYPE_SHORT.get(t.dtype.name, t.dtype.name)}[{dims}]"
