@@ -295,9 +295,14 @@ class Graph:
 
     # ---------------------------------------------------------------- rewiring
     def replace_all_uses_with(self, old: Tensor, new: Tensor) -> None:
-        """Point every consumer of ``old`` (and the graph outputs) at ``new``."""
+        """Point every consumer of ``old`` (and the graph outputs) at ``new``.
+
+        The node producing ``new`` keeps reading ``old`` (it would be a self-cycle
+        otherwise), so inserting ``new = f(old)`` after ``old`` is one call.
+        """
         for node, idx in old.uses:
-            node.set_input(idx, new)
+            if node is not new.producer:
+                node.set_input(idx, new)
         self.outputs = [new if t is old else t for t in self.outputs]
 
     def erase(self, node: Node) -> None:
