@@ -1,0 +1,218 @@
+"""Quantizers: how a FAKE_QUANT range is chosen from data and held during training.
+
+A FAKE_QUANT node names its quantizer in ``attrs["quantizer"]``; pattern tables
+refer to the same names. Each quantizer says
+
+- how calibration turns observed values into a range (:meth:`Quantizer.observe`
+  accumulates statistics, :meth:`Quantizer.compute_range` returns ``(lo, hi)``);
+- how ``fit`` treats the range: held fixed, updated by an exponential moving
+  average of batch min/max (``ema_in_fit``), or trained by gradient
+  (``trainable``).
+
+The registry is public: ``@register_quantizer("name")`` adds a user's class.
+All methods work on numpy arrays shaped ``[rows, channels]`` (one column for a
+per-tensor range), so a quantizer knows nothing of TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qatir.errors import QatirError
+
+_QUANTIZERS: dict[str, type[Quantizer]] = {}
+
+
+def register_quantizer(name: str):
+    """Class decorator: register a :class:`Quantizer` subclass under ``name``."""
+
+    def deco(cls: type[Quantizer]) -> type[Quantizer]:
+        if name in _QUANTIZERS and _QUANTIZERS[name] is not cls:
+            raise QatirError(f"quantizer {name!r} is already registered")
+        cls.name = name
+        _QUANTIZERS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_quantizer(name: str) -> type[Quantizer]:
+    """The quantizer class registered as ``name``; QatirError lists the known names."""
+    try:
+        return _QUANTIZERS[name]
+    except KeyError:
+        known = ", ".join(sorted(_QUANTIZERS))
+        raise QatirError(f"unknown quantizer {name!r} (known: {known})") from None
+
+
+def all_quantizers() -> dict[str, type[Quantizer]]:
+    """A copy of the registry: name -> class."""
+    return dict(_QUANTIZERS)
+
+
+def include_zero(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Widen a range so 0.0 is exactly representable (needed for zero padding)."""
+    return (np.minimum(np.asarray(lo, np.float32), 0).astype(np.float32),
+            np.maximum(np.asarray(hi, np.float32), 0).astype(np.float32))
+
+
+def symmetric_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[-m, m] with m = max(|lo|, |hi|)."""
+    m = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)
+    return -m, m
+
+
+class Quantizer:
+    """Base class. Subclasses override ``observe``/``compute_range`` and the flags."""
+
+    name: ClassVar[str] = ""
+    #: the range is a trainable variable in ``fit`` (gradients from TF's fake-quant op)
+    trainable: ClassVar[bool] = False
+    #: ``fit`` updates the range by an EMA of the batch min/max (``decay`` option)
+    ema_in_fit: ClassVar[bool] = False
+    #: calibration sets the range (False: the range is fixed by the graph)
+    calibrates: ClassVar[bool] = True
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    def new_state(self, channels: int) -> dict[str, Any]:
+        return {"min": np.full(channels, np.inf, np.float32),
+                "max": np.full(channels, -np.inf, np.float32), "batches": 0}
+
+    def observe(self, state: dict[str, Any], x: np.ndarray) -> None:
+        """Accumulate one batch; ``x`` is ``[rows, channels]`` float32."""
+        state["min"] = np.minimum(state["min"], x.min(axis=0))
+        state["max"] = np.maximum(state["max"], x.max(axis=0))
+        state["batches"] += 1
+
+    def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated ``(lo, hi)``, before widening to include zero."""
+        return state["min"], state["max"]
+
+
+@register_quantizer("minmax")
+class MinMaxQuantizer(Quantizer):
+    """Range = overall min/max of everything observed. Held fixed in ``fit``."""
+
+
+@register_quantizer("moving_average")
+class MovingAverageQuantizer(Quantizer):
+    """Calibration: mean of per-batch min/max. ``fit``: EMA of batch min/max."""
+
+    ema_in_fit = True
+
+    def new_state(self, channels: int) -> dict[str, Any]:
+        state = super().new_state(channels)
+        state["sum_min"] = np.zeros(channels, np.float64)
+        state["sum_max"] = np.zeros(channels, np.float64)
+        return state
+
+    def observe(self, state: dict[str, Any], x: np.ndarray) -> None:
+        super().observe(state, x)
+        state["sum_min"] += x.min(axis=0)
+        state["sum_max"] += x.max(axis=0)
+
+    def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        n = max(state["batches"], 1)
+        return ((state["sum_min"] / n).astype(np.float32),
+                (state["sum_max"] / n).astype(np.float32))
+
+
+class _SampledQuantizer(Quantizer):
+    """Keeps a uniform random sample of the observed rows (reservoir by random keys)."""
+
+    def new_state(self, channels: int) -> dict[str, Any]:
+        state = super().new_state(channels)
+        state["keys"] = np.zeros(0, np.float64)
+        state["rows"] = np.zeros((0, channels), np.float32)
+        state["rng"] = np.random.default_rng(int(self.options.get("seed", 0)))
+        return state
+
+    def observe(self, state: dict[str, Any], x: np.ndarray) -> None:
+        super().observe(state, x)
+        cap = int(self.options.get("max_samples", 1 << 17))
+        keys = state["rng"].random(x.shape[0])
+        if x.shape[0] > cap:
+            keep = np.argpartition(keys, cap)[:cap]
+            keys, x = keys[keep], x[keep]
+        keys = np.concatenate([state["keys"], keys])
+        rows = np.concatenate([state["rows"], x])
+        if keys.size > cap:
+            keep = np.argpartition(keys, cap)[:cap]
+            keys, rows = keys[keep], rows[keep]
+        state["keys"], state["rows"] = keys, rows
+
+
+@register_quantizer("percentile")
+class PercentileQuantizer(_SampledQuantizer):
+    """Range = [P(100 - p), P(p)] of the observed values (``percentile`` p, default 99.99)."""
+
+    def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        p = float(self.options.get("percentile", 99.99))
+        rows = state["rows"]
+        return (np.percentile(rows, 100.0 - p, axis=0).astype(np.float32),
+                np.percentile(rows, p, axis=0).astype(np.float32))
+
+
+@register_quantizer("mse")
+class MseQuantizer(_SampledQuantizer):
+    """Range minimizing the mean squared fake-quantization error on the observed values.
+
+    Coordinate search over clipped upper and lower bounds on a histogram of the
+    sample; each candidate is scored with TF's nudged grid (``bits`` option, 8).
+    """
+
+    def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        rows = state["rows"]
+        bits = int(self.options.get("bits", 8))
+        out = [_mse_search(rows[:, c], bits) for c in range(rows.shape[1])]
+        return (np.array([o[0] for o in out], np.float32), np.array([o[1] for o in out], np.float32))
+
+
+def _fake_quant_np(v: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
+    from qatir.quant import nudged_params
+
+    scale, _, nmin, nmax = nudged_params(np.float32(lo), np.float32(hi), bits)
+    q = np.floor((np.clip(v, nmin, nmax) - nmin) / scale + 0.5)
+    return q * scale + nmin
+
+
+def _mse_search(v: np.ndarray, bits: int, bins: int = 2048, steps: int = 100,
+                ) -> tuple[float, float]:
+    lo0, hi0 = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
+    if hi0 - lo0 <= 0:
+        return lo0, hi0
+    counts, edges = np.histogram(v, bins=bins, range=(lo0, hi0))
+    centers = (edges[:-1] + edges[1:]) * 0.5
+    nz = counts > 0
+    centers, counts = centers[nz], counts[nz]
+
+    def err(lo: float, hi: float) -> float:
+        d = centers - _fake_quant_np(centers, lo, hi, bits)
+        return float(np.dot(counts, d * d))
+
+    fracs = np.linspace(1.0 / steps, 1.0, steps)
+    lo, hi = lo0, hi0
+    for _ in range(2):
+        if hi0 > 0:
+            hi = min((hi0 * f for f in fracs), key=lambda h: err(lo, h))
+        if lo0 < 0:
+            lo = min((lo0 * f for f in fracs), key=lambda low: err(low, hi))
+    return float(lo), float(hi)
+
+
+@register_quantizer("fixed")
+class FixedQuantizer(Quantizer):
+    """The range is set by the graph (LOGISTIC/SOFTMAX/TANH outputs) and never changes."""
+
+    calibrates = False
+
+
+@register_quantizer("learned")
+class LearnedQuantizer(Quantizer):
+    """Calibrated like ``minmax``, then trained by gradient in ``fit`` (LSQ/PACT style)."""
+
+    trainable = True
