@@ -1,0 +1,292 @@
+"""The ``qatir`` command line: dump, compile, verify, passes, bench, demo.
+
+The commands are thin: each parses its options and calls the library
+(:mod:`qatir.compile` for the compile driver, :mod:`qatir.draw` for pictures).
+An error the user caused (a missing file, a bad option, any
+:class:`~qatir.errors.QatirError`) prints one line on stderr and exits with
+status 2; ``--debug`` (or ``QATIR_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from qatir.errors import QatirError
+
+EXIT_USER_ERROR = 2
+
+
+class UsageProblem(QatirError):
+    """A command-line option that cannot be used as given."""
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
+    """``["x=1,3,224,224", ...]`` -> ``{"x": [1, 3, 224, 224]}`` (source layout, positive dims)."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        name = name.strip()
+        parts = [p.strip() for p in dims.replace("x", ",").split(",")] if sep else []
+        if not name or not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UsageProblem(f"--input-shape {spec!r}: expected NAME=D1,D2,... "
+                               "with positive integers, e.g. x=1,3,224,224")
+        if name in shapes:
+            raise UsageProblem(f"--input-shape {spec!r}: input {name!r} given twice")
+        shapes[name] = [int(p) for p in parts]
+    return shapes
+
+
+def require_file(path: str, what: str = "model") -> str:
+    """Check a file given on the command line exists (one clear error if not)."""
+    if not os.path.exists(path):
+        raise UsageProblem(f"{path}: no such {what} file")
+    if not os.path.isfile(path):
+        raise UsageProblem(f"{path}: is not a file")
+    return path
+
+
+def write_output(path: str, data: bytes | str, *inputs: str | None) -> None:
+    """Write atomically; refuse to overwrite an input; an old file is replaced only on success."""
+    from qatir.fileio import atomic_write, check_distinct
+
+    check_distinct(path, *inputs)
+    atomic_write(path, data.encode() if isinstance(data, str) else data)
+
+
+def _load(model: str, input_shape: Sequence[str]):
+    import qatir
+
+    shapes = parse_input_shapes(input_shape)
+    require_file(model)
+    return qatir.load(model, input_shapes=shapes or None)
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+shape_option = click.option(
+    "--input-shape", "input_shape", multiple=True, metavar="NAME=D1,D2,...",
+    help="Fix an input's shape (source layout, e.g. NCHW for ONNX). Repeatable.")
+
+
+# --------------------------------------------------------------------------- commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qatir", prog_name="qatir")
+@debug_option
+def cli(debug: bool) -> None:
+    """qatir: quantization-aware training and direct int8 TFLite export."""
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "svg", "html"]),
+              default="text", show_default=True, help="Dump format.")
+@click.option("-o", "--output", help="Write here (atomically) instead of stdout.")
+@shape_option
+@click.option("--after-pass", "after_pass", metavar="PASS",
+              help="Show the graph before and after this one pass (html/text: both, svg: after).")
+@click.option("--table", help="Pattern table for --after-pass (default: the built-in one).")
+@debug_option
+def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
+         after_pass: str | None, table: str | None, debug: bool) -> None:
+    """Print MODEL's IR as text, JSON, an SVG picture or an HTML page."""
+    from qatir import draw
+
+    graph = _load(model, input_shape)
+    before = None
+    if after_pass:
+        from qatir.compile import run_one_pass
+
+        before, graph = graph, run_one_pass(graph, after_pass, table=table)
+    title = f"{Path(model).name}" + (f" after {after_pass}" if after_pass else "")
+    if fmt == "text":
+        text = str(graph) + "\n"
+        if before is not None:
+            text = draw.text_diff(before, graph, after_pass or "") + "\n"
+    elif fmt == "json":
+        text = graph.to_json() + "\n"
+    elif fmt == "svg":
+        text = draw.to_svg(graph)
+    elif before is not None:
+        text = draw.diff_html(before, graph, title=f"{Path(model).name}: {after_pass}")
+    else:
+        text = draw.to_html(graph, title=title)
+    if output:
+        write_output(output, text, model)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command(name="compile")
+@click.argument("model")
+@click.option("-o", "--output", required=True, help="The int8 .tflite file to write.")
+@shape_option
+@click.option("--calib", metavar="DATA.npz", help="Calibration data: one array per input name.")
+@click.option("--calib-random", type=click.IntRange(min=1), metavar="N",
+              help="Calibrate on N random batches (real data is much better).")
+@click.option("--train", metavar="DATA.npz",
+              help="QAT data: arrays by input name plus the labels (see --label-key).")
+@click.option("--label-key", default="y", show_default=True, help="Labels' array in --train.")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--loss", default="sparse_categorical_crossentropy", show_default=True,
+              help="A Keras loss name for --train.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--table", metavar="TABLE.toml", help="Your own pattern table.")
+@click.option("--passes", metavar="A,B,C", help="Comma-separated pass pipeline.")
+@click.option("--io", "io_type", type=click.Choice(["int8", "float"]), default="int8",
+              show_default=True, help="Type of the model's inputs and outputs.")
+@click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",
+              help="Print the IR after these passes (or all).")
+@click.option("--report", "report", is_flag=True, help="Print the parity report.")
+@click.option("--save-ir", metavar="OUT.qatir", help="Also save the trained, quantized IR.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@debug_option
+def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
+                calib_random: int | None, train: str | None, label_key: str, epochs: int,
+                loss: str, batch_size: int, learning_rate: float, table: str | None,
+                passes: str | None, io_type: str, print_ir_after: str | None, report: bool,
+                save_ir: str | None, no_progress: bool, debug: bool) -> None:
+    """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file."""
+    from qatir.compile import CompileOptions, compile_model
+
+    require_file(model)
+    for extra in (calib, train, table):
+        if extra:
+            require_file(extra, "data" if extra.endswith(".npz") else "input")
+    if not output.lower().endswith(".tflite"):
+        raise UsageProblem(f"-o {output}: the output must end in .tflite")
+    from qatir.fileio import check_distinct
+
+    check_distinct(output, model, calib, train, table)
+    if calib and calib_random:
+        raise UsageProblem("give --calib or --calib-random, not both")
+    if calib_random:
+        click.echo("warning: calibrating on random data; real samples (--calib DATA.npz) "
+                   "give much better accuracy", err=True)
+    opts = CompileOptions(
+        input_shapes=parse_input_shapes(input_shape), calib=calib, calib_random=calib_random,
+        train=train, label_key=label_key, epochs=epochs, loss=loss, batch_size=batch_size,
+        learning_rate=learning_rate, table=table,
+        passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
+        io=io_type, print_ir_after=_split_names(print_ir_after), report=report,
+        save_ir=save_ir, progress=not no_progress)
+    summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
+    click.echo(summary.format())
+
+
+def _split_names(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command()
+@click.argument("tflite_model")
+@click.option("--against", required=True, metavar="GRAPH",
+              help="The graph it was compiled from (.qatir with trained ranges, .onnx, ...).")
+@shape_option
+@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--data", metavar="DATA.npz", help="Inputs to compare on (default: random).")
+@debug_option
+def verify(tflite_model: str, against: str, input_shape: tuple[str, ...], samples: int,
+           data: str | None, debug: bool) -> None:
+    """Compare a .tflite file with qatir's integer reference and float execution."""
+    from qatir.compile import verify_tflite
+
+    require_file(tflite_model)
+    require_file(against)
+    if data:
+        require_file(data, "data")
+    report = verify_tflite(tflite_model, against, parse_input_shapes(input_shape),
+                           samples=samples, data=data)
+    click.echo(str(report))
+
+
+@cli.command(name="passes")
+@debug_option
+def passes_cmd(debug: bool) -> None:
+    """List the registered passes, pattern tables and quantizers."""
+    from qatir.compile import registry_listing
+
+    click.echo(registry_listing())
+
+
+@cli.command()
+@click.argument("model", required=False)
+@shape_option
+@click.option("--calib-random", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Invocations timed in LiteRT.")
+@debug_option
+def bench(model: str | None, input_shape: tuple[str, ...], calib_random: int, repeat: int,
+          debug: bool) -> None:
+    """Time each stage (load, quantize, calibrate, write, LiteRT invoke) on MODEL.
+
+    Without MODEL, the demo CNN is built and timed.
+    """
+    from qatir.compile import bench_model
+
+    if model:
+        require_file(model)
+    click.echo(bench_model(model, parse_input_shapes(input_shape), calib_batches=calib_random,
+                           repeat=repeat).format())
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="qatir-demo", show_default=True,
+              help="Directory for the files the demo writes.")
+@click.option("--fast", is_flag=True, help="Fewer epochs (for smoke tests).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@debug_option
+def demo(out_dir: str, fast: bool, no_progress: bool, debug: bool) -> None:
+    """Train a small CNN on scikit-learn's digits, run QAT, export int8 and run it in LiteRT."""
+    from qatir.demo import run_demo
+
+    result = run_demo(out_dir, fast=fast, progress=not no_progress,
+                      echo=lambda s: click.echo(s))
+    click.echo(result.format())
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: returns the exit status (2 for a user's error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("QATIR_DEBUG", "") not in ("", "0")
+    try:
+        rv = cli.main(args=args, prog_name="qatir", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("qatir: aborted", err=True)
+        return 1
+    except click.ClickException as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"qatir: error: {_one_line(e.format_message())}", err=True)
+        return EXIT_USER_ERROR
+    except (QatirError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"qatir: error: {_one_line(str(e))}", err=True)
+        return EXIT_USER_ERROR
+    return rv if isinstance(rv, int) else 0
+
+
+def _one_line(msg: str) -> str:
+    """Errors may carry an IR excerpt; the first line says what went wrong."""
+    lines = [ln for ln in msg.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error"
+    more = f" (+{len(lines) - 1} more lines; --debug shows all)" if len(lines) > 1 else ""
+    return lines[0] + more
+
+
+if __name__ == "__main__":
+    sys.exit(main())
