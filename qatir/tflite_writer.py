@@ -1,0 +1,287 @@
+"""The TFLite flatbuffer writer: a lowered int8 (or float) graph -> ``.tflite`` bytes.
+
+Built with the ``flatbuffers`` Builder and the PyPI ``tflite`` package's
+generated builder functions (module-qualified; the package has no object
+API). Schema version 3, file identifier ``TFL3``, an empty sentinel buffer 0,
+constant data 16-byte aligned (the generated Python ignores ``force_align``,
+so the vectors are started by hand), both op-code fields, op versions from
+:mod:`qatir.tflite_writer_ops`, ``min_runtime_version`` metadata (a 16-byte
+buffer) and one SignatureDef ``serving_default`` with the graph's input and
+output names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import flatbuffers
+import numpy as np
+
+from qatir.errors import ExportError, UnsupportedOpError
+from qatir.ir import Graph, QuantParams, Tensor
+from qatir.lower import is_lowered, is_quantized, lower
+from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, min_runtime_version
+
+MAX_FLATBUFFER = 2**31 - 1
+SIGNATURE_KEY = "serving_default"
+_TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6,
+          "int16": 7, "int8": 9}
+
+
+def _mod(name: str) -> Any:
+    return importlib.import_module(f"tflite.{name}")
+
+
+def _enum(module: str, name: str) -> int:
+    return getattr(getattr(_mod(module), module), name)
+
+
+def check_size(nbytes: int) -> None:
+    """Refuse models the 32-bit flatbuffer offsets cannot address (over 2 GB)."""
+    if nbytes > MAX_FLATBUFFER:
+        raise ExportError(f"model needs {nbytes / 2**30:.2f} GiB ({nbytes} bytes); flatbuffers "
+                          "without offset buffers are limited to 2 GiB")
+
+
+def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, **opts: Any) -> bytes:
+    """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
+
+    A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
+    ``io`` edges ("int8", "float" or "uint8"); a float graph becomes a float32
+    model. Dynamic dims of size ``None`` become ``batch_size``.
+    """
+    if opts:
+        raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
+    g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
+    _fix_batch(g, batch_size)
+    return _Writer(g).build()
+
+
+def _fix_batch(g: Graph, batch_size: int) -> None:
+    for t in g.tensors.values():
+        if any(d is None for d in t.shape):
+            t.shape = tuple(batch_size if d is None else d for d in t.shape)
+
+
+class _Writer:
+    def __init__(self, g: Graph):
+        self.g = g
+        self.tensors: list[tuple[str, tuple[int, ...], np.dtype, int, QuantParams | None]] = []
+        self.index: dict[int, int] = {}
+        self.buffers: list[np.ndarray | None] = [None]
+        self.ops: list[OpSpec] = []
+
+    # ------------------------------------------------------------- collection
+    def tensor(self, t: Tensor) -> int:
+        k = id(t)
+        if k not in self.index:
+            buf = 0
+            if t.is_const:
+                buf = self._buffer(t.data)
+            if t.dtype.name not in _TYPES:
+                raise ExportError(f"tensor %{t.name}: dtype {t.dtype} has no TFLite type")
+            self.index[k] = len(self.tensors)
+            self.tensors.append((t.name, tuple(int(d) for d in t.shape), t.dtype, buf, t.quant))
+        return self.index[k]
+
+    def const(self, arr: np.ndarray, name: str, quant: QuantParams | None) -> int:
+        idx = len(self.tensors)
+        self.tensors.append((name, tuple(arr.shape), arr.dtype, self._buffer(arr), quant))
+        return idx
+
+    def _buffer(self, data: np.ndarray) -> int:
+        self.buffers.append(np.ascontiguousarray(data))
+        return len(self.buffers) - 1
+
+    def collect(self) -> None:
+        missing: dict[str, int] = {}
+        for node in self.g.nodes:
+            if node.op not in EMITTERS:
+                missing[node.op] = missing.get(node.op, 0) + 1
+        if missing:
+            raise UnsupportedOpError(f"graph {self.g.name!r} (TFLite export)", missing)
+        for t in self.g.inputs:
+            self.tensor(t)
+        ctx = Ctx(self.tensor, self.const)
+        for node in self.g.nodes:
+            self.ops.append(EMITTERS[node.op](node, ctx))
+        for t in self.g.outputs:
+            self.tensor(t)
+
+    # -------------------------------------------------------------- assembly
+    def build(self) -> bytes:
+        self.collect()
+        data_bytes = sum(int(b.nbytes) for b in self.buffers if b is not None)
+        check_size(data_bytes + 64 * len(self.tensors) + 1024)
+        codes = sorted({(op.code, op.version) for op in self.ops})
+        code_index = {c: i for i, c in enumerate(codes)}
+        runtime = min_runtime_version(set(codes))
+        meta_buf = len(self.buffers)
+        self.buffers.append(np.frombuffer(runtime.encode().ljust(16, b"\0"), np.uint8))
+
+        b = flatbuffers.Builder(max(1024, data_bytes + 4096))
+        buffers = [self._write_buffer(b, arr) for arr in self.buffers]
+        tensors = [self._write_tensor(b, *t) for t in self.tensors]
+        operators = [self._write_operator(b, op, code_index[(op.code, op.version)])
+                     for op in self.ops]
+        subgraph = self._write_subgraph(b, tensors, operators)
+        opcodes = [self._write_opcode(b, code, version) for code, version in codes]
+        signature = self._write_signature(b)
+        metadata = self._write_metadata(b, "min_runtime_version", meta_buf)
+        desc = b.CreateString("qatir")
+
+        M = _mod("Model")
+        vecs = {name: self._table_vector(b, M.ModelStart.__module__, name, items)
+                for name, items in (("OperatorCodes", opcodes), ("Subgraphs", [subgraph]),
+                                    ("Buffers", buffers), ("SignatureDefs", [signature]),
+                                    ("Metadata", [metadata]))}
+        M.ModelStart(b)
+        M.ModelAddVersion(b, 3)
+        M.ModelAddOperatorCodes(b, vecs["OperatorCodes"])
+        M.ModelAddSubgraphs(b, vecs["Subgraphs"])
+        M.ModelAddDescription(b, desc)
+        M.ModelAddBuffers(b, vecs["Buffers"])
+        M.ModelAddMetadata(b, vecs["Metadata"])
+        M.ModelAddSignatureDefs(b, vecs["SignatureDefs"])
+        b.Finish(M.ModelEnd(b), file_identifier=b"TFL3")
+        out = bytes(b.Output())
+        check_size(len(out))
+        return out
+
+    @staticmethod
+    def _table_vector(b: flatbuffers.Builder, module: str, field: str, items: list[int]) -> int:
+        mod = importlib.import_module(module)
+        prefix = module.rsplit(".", 1)[1]
+        getattr(mod, f"{prefix}Start{field}Vector")(b, len(items))
+        for off in reversed(items):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+
+    @staticmethod
+    def _write_buffer(b: flatbuffers.Builder, arr: np.ndarray | None) -> int:
+        B = _mod("Buffer")
+        data = None
+        if arr is not None:
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            b.StartVector(1, len(raw), 16)
+            b.head = b.head - len(raw)
+            b.Bytes[b.head:b.head + len(raw)] = raw
+            data = b.EndVector(len(raw))
+        B.BufferStart(b)
+        if data is not None:
+            B.BufferAddData(b, data)
+        return B.BufferEnd(b)
+
+    @staticmethod
+    def _write_quant(b: flatbuffers.Builder, q: QuantParams) -> int:
+        Q = _mod("QuantizationParameters")
+        scale = b.CreateNumpyVector(np.asarray(q.scale, np.float32))
+        zp = b.CreateNumpyVector(np.asarray(q.zero_point, np.int64))
+        Q.QuantizationParametersStart(b)
+        Q.QuantizationParametersAddScale(b, scale)
+        Q.QuantizationParametersAddZeroPoint(b, zp)
+        Q.QuantizationParametersAddQuantizedDimension(b, int(q.axis or 0))
+        return Q.QuantizationParametersEnd(b)
+
+    def _write_tensor(self, b: flatbuffers.Builder, name: str, shape: tuple[int, ...],
+                      dtype: np.dtype, buf: int, quant: QuantParams | None) -> int:
+        T = _mod("Tensor")
+        name_off = b.CreateString(name)
+        shape_off = b.CreateNumpyVector(np.asarray(shape, np.int32))
+        q_off = self._write_quant(b, quant) if quant is not None else None
+        T.TensorStart(b)
+        T.TensorAddShape(b, shape_off)
+        T.TensorAddType(b, _TYPES[np.dtype(dtype).name])
+        T.TensorAddBuffer(b, buf)
+        T.TensorAddName(b, name_off)
+        if q_off is not None:
+            T.TensorAddQuantization(b, q_off)
+        return T.TensorEnd(b)
+
+    @staticmethod
+    def _write_options(b: flatbuffers.Builder, name: str, fields: dict[str, Any]) -> int:
+        mod = _mod(name)
+        vectors = {}
+        for k, v in fields.items():
+            if isinstance(v, (list, tuple)):
+                vectors[k] = b.CreateNumpyVector(np.asarray(v, np.int32))
+        getattr(mod, f"{name}Start")(b)
+        for k, v in fields.items():
+            getattr(mod, f"{name}Add{k}")(b, vectors.get(k, v))
+        return getattr(mod, f"{name}End")(b)
+
+    def _write_operator(self, b: flatbuffers.Builder, op: OpSpec, code_index: int) -> int:
+        Op = _mod("Operator")
+        ins = b.CreateNumpyVector(np.asarray(op.inputs, np.int32))
+        outs = b.CreateNumpyVector(np.asarray(op.outputs, np.int32))
+        opts = self._write_options(b, op.options, op.fields) if op.options else None
+        Op.OperatorStart(b)
+        Op.OperatorAddOpcodeIndex(b, code_index)
+        Op.OperatorAddInputs(b, ins)
+        Op.OperatorAddOutputs(b, outs)
+        if opts is not None:
+            Op.OperatorAddBuiltinOptionsType(b, _enum("BuiltinOptions", op.options))
+            Op.OperatorAddBuiltinOptions(b, opts)
+        return Op.OperatorEnd(b)
+
+    def _write_subgraph(self, b: flatbuffers.Builder, tensors: list[int],
+                        operators: list[int]) -> int:
+        S = _mod("SubGraph")
+        mod = S.SubGraphStart.__module__
+        t_vec = self._table_vector(b, mod, "Tensors", tensors)
+        o_vec = self._table_vector(b, mod, "Operators", operators)
+        ins = b.CreateNumpyVector(np.asarray([self.index[id(t)] for t in self.g.inputs], np.int32))
+        outs = b.CreateNumpyVector(np.asarray([self.index[id(t)] for t in self.g.outputs],
+                                              np.int32))
+        name = b.CreateString(self.g.name)
+        S.SubGraphStart(b)
+        S.SubGraphAddTensors(b, t_vec)
+        S.SubGraphAddInputs(b, ins)
+        S.SubGraphAddOutputs(b, outs)
+        S.SubGraphAddOperators(b, o_vec)
+        S.SubGraphAddName(b, name)
+        return S.SubGraphEnd(b)
+
+    @staticmethod
+    def _write_opcode(b: flatbuffers.Builder, code_name: str, version: int) -> int:
+        C = _mod("OperatorCode")
+        code = _enum("BuiltinOperator", code_name)
+        C.OperatorCodeStart(b)
+        C.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
+        C.OperatorCodeAddBuiltinCode(b, code)
+        C.OperatorCodeAddVersion(b, version)
+        return C.OperatorCodeEnd(b)
+
+    def _tensor_maps(self, b: flatbuffers.Builder, tensors: list[Tensor]) -> list[int]:
+        TM = _mod("TensorMap")
+        out = []
+        for t in tensors:
+            name = b.CreateString(t.name)
+            TM.TensorMapStart(b)
+            TM.TensorMapAddName(b, name)
+            TM.TensorMapAddTensorIndex(b, self.index[id(t)])
+            out.append(TM.TensorMapEnd(b))
+        return out
+
+    def _write_signature(self, b: flatbuffers.Builder) -> int:
+        SD = _mod("SignatureDef")
+        mod = SD.SignatureDefStart.__module__
+        ins = self._table_vector(b, mod, "Inputs", self._tensor_maps(b, self.g.inputs))
+        outs = self._table_vector(b, mod, "Outputs", self._tensor_maps(b, self.g.outputs))
+        key = b.CreateString(SIGNATURE_KEY)
+        SD.SignatureDefStart(b)
+        SD.SignatureDefAddInputs(b, ins)
+        SD.SignatureDefAddOutputs(b, outs)
+        SD.SignatureDefAddSignatureKey(b, key)
+        SD.SignatureDefAddSubgraphIndex(b, 0)
+        return SD.SignatureDefEnd(b)
+
+    @staticmethod
+    def _write_metadata(b: flatbuffers.Builder, name: str, buffer: int) -> int:
+        MD = _mod("Metadata")
+        name_off = b.CreateString(name)
+        MD.MetadataStart(b)
+        MD.MetadataAddName(b, name_off)
+        MD.MetadataAddBuffer(b, buffer)
+        return MD.MetadataEnd(b)

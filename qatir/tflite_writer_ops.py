@@ -1,0 +1,355 @@
+"""IR node -> TFLite operator: builtin code, version, operand list and builtin options.
+
+Versions follow TF ``tensorflow/lite/tools/versioning/op_version.cc`` for the
+tensor types each op sees (see ``shared/TFLITE_INT8.md`` section 2). IR attrs
+that TFLite passes as operand tensors (reshape shape, reduction axes, pad
+amounts, perm, resize size, strided-slice begin/end/strides, transpose-conv
+output shape) become int32 constants here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import ExportError
+from qatir.ir import Node, Tensor
+
+PADDING = {"SAME": 0, "VALID": 1}
+ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3, "TANH": 4}
+
+
+@dataclass
+class OpSpec:
+    """One TFLite operator as the writer emits it."""
+
+    code: str
+    version: int
+    inputs: list[int]
+    outputs: list[int]
+    options: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Ctx:
+    """What an op emitter may use: tensor indices and fresh int32/int8 constants."""
+
+    def __init__(self, tensor_fn: Callable[[Tensor], int],
+                 const_fn: Callable[[np.ndarray, str, Any], int]):
+        self.tensor = tensor_fn
+        self.const = const_fn
+
+    def i32(self, values: Any, name: str) -> int:
+        return self.const(np.asarray(values, np.int32), name, None)
+
+
+def _q(t: Tensor | None) -> bool:
+    return t is not None and t.dtype == np.int8
+
+
+def _act(node: Node) -> int:
+    act = node.attrs.get("fused_activation", "NONE")
+    if act not in ACTIVATION:
+        raise ExportError(f"node {node.name!r}: unknown fused activation {act!r}")
+    return ACTIVATION[act]
+
+
+def _io(node: Node, ctx: Ctx) -> tuple[list[int], list[int]]:
+    ins = [-1 if t is None else ctx.tensor(t) for t in node.inputs]
+    return ins, [ctx.tensor(t) for t in node.outputs]
+
+
+def _conv(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    sh, sw = node.attrs["stride"]
+    dh, dw = node.attrs.get("dilation", (1, 1))
+    fields = {"Padding": PADDING[node.attrs["padding"]], "StrideW": sw, "StrideH": sh,
+              "FusedActivationFunction": _act(node), "DilationWFactor": dw, "DilationHFactor": dh}
+    if node.op == "CONV_2D":
+        return OpSpec("CONV_2D", 3 if _q(node.inputs[0]) else 1, ins, outs, "Conv2DOptions", fields)
+    fields["DepthMultiplier"] = int(node.attrs["depth_multiplier"])
+    version = 3 if _q(node.inputs[0]) else (2 if (dh, dw) != (1, 1) else 1)
+    return OpSpec("DEPTHWISE_CONV_2D", version, ins, outs, "DepthwiseConv2DOptions", fields)
+
+
+def _fc(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    keep = bool(node.attrs["keep_num_dims"])
+    if _q(node.inputs[0]):
+        version = 6 if len(ins) < 3 else (5 if keep else 4)
+    else:
+        version = 5 if keep else 1
+    fields = {"FusedActivationFunction": _act(node), "KeepNumDims": keep}
+    return OpSpec("FULLY_CONNECTED", version, ins, outs, "FullyConnectedOptions", fields)
+
+
+def _tconv(node: Node, ctx: Ctx) -> OpSpec:
+    x, w = node.inputs[0], node.inputs[1]
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    shape = ctx.i32(list(out.shape), f"{node.name}_output_shape")
+    ins = [shape, ctx.tensor(w), ctx.tensor(x)] + ([ctx.tensor(b)] if b is not None else [])
+    sh, sw = node.attrs["stride"]
+    act = _act(node)
+    version = 4 if act else (3 if b is not None else (2 if _q(x) else 1))
+    fields = {"Padding": PADDING[node.attrs["padding"]], "StrideW": sw, "StrideH": sh,
+              "FusedActivationFunction": act}
+    return OpSpec("TRANSPOSE_CONV", version, ins, [ctx.tensor(out)], "TransposeConvOptions", fields)
+
+
+def _binary(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    a, b = node.inputs
+    version = 1
+    if _q(a):
+        version = 2
+        if node.op == "MUL":
+            ratio = a.quant.scale[0] * b.quant.scale[0] / node.outputs[0].quant.scale[0]
+            version = 3 if ratio >= 1.0 else 2
+        if node.op == "SUB" and max(a.rank, b.rank) > 4 and a.shape != b.shape:
+            version = 3
+    opts = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}
+    return OpSpec(node.op, version, ins, outs, opts[node.op],
+                  {"FusedActivationFunction": _act(node)})
+
+
+def _simple(version_q: int, version_f: int = 1, options: str | None = None) -> Callable:
+    def emit(node: Node, ctx: Ctx) -> OpSpec:
+        ins, outs = _io(node, ctx)
+        return OpSpec(node.op, version_q if _q(node.inputs[0]) else version_f, ins, outs, options)
+    return emit
+
+
+def _leaky(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    return OpSpec("LEAKY_RELU", 1, ins, outs, "LeakyReluOptions",
+                  {"Alpha": float(node.attrs["alpha"])})
+
+
+def _softmax(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    return OpSpec("SOFTMAX", 2 if _q(node.inputs[0]) else 1, ins, outs, "SoftmaxOptions",
+                  {"Beta": float(node.attrs["beta"])})
+
+
+def _pool(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    kh, kw = node.attrs["filter"]
+    sh, sw = node.attrs["stride"]
+    fields = {"Padding": PADDING[node.attrs["padding"]], "StrideW": sw, "StrideH": sh,
+              "FilterWidth": kw, "FilterHeight": kh, "FusedActivationFunction": _act(node)}
+    return OpSpec(node.op, 2 if _q(node.inputs[0]) else 1, ins, outs, "Pool2DOptions", fields)
+
+
+def _reduce(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    axes = node.attrs["axis"]
+    axes = [axes] if isinstance(axes, int) else list(axes)
+    axes = sorted({int(a) % x.rank for a in axes})
+    ins = [ctx.tensor(x), ctx.i32(axes, f"{node.name}_axes")]
+    return OpSpec(node.op, 2 if _q(x) else 1, ins, [ctx.tensor(node.outputs[0])],
+                  "ReducerOptions", {"KeepDims": bool(node.attrs["keep_dims"])})
+
+
+def _reshape(node: Node, ctx: Ctx) -> OpSpec:
+    out = node.outputs[0]
+    shape = [int(d) for d in out.shape]
+    ins = [ctx.tensor(node.inputs[0]), ctx.i32(shape, f"{node.name}_shape")]
+    return OpSpec("RESHAPE", 1, ins, [ctx.tensor(out)], "ReshapeOptions", {"NewShape": shape})
+
+
+def _squeeze(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    x = node.inputs[0]
+    dims = [int(d) % x.rank for d in node.attrs["squeeze_dims"]]
+    return OpSpec("SQUEEZE", 1, ins, outs, "SqueezeOptions", {"SqueezeDims": dims})
+
+
+def _transpose(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    ins = [ctx.tensor(x), ctx.i32(list(node.attrs["perm"]), f"{node.name}_perm")]
+    version = 2 if _q(x) else 1
+    if x.rank > 5:
+        version = 6
+    elif x.rank > 4:
+        version = 4
+    return OpSpec("TRANSPOSE", version, ins, [ctx.tensor(node.outputs[0])], "TransposeOptions")
+
+
+def _concat(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    axis = int(node.attrs["axis"]) % node.outputs[0].rank
+    return OpSpec("CONCATENATION", 2 if _q(node.inputs[0]) else 1, ins, outs,
+                  "ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": _act(node)})
+
+
+def _pad(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    pads = ctx.i32([[int(a), int(b)] for a, b in node.attrs["paddings"]], f"{node.name}_paddings")
+    value = float(node.attrs.get("constant_value", 0.0))
+    ins = [ctx.tensor(x), pads]
+    version = 2 if _q(x) else 1
+    if x.rank > 4:
+        version = 4
+    if value == 0.0:
+        return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
+    if _q(x):
+        q = x.quant
+        cv = np.clip(np.round(value / q.scale[0]) + q.zero_point[0], -128, 127)
+        ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
+    else:
+        ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))
+    return OpSpec("PADV2", version, ins, [ctx.tensor(node.outputs[0])], "PadV2Options")
+
+
+def _resize(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    ins = [ctx.tensor(x), ctx.i32(list(node.attrs["size"]), f"{node.name}_size")]
+    half = bool(node.attrs["half_pixel_centers"])
+    version = 3 if half else (2 if _q(x) else 1)
+    opts = "ResizeBilinearOptions" if node.op == "RESIZE_BILINEAR" else "ResizeNearestNeighborOptions"
+    return OpSpec(node.op, version, ins, [ctx.tensor(node.outputs[0])], opts,
+                  {"AlignCorners": bool(node.attrs["align_corners"]), "HalfPixelCenters": half})
+
+
+def _block(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    opts = "DepthToSpaceOptions" if node.op == "DEPTH_TO_SPACE" else "SpaceToDepthOptions"
+    return OpSpec(node.op, 2 if _q(node.inputs[0]) else 1, ins, outs, opts,
+                  {"BlockSize": int(node.attrs["block_size"])})
+
+
+def _strided_slice(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    begin, end, strides, end_mask = [], [], [], 0
+    for i, (d, b, e, s) in enumerate(zip(x.shape, *(node.attrs[k] for k in
+                                                      ("begin", "end", "strides")))):
+        start, stop, step = slice(int(b), int(e), int(s)).indices(int(d))
+        begin.append(start)
+        strides.append(step)
+        if step < 0 and stop < 0:
+            end_mask |= 1 << i
+            stop = 0
+        end.append(stop)
+    shrink = 0
+    for a in node.attrs.get("shrink_axis", []):
+        shrink |= 1 << int(a)
+    ins = [ctx.tensor(x), ctx.i32(begin, f"{node.name}_begin"), ctx.i32(end, f"{node.name}_end"),
+           ctx.i32(strides, f"{node.name}_strides")]
+    version = 4 if x.rank > 4 else (2 if _q(x) else 1)
+    return OpSpec("STRIDED_SLICE", version, ins, [ctx.tensor(node.outputs[0])],
+                  "StridedSliceOptions", {"EndMask": end_mask, "ShrinkAxisMask": shrink})
+
+
+def _gather(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    return OpSpec("GATHER", 2 if _q(node.inputs[0]) else 1, ins, outs, "GatherOptions",
+                  {"Axis": int(node.attrs["axis"])})
+
+
+def _batch_matmul(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    return OpSpec("BATCH_MATMUL", 2 if _q(node.inputs[0]) else 1, ins, outs, "BatchMatMulOptions",
+                  {"AdjX": bool(node.attrs["adj_x"]), "AdjY": bool(node.attrs["adj_y"])})
+
+
+def _quantize(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    per_ch = node.outputs[0].quant is not None and node.outputs[0].quant.axis is not None
+    return OpSpec("QUANTIZE", 3 if per_ch else 1, ins, outs, "QuantizeOptions")
+
+
+def _dequantize(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    x = node.inputs[0]
+    per_ch = x.quant is not None and x.quant.axis is not None
+    version = 5 if per_ch else (2 if x.dtype == np.int8 else 1)
+    return OpSpec("DEQUANTIZE", version, ins, outs, "DequantizeOptions")
+
+
+EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
+    "CONV_2D": _conv,
+    "DEPTHWISE_CONV_2D": _conv,
+    "FULLY_CONNECTED": _fc,
+    "TRANSPOSE_CONV": _tconv,
+    "ADD": _binary, "SUB": _binary, "MUL": _binary, "DIV": _binary,
+    "MAXIMUM": _simple(2, 1, "MaximumMinimumOptions"),
+    "MINIMUM": _simple(2, 1, "MaximumMinimumOptions"),
+    "RELU": _simple(2), "RELU6": _simple(2), "RELU_N1_TO_1": _simple(1), "RELU_0_TO_1": _simple(1),
+    "LOGISTIC": _simple(2), "TANH": _simple(2), "HARD_SWISH": _simple(1),
+    "EXP": _simple(1), "ABS": _simple(2), "NEG": _simple(1), "SQRT": _simple(1),
+    "RSQRT": _simple(2), "PRELU": _simple(1),
+    "LEAKY_RELU": _leaky,
+    "SOFTMAX": _softmax,
+    "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
+    "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
+    "RESHAPE": _reshape,
+    "SQUEEZE": _squeeze,
+    "TRANSPOSE": _transpose,
+    "CONCATENATION": _concat,
+    "PAD": _pad,
+    "RESIZE_BILINEAR": _resize, "RESIZE_NEAREST_NEIGHBOR": _resize,
+    "DEPTH_TO_SPACE": _block, "SPACE_TO_DEPTH": _block,
+    "STRIDED_SLICE": _strided_slice,
+    "GATHER": _gather,
+    "BATCH_MATMUL": _batch_matmul,
+    "QUANTIZE": _quantize,
+    "DEQUANTIZE": _dequantize,
+}
+
+# Minimum runtime per (op, version), from TF tools/versioning/runtime_version.cc.
+RUNTIME_VERSION: dict[tuple[str, int], str] = {
+    ("AVERAGE_POOL_2D", 1): "1.5.0", ("AVERAGE_POOL_2D", 2): "1.14.0",
+    ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0",
+    ("CONV_2D", 1): "1.5.0", ("CONV_2D", 3): "1.14.0",
+    ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
+    ("DEPTHWISE_CONV_2D", 3): "1.14.0",
+    ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0", ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0",
+    ("SUB", 3): "2.3.0", ("DIV", 1): "1.6.0",
+    ("CONCATENATION", 1): "1.5.0", ("CONCATENATION", 2): "1.14.0",
+    ("DEPTH_TO_SPACE", 1): "2.1.0", ("DEPTH_TO_SPACE", 2): "2.5.0",
+    ("FULLY_CONNECTED", 1): "1.5.0", ("FULLY_CONNECTED", 4): "1.14.0",
+    ("FULLY_CONNECTED", 5): "2.0.0", ("FULLY_CONNECTED", 6): "2.1.0",
+    ("GATHER", 1): "1.6.0", ("GATHER", 2): "1.14.0",
+    ("MAX_POOL_2D", 1): "1.5.0", ("MAX_POOL_2D", 2): "1.14.0",
+    ("MAXIMUM", 1): "1.14.0", ("MAXIMUM", 2): "1.14.0",
+    ("MINIMUM", 1): "1.14.0", ("MINIMUM", 2): "1.14.0",
+    ("MUL", 1): "1.5.0", ("MUL", 2): "1.14.0", ("MUL", 3): "1.15.0",
+    ("PAD", 1): "1.5.0", ("PAD", 2): "1.14.0", ("PAD", 4): "2.6.0",
+    ("PADV2", 1): "1.9.0", ("PADV2", 2): "1.14.0", ("PADV2", 4): "2.6.0",
+    ("RESHAPE", 1): "1.5.0",
+    ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0",
+    ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
+    ("TRANSPOSE", 1): "1.6.0", ("TRANSPOSE", 2): "1.14.0", ("TRANSPOSE", 4): "2.3.0",
+    ("MEAN", 1): "1.6.0", ("MEAN", 2): "1.14.0", ("SUM", 1): "1.10.0", ("SUM", 2): "1.15.0",
+    ("REDUCE_MAX", 1): "1.11.0", ("REDUCE_MAX", 2): "1.14.0",
+    ("RELU6", 1): "1.5.0", ("RELU6", 2): "1.14.0", ("RELU", 1): "1.5.0", ("RELU", 2): "2.1.0",
+    ("RELU_N1_TO_1", 1): "1.5.0", ("RELU_0_TO_1", 1): "2.10.0",
+    ("RESIZE_BILINEAR", 1): "1.7.0", ("RESIZE_BILINEAR", 2): "1.14.0",
+    ("RESIZE_BILINEAR", 3): "2.2.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 1): "1.13.1", ("RESIZE_NEAREST_NEIGHBOR", 2): "1.14.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 3): "2.3.0",
+    ("SQUEEZE", 1): "1.6.0",
+    ("STRIDED_SLICE", 1): "1.6.0", ("STRIDED_SLICE", 2): "1.14.0", ("STRIDED_SLICE", 4): "2.2.0",
+    ("TANH", 1): "1.14.0", ("TANH", 2): "1.14.0", ("LOGISTIC", 1): "1.14.0",
+    ("LOGISTIC", 2): "1.14.0",
+    ("TRANSPOSE_CONV", 1): "1.9.0", ("TRANSPOSE_CONV", 2): "2.2.0", ("TRANSPOSE_CONV", 3): "2.3.0",
+    ("LEAKY_RELU", 1): "1.13.1", ("PRELU", 1): "1.8.0", ("HARD_SWISH", 1): "1.15.0",
+    ("QUANTIZE", 1): "1.14.0", ("QUANTIZE", 3): "2.7.0",
+    ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0", ("DEQUANTIZE", 5): "2.7.0",
+    ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
+    ("ABS", 1): "1.13.0",
+}
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("."))
+
+
+def min_runtime_version(pairs: set[tuple[str, int]]) -> str:
+    """The highest runtime version any (op, version) pair needs ("" when none is known)."""
+    found = [RUNTIME_VERSION[p] for p in pairs if p in RUNTIME_VERSION]
+    return max(found, key=_vkey) if found else ""

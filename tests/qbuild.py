@@ -1,0 +1,82 @@
+"""Hand-built quantized graphs for the lowering/writer/reference tests.
+
+Follows the FAKE_QUANT conventions of ``qatir/quant.py``: activations get an
+asymmetric per-tensor FAKE_QUANT, weights a symmetric narrow-range one
+(per-channel on the axis TFLite wants), biases stay float.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from qatir.ir import Graph, Tensor  # noqa: E402
+
+WEIGHT_AXIS = {"CONV_2D": 0, "TRANSPOSE_CONV": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": None}
+
+
+class QB:
+    """A tiny builder: ``x = qb.input(...); y = qb.op("ADD", [x, z], rng=(-2, 2))``."""
+
+    def __init__(self, seed: int = 0, name: str = "main"):
+        self.g = Graph(name)
+        self.rng = np.random.default_rng(seed)
+
+    def fq(self, t: Tensor, lo: Any, hi: Any, *, bits: int = 8, narrow: bool = False,
+           axis: int | None = None, kind: str = "activation",
+           shared: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if shared is None:
+            mn = self.g.const(np.asarray(lo, np.float32), name=f"{t.name}_min")
+            mx = self.g.const(np.asarray(hi, np.float32), name=f"{t.name}_max")
+        else:
+            mn, mx = shared
+        attrs = {"bits": bits, "narrow_range": narrow, "axis": axis, "kind": kind,
+                 "symmetric": kind == "weight"}
+        return self.g.add_node("FAKE_QUANT", [t, mn, mx], attrs, name=f"{t.name}_fq",
+                               outputs=[f"{t.name}_q"]).output
+
+    def input(self, name: str, shape: Sequence[int | None], lo: float, hi: float) -> Tensor:
+        return self.fq(self.g.add_input(name, shape), lo, hi)
+
+    def weight(self, data: np.ndarray, axis: int | None, name: str = "w", bits: int = 8) -> Tensor:
+        w = self.g.const(data.astype(np.float32), name=name)
+        if axis is None:
+            m = np.float32(np.max(np.abs(data)))
+        else:
+            red = tuple(i for i in range(data.ndim) if i != axis)
+            m = np.max(np.abs(data), axis=red).astype(np.float32)
+        return self.fq(w, -m, m, bits=bits, narrow=True, axis=axis, kind="weight")
+
+    def op(self, op: str, inputs: Sequence[Tensor | None], attrs: dict | None = None,
+           rng: tuple[float, float] | None = None, name: str | None = None) -> Tensor:
+        y = self.g.add_node(op, inputs, attrs, name=name).output
+        return y if rng is None else self.fq(y, *rng)
+
+    def conv(self, op: str, x: Tensor, w_shape: Sequence[int], attrs: dict | None,
+             rng: tuple[float, float], bias: bool = True, wscale: float = 0.3) -> Tensor:
+        w = self.rng.normal(0, wscale, size=w_shape).astype(np.float32)
+        out_ch = w_shape[WEIGHT_AXIS[op] or 0]
+        wq = self.weight(w, WEIGHT_AXIS[op], name=f"{op.lower()}_w")
+        ins = [x, wq]
+        if bias:
+            ins.append(self.g.const(self.rng.normal(0, 0.5, out_ch).astype(np.float32),
+                                    name=f"{op.lower()}_b"))
+        return self.op(op, ins, attrs, rng)
+
+    def output(self, *ts: Tensor) -> Graph:
+        self.g.outputs = list(ts)
+        self.g.verify()
+        return self.g
+
+
+def int8_feed(g: Graph, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random int8 inputs for every graph input (shapes with None -> 1)."""
+    rng = np.random.default_rng(seed)
+    return {t.name: rng.integers(-128, 128, size=[d or 1 for d in t.shape]).astype(np.int8)
+            for t in g.inputs}
