@@ -1,0 +1,399 @@
+"""The compile driver behind ``qatir compile`` (and ``qatir bench``).
+
+``compile_model`` runs load -> quantize -> calibrate -> (QAT) -> write, timing
+each stage, and returns a :class:`CompileSummary`: ops by type in the written
+file, sizes, SQNR of the fake-quant graph and of the int8 file (run in LiteRT)
+against the float graph, and the time per stage. Everything goes through the
+public API, so what the CLI does a script can do too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import QatirError
+from qatir.ir import Graph, Tensor
+
+Echo = Callable[[str], None]
+EVAL_SAMPLES = 16
+
+
+class DataError(QatirError):
+    """Calibration or training data that does not fit the model's inputs."""
+
+
+@dataclass
+class CompileOptions:
+    """What ``qatir compile`` was asked to do (all optional except the paths)."""
+
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    calib: str | None = None
+    calib_random: int | None = None
+    train: str | None = None
+    label_key: str = "y"
+    epochs: int = 1
+    loss: str = "sparse_categorical_crossentropy"
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    table: str | None = None
+    passes: list[str] | None = None
+    io: str = "int8"
+    print_ir_after: list[str] | None = None
+    report: bool = False
+    save_ir: str | None = None
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class CompileSummary:
+    """What was written and how it went."""
+
+    output: str
+    ops: dict[str, int]
+    float_bytes: int
+    tflite_bytes: int
+    sqnr_fake_quant_db: float | None
+    sqnr_int8_db: float | None
+    stage_seconds: dict[str, float]
+    eval_samples: int = 0
+    files: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def format(self) -> str:
+        """A short human summary (the last thing ``qatir compile`` prints)."""
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items(), key=lambda kv: -kv[1]))
+        lines = [
+            f"wrote {self.output}",
+            f"  ops:    {sum(self.ops.values())} ({ops})",
+            f"  size:   float32 weights {_kb(self.float_bytes)} -> int8 .tflite "
+            f"{_kb(self.tflite_bytes)} ({self.float_bytes / max(self.tflite_bytes, 1):.1f}x smaller)",
+            f"  SQNR vs float on {self.eval_samples} samples: fake-quant "
+            f"{_db(self.sqnr_fake_quant_db)}, int8 in LiteRT {_db(self.sqnr_int8_db)}",
+            "  time:   " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items())
+            + f" (total {sum(self.stage_seconds.values()):.2f}s)",
+        ]
+        for extra in self.files[1:]:
+            lines.append(f"wrote {extra}")
+        if self.report:
+            lines += ["", self.report]
+        return "\n".join(lines)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _db(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return "inf dB (exact)" if math.isinf(v) else f"{v:.1f} dB"
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- data
+def to_ir_layout(t: Tensor, x: np.ndarray, source: str) -> np.ndarray:
+    """Feed arrays may come in the model's source layout (NCHW for ONNX): move them to NHWC."""
+    x = np.asarray(x)
+    if x.ndim != t.rank:
+        raise DataError(f"{source}: array {t.name!r} has shape {list(x.shape)}, the model "
+                        f"input is {_shape_str(t.shape)}")
+    if _fits(x.shape[1:], t.shape[1:]):
+        return x
+    if t.source_layout == "NCHW" and x.ndim == 4:
+        moved = np.transpose(x, (0, 2, 3, 1))
+        if _fits(moved.shape[1:], t.shape[1:]):
+            return moved
+    raise DataError(f"{source}: array {t.name!r} has shape {list(x.shape)}, the model input is "
+                    f"{_shape_str(t.shape)}" + (" (NHWC)" if t.source_layout == "NCHW" else ""))
+
+
+def _fits(shape: Sequence[int], want: Sequence[int | None]) -> bool:
+    return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want))
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def load_npz(path: str, graph: Graph, extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Arrays for every graph input (by name, in IR layout), plus ``extra`` keys."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    out: dict[str, np.ndarray] = {}
+    names = ", ".join(sorted(arrays)) or "none"
+    for t in graph.inputs:
+        if t.name not in arrays:
+            raise DataError(f"{path}: no array named {t.name!r} for model input {t.name!r} "
+                            f"(arrays: {names}); save with np.savez(path, {t.name}=...)")
+        out[t.name] = to_ir_layout(t, arrays[t.name], path).astype(t.dtype, copy=False)
+    for key in extra:
+        if key not in arrays:
+            raise DataError(f"{path}: no array named {key!r} (arrays: {names})")
+        out[key] = arrays[key]
+    sizes = {len(v) for v in out.values()}
+    if len(sizes) != 1:
+        raise DataError(f"{path}: arrays have different lengths {sorted(sizes)}")
+    return out
+
+
+def batches(arrays: Mapping[str, np.ndarray], names: Sequence[str],
+            batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Split whole-dataset arrays into feed dicts of ``batch_size`` rows."""
+    n = len(next(iter(arrays.values())))
+    return [{k: arrays[k][i:i + batch_size] for k in names} for i in range(0, n, batch_size)]
+
+
+def random_batches(graph: Graph, count: int, batch_size: int = 1,
+                   seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` batches of standard-normal inputs (a fallback; real data is better)."""
+    rng = np.random.default_rng(seed)
+    return [{t.name: rng.standard_normal(_concrete(t.shape, batch_size)).astype(t.dtype)
+             for t in graph.inputs} for _ in range(count)]
+
+
+def _concrete(shape: Sequence[int | None], batch: int) -> list[int]:
+    dims = [batch if d is None and i == 0 else d for i, d in enumerate(shape)]
+    if any(d is None for d in dims):
+        raise DataError(f"input shape {_shape_str(shape)} has unknown dimensions; "
+                        "fix them with --input-shape NAME=D1,D2,...")
+    return [int(d) for d in dims]
+
+
+def _batch_size_for(graph: Graph, wanted: int) -> int:
+    """The graph's fixed batch dimension if it has one, else ``wanted``."""
+    fixed = {t.shape[0] for t in graph.inputs if t.rank and t.shape[0] is not None}
+    return int(fixed.pop()) if len(fixed) == 1 else wanted
+
+
+# --------------------------------------------------------------------------- metrics
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(np.sum((ref - np.asarray(test, np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def tflite_op_counts(buf: bytes) -> dict[str, int]:
+    """Ops by builtin name in a TFLite flatbuffer (read back from the file itself)."""
+    import tflite
+
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    model = tflite.Model.GetRootAsModel(buf, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        codes.append(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()))
+    counts: Counter[str] = Counter()
+    for s in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(s)
+        for j in range(sub.OperatorsLength()):
+            code = codes[sub.Operators(j).OpcodeIndex()]
+            counts[names.get(code, f"BUILTIN_{code}")] += 1
+    return dict(counts)
+
+
+def float_param_bytes(graph: Graph) -> int:
+    """Bytes of the float model's constants (what a float32 file would mostly hold)."""
+    return sum(t.data.nbytes for t in graph.tensors.values() if t.data is not None)
+
+
+def run_litert(buf: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
+               ) -> list[list[np.ndarray]]:
+    """Run a .tflite one sample at a time in LiteRT; float in, dequantized float out."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=buf)
+    interp.allocate_tensors()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+    results = []
+    for feed in feeds:
+        arrays = list(feed.values())
+        for detail, x in zip(ins, arrays):
+            interp.set_tensor(detail["index"], _quantize_for(detail, x))
+        interp.invoke()
+        results.append([_dequantize_from(d, interp.get_tensor(d["index"])) for d in outs])
+    return results
+
+
+def _quantize_for(detail: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32).reshape(detail["shape"])
+    if detail["dtype"] == np.float32:
+        return x
+    scale, zp = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize_from(detail: Mapping[str, Any], y: np.ndarray) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y.copy()
+    scale, zp = detail["quantization"]
+    return (y.astype(np.float32) - zp) * np.float32(scale)
+
+
+def evaluate(float_graph: Graph, quantized: Graph, buf: bytes,
+             samples: Sequence[Mapping[str, np.ndarray]]) -> tuple[float | None, float | None]:
+    """SQNR (dB) of fake-quant execution and of the int8 file in LiteRT against float."""
+    import qatir
+
+    if not samples:
+        return None, None
+    ref, fq = [], []
+    for feed in samples:
+        ref.append([qatir.run(float_graph, feed)[t.name] for t in float_graph.outputs])
+        fq.append([qatir.run(quantized, feed)[t.name] for t in quantized.outputs])
+    int8 = run_litert(buf, samples)
+    flat = lambda rows: np.concatenate([np.ravel(a) for row in rows for a in row])  # noqa: E731
+    return sqnr_db(flat(ref), flat(fq)), sqnr_db(flat(ref), flat(int8))
+
+
+# --------------------------------------------------------------------------- passes
+def run_one_pass(graph: Graph, name: str, table: str | None = None) -> Graph:
+    """A copy of ``graph`` after the single pass ``name`` (for before/after pictures)."""
+    import qatir
+
+    return qatir.quantize(graph, table=table, passes=[name])
+
+
+# --------------------------------------------------------------------------- driver
+def compile_model(model: str, output: str, opts: CompileOptions | None = None,
+                  echo: Echo = print) -> CompileSummary:
+    """Load, quantize, calibrate, optionally QAT-train, and write ``output`` (.tflite)."""
+    import qatir
+    from qatir.fileio import atomic_write, check_distinct
+
+    opts = opts or CompileOptions()
+    check_distinct(output, model, opts.calib, opts.train, opts.table)
+    if opts.save_ir:
+        check_distinct(opts.save_ir, model, output)
+    timer = StageTimer()
+    with timer("load"):
+        graph = qatir.load(model, input_shapes=opts.input_shapes or None)
+    bs = _batch_size_for(graph, opts.batch_size)
+    names = [t.name for t in graph.inputs]
+    with timer("data"):
+        calib = _calibration_batches(graph, opts, bs)
+        train = load_npz(opts.train, graph, [opts.label_key]) if opts.train else None
+    with timer("quantize"):
+        q = qatir.quantize(graph, table=opts.table, passes=opts.passes,
+                           print_ir_after=_ir_selection(opts.print_ir_after))
+    with timer("calibrate"):
+        qatir.calibrate(q, calib, progress=opts.progress)
+    if train is not None:
+        with timer("qat"):
+            dataset = []
+            for b in batches(train, [*names, opts.label_key], bs):
+                labels = b.pop(opts.label_key)
+                dataset.append((b, labels))
+            qatir.fit(q, dataset, loss=opts.loss, optimizer=_adam(opts.learning_rate),
+                      epochs=opts.epochs, progress=opts.progress)
+    with timer("write"):
+        buf = qatir.to_tflite(q, io=opts.io)
+        atomic_write(output, buf)
+        files = [output]
+        if opts.save_ir:
+            qatir.save(q, opts.save_ir)
+            files.append(opts.save_ir)
+    with timer("evaluate"):
+        samples = [{k: v[i:i + 1] for k, v in b.items()} for b in calib
+                   for i in range(len(next(iter(b.values()))))][:EVAL_SAMPLES]
+        sqnr_fq, sqnr_int8 = evaluate(graph, q, buf, samples)
+    report = None
+    if opts.report:
+        with timer("report"):
+            report = parity_report(q, buf, samples)
+    return CompileSummary(output, tflite_op_counts(buf), float_param_bytes(graph), len(buf),
+                          sqnr_fq, sqnr_int8, timer.seconds, len(samples), files, report)
+
+
+def _ir_selection(names: list[str] | None) -> str | list[str] | None:
+    """``--print-ir-after all`` means every pass; otherwise the listed pass names."""
+    if names and "all" in names:
+        return "all"
+    return names
+
+
+def _calibration_batches(graph: Graph, opts: CompileOptions,
+                         batch_size: int) -> list[dict[str, np.ndarray]]:
+    if opts.calib:
+        arrays = load_npz(opts.calib, graph)
+        return batches(arrays, [t.name for t in graph.inputs], batch_size)
+    return random_batches(graph, opts.calib_random or 8, batch_size, seed=opts.seed)
+
+
+def _adam(learning_rate: float) -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf.keras.optimizers.Adam(learning_rate)
+
+
+def parity_report(quantized: Graph, buf: bytes,
+                  samples: Sequence[Mapping[str, np.ndarray]]) -> str:
+    """The writer's parity report (qatir.parity) for the written file, as text."""
+    from qatir.parity import parity_report as _parity_report
+
+    return str(_parity_report(quantized, buf, samples))
+
+
+def verify_tflite(tflite_path: str, against: str, input_shapes: Mapping[str, Sequence[int]],
+                  samples: int = 8, data: str | None = None) -> Any:
+    """``qatir verify``: the parity report of a .tflite file against the graph it came from."""
+    import qatir
+
+    graph = qatir.load(against, input_shapes=dict(input_shapes) or None)
+    if data:
+        arrays = load_npz(data, graph)
+        feeds = batches(arrays, [t.name for t in graph.inputs], 1)[:samples]
+    else:
+        feeds = random_batches(graph, samples)
+    with open(tflite_path, "rb") as f:
+        buf = f.read()
+    from qatir.parity import parity_report as _parity_report
+
+    return _parity_report(graph, buf, feeds)
+
+
+def registry_listing() -> str:
+    """Text for ``qatir passes``: registered passes, pipelines, pattern tables, quantizers."""
+    from qatir.pipeline import list_passes, list_pipelines, list_quantizers, list_tables
+
+    lines = ["passes:"]
+    lines += [f"  {name:<30} {doc}" for name, doc in list_passes().items()]
+    lines.append("pipelines:")
+    lines += [f"  {name:<30} {', '.join(p)}" for name, p in list_pipelines().items()]
+    lines.append("pattern tables:")
+    lines += [f"  {name:<30} {path}" for name, path in list_tables().items()]
+    lines.append("quantizers:")
+    lines += [f"  {name:<30} {doc}" for name, doc in list_quantizers().items()]
+    return "\n".join(lines)
