@@ -192,7 +192,7 @@ class Graph:
     """Owns nodes in topological order, its inputs and outputs, and all tensors by name."""
 
     __slots__ = ("name", "nodes", "inputs", "outputs", "tensors", "metadata", "_counter",
-                 "_node_names")
+                 "_node_names", "__weakref__")
 
     def __init__(self, name: str = "main"):
         self.name = name
