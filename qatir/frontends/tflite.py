@@ -28,7 +28,14 @@ import numpy as np
 
 from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
 from qatir.frontends import tflite_ops as tops
-from qatir.frontends.tflite_reader import LOW_LEVEL_ERRORS, TModel, TOp, TTensor, options, read_model
+from qatir.frontends.tflite_reader import (
+    LOW_LEVEL_ERRORS,
+    TModel,
+    TOp,
+    TTensor,
+    options,
+    read_model,
+)
 from qatir.frontends.tflite_sparse import densify
 from qatir.ir import Graph, QuantParams, Tensor
 
