@@ -1,4 +1,20 @@
-"""Built-in passes, pattern tables and quantizers of qatir.
+"""Built-in passes and pattern tables of qatir.
 
-Loaded through the ``qatir.passes`` entry point, exactly like a user's plug-in.
+Loaded through the ``qatir.passes`` entry point, exactly like a user's plug-in:
+importing this package imports one module per pass, and each registers itself
+with :func:`qatir.pipeline.register_pass`. ``tables/`` holds the built-in
+pattern tables (``int8_default.toml``). The fake-quant layout these passes
+produce is documented in :mod:`qatir.passes.insert_fake_quant`.
 """
+
+from qatir.passes import (  # noqa: F401  (imported for their registrations)
+    eliminate_dead_code,
+    fold_batch_norm,
+    fold_constants,
+    fuse_activations,
+    fuse_hard_swish,
+    insert_fake_quant,
+    lower_clip,
+    propagate_quant_constraints,
+    remove_identities,
+)

@@ -1,0 +1,192 @@
+"""insert_fake_quant: place FAKE_QUANT nodes as the pattern table says.
+
+The layout produced (consumed by calibration/training and by the int8 writer;
+it follows the conventions of :mod:`qatir.quant`):
+
+- A FAKE_QUANT node has inputs ``(x, min, max)``; ``min``/``max`` are float32
+  constants, shape ``[]`` per-tensor or ``[C]`` per-channel along ``attrs["axis"]``.
+  Attributes: ``bits``, ``narrow_range``, ``axis`` (None = per-tensor),
+  ``symmetric``, ``quantizer`` (a :mod:`qatir.quantizers` name from the table's
+  ``[calibration]``) and ``kind``:
+
+  * ``"weight"`` — a constant operand. Input 1 of the table's ``weights.ops``
+    (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV) is quantized
+    per-channel on ``weights.per_channel_axis`` (CONV_2D 0, DEPTHWISE 3,
+    TRANSPOSE_CONV 0) or per-tensor (FULLY_CONNECTED); any other float constant
+    input of a quantized node (e.g. the operand of ADD/MUL) is per-tensor. Range
+    ``[-max|w|, max|w|]`` from the data (per channel), symmetric and narrow range by
+    default, so the zero point is 0. One FAKE_QUANT per (constant, axis), shared
+    by all its users. Biases (input 2 of ``weights.ops``) stay float, never fake-quantized.
+  * ``"activation"`` — every float output of a quantized node, and every graph
+    input or float (excluded) producer output that a quantized node reads. The
+    FAKE_QUANT output replaces the value for all consumers; a graph output then
+    points at the FAKE_QUANT output, which takes over the output's name. The range
+    starts as the table's ``activations.initial_range`` placeholder (symmetric
+    tables use ``[-m, m]``) and ``graph.metadata["calibrated"]`` is False until
+    calibration. Outputs of ops in ``constraints.fixed_output`` (LOGISTIC,
+    SOFTMAX, TANH, and ops with ``fused_activation = TANH``) get the exact range
+    :func:`qatir.quant.range_for` gives for their (scale, zero point), with the
+    table's ``calibration.fixed`` quantizer.
+- Ops in ``constraints.inherit`` (MAX_POOL_2D, RESHAPE, TRANSPOSE, ...) get no
+  output FAKE_QUANT when their input is quantized: they inherit its parameters.
+- Ops in ``constraints.same_scale`` (AVERAGE_POOL_2D, CONCATENATION,
+  RESIZE_BILINEAR) get an output FAKE_QUANT here; ``propagate_quant_constraints``
+  then makes it and the input FAKE_QUANT(s) share the same ``min``/``max`` tensors.
+- Nodes the table's include/exclude rules keep float get no FAKE_QUANT on their
+  outputs; their names are listed in ``graph.metadata["float_nodes"]`` (the
+  writer adds QUANTIZE/DEQUANTIZE at those boundaries).
+- Every FAKE_QUANT output carries ``tensor.quant`` (:func:`qatir.quant.refresh_quant`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from qatir.ir import Graph, Node, Tensor
+from qatir.patterns import replace_tensor
+from qatir.pipeline import PassContext, register_pass
+from qatir.quant import range_for, refresh_quant
+from qatir.table import Table
+
+SKIP_OPS = frozenset({"FAKE_QUANT", "QUANTIZE", "DEQUANTIZE"})
+
+
+def _is_float(t: Tensor | None) -> bool:
+    return t is not None and t.dtype.kind == "f"
+
+
+def weight_range(data: np.ndarray, axis: int | None, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (or per-tensor) [lo, hi] of a constant; symmetric gives [-max|w|, max|w|]."""
+    w = data.astype(np.float32)
+    red = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
+    if symmetric:
+        m = np.max(np.abs(w), axis=red) if w.size else np.float32(0)
+        fallback = float(np.max(np.abs(w))) if w.size and np.max(np.abs(w)) > 0 else 1.0
+        m = np.where(m > 0, m, fallback).astype(np.float32)
+        return -m, m
+    lo = np.minimum(np.min(w, axis=red), 0).astype(np.float32)
+    hi = np.maximum(np.max(w, axis=red), 0).astype(np.float32)
+    hi = np.where(hi > lo, hi, lo + 1.0).astype(np.float32)
+    return lo, hi
+
+
+class _Inserter:
+    """Builds FAKE_QUANT nodes for one graph and one table."""
+
+    def __init__(self, graph: Graph, table: Table):
+        self.graph = graph
+        self.table = table
+        self.act = table.activations
+        self.w = table.weights
+        self.cal = table.calibration
+        self.fixed = table.fixed_output
+        self.weight_cache: dict[tuple[int, int | None], Tensor] = {}
+        self.count = 0
+
+    def _fq(self, x: Tensor, lo: Any, hi: Any, attrs: dict[str, Any], tag: str) -> Node:
+        g = self.graph
+        lo_t = g.const(np.asarray(lo, np.float32), name=f"{x.name}_{tag}min")
+        hi_t = g.const(np.asarray(hi, np.float32), name=f"{x.name}_{tag}max")
+        self.count += 1
+        return g.add_node("FAKE_QUANT", [x, lo_t, hi_t], attrs, name=f"{x.name}_fq")
+
+    def weight(self, t: Tensor, axis: int | None) -> Tensor:
+        key = (id(t), axis)
+        if key not in self.weight_cache:
+            if axis is not None and not (0 <= axis < t.rank):
+                axis = None
+            sym = bool(self.w["symmetric"])
+            lo, hi = weight_range(t.data, axis, sym)
+            attrs = {"bits": int(self.w["bits"]), "narrow_range": bool(self.w.get("narrow_range", sym)),
+                     "axis": axis, "symmetric": sym, "quantizer": self.cal["weight"], "kind": "weight"}
+            self.weight_cache[key] = self._fq(t, lo, hi, attrs, "w").output
+        return self.weight_cache[key]
+
+    def activation(self, t: Tensor, producer: Node | None) -> Node:
+        fixed = self._fixed_params(producer)
+        bits = int(self.act["bits"])
+        sym = bool(self.act["symmetric"])
+        if fixed is not None:
+            lo, hi = range_for(fixed[0], fixed[1], bits)
+            quantizer = self.cal["fixed"]
+        else:
+            lo, hi = (float(v) for v in self.act.get("initial_range", [-6.0, 6.0]))
+            if sym:
+                m = max(abs(lo), abs(hi))
+                lo, hi = -m, m
+            quantizer = self.cal["activation"]
+        attrs = {"bits": bits, "narrow_range": bool(self.act.get("narrow_range", False)),
+                 "axis": None, "symmetric": sym and fixed is None, "quantizer": quantizer,
+                 "kind": "activation"}
+        return self._fq(t, lo, hi, attrs, "")
+
+    def _fixed_params(self, producer: Node | None) -> tuple[float, int] | None:
+        if producer is None:
+            return None
+        if producer.op in self.fixed:
+            return self.fixed[producer.op]
+        act = producer.attrs.get("fused_activation")
+        if act and act != "NONE" and act in self.fixed:
+            return self.fixed[act]
+        return None
+
+
+def _needs_quant(node: Node) -> bool:
+    return node.op not in SKIP_OPS and any(_is_float(t) for t in node.outputs)
+
+
+@register_pass("insert_fake_quant")
+def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
+    """Insert FAKE_QUANT on activations, weights and constants as the table's policy says."""
+    table: Table = ctx.table
+    ins = _Inserter(graph, table)
+    inherit = table.constraint_ops("inherit")
+    weight_ops = frozenset(table.weights["ops"])
+    quantized: dict[int, Tensor] = {}
+    float_nodes: list[str] = []
+    for node in list(graph.nodes):
+        if node.op == "FAKE_QUANT":
+            quantized[id(node.output)] = node.output
+            continue
+        if not _needs_quant(node):
+            continue
+        if not table.is_quantized(node):
+            float_nodes.append(node.name)
+            continue
+        for i, t in enumerate(node.inputs):
+            if not _is_float(t):
+                continue
+            if t.is_const:
+                if node.op in weight_ops and i == 2:
+                    continue  # bias: stays float, int32 at export
+                axis = table.weight_axis(node.op) if node.op in weight_ops and i == 1 else None
+                node.set_input(i, ins.weight(t, axis))
+                continue
+            q = quantized.get(id(t))
+            if q is None:
+                q = ins.activation(t, None).output  # graph input or float producer
+                quantized[id(t)] = q
+                quantized[id(q)] = q
+            if q is not t:
+                node.set_input(i, q)
+        first = node.inputs[0] if node.inputs else None
+        for out in node.outputs:
+            if not _is_float(out):
+                continue
+            if node.op in inherit and first is not None and id(first) in quantized:
+                quantized[id(out)] = out
+                continue
+            fq = ins.activation(out, node)
+            replace_tensor(graph, out, fq.output)
+            quantized[id(out)] = fq.output
+            quantized[id(fq.output)] = fq.output
+    graph.toposort()
+    refresh_quant(graph)
+    graph.metadata["calibrated"] = False
+    graph.metadata["float_nodes"] = float_nodes
+    graph.metadata["quant_table"] = table.name
+    ctx.notes["float_nodes"] = float_nodes
+    ctx.notes["fake_quant_inserted"] = ins.count
+    return ins.count > 0

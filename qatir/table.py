@@ -1,0 +1,237 @@
+"""Pattern tables: TOML files that say what fuses, where fake-quant goes, and what stays float.
+
+A table is validated twice: structurally against
+``schemas/pattern_table.schema.json`` (jsonschema), then semantically (op names
+exist in the op registry, regexes compile, quantizer names are registered,
+fusions name ops that can take them). Every :class:`~qatir.errors.TableError`
+names the table file and the entry, e.g. ``my.toml: fusions[2].ops: unknown op 'CONVV'``.
+Strings in a table are names or regexes; nothing is evaluated as code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qatir.errors import QatirError, TableError
+from qatir.ir import FUSED_ACTIVATIONS, Node
+from qatir.ops.registry import get_op, has_op
+
+DEFAULT_TABLE = "int8_default"
+
+#: Ops whose weight layout fold_batch_norm knows (output-channel axis of input 1).
+BN_FOLD_AXES = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One include/exclude rule: op types and/or a regex searched in the node name."""
+
+    ops: frozenset[str] | None
+    name: re.Pattern[str] | None
+
+    def matches(self, node: Node) -> bool:
+        if self.ops is not None and node.op not in self.ops:
+            return False
+        return self.name is None or self.name.search(node.name) is not None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A validated pattern table. ``data`` is the plain TOML content; ``source`` names the file."""
+
+    source: str
+    data: Mapping[str, Any]
+    include: tuple[Selector, ...] = ()
+    exclude: tuple[Selector, ...] = ()
+    _fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    def fusions(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
+        """The fusion entries of ``kind`` with their index in ``fusions``, in table order."""
+        return [(i, dict(f)) for i, f in enumerate(self.data.get("fusions", [])) if f["kind"] == kind]
+
+    @property
+    def activations(self) -> dict[str, Any]:
+        return dict(self.data["activations"])
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return dict(self.data["weights"])
+
+    @property
+    def calibration(self) -> dict[str, str]:
+        return dict(self.data["calibration"])
+
+    def constraint_ops(self, key: str) -> frozenset[str]:
+        return frozenset(self.data["constraints"].get(key, ()))
+
+    @property
+    def fixed_output(self) -> dict[str, tuple[float, int]]:
+        """op -> (scale, zero_point) of its output."""
+        return dict(self._fixed)
+
+    def weight_axis(self, op: str) -> int | None:
+        """Per-channel axis of the weights of ``op``; None means per-tensor."""
+        axes = self.data["weights"].get("per_channel_axis", {})
+        return int(axes[op]) if op in axes else None
+
+    def is_quantized(self, node: Node) -> bool:
+        """True unless the include/exclude rules keep ``node`` float."""
+        if self.include and not any(s.matches(node) for s in self.include):
+            return False
+        return not any(s.matches(node) for s in self.exclude)
+
+
+def builtin_tables() -> dict[str, Path]:
+    """Tables shipped in ``passes/tables``: name -> path."""
+    folder = resources.files("qatir.passes") / "tables"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+@lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    text = (resources.files("qatir.schemas") / "pattern_table.schema.json").read_text()
+    return json.loads(text)
+
+
+def _path_str(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<table>"
+
+
+def _validate_schema(data: dict[str, Any], source: str) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)),
+                                                                e.message))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        raise TableError(f"{source}: {_path_str(err.absolute_path)}: {err.message}")
+
+
+def _check_ops(ops: Any, source: str, where: str) -> None:
+    for op in ops:
+        if not has_op(op):
+            raise TableError(f"{source}: {where}: unknown op {op!r}")
+
+
+def _check_quantizer(name: str, source: str, where: str) -> None:
+    from qatir.quantizers import get_quantizer
+
+    try:
+        get_quantizer(name)
+    except QatirError as e:
+        raise TableError(f"{source}: {where}: {e}") from None
+
+
+def _check_fusion(i: int, f: dict[str, Any], source: str) -> None:
+    where = f"fusions[{i}]"
+    _check_ops(f.get("ops", ()), source, f"{where}.ops")
+    kind = f["kind"]
+    if kind == "batch_norm":
+        for op in f["ops"]:
+            if op not in BN_FOLD_AXES:
+                raise TableError(f"{source}: {where}.ops: cannot fold a batch norm into {op!r} "
+                                 f"(known weight layouts: {sorted(BN_FOLD_AXES)})")
+    if kind == "activation":
+        for op in f["ops"]:
+            if "fused_activation" not in get_op(op).attrs:
+                raise TableError(f"{source}: {where}.ops: op {op!r} has no fused_activation")
+        for act in f["activations"]:
+            if act not in FUSED_ACTIVATIONS or act == "NONE":
+                raise TableError(f"{source}: {where}.activations: {act!r} is not a fusable "
+                                 f"activation (one of {list(FUSED_ACTIVATIONS[1:])})")
+    if kind == "clip":
+        _check_ops([f["to"]], source, f"{where}.to")
+        if not f["min"] < f["max"]:
+            raise TableError(f"{source}: {where}: min {f['min']} must be below max {f['max']}")
+
+
+def _compile_selectors(data: dict[str, Any], key: str, source: str) -> tuple[Selector, ...]:
+    out = []
+    for i, sel in enumerate(data.get(key, [])):
+        ops = sel.get("ops")
+        if ops is not None:
+            _check_ops(ops, source, f"{key}[{i}].ops")
+        pattern = None
+        if "name" in sel:
+            try:
+                pattern = re.compile(sel["name"])
+            except re.error as e:
+                raise TableError(f"{source}: {key}[{i}].name: bad regex {sel['name']!r}: {e}") from None
+        out.append(Selector(frozenset(ops) if ops is not None else None, pattern))
+    return tuple(out)
+
+
+def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
+    """Validate plain table data and return the :class:`Table`; TableError names the entry."""
+    _validate_schema(data, source)
+    for i, f in enumerate(data.get("fusions", [])):
+        _check_fusion(i, f, source)
+    act = data["activations"]
+    lo, hi = act.get("initial_range", [-6.0, 6.0])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 0.0 <= hi and lo < hi):
+        raise TableError(f"{source}: activations.initial_range: [{lo}, {hi}] must be finite "
+                         "and contain 0")
+    w = data["weights"]
+    _check_ops(w["ops"], source, "weights.ops")
+    _check_ops(w.get("per_channel_axis", {}).keys(), source, "weights.per_channel_axis")
+    for kind, qname in data["calibration"].items():
+        _check_quantizer(qname, source, f"calibration.{kind}")
+    cons = data["constraints"]
+    for key in ("inherit", "same_scale"):
+        _check_ops(cons.get(key, ()), source, f"constraints.{key}")
+    both = set(cons.get("inherit", ())) & set(cons.get("same_scale", ()))
+    if both:
+        raise TableError(f"{source}: constraints: {sorted(both)} listed in both inherit and same_scale")
+    fixed: dict[str, tuple[float, int]] = {}
+    bits = int(act["bits"])
+    for op, p in cons.get("fixed_output", {}).items():
+        _check_ops([op], source, "constraints.fixed_output")
+        zp = int(p["zero_point"])
+        if not -(1 << (bits - 1)) <= zp < (1 << (bits - 1)):
+            raise TableError(f"{source}: constraints.fixed_output.{op}.zero_point: {zp} outside "
+                             f"the {bits}-bit range")
+        fixed[op] = (float(p["scale"]), zp)
+    return Table(source, data, _compile_selectors(data, "include", source),
+                 _compile_selectors(data, "exclude", source), fixed)
+
+
+def load_table(table: str | os.PathLike | Mapping[str, Any] | Table | None = None) -> Table:
+    """Load a table: None (the default), a built-in name, a .toml path, plain data, or a Table."""
+    if isinstance(table, Table):
+        return table
+    if table is None:
+        table = DEFAULT_TABLE
+    if isinstance(table, Mapping):
+        return validate_table(dict(table), "<table>")
+    text_path = os.fspath(table)
+    builtins = builtin_tables()
+    if text_path in builtins and not os.path.exists(text_path):
+        path = builtins[text_path]
+    else:
+        path = Path(text_path)
+    source = path.name if path is builtins.get(text_path) else text_path
+    if not path.is_file():
+        raise TableError(f"{text_path}: no such table file (built-in tables: {sorted(builtins)})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise TableError(f"{source}: invalid TOML: {e}") from None
+    return validate_table(data, source)
