@@ -87,6 +87,7 @@ class Program(tf.Module):
         self.roles: dict[str, str] = {}
         self._consts: dict[str, tf.Tensor] = {}
         self._synced: dict[str, int] = {}
+        self.extra_functions: dict[str, Any] = {}  # traced helpers (calibration, training) by key
         for node in graph.nodes:
             get_kernel(node)  # fail early, naming the node, when an op has no kernel
         for t in graph.tensors.values():

@@ -1,0 +1,183 @@
+"""Training of the IR in TensorFlow: float training and quantization-aware fine-tuning.
+
+``fit`` trains exactly the graph it is given: a float graph in float (batch
+norm in training mode, moving statistics updated like Keras), a quantized graph
+with its FAKE_QUANT nodes (straight-through gradients; ranges follow their
+quantizer: EMA, learned, or fixed). Under a ``tf.distribute`` strategy the
+variables are mirrored, gradients are all-reduced by the optimizer and range
+statistics are reduced over all replicas (see ``qatir.tf.fake_quant``), so
+every replica and the exported model share the same ranges. Trained values are
+written back into the IR constants.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from qatir.errors import NumericsError, QatirError  # noqa: E402
+from qatir.ir import Graph  # noqa: E402
+from qatir.quant import refresh_quant  # noqa: E402
+from qatir.tf.calibrate import calibrate, refresh_weight_ranges  # noqa: E402
+from qatir.tf.data import as_dataset  # noqa: E402
+from qatir.tf.executor import Program, program_for  # noqa: E402
+from qatir.tf.kernels import KernelContext  # noqa: E402
+
+__all__ = ["calibrate", "fit", "make_train_step"]
+
+
+def resolve_loss(loss: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """A Keras loss name, Keras loss object or callable ``(y_true, y_pred) -> loss``."""
+    import keras
+
+    if loss is None:
+        loss = "mean_squared_error"
+    if isinstance(loss, str):
+        try:
+            return keras.losses.get(loss)
+        except ValueError as e:
+            raise QatirError(f"fit: unknown loss {loss!r}: {e}") from None
+    if not callable(loss):
+        raise QatirError(f"fit: loss must be a name or a callable, got {type(loss).__name__}")
+    return loss
+
+
+def resolve_optimizer(optimizer: Any):
+    """A Keras optimizer from a name (e.g. "adam") or an optimizer instance."""
+    import keras
+
+    if isinstance(optimizer, str):
+        try:
+            return keras.optimizers.get(optimizer)
+        except ValueError as e:
+            raise QatirError(f"fit: unknown optimizer {optimizer!r}: {e}") from None
+    return optimizer
+
+
+def _loss_value(loss_fn, graph: Graph, y: Any, outs: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Mean loss over the (local) batch: first output, or a dict of y by output name."""
+    if isinstance(y, dict):
+        by_name = {t.name: o for t, o in zip(graph.outputs, outs)}
+        return tf.add_n([tf.reduce_mean(loss_fn(v, by_name[k])) for k, v in y.items()])
+    return tf.reduce_mean(loss_fn(y, outs[0]))
+
+
+def make_train_step(prog: Program, loss_fn, optimizer, strategy=None, jit_compile: bool = False):
+    """A compiled ``step(inputs, y) -> mean loss`` that updates ``prog``'s variables."""
+    graph = prog.graph
+    variables = prog.trainable_params
+
+    def replica_step(inputs, y):
+        ctx = KernelContext(prog.params, training=True)
+        with tf.GradientTape() as tape:
+            outs = prog.forward(list(inputs), ctx)
+            loss = _loss_value(loss_fn, graph, y, outs)
+            replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+            scaled = loss / tf.cast(replicas, loss.dtype)
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        optimizer.apply_gradients(pairs)
+        return scaled
+
+    if strategy is None:
+        return tf.function(replica_step, jit_compile=jit_compile, reduce_retracing=True)
+
+    def dist_step(inputs, y):
+        per_replica = strategy.run(replica_step, args=(inputs, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return tf.function(dist_step, reduce_retracing=True)
+
+
+def _callbacks(callbacks: Sequence[Any] | None, epoch: int, logs: dict[str, float]) -> bool:
+    """Call each callback (``cb(epoch, logs)`` or ``cb.on_epoch_end``); True means stop."""
+    stop = False
+    for cb in callbacks or ():
+        fn = getattr(cb, "on_epoch_end", None) or cb
+        stop |= bool(fn(epoch, logs))
+    return stop
+
+
+def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", epochs: int = 1,
+        strategy: Any = None, callbacks: Sequence[Any] | None = None, batch_size: int = 32,
+        verbose: bool | None = None, jit_compile: bool = False,
+        steps_per_epoch: int | None = None) -> dict[str, list[float]]:
+    """Train ``graph`` in place; returns ``{"loss": [...], "time": [...]}`` per epoch.
+
+    ``dataset``: a batched ``tf.data.Dataset`` of ``({input_name: x}, y)``, an
+    iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
+    arrays (batched by ``batch_size``). ``loss``: a Keras loss name/object or a
+    callable (default mean squared error). ``optimizer``: a name or Keras
+    optimizer. ``strategy``: any ``tf.distribute.Strategy``. ``verbose``: show
+    a progress bar (default: when stderr is a terminal).
+    """
+    if epochs < 1:
+        raise QatirError(f"fit: epochs must be >= 1, got {epochs}")
+    loss_fn = resolve_loss(loss)
+    ds = as_dataset(graph, dataset, batch_size)
+    if strategy is None:
+        prog = program_for(graph)
+        prog.sync_from_graph()
+        opt = resolve_optimizer(optimizer)
+        opt.build(prog.trainable_params)
+    else:
+        with strategy.scope():
+            prog = Program(graph)
+            opt = resolve_optimizer(optimizer)
+            opt.build(prog.trainable_params)
+        ds = strategy.experimental_distribute_dataset(ds)
+    step = make_train_step(prog, loss_fn, opt, strategy, jit_compile)
+    show = sys.stderr.isatty() if verbose is None else verbose
+    history: dict[str, list[float]] = {"loss": [], "time": []}
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        try:
+            mean_loss = _epoch(step, ds, _bar(show, epoch, epochs), steps_per_epoch)
+        except tf.errors.InvalidArgumentError as e:
+            raise NumericsError(f"fit: {e.message.splitlines()[0]}") from None
+        history["loss"].append(mean_loss)
+        history["time"].append(time.perf_counter() - start)
+        if _callbacks(callbacks, epoch, {"loss": mean_loss}):
+            break
+    _write_back(graph, prog)
+    return history
+
+
+def _epoch(step, ds, bar, steps_per_epoch: int | None) -> float:
+    """One pass over the data; returns the mean loss."""
+    total, count = 0.0, 0
+    for inputs, y in ds:
+        if steps_per_epoch is not None and count >= steps_per_epoch:
+            break
+        value = float(step(inputs, y))
+        if not np.isfinite(value):
+            raise NumericsError("fit: the loss became NaN or Inf (check the data and learning rate)")
+        total, count = total + value, count + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    if count == 0:
+        raise QatirError("fit: the dataset yielded no batches")
+    return total / count
+
+
+def _bar(show: bool, epoch: int, epochs: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=f"epoch {epoch + 1}/{epochs}", disable=not show, unit="step")
+
+
+def _write_back(graph: Graph, prog: Program) -> None:
+    """Trained variables -> IR constants; weight ranges follow the final weights."""
+    prog.write_back()
+    if any(n.op == "FAKE_QUANT" for n in graph.nodes):
+        refresh_weight_ranges(graph)
+        refresh_quant(graph)
