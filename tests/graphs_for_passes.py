@@ -1,0 +1,89 @@
+"""Hand-built float graphs for the pass tests (a small MobileNet-like block and friends)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qatir.ir import Graph, Tensor
+
+
+def _w(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def batch_norm(g: Graph, x: Tensor, rng: np.random.Generator, name: str) -> Tensor:
+    c = x.shape[-1]
+    params = [rng.uniform(0.5, 1.5, c), rng.uniform(-0.5, 0.5, c), rng.uniform(-0.5, 0.5, c),
+              rng.uniform(0.2, 2.0, c)]
+    consts = [g.const(p.astype(np.float32), name=f"{name}_{k}")
+              for p, k in zip(params, ("gamma", "beta", "mean", "var"))]
+    return g.add_node("BATCH_NORM", [x] + consts, {"epsilon": 1e-3}, name=name).output
+
+
+def mobile_block(seed: int = 0, c_in: int = 3, c: int = 8, hw: int = 8) -> Graph:
+    """conv→BN→clip(0,6) → depthwise→BN→RELU6 → 1x1 conv→BN → x·hardsigmoid(x)
+    → avgpool ∥ maxpool → concat → reshape → FC→BN→RELU → FC → softmax."""
+    rng = np.random.default_rng(seed)
+    g = Graph("mobile_block")
+    x = g.add_input("x", [1, hw, hw, c_in])
+    y = g.add_node("CONV_2D", [x, g.const(_w(rng, c, 3, 3, c_in), "w0"),
+                               g.const(_w(rng, c), "b0")],
+                   {"padding": "SAME"}, name="conv0").output
+    y = batch_norm(g, y, rng, "bn0")
+    y = g.add_node("CLIP", [y], {"min": 0.0, "max": 6.0}, name="clip0").output
+    y = g.add_node("DEPTHWISE_CONV_2D", [y, g.const(_w(rng, 1, 3, 3, c), "w1"),
+                                         g.const(_w(rng, c), "b1")],
+                   {"padding": "SAME"}, name="dw1").output
+    y = batch_norm(g, y, rng, "bn1")
+    y = g.add_node("RELU6", [y], name="relu1").output
+    y = g.add_node("CONV_2D", [y, g.const(_w(rng, c, 1, 1, c), "w2")], name="conv2").output
+    y = batch_norm(g, y, rng, "bn2")
+    hs = g.add_node("HARD_SIGMOID", [y], {"alpha": 1.0 / 6.0, "beta": 0.5}, name="hsig").output
+    y = g.add_node("MUL", [y, hs], name="hswish").output
+    a = g.add_node("AVERAGE_POOL_2D", [y], {"filter": [2, 2], "stride": [2, 2]}, name="avg").output
+    m = g.add_node("MAX_POOL_2D", [y], {"filter": [2, 2], "stride": [2, 2]}, name="maxp").output
+    y = g.add_node("CONCATENATION", [a, m], {"axis": 3}, name="cat").output
+    flat = (hw // 2) * (hw // 2) * 2 * c
+    y = g.add_node("RESHAPE", [y], {"new_shape": [1, flat]}, name="flat").output
+    y = g.add_node("FULLY_CONNECTED", [y, g.const(_w(rng, 16, flat, scale=0.05), "w3"),
+                                       g.const(_w(rng, 16), "b3")], name="fc3").output
+    y = batch_norm(g, y, rng, "bn3")
+    y = g.add_node("RELU", [y], name="relu3").output
+    y = g.add_node("FULLY_CONNECTED", [y, g.const(_w(rng, 10, 16), "w4")], name="fc4").output
+    y = g.add_node("SOFTMAX", [y], name="softmax", outputs=["probs"]).output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def transpose_conv_bn(seed: int = 1) -> Graph:
+    """TRANSPOSE_CONV → BN → TANH, and a BN on a graph input (→ MUL+ADD)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("tconv")
+    x = g.add_input("x", [1, 4, 4, 3])
+    y = batch_norm(g, x, rng, "bn_in")
+    y = g.add_node("TRANSPOSE_CONV", [y, g.const(_w(rng, 5, 3, 3, 3), "wt"),
+                                      g.const(_w(rng, 5), "bt")],
+                   {"stride": [2, 2], "padding": "SAME"}, name="tconv").output
+    y = batch_norm(g, y, rng, "bn_t")
+    y = g.add_node("TANH", [y], name="tanh", outputs=["out"]).output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def chain(n_blocks: int, seed: int = 0, c: int = 4) -> Graph:
+    """A long graph of conv→BN→RELU blocks with residual ADDs: about 5 nodes per block."""
+    rng = np.random.default_rng(seed)
+    g = Graph("chain")
+    x = g.add_input("x", [1, 4, 4, c])
+    y = x
+    for i in range(n_blocks):
+        z = g.add_node("CONV_2D", [y, g.const(_w(rng, c, 1, 1, c), f"w{i}"),
+                                   g.const(_w(rng, c), f"b{i}")], name=f"conv{i}").output
+        z = batch_norm(g, z, rng, f"bn{i}")
+        z = g.add_node("RELU", [z], name=f"relu{i}").output
+        z = g.add_node("IDENTITY", [z], name=f"id{i}").output
+        y = g.add_node("ADD", [y, z], name=f"add{i}").output
+    g.outputs = [y]
+    return g
