@@ -80,3 +80,36 @@ def int8_feed(g: Graph, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {t.name: rng.integers(-128, 128, size=[d or 1 for d in t.shape]).astype(np.int8)
             for t in g.inputs}
+
+
+def litert_run(buf: bytes, feeds: dict[str, np.ndarray], ref: bool,
+               preserve: bool = False) -> tuple[dict[str, np.ndarray], Any]:
+    """Run a flatbuffer in LiteRT (BUILTIN_REF or the default XNNPACK resolver), 1 thread."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.BUILTIN_REF if ref else OpResolverType.AUTO
+    it = Interpreter(model_content=buf, experimental_op_resolver_type=kind, num_threads=1,
+                     experimental_preserve_all_tensors=preserve)
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], feeds[d["name"]])
+    it.invoke()
+    return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}, it
+
+
+def compare_all(g: Graph, seeds: Sequence[int] = (1, 2, 3)) -> dict[str, int]:
+    """Max |LiteRT - reference| per mode over a few random feeds (0 means bit exact)."""
+    from qatir.reference import run_reference
+    from qatir.tflite_writer import to_tflite
+
+    buf = to_tflite(g, io="int8")
+    worst = {"reference": 0, "xnnpack": 0}
+    for seed in seeds:
+        feeds = int8_feed(g, seed)
+        for mode, ref in (("reference", True), ("xnnpack", False)):
+            got, _ = litert_run(buf, feeds, ref)
+            want = run_reference(g, feeds, kernels=mode)
+            for name, arr in want.items():
+                d = np.abs(got[name].astype(np.int32) - arr.astype(np.int32)).max()
+                worst[mode] = max(worst[mode], int(d))
+    return worst

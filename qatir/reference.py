@@ -1,0 +1,172 @@
+"""The integer reference: runs a lowered int8 graph with numpy integer kernels.
+
+``run_reference(graph, feeds, kernels="reference")`` matches LiteRT's
+``OpResolverType.BUILTIN_REF`` kernels bit for bit; ``kernels="xnnpack"``
+matches the default resolver (XNNPACK delegate with fp32 requantization for
+the ops it takes, LiteRT's optimized kernels for the rest). The rules of each
+path are in ``shared/TFLITE_INT8.md`` section 4; the kernels live in
+:mod:`qatir.reference_kernels` and :mod:`qatir.reference_softmax`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from qatir import reference_kernels as K
+from qatir.errors import ExportError, UnsupportedOpError
+from qatir.ir import Graph, Node
+from qatir.lower import is_lowered, is_quantized, lower
+
+Kernel = Callable[[Node, list, str], np.ndarray]
+MODES = ("reference", "xnnpack")
+
+
+def _same(fn: Callable[[Node, list], np.ndarray]) -> Kernel:
+    def kernel(node: Node, xs: list, mode: str) -> np.ndarray:
+        return fn(node, xs)
+    return kernel
+
+
+def _reshape(node: Node, xs: list) -> np.ndarray:
+    return xs[0].reshape(node.outputs[0].shape)
+
+
+def _transpose(node: Node, xs: list) -> np.ndarray:
+    return np.transpose(xs[0], node.attrs["perm"])
+
+
+def _concat(node: Node, xs: list) -> np.ndarray:
+    return np.concatenate(xs, axis=int(node.attrs["axis"]) % xs[0].ndim)
+
+
+def _pad(node: Node, xs: list) -> np.ndarray:
+    x = xs[0]
+    q = node.outputs[0].quant
+    value = 0
+    cv = float(node.attrs.get("constant_value", 0.0))
+    if q is not None:
+        value = q.zero_point[0]
+        if cv != 0.0:
+            value = int(np.clip(np.round(cv / q.scale[0]) + q.zero_point[0], -128, 127))
+    elif cv != 0.0:
+        value = cv
+    return np.pad(x, [tuple(int(v) for v in p) for p in node.attrs["paddings"]],
+                  constant_values=value)
+
+
+def _strided_slice(node: Node, xs: list) -> np.ndarray:
+    idx = tuple(slice(b, e, s) for b, e, s in zip(node.attrs["begin"], node.attrs["end"],
+                                                   node.attrs["strides"]))
+    return xs[0][idx].reshape(node.outputs[0].shape)
+
+
+def _d2s(node: Node, xs: list) -> np.ndarray:
+    b = int(node.attrs["block_size"])
+    n, h, w, c = xs[0].shape
+    y = xs[0].reshape(n, h, w, b, b, c // (b * b)).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, h * b, w * b, c // (b * b))
+
+
+def _s2d(node: Node, xs: list) -> np.ndarray:
+    b = int(node.attrs["block_size"])
+    n, h, w, c = xs[0].shape
+    y = xs[0].reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, h // b, w // b, c * b * b)
+
+
+def _gather(node: Node, xs: list) -> np.ndarray:
+    return np.take(xs[0], xs[1].astype(np.int64), axis=int(node.attrs["axis"]))
+
+
+def _resize_nearest(node: Node, xs: list) -> np.ndarray:
+    x = xs[0]
+    _, h, w, _ = x.shape
+    oh, ow = node.attrs["size"]
+    align, half = bool(node.attrs["align_corners"]), bool(node.attrs["half_pixel_centers"])
+
+    def index(out: int, size: int) -> np.ndarray:
+        scale = (size - 1) / (out - 1) if align and out > 1 else size / out
+        scale = np.float32(scale)
+        pos = np.arange(out, dtype=np.float32)
+        offset = np.float32(0.5) if half else np.float32(0.0)
+        v = (pos + offset) * scale
+        v = np.round(v) if align else np.floor(v)
+        return np.minimum(v.astype(np.int64), size - 1)
+
+    return x[:, index(oh, h)][:, :, index(ow, w)]
+
+
+def _minmax(node: Node, xs: list) -> np.ndarray:
+    fn = np.maximum if node.op == "MAXIMUM" else np.minimum
+    return fn(xs[0], xs[1])
+
+
+def _squeeze(node: Node, xs: list) -> np.ndarray:
+    return xs[0].reshape(node.outputs[0].shape)
+
+
+def kernels() -> dict[str, Kernel]:
+    """The op -> kernel table (softmax, mean and the rest are looked up lazily)."""
+    from qatir import reference_extra as E
+
+    return {
+        "CONV_2D": K.conv2d, "DEPTHWISE_CONV_2D": K.depthwise_conv2d,
+        "FULLY_CONNECTED": K.fully_connected, "TRANSPOSE_CONV": K.transpose_conv,
+        "ADD": K.add_sub, "SUB": K.add_sub, "MUL": K.mul,
+        "AVERAGE_POOL_2D": K.avg_pool, "MAX_POOL_2D": K.max_pool,
+        "RELU": K.relu_like, "RELU6": K.relu_like, "RELU_N1_TO_1": K.relu_like,
+        "LEAKY_RELU": K.leaky_relu, "PRELU": K.prelu,
+        "LOGISTIC": K.logistic_tanh, "TANH": K.logistic_tanh,
+        "QUANTIZE": K.quantize, "DEQUANTIZE": K.dequantize,
+        "SOFTMAX": E.softmax, "MEAN": E.mean, "HARD_SWISH": E.hard_swish,
+        "RESIZE_BILINEAR": E.resize_bilinear,
+        "RESHAPE": _same(_reshape), "SQUEEZE": _same(_squeeze), "TRANSPOSE": _same(_transpose),
+        "CONCATENATION": _same(_concat), "PAD": _same(_pad),
+        "STRIDED_SLICE": _same(_strided_slice), "DEPTH_TO_SPACE": _same(_d2s),
+        "SPACE_TO_DEPTH": _same(_s2d), "GATHER": _same(_gather),
+        "RESIZE_NEAREST_NEIGHBOR": _same(_resize_nearest),
+        "MAXIMUM": _same(_minmax), "MINIMUM": _same(_minmax),
+    }
+
+
+def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
+                  keep_all: bool = False) -> dict[str, np.ndarray]:
+    """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
+
+    Returns ``{output name: int8 array}``; with ``keep_all`` every tensor the
+    graph computes (for the parity report).
+    """
+    if kernels not in MODES:
+        raise ExportError(f"kernels must be one of {MODES}, got {kernels!r}")
+    if not (is_quantized(graph) or is_lowered(graph)):
+        raise ExportError(f"graph {graph.name!r} is a float graph; the integer reference needs "
+                          "a quantized (FAKE_QUANT) or lowered int8 graph")
+    g = lower(graph, io="int8")
+    table = globals()["kernels"]()
+    missing: dict[str, int] = {}
+    for node in g.nodes:
+        if node.op not in table:
+            missing[node.op] = missing.get(node.op, 0) + 1
+    if missing:
+        raise UnsupportedOpError(f"graph {g.name!r} (integer reference)", missing)
+    values: dict[int, np.ndarray] = {}
+    for t in g.inputs:
+        if t.name not in feeds:
+            raise ExportError(f"missing feed for input %{t.name}")
+        arr = np.asarray(feeds[t.name])
+        if arr.dtype != t.dtype:
+            raise ExportError(f"feed %{t.name}: expected {t.dtype}, got {arr.dtype}")
+        values[id(t)] = arr
+    for t in g.tensors.values():
+        if t.is_const:
+            values[id(t)] = t.data
+    for node in g.nodes:
+        xs = [None if t is None else values[id(t)] for t in node.inputs]
+        y = table[node.op](node, xs, kernels)
+        values[id(node.outputs[0])] = y
+    if keep_all:
+        return {t.name: values[id(t)] for t in g.tensors.values()
+                if id(t) in values and not t.is_const}
+    return {t.name: values[id(t)] for t in g.outputs}

@@ -1,0 +1,287 @@
+"""Integer kernels of the arithmetic ops (conv, FC, add, mul, pooling, activations).
+
+Each kernel takes ``(node, xs, mode)``: the lowered node, its input values
+(int8/int32 numpy arrays, ``None`` for an absent input) and ``mode`` —
+``"reference"`` (LiteRT ``BUILTIN_REF``: gemmlowp double rounding, float
+round-half-away FC) or ``"xnnpack"`` (the default resolver: XNNPACK fp32
+requantization where XNNPACK takes the op, LiteRT's optimized kernel where it
+does not). It returns the int8 output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qatir.ir import Node, QuantParams
+from qatir.ops.defs import conv_out
+from qatir.reference_math import (
+    act_range,
+    fp32_requant,
+    libm,
+    mbqm,
+    quantize_multiplier,
+    quantize_multipliers,
+    round_half_away,
+)
+
+I8_MIN, I8_MAX = -128, 127
+
+
+def _qp(t) -> tuple[float, int]:
+    q: QuantParams = t.quant
+    return q.scale[0], q.zero_point[0]
+
+
+def _act(node: Node) -> tuple[int, int]:
+    s, z = _qp(node.outputs[0])
+    return act_range(node.attrs.get("fused_activation", "NONE"), s, z)
+
+
+def same_padding(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """(output size, padding before) exactly as TFLite ComputePaddingHeightWidth."""
+    out = conv_out(size, k, stride, dilation, padding)
+    eff = (k - 1) * dilation + 1
+    total = max((out - 1) * stride + eff - size, 0) if padding == "SAME" else 0
+    return out, total // 2
+
+
+def patches(x: np.ndarray, kh: int, kw: int, attrs: dict, fill: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """im2col: ([n, oh, kh, ow, kw, c] window values, [oh, kh, ow, kw] in-bounds mask)."""
+    n, h, w, c = x.shape
+    sh, sw = attrs["stride"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh, pt = same_padding(h, kh, sh, dh, attrs["padding"])
+    ow, pl = same_padding(w, kw, sw, dw, attrs["padding"])
+    ih = np.arange(oh)[:, None] * sh + np.arange(kh)[None, :] * dh - pt
+    iw = np.arange(ow)[:, None] * sw + np.arange(kw)[None, :] * dw - pl
+    mh = (ih >= 0) & (ih < h)
+    mw = (iw >= 0) & (iw < w)
+    xp = np.concatenate([x, np.full((n, 1, w, c), fill, x.dtype)], axis=1)
+    xp = np.concatenate([xp, np.full((n, h + 1, 1, c), fill, x.dtype)], axis=2)
+    ihc = np.where(mh, ih, h)
+    iwc = np.where(mw, iw, w)
+    p = xp[:, ihc[:, :, None, None], iwc[None, None, :, :], :]
+    return p, mh[:, :, None, None] & mw[None, None, :, :]
+
+
+def _requant(acc: np.ndarray, node: Node, eff: np.ndarray, mode: str, *,
+             float_round: bool = False) -> np.ndarray:
+    """acc (int64, channel last) -> int8 output of ``node`` under ``mode``."""
+    _, oz = _qp(node.outputs[0])
+    lo, hi = _act(node)
+    if mode == "xnnpack":
+        return fp32_requant(acc, eff.astype(np.float32), oz, lo, hi).astype(np.int8)
+    if float_round:
+        y = round_half_away(acc.astype(np.float64) * eff.astype(np.float64)).astype(np.int64)
+    else:
+        qm, sh = quantize_multipliers(eff)
+        y = mbqm(acc, qm, sh)
+    return np.clip(y + oz, lo, hi).astype(np.int8)
+
+
+def _scales(node: Node, mode: str) -> np.ndarray:
+    """Effective output scale per channel: in*w/out (double for REF, float32 for XNNPACK)."""
+    x, w = node.inputs[0], node.inputs[1]
+    s_in, _ = _qp(x)
+    s_out, _ = _qp(node.outputs[0])
+    ws = np.asarray(w.quant.scale, np.float64)
+    if mode == "xnnpack":
+        return (np.float32(s_in) * ws.astype(np.float32)) / np.float32(s_out)
+    return np.float64(s_in) * ws / np.float64(s_out)
+
+
+def _bias(xs: list, n: int) -> np.ndarray:
+    b = xs[2] if len(xs) > 2 else None
+    return np.zeros(n, np.int64) if b is None else b.astype(np.int64)
+
+
+def conv2d(node: Node, xs: list, mode: str) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    _, zp = _qp(node.inputs[0])
+    p, _ = patches(x, w.shape[1], w.shape[2], node.attrs, zp)
+    p = p.astype(np.float64) - zp
+    acc = np.einsum("nhiwjc,oijc->nhwo", p, w.astype(np.float64), optimize=True)
+    acc = np.rint(acc).astype(np.int64) + _bias(xs, w.shape[0])
+    return _requant(acc, node, _scales(node, mode), mode)
+
+
+def depthwise_conv2d(node: Node, xs: list, mode: str) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    _, zp = _qp(node.inputs[0])
+    m = int(node.attrs["depth_multiplier"])
+    p, _ = patches(x, w.shape[1], w.shape[2], node.attrs, zp)
+    p = p.astype(np.int64) - zp
+    if m > 1:
+        p = np.repeat(p, m, axis=-1)
+    acc = np.einsum("nhiwjo,ijo->nhwo", p, w[0].astype(np.int64)) + _bias(xs, w.shape[3])
+    return _requant(acc, node, _scales(node, mode), mode)
+
+
+def fully_connected(node: Node, xs: list, mode: str) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    _, zp = _qp(node.inputs[0])
+    flat = x.reshape(-1, w.shape[1]).astype(np.float64) - zp
+    acc = np.rint(flat @ w.astype(np.float64).T).astype(np.int64) + _bias(xs, w.shape[0])
+    y = _requant(acc, node, _scales(node, mode), mode, float_round=True)
+    return y.reshape(node.outputs[0].shape)
+
+
+def transpose_conv(node: Node, xs: list, mode: str) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    _, zp = _qp(node.inputs[0])
+    n, h, wd, _ = x.shape
+    o, kh, kw, _ = w.shape
+    oh, ow = node.outputs[0].shape[1:3]
+    sh, sw = node.attrs["stride"]
+    _, pt = same_padding(oh, kh, sh, 1, node.attrs["padding"])
+    _, pl = same_padding(ow, kw, sw, 1, node.attrs["padding"])
+    # contrib[n, y, x, i, j, o] scattered to out[y*s - pt + i, x*s - pl + j]
+    contrib = np.einsum("nyxc,oijc->nyxijo", x.astype(np.int64) - zp, w.astype(np.int64))
+    full = np.zeros((n, (h - 1) * sh + kh, (wd - 1) * sw + kw, o), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, i:i + (h - 1) * sh + 1:sh, j:j + (wd - 1) * sw + 1:sw, :] += contrib[:, :, :, i, j]
+    acc = full[:, pt:pt + oh, pl:pl + ow, :]
+    if acc.shape[1] < oh or acc.shape[2] < ow:
+        acc = np.pad(acc, ((0, 0), (0, oh - acc.shape[1]), (0, ow - acc.shape[2]), (0, 0)))
+    acc = acc + _bias(xs, o)
+    return _requant(acc, node, _scales(node, mode), mode)
+
+
+# ---------------------------------------------------------------- elementwise
+def _add_params(s1: float, s2: float, so: float) -> tuple:
+    tw = 2.0 * max(s1, s2)
+    return (quantize_multiplier(s1 / tw), quantize_multiplier(s2 / tw),
+            quantize_multiplier(tw / ((1 << 20) * so)))
+
+
+def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
+    (s1, z1), (s2, z2), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
+    lo, hi = _act(node)
+    a = xs[0].astype(np.int64) - z1
+    b = xs[1].astype(np.int64) - z2
+    if mode == "xnnpack" and node.op == "ADD":
+        return xnn_add(a, b, s1 / so, s2 / so, zo, lo, hi)
+    (m1, e1), (m2, e2), (mo, eo) = _add_params(s1, s2, so)
+    sa = mbqm(a << 20, m1, e1)
+    sb = mbqm(b << 20, m2, e2)
+    raw = sa - sb if node.op == "SUB" else sa + sb
+    return np.clip(mbqm(raw, mo, eo) + zo, lo, hi).astype(np.int8)
+
+
+def xnn_add(a: np.ndarray, b: np.ndarray, ra: float, rb: float, zo: int, lo: int, hi: int
+            ) -> np.ndarray:
+    """XNNPACK qs8 vadd: fixed-point multipliers from the float scale ratios."""
+    ra32, rb32 = np.float32(ra), np.float32(rb)
+    max_ratio = max(abs(ra32), abs(rb32))
+    exp = int(np.frexp(max_ratio)[1]) - 1
+    shift = 20 - exp
+    ma = int(np.rint(np.ldexp(np.float64(ra32), shift)))
+    mb = int(np.rint(np.ldexp(np.float64(rb32), shift)))
+    acc = a * ma + b * mb
+    rounding = 1 << (shift - 1)
+    y = (acc + rounding - 1 + (acc < 0) * 0) >> shift
+    return np.clip(y + zo, lo, hi).astype(np.int8)
+
+
+def mul(node: Node, xs: list, mode: str) -> np.ndarray:
+    (s1, z1), (s2, z2), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
+    lo, hi = _act(node)
+    prod = (xs[0].astype(np.int64) - z1) * (xs[1].astype(np.int64) - z2)
+    if mode == "xnnpack":
+        scale = np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)
+        return fp32_requant(prod, scale, zo, lo, hi).astype(np.int8)
+    qm, sh = quantize_multiplier(float(np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)))
+    return np.clip(mbqm(prod, qm, sh) + zo, lo, hi).astype(np.int8)
+
+
+def _requant_unary(x: np.ndarray, s_in: float, z_in: int, s_out: float, z_out: int
+                   ) -> np.ndarray:
+    qm, sh = quantize_multiplier(float(s_in) / float(s_out))
+    return mbqm(x.astype(np.int64) - z_in, qm, sh) + z_out
+
+
+def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
+    (si, zi), (so, zo) = _qp(node.inputs[0]), _qp(node.outputs[0])
+    lo, hi = node.outputs[0].quant.qrange()
+    if xs[0].dtype.kind == "f":
+        y = round_half_away(xs[0].astype(np.float32) / np.float32(so)).astype(np.int64) + zo
+    else:
+        y = _requant_unary(xs[0], si, zi, so, zo)
+    return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+
+
+def dequantize(node: Node, xs: list, mode: str) -> np.ndarray:
+    s, z = _qp(node.inputs[0])
+    return ((xs[0].astype(np.int32) - z).astype(np.float32) * np.float32(s)).astype(np.float32)
+
+
+def relu_like(node: Node, xs: list, mode: str) -> np.ndarray:
+    (si, zi), (so, zo) = _qp(node.inputs[0]), _qp(node.outputs[0])
+    act = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}[node.op]
+    lo, hi = act_range(act, so, zo)
+    return np.clip(_requant_unary(xs[0], si, zi, so, zo), lo, hi).astype(np.int8)
+
+
+def leaky_relu(node: Node, xs: list, mode: str) -> np.ndarray:
+    (si, zi), (so, zo) = _qp(node.inputs[0]), _qp(node.outputs[0])
+    alpha = np.float32(node.attrs["alpha"])
+    m_alpha = quantize_multiplier(float(np.float32(np.float32(si) * alpha) / np.float32(so)))
+    m_id = quantize_multiplier(float(np.float32(si) / np.float32(so)))
+    v = xs[0].astype(np.int64) - zi
+    y = np.where(v >= 0, mbqm(v, *m_id), mbqm(v, *m_alpha)) + zo
+    return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
+
+
+def prelu(node: Node, xs: list, mode: str) -> np.ndarray:
+    (si, zi), (sa, za), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
+    m1 = quantize_multiplier(float(np.float32(si) / np.float32(so)))
+    m2 = quantize_multiplier(float(np.float32(np.float32(si) * np.float32(sa)) / np.float32(so)))
+    v = xs[0].astype(np.int64) - zi
+    a = xs[1].astype(np.int64) - za
+    y = np.where(v >= 0, mbqm(v, *m1), mbqm(v * a, *m2)) + zo
+    return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
+
+
+def _lut(node: Node, fn) -> np.ndarray:
+    (si, zi), (so, zo) = _qp(node.inputs[0]), _qp(node.outputs[0])
+    inv = np.float32(1.0) / np.float32(so)
+    vals = np.arange(-128, 128)
+    table = np.empty(256, np.int64)
+    for k, v in enumerate(vals):
+        deq = np.float32(np.float32(si) * np.float32(v - zi))
+        t = np.float32(fn(float(deq)))
+        r = round_half_away(np.float32(t * inv))
+        table[k] = int(np.float32(r + np.float32(zo)))
+    return np.clip(table, I8_MIN, I8_MAX)
+
+
+def logistic_tanh(node: Node, xs: list, mode: str) -> np.ndarray:
+    m = libm()
+    if node.op == "LOGISTIC":
+        def fn(x: float) -> float:
+            return float(np.float32(1.0) / (np.float32(1.0) + np.float32(m.expf(-x))))
+    else:
+        fn = m.tanhf
+    table = _lut(node, fn)
+    return table[xs[0].astype(np.int64) + 128].astype(np.int8)
+
+
+def max_pool(node: Node, xs: list, mode: str) -> np.ndarray:
+    kh, kw = node.attrs["filter"]
+    p, mask = patches(xs[0], kh, kw, node.attrs, I8_MIN)
+    lo, hi = _act(node)
+    return np.clip(p.max(axis=(2, 4)), lo, hi).astype(np.int8)
+
+
+def avg_pool(node: Node, xs: list, mode: str) -> np.ndarray:
+    kh, kw = node.attrs["filter"]
+    p, mask = patches(xs[0].astype(np.int64), kh, kw, node.attrs, 0)
+    total = p.sum(axis=(2, 4))
+    cnt = mask.sum(axis=(1, 3))[None, :, :, None].astype(np.int64)
+    lo, hi = _act(node)
+    half = cnt // 2
+    num = np.where(total > 0, total + half, total - half)
+    avg = np.where(num >= 0, num // cnt, -((-num) // cnt))
+    return np.clip(avg, lo, hi).astype(np.int8)
