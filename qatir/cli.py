@@ -91,9 +91,11 @@ def cli(debug: bool) -> None:
 @click.option("--after-pass", "after_pass", metavar="PASS",
               help="Show the graph before and after this one pass (html/text: both, svg: after).")
 @click.option("--table", help="Pattern table for --after-pass (default: the built-in one).")
+@click.option("--with-data", is_flag=True,
+              help="JSON: include constant values, so the dump reloads losslessly.")
 @debug_option
 def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
-         after_pass: str | None, table: str | None, debug: bool) -> None:
+         after_pass: str | None, table: str | None, with_data: bool, debug: bool) -> None:
     """Print MODEL's IR as text, JSON, an SVG picture or an HTML page."""
     from qatir import draw
 
@@ -109,7 +111,7 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
         if before is not None:
             text = draw.text_diff(before, graph, after_pass or "") + "\n"
     elif fmt == "json":
-        text = graph.to_json() + "\n"
+        text = graph.to_json(include_data=with_data) + "\n"
     elif fmt == "svg":
         text = draw.to_svg(graph)
     elif before is not None:
@@ -139,7 +141,8 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-4, show_default=True)
 @click.option("--table", metavar="TABLE.toml", help="Your own pattern table.")
-@click.option("--passes", metavar="A,B,C", help="Comma-separated pass pipeline.")
+@click.option("--passes", metavar="A,B,C",
+              help="Comma-separated passes; a pipeline name (default, float) stands for its passes.")
 @click.option("--io", "io_type", type=click.Choice(["int8", "float"]), default="int8",
               show_default=True, help="Type of the model's inputs and outputs.")
 @click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",

@@ -305,7 +305,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
         calib = _calibration_batches(graph, opts, bs)
         train = load_npz(opts.train, graph, [opts.label_key]) if opts.train else None
     with timer("quantize"):
-        q = qatir.quantize(graph, table=opts.table, passes=opts.passes,
+        q = qatir.quantize(graph, table=opts.table, passes=expand_passes(opts.passes),
                            print_ir_after=_ir_selection(opts.print_ir_after))
     with timer("calibrate"):
         qatir.calibrate(q, calib, progress=opts.progress)
@@ -316,7 +316,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
                 labels = b.pop(opts.label_key)
                 dataset.append((b, labels))
             qatir.fit(q, dataset, loss=opts.loss, optimizer=_adam(opts.learning_rate),
-                      epochs=opts.epochs, progress=opts.progress)
+                      epochs=opts.epochs, verbose=opts.progress)
     with timer("write"):
         buf = qatir.to_tflite(q, io=opts.io)
         atomic_write(output, buf)
@@ -334,6 +334,19 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
             report = parity_report(q, buf, samples)
     return CompileSummary(output, tflite_op_counts(buf), float_param_bytes(graph), len(buf),
                           sqnr_fq, sqnr_int8, timer.seconds, len(samples), files, report)
+
+
+def expand_passes(names: Sequence[str] | None) -> list[str] | None:
+    """Pass names, where a pipeline name ("default", "float") stands for its passes."""
+    if names is None:
+        return None
+    from qatir.pipeline import list_pipelines
+
+    pipelines = list_pipelines()
+    out: list[str] = []
+    for name in names:
+        out.extend(pipelines.get(name, [name]))
+    return out
 
 
 def _ir_selection(names: list[str] | None) -> str | list[str] | None:
@@ -397,3 +410,85 @@ def registry_listing() -> str:
     lines.append("quantizers:")
     lines += [f"  {name:<30} {doc}" for name, doc in list_quantizers().items()]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- bench
+@dataclass
+class BenchResult:
+    """Seconds per stage of one compile, plus LiteRT latency of the written model."""
+
+    model: str
+    nodes: int
+    stage_seconds: dict[str, float]
+    invoke_ms: dict[str, float]
+    tflite_bytes: int
+
+    def format(self) -> str:
+        lines = [f"model: {self.model} ({self.nodes} IR nodes, int8 .tflite "
+                 f"{_kb(self.tflite_bytes)})", f"{'stage':<28}{'seconds':>10}"]
+        lines += [f"{k:<28}{v:>10.3f}" for k, v in self.stage_seconds.items()]
+        lines.append(f"{'total':<28}{sum(self.stage_seconds.values()):>10.3f}")
+        lines.append(f"{'LiteRT invoke (batch 1)':<28}{'ms':>10}")
+        lines += [f"  {k:<26}{v:>10.3f}" for k, v in self.invoke_ms.items()]
+        return "\n".join(lines)
+
+
+def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                calib_batches: int = 4, repeat: int = 20) -> BenchResult:
+    """Time load, quantize, calibrate, float/fake-quant TF run, to_tflite and LiteRT invoke.
+
+    ``model=None`` times the demo CNN (written to a temporary .onnx file first).
+    First TF runs include tracing; that is what a user waits for, so it is reported.
+    """
+    import tempfile
+
+    import qatir
+
+    timer = StageTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            from qatir.demo import digits_cnn_onnx
+
+            model = os.path.join(tmp, "digits_cnn.onnx")
+            with open(model, "wb") as f:
+                f.write(digits_cnn_onnx().SerializeToString())
+            label = "demo digits CNN (built in)"
+        else:
+            label = model
+        with timer("load"):
+            graph = qatir.load(model, input_shapes=dict(input_shapes or {}) or None)
+        feeds = random_batches(graph, calib_batches, _batch_size_for(graph, 1))
+        with timer("float run (first, traces)"):
+            qatir.run(graph, feeds[0])
+        with timer("float run (second)"):
+            qatir.run(graph, feeds[0])
+        with timer("quantize (passes)"):
+            q = qatir.quantize(graph)
+        with timer(f"calibrate ({calib_batches} batches)"):
+            qatir.calibrate(q, feeds, progress=False)
+        with timer("fake-quant run"):
+            qatir.run(q, feeds[0])
+        with timer("to_tflite (lower + write)"):
+            buf = qatir.to_tflite(q, io="int8")
+    return BenchResult(label, len(graph.nodes), timer.seconds, _invoke_ms(buf, repeat), len(buf))
+
+
+def _invoke_ms(buf: bytes, repeat: int) -> dict[str, float]:
+    """Median LiteRT invoke time, with the default (XNNPACK) and the reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    out = {}
+    for label, resolver in (("default (XNNPACK)", OpResolverType.AUTO),
+                            ("reference kernels", OpResolverType.BUILTIN_REF)):
+        interp = Interpreter(model_content=buf, experimental_op_resolver_type=resolver)
+        interp.allocate_tensors()
+        for d in interp.get_input_details():
+            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        interp.invoke()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            interp.invoke()
+            times.append(time.perf_counter() - t0)
+        out[label] = 1e3 * float(np.median(times))
+    return out

@@ -185,7 +185,7 @@ def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
     with timer("float training"):
         echo(f"training in float for {float_epochs} epochs")
         qatir.fit(g, _dataset(x_tr, y_tr, 32, SEED), loss=_loss(), optimizer=_adam(3e-3),
-                  epochs=float_epochs, progress=progress)
+                  epochs=float_epochs, verbose=progress)
         float_acc = accuracy_ir(g, x_te, y_te)
         float_path = out / "digits_float.qatir"
         qatir.save(g, float_path)
@@ -202,7 +202,7 @@ def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
     with timer("QAT"):
         echo(f"quantization-aware training for {qat_epochs} epoch(s)")
         qatir.fit(q, _dataset(x_tr, y_tr, 32, SEED + 2), loss=_loss(), optimizer=_adam(3e-4),
-                  epochs=qat_epochs, progress=progress)
+                  epochs=qat_epochs, verbose=progress)
         qat_acc = accuracy_ir(q, x_te, y_te)
         qat_path = out / "digits_qat.qatir"
         qatir.save(q, qat_path)

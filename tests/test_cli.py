@@ -1,0 +1,254 @@
+"""The ``qatir`` command line: dumps, compile end to end (LiteRT runs the result), errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qatir
+from qatir.cli import main, parse_input_shapes
+from qatir.demo import digits_cnn_onnx, load_digits_nchw
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def tiny_onnx(path, batch: str | int = "N") -> str:
+    """Conv(3->4) + BatchNorm + Relu + GlobalAveragePool + Flatten + Gemm(4->3), NCHW."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("w", rng.standard_normal((4, 3, 3, 3)) * 0.3), ("b", rng.standard_normal(4) * 0.1),
+        ("g", 1 + 0.1 * rng.standard_normal(4)), ("be", 0.1 * rng.standard_normal(4)),
+        ("m", 0.1 * rng.standard_normal(4)), ("v", 1 + 0.1 * rng.random(4)),
+        ("fw", rng.standard_normal((3, 4)) * 0.5), ("fb", np.zeros(3))]]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    return tiny_onnx(tmp_path / "tiny.onnx")
+
+
+def litert_run(path: str, x: np.ndarray) -> np.ndarray:
+    """Run a .tflite file in LiteRT on one float NHWC sample (quantizing int8 edges)."""
+    from qatir.compile import run_litert
+
+    with open(path, "rb") as f:
+        return run_litert(f.read(), [{"x": x}])[0][0]
+
+
+# --------------------------------------------------------------------------- parsing
+def test_parse_input_shapes():
+    assert parse_input_shapes(["x=1,3,224,224", "y=2x5"]) == {"x": [1, 3, 224, 224], "y": [2, 5]}
+    for bad in ["x", "x=", "=1,2", "x=1,-2", "x=1,a", "x=0"]:
+        with pytest.raises(qatir.QatirError, match="--input-shape"):
+            parse_input_shapes([bad])
+
+
+# --------------------------------------------------------------------------- dump
+def test_dump_text_and_json(capsys, tiny, tmp_path):
+    rc, out, err = run_cli(capsys, "dump", tiny)
+    assert rc == 0, err
+    assert out.startswith("graph ") and "CONV_2D(" in out and "BATCH_NORM(" in out
+    assert out == str(qatir.load(tiny)) + "\n"
+    rc, out, _ = run_cli(capsys, "dump", tiny, "--format", "json")
+    assert rc == 0
+    d = json.loads(out)
+    assert {n["op"] for n in d["nodes"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert all("values" not in t for t in d["tensors"])  # weights only with --with-data
+    # the JSON dump with data reloads into the same graph
+    js = tmp_path / "tiny.json"
+    assert run_cli(capsys, "dump", tiny, "--format", "json", "--with-data", "-o", js)[0] == 0
+    assert str(qatir.load(js)) == str(qatir.load(tiny))
+
+
+def test_dump_input_shape_fixes_batch(capsys, tiny):
+    rc, out, _ = run_cli(capsys, "dump", tiny, "--input-shape", "x=2,3,8,8")
+    assert rc == 0
+    assert "f32[2,8,8,3]" in out.splitlines()[0]
+
+
+def test_dump_svg_and_after_pass_html(capsys, tiny, tmp_path):
+    svg = tmp_path / "g.svg"
+    assert run_cli(capsys, "dump", tiny, "--format", "svg", "-o", svg)[0] == 0
+    root = ET.parse(svg).getroot()
+    drawn = {g.get("data-node") for g in root.iter("{http://www.w3.org/2000/svg}g")}
+    assert {n.name for n in qatir.load(tiny).nodes} <= drawn
+    page = tmp_path / "fold.html"
+    rc, _, err = run_cli(capsys, "dump", tiny, "--format", "html", "--after-pass",
+                         "fold_batch_norm", "-o", page)
+    assert rc == 0, err
+    text = page.read_text()
+    assert text.count("<svg") == 2 and "BATCH_NORM -1" in text
+    rc, out, _ = run_cli(capsys, "dump", tiny, "--after-pass", "fold_batch_norm")
+    assert rc == 0 and any(ln.startswith("-") and "BATCH_NORM" in ln for ln in out.splitlines())
+
+
+def test_passes_lists_registries(capsys):
+    rc, out, _ = run_cli(capsys, "passes")
+    assert rc == 0
+    for word in ("passes:", "fold_batch_norm", "insert_fake_quant", "pattern tables:",
+                 "quantizers:", "minmax"):
+        assert word in out
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("args, needle", [
+    (["dump", "{tmp}/missing.onnx"], "missing.onnx: no such model file"),
+    (["dump", "{tiny}", "--input-shape", "x=1,three,8,8"], "--input-shape"),
+    (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--calib", "{tmp}/wrong.npz"],
+     "no array named 'x'"),
+    (["compile", "{tiny}", "-o", "{tiny}"], "must end in .tflite"),
+    (["compile", "{tmp}/m.tflite", "-o", "{tmp}/m.tflite"], "refusing to overwrite the input"),
+    (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--passes", "no_such_pass",
+      "--calib-random", "1"], "unknown pass 'no_such_pass'"),
+    (["dump", "{tiny}", "--format", "png"], "'png' is not one of"),
+])
+def test_user_errors_are_one_line_exit_2(capsys, tiny, tmp_path, args, needle):
+    np.savez(tmp_path / "wrong.npz", images=np.zeros((2, 3, 8, 8), np.float32))
+    (tmp_path / "m.tflite").write_bytes(b"not a model")
+    argv = [a.format(tmp=tmp_path, tiny=tiny) for a in args]
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert [ln for ln in lines if ln.startswith("qatir: error:")] == lines[-1:], err
+    assert needle in lines[-1]
+    assert "Traceback" not in err
+
+
+def test_console_script_error_and_debug_traceback(tmp_path):
+    missing = str(tmp_path / "nope.onnx")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    p = subprocess.run([sys.executable, "-m", "qatir.cli", "dump", missing],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"qatir: error: {missing}: no such model file"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    p = subprocess.run([sys.executable, "-m", "qatir.cli", "dump", str(bad), "--debug"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" in p.stderr and p.stderr.strip().splitlines()[-1].startswith("qatir: error:")
+
+
+def test_failed_compile_keeps_existing_output(capsys, tiny, tmp_path):
+    out = tmp_path / "keep.tflite"
+    out.write_bytes(b"old contents")
+    np.savez(tmp_path / "wrong.npz", other=np.zeros((2, 3, 8, 8), np.float32))
+    rc, _, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib", tmp_path / "wrong.npz")
+    assert rc == 2 and "no array named 'x'" in err
+    assert out.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# --------------------------------------------------------------------------- compile
+def test_compile_onnx_end_to_end_runs_in_litert(capsys, tiny, tmp_path):
+    rng = np.random.default_rng(1)
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)  # NCHW, as ONNX users hold it
+    np.savez(tmp_path / "calib.npz", x=calib)
+    out = tmp_path / "tiny_int8.tflite"
+    out.write_bytes(b"old")  # replaced on success
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib",
+                              tmp_path / "calib.npz", "--no-progress", "--save-ir",
+                              tmp_path / "tiny.qatir")
+    assert rc == 0, err
+    assert "CONV_2D 1" in stdout and "FULLY_CONNECTED 1" in stdout and "SQNR" in stdout
+    sqnr = float(stdout.split("int8 in LiteRT ")[1].split(" dB")[0])
+    assert sqnr > 15.0, stdout
+    x = calib[:1].transpose(0, 2, 3, 1)
+    want = qatir.run(qatir.load(tiny), {"x": x})["y"]
+    got = litert_run(str(out), x)
+    assert got.shape == (1, 3)
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 0.05
+    q = qatir.load(tmp_path / "tiny.qatir")
+    assert any(n.op == "FAKE_QUANT" for n in q.nodes)
+
+
+def test_compile_float_io_and_print_ir_after(capsys, tiny, tmp_path):
+    out = tmp_path / "f.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib-random", "4",
+                              "--io", "float", "--print-ir-after", "fold_batch_norm",
+                              "--input-shape", "x=1,3,8,8", "--no-progress")
+    assert rc == 0, err
+    assert "real samples" in err  # the random-calibration warning
+    assert "// IR after pass" in stdout and "fold_batch_norm" in stdout
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(out))
+    interp.allocate_tensors()
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    assert interp.get_output_details()[0]["dtype"] == np.float32
+    x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    assert np.isfinite(interp.get_tensor(interp.get_output_details()[0]["index"])).all()
+
+
+def test_compile_with_qat_on_digits(capsys, tmp_path):
+    model = tmp_path / "digits.onnx"
+    onnx.save(digits_cnn_onnx(channels=(8, 8, 8)), str(model))
+    x, y, _, _ = load_digits_nchw()
+    np.savez(tmp_path / "calib.npz", image=x[:64])
+    np.savez(tmp_path / "train.npz", image=x[:256], y=y[:256])
+    out = tmp_path / "d.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", model, "-o", out, "--calib",
+                              tmp_path / "calib.npz", "--train", tmp_path / "train.npz",
+                              "--epochs", "1", "--loss", "sparse_categorical_crossentropy",
+                              "--no-progress")
+    assert rc == 0, err
+    assert "qat " in stdout and out.stat().st_size > 1000
+
+
+def test_compile_float_tflite_model(capsys, tmp_path):
+    """A float .tflite from TensorFlow's own converter compiles to int8 and runs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((8, 8, 3), batch_size=1, name="x")
+    h = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    h = tf.keras.layers.GlobalAveragePooling2D()(h)
+    outp = tf.keras.layers.Dense(3)(h)
+    keras_model = tf.keras.Model(inp, outp)
+    buf = tf.lite.TFLiteConverter.from_keras_model(keras_model).convert()
+    src = tmp_path / "float.tflite"
+    src.write_bytes(buf)
+    g = qatir.load(src)
+    name = g.inputs[0].name
+    np.savez(tmp_path / "calib.npz",
+             **{name: np.random.default_rng(3).random((8, 8, 8, 3)).astype(np.float32)})
+    out = tmp_path / "int8.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", src, "-o", out, "--calib",
+                              tmp_path / "calib.npz", "--no-progress")
+    assert rc == 0, err
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(out))
+    interp.allocate_tensors()
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    float_sqnr = float(stdout.split("int8 in LiteRT ")[1].split(" dB")[0])
+    assert float_sqnr > 15.0, stdout
