@@ -40,6 +40,8 @@ from qatir.frontends.tflite_sparse import densify
 from qatir.ir import Graph, QuantParams, Tensor
 
 MAX_FILE_BYTES = 1 << 33
+# IR weight ops -> output-channel axis of their weights.
+WEIGHT_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 0, "FULLY_CONNECTED": 0}
 
 
 def load_tflite(path: str | os.PathLike) -> Graph:
@@ -304,6 +306,8 @@ class _Importer:
         first = self.values.get(inputs[0]) if inputs else None
         float_consumer = first is not None and first.dtype.kind == "f"
         ins = [self._value(op, i, float_consumer) for i in inputs]
+        if emit.op in WEIGHT_OPS and not float_consumer:
+            ins = self._lowered_weights(op, emit.op, ins)
         outs = [self.names[o] for o in op.outputs]
         try:
             node = self.g.add_node(emit.op, ins, emit.attrs, name=f"{emit.op.lower()}_{op.index}",
@@ -321,6 +325,27 @@ class _Importer:
             raise self.unsupported(op, f"output_shape {expect} differs from the "
                                        f"{emit.attrs['padding']} shape "
                                        f"{list(node.outputs[0].shape)} (output padding)")
+
+    def _lowered_weights(self, op: TOp, emit_op: str, ins: list[Tensor]) -> list[Tensor]:
+        """Match qatir.lower's int8 form: symmetric int8 weights are ``narrow_range``, and
+        a missing bias becomes int32 zeros with scale ``float32(in_scale * w_scale)``."""
+        x, w = ins[0], ins[1]
+        if x.quant is None or w.quant is None or w.dtype != np.int8 or not w.is_const:
+            return ins
+        q = w.quant
+        if all(z == 0 for z in q.zero_point) and (w.data.size == 0 or w.data.min() >= -127):
+            w.quant = QuantParams(q.scale, q.zero_point, q.axis, q.bits, True, q.dtype)
+        if len(ins) == 2:
+            out_ch = w.shape[WEIGHT_OPS[emit_op]]
+            w_s = np.asarray(q.scale, np.float32)
+            b_s = (np.float32(x.quant.scale[0]) * w_s).astype(np.float32)
+            per_ch = q.axis is not None
+            bq = QuantParams(tuple(b_s.tolist()), (0,) * b_s.size, 0 if per_ch else None, 32,
+                             False, "int32")
+            bias = self.g.const(np.zeros(out_ch or 0, np.int32),
+                                name=self._fresh(f"{self.names[op.outputs[0]]}_bias"), quant=bq)
+            ins = [*ins, bias]
+        return ins
 
     def _check_output(self, op: TOp, idx: int, t: Tensor) -> None:
         decl = self.m.tensors[idx]

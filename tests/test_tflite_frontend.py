@@ -1,0 +1,230 @@
+"""TFLite frontend: converter-made float, fp16-weight, dynamic-range and sparse models import
+into the IR and run (qatir.run, TF) like LiteRT runs them."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+import qatir  # noqa: E402
+from qatir.frontends.tflite_reader import read_model  # noqa: E402
+
+L = tf.keras.layers
+
+
+def _mobilenet_like() -> tf.keras.Model:
+    """MobileNetV2-style blocks plus most of the ops the frontend maps, three outputs."""
+    inp = tf.keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = L.ZeroPadding2D(1)(inp)
+    x = L.Conv2D(8, 3, strides=2, padding="valid")(x)
+    x = L.ReLU(6.0)(L.BatchNormalization()(x))
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(24, 1, use_bias=False)(x)))
+    h = L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)
+    h = L.ReLU(6.0)(L.BatchNormalization()(h))
+    h = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False)(h))
+    x = L.Add()([x, h])  # inverted residual
+    x = L.PReLU(shared_axes=[1, 2])(x)
+    a = L.UpSampling2D(2, interpolation="bilinear")(x)
+    b = L.Lambda(lambda t: tf.image.resize(t, (16, 16), method="nearest"))(x)
+    x = L.Concatenate()([a, b])
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, padding="valid", activation="relu")(x)
+    x = L.Conv2DTranspose(8, 3, strides=2, padding="same")(x)
+    x = L.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(x)
+    x = L.AveragePooling2D(2, padding="same")(x)
+    x = L.Activation("hard_swish")(x)
+    s = L.Lambda(lambda t: t[:, 1:, ::2, :])(x)
+    s = L.Lambda(lambda t: tf.transpose(t, [0, 2, 1, 3]))(s)
+    s = L.Lambda(lambda t: tf.pad(t, [[0, 0], [1, 0], [0, 1], [0, 0]], constant_values=0.5))(s)
+    u, v, w = L.Activation("sigmoid")(s), L.Activation("tanh")(s), L.LeakyReLU(0.1)(s)
+    s = L.Subtract()([L.Multiply()([u, v]), w])
+    feat = L.Lambda(lambda t: t[0] / (t[1] + 2.0), name="features")([s, u])
+    g = L.Dense(10)(L.GlobalAveragePooling2D()(x))
+    f = L.Dense(10, activation="relu")(L.Flatten()(x))
+    logits = L.Add(name="logits")([f, g])
+    prob = L.Softmax(name="prob")(logits)
+    model = tf.keras.Model(inp, {"prob": prob, "logits": logits, "features": feat})
+    rng = np.random.default_rng(7)
+    for layer in model.layers:  # non-trivial batch-norm statistics and PReLU slopes
+        if isinstance(layer, (L.BatchNormalization, L.PReLU)):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if i in (0, 3)
+                               else rng.uniform(-0.2, 0.2, w.shape).astype(np.float32)
+                               for i, w in enumerate(layer.get_weights())])
+    return model
+
+
+def _convert(model: tf.keras.Model, mode: str) -> bytes:
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "sparse":
+        conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    return conv.convert()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfl")
+    model = _mobilenet_like()
+    paths = {}
+    for mode in ("float", "fp16", "dynamic"):
+        paths[mode] = d / f"{mode}.tflite"
+        paths[mode].write_bytes(_convert(model, mode))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def graphs(models):
+    return {mode: qatir.load(p) for mode, p in models.items()}
+
+
+def _litert(path, feeds):
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    return runner(**feeds)
+
+
+def _inputs(seed=0):
+    return {"image": np.random.default_rng(seed).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)}
+
+
+def _ops_used(path) -> set[str]:
+    m = read_model(str(path), path.read_bytes())
+    return {op.name for op in m.ops}
+
+
+def test_converter_emits_the_ops_under_test(models):
+    ops = _ops_used(models["float"])
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB",
+               "MUL", "DIV", "PRELU", "LEAKY_RELU", "LOGISTIC", "TANH", "HARD_SWISH", "MAX_POOL_2D",
+               "AVERAGE_POOL_2D", "MEAN", "PAD", "PADV2", "RESHAPE", "CONCATENATION",
+               "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
+               "SOFTMAX", "TRANSPOSE", "STRIDED_SLICE"):
+        assert op in ops, op
+    assert "DEQUANTIZE" in _ops_used(models["fp16"])
+
+
+def test_signature_names_become_io_names(graphs):
+    g = graphs["float"]
+    assert [t.name for t in g.inputs] == ["image"]
+    assert sorted(t.name for t in g.outputs) == ["features", "logits", "prob"]
+    assert g.inputs[0].shape == (1, 16, 16, 3)
+
+
+@pytest.mark.parametrize("mode", ["float", "fp16"])
+def test_float_models_match_litert(models, graphs, mode):
+    g = graphs[mode]
+    assert not any(n.op in ("DEQUANTIZE", "DENSIFY") for n in g.nodes)  # folded at import
+    assert all(t.dtype == np.float32 for t in g.tensors.values() if t.is_const and t.rank > 1)
+    for seed in (0, 1):
+        feeds = _inputs(seed)
+        ref = _litert(models[mode], feeds)
+        out = qatir.run(g, feeds)
+        for name, want in ref.items():
+            np.testing.assert_allclose(out[name], want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                                       err_msg=f"{mode} output {name}")
+
+
+def test_fp16_weights_widen_exactly(models, graphs):
+    m = read_model(str(models["fp16"]), models["fp16"].read_bytes())
+    g = graphs["fp16"]
+    checked = 0
+    for op in m.ops:
+        if op.name != "DEQUANTIZE":
+            continue
+        src, dst = m.tensors[op.inputs[0]], m.tensors[op.outputs[0]]
+        assert src.dtype == np.float16
+        half = np.frombuffer(m.buffers[src.buffer].tobytes(), np.float16).reshape(src.shape)
+        got = g.tensors.get(dst.name)
+        if got is None:  # a scalar operand that became an attribute (PADV2 constant_values)
+            assert half.size == 1
+            continue
+        assert got.is_const and got.dtype == np.float32
+        np.testing.assert_array_equal(got.data, half.astype(np.float32))
+        checked += 1
+    assert checked >= 5
+
+
+def test_dynamic_range_weights_dequantize_exactly(models, graphs):
+    m = read_model(str(models["dynamic"]), models["dynamic"].read_bytes())
+    g = graphs["dynamic"]
+    checked = 0
+    for t in m.tensors:
+        if t.dtype != np.int8 or t.buffer == 0 or m.buffers[t.buffer] is None:
+            continue
+        q = np.frombuffer(m.buffers[t.buffer].tobytes(), np.int8).reshape(t.shape)
+        scale = t.quant.scale.astype(np.float64)
+        if scale.size > 1:
+            shape = [1] * q.ndim
+            shape[t.quant.axis] = scale.size
+            scale = scale.reshape(shape)
+        want = ((q.astype(np.float64) - 0) * scale).astype(np.float32)
+        got = g.tensors[t.name]
+        assert got.is_const and got.dtype == np.float32, t.name
+        np.testing.assert_array_equal(got.data, want)  # bit-exact
+        checked += 1
+    assert checked >= 2  # the converter quantizes weights of >= 1024 elements (dense, tconv)
+    assert not any(c.dtype == np.int8 for c in g.tensors.values())
+
+
+def test_dynamic_range_outputs_close(models, graphs):
+    feeds = _inputs(3)
+    ref = _litert(models["dynamic"], feeds)
+    out = qatir.run(graphs["dynamic"], feeds)
+    # LiteRT's hybrid kernels also quantize the activations; the IR runs them in float.
+    for name, want in ref.items():
+        np.testing.assert_allclose(out[name], want, rtol=0, atol=0.02 * np.abs(want).max() + 1e-6)
+
+
+def test_dump_is_stable_and_complete(models, graphs):
+    text = str(graphs["float"])
+    assert text == str(qatir.load(models["float"]))
+    for op in ("TRANSPOSE_CONV", "DEPTHWISE_CONV_2D", "STRIDED_SLICE", "PRELU", "act=RELU6"):
+        assert op in text
+    assert "depth_multiplier=2" in text
+    assert text.count("\n") == len(graphs["float"].nodes) + text.count("= const") + 1
+
+
+@pytest.mark.parametrize("mode", ["float", "dynamic"])
+def test_qatir_roundtrip_is_lossless(tmp_path, graphs, mode):
+    g = graphs[mode]
+    p = tmp_path / "m.qatir"
+    qatir.save(g, p)
+    g2 = qatir.load(p)
+    assert str(g2) == str(g)
+    feeds = _inputs(5)
+    a, b = qatir.run(g, feeds), qatir.run(g2, feeds)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_sparse_weights_densify(tmp_path):
+    inp = tf.keras.Input((8, 8, 16), batch_size=1, name="x")
+    y = L.Conv2D(32, 3, padding="same")(inp)
+    y = L.Dense(64)(L.Flatten()(y))
+    model = tf.keras.Model(inp, y)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if ws:
+            layer.set_weights([ws[0] * (rng.random(ws[0].shape) < 0.1)] + ws[1:])
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(_convert(model, "sparse"))
+    assert "DENSIFY" in _ops_used(path)
+    g = qatir.load(path)
+    assert [n.op for n in g.nodes] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    conv_w = model.layers[1].get_weights()[0].transpose(3, 0, 1, 2)  # HWIO -> OHWI
+    np.testing.assert_array_equal(g.nodes[0].inputs[1].data, conv_w)
+    np.testing.assert_array_equal(g.nodes[2].inputs[1].data, model.layers[3].get_weights()[0].T)
+    feeds = {"x": rng.uniform(-1, 1, (1, 8, 8, 16)).astype(np.float32)}
+    ref = _litert(path, feeds)
+    out = qatir.run(g, feeds)
+    for name, want in ref.items():
+        np.testing.assert_allclose(out[name], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
