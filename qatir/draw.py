@@ -171,6 +171,13 @@ def _assign_layers(boxes: dict[str, _Box], edges: list[tuple[str, str, str]]) ->
     for box in boxes.values():  # dict order: inputs, nodes in topological order, outputs
         if box.preds:
             box.layer = max(boxes[p].layer for p in box.preds) + 1
+    # a node fed only by constants (a weight FAKE_QUANT) sits just above its first user
+    succs: dict[str, list[str]] = {}
+    for src, dst, _ in edges:
+        succs.setdefault(src, []).append(dst)
+    for box in reversed(list(boxes.values())):
+        if box.key.startswith("n:") and not box.preds and box.key in succs:
+            box.layer = max(min(boxes[s].layer for s in succs[box.key]) - 1, 0)
     last = max((b.layer for b in boxes.values()), default=0)
     for box in boxes.values():
         if box.key.startswith("o:"):
