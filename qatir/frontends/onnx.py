@@ -1,0 +1,224 @@
+"""ONNX frontend: import an ONNX model (opsets 7-21) as a qatir IR graph in NHWC layout.
+
+4-D graph inputs and outputs become NHWC (``tensor.source_layout == "NCHW"``);
+weights are transposed once (OHWI, 1HWO); static shape arithmetic is folded.
+See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
+from qatir.frontends import onnx_nn, onnx_ops, onnx_pool  # noqa: F401  (register the converters)
+from qatir.frontends.onnx_ctx import (
+    BATCH,
+    CONVERTERS,
+    Ctx,
+    Dim,
+    Val,
+    channel_last,
+    ident,
+)
+from qatir.frontends.onnx_fold import FOLDERS, fold_node
+from qatir.frontends.onnx_io import (
+    apply_input_shapes,
+    opset_of,
+    read_model,
+    tensor_to_array,
+    topo_order,
+    value_info_shape,
+)
+from qatir.ir import Graph
+
+# Python exceptions a malformed node may trigger inside a converter; reported as the node's fault.
+_NODE_FAULTS = (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
+                ArithmeticError)
+
+
+def load_onnx(path: str | os.PathLike,
+              input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Import the ONNX model at ``path``; ``input_shapes`` (source layout) fixes dynamic dims."""
+    path = os.fspath(path)
+    model = read_model(path)
+    opset = opset_of(model, path)
+    onnx_graph = model.graph
+    _check_supported(onnx_graph, path)
+
+    graph = Graph(onnx_graph.name or os.path.splitext(os.path.basename(path))[0])
+    ctx = Ctx(graph, path, opset)
+    inits = _load_initializers(ctx, onnx_graph)
+    _add_inputs(ctx, onnx_graph, inits, input_shapes)
+
+    nodes = list(onnx_graph.node)
+    for idx in topo_order(nodes, set(ctx.vals), path):
+        _convert_node(ctx, nodes[idx], idx)
+    _set_outputs(ctx, onnx_graph)
+    graph.eliminate_dead_code()
+    graph.metadata.update({
+        "source_format": "onnx",
+        "source_file": os.path.basename(path),
+        "opset": opset,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+    })
+    graph.verify()
+    return graph
+
+
+def _check_supported(onnx_graph: Any, path: str) -> None:
+    """Raise one UnsupportedOpError listing every unsupported op with counts and node names."""
+    counts: Counter[str] = Counter()
+    names: dict[str, list[str]] = {}
+    for i, n in enumerate(onnx_graph.node):
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        if n.domain in ("", "ai.onnx") and (n.op_type in CONVERTERS or n.op_type in FOLDERS):
+            continue
+        counts[key] += 1
+        names.setdefault(key, []).append(n.name or f"#{i}")
+    if counts:
+        detail = "; ".join(f"{op}: nodes {', '.join(repr(x) for x in names[op][:5])}"
+                           + (" ..." if len(names[op]) > 5 else "") for op in sorted(names))
+        raise UnsupportedOpError(path, dict(counts), detail)
+
+
+def _load_initializers(ctx: Ctx, onnx_graph: Any) -> set[str]:
+    names = set()
+    for t in onnx_graph.initializer:
+        if not t.name:
+            raise ModelFormatError(f"{ctx.path}: an initializer has no name")
+        if t.name in names:
+            raise ModelFormatError(f"{ctx.path}: initializer {t.name!r} is defined twice")
+        ctx.vals[t.name] = Val(const=tensor_to_array(t, ctx.path))
+        names.add(t.name)
+    return names
+
+
+def _add_inputs(ctx: Ctx, onnx_graph: Any, inits: set[str],
+                input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """Graph inputs (not initializers); 4-D ones become NHWC with source layout NCHW."""
+    declared: dict[str, list[int | None]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    for vi in onnx_graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.name or vi.name in declared:
+            raise ModelFormatError(f"{ctx.path}: graph input {vi.name!r} is unnamed or repeated")
+        if not vi.type.HasField("tensor_type"):
+            raise ModelFormatError(f"{ctx.path}: graph input {vi.name!r} is not a tensor")
+        declared[vi.name], dtypes[vi.name] = value_info_shape(vi)
+    apply_input_shapes(ctx.path, declared, input_shapes)
+    ctx.graph.metadata["source_inputs"] = {n: list(s) for n, s in declared.items()}
+    for name, shape in declared.items():
+        perm = channel_last(4) if len(shape) == 4 else ident(len(shape))
+        ir_shape = [shape[p] for p in perm]
+        t = ctx.graph.add_input(name, ir_shape, dtypes[name],
+                                source_layout="NCHW" if len(shape) == 4 else None)
+        ctx.vals[name] = Val(tensor=t, perm=perm)
+
+
+def _symbolic_shape(v: Val, name: str) -> np.ndarray:
+    dims = [d if d is not None else (BATCH if i == 0 else Dim((name, i)))
+            for i, d in enumerate(v.shape)]
+    arr = np.empty(len(dims), dtype=object)
+    arr[:] = dims
+    return arr
+
+
+def _fold_inputs(ctx: Ctx, node: Any) -> list[Any] | None:
+    """Constant inputs of ``node`` for folding, or None if some input is an activation."""
+    ins: list[Any] = []
+    for i in range(len(node.input)):
+        v = ctx.inp(i)
+        if v is None:
+            ins.append(None)
+        elif v.is_const:
+            ins.append(v.const)
+        elif node.op_type == "Shape" and i == 0:
+            shape = _symbolic_shape(v, node.input[0])
+            attrs = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
+            ins.append(shape[slice(attrs.get("start", 0), attrs.get("end"))])
+        elif node.op_type == "Size" and i == 0 and None not in v.shape:
+            ins.append(np.asarray(v.shape, dtype=np.int64))
+        else:
+            return None
+    return ins
+
+
+def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
+    ctx.node = node
+    ctx.node_name = node.name or f"{node.op_type.lower()}_{index}"
+    try:
+        ins = _fold_inputs(ctx, node)
+        if ins is not None and fold_node(ctx, ins):
+            return
+        fn = CONVERTERS.get(node.op_type)
+        if fn is None:
+            raise ctx.unsupported("only supported when all its inputs are constant")
+        fn(ctx)
+        for o in node.output:
+            if o and o not in ctx.vals:
+                raise ctx.unsupported(f"output {o!r} is not supported")
+    except UnsupportedOpError:
+        raise
+    except ShapeError as e:
+        msg = str(e)
+        raise ShapeError(msg if ctx.path in msg else f"{ctx.where()}: {msg}") from None
+    except QatirError as e:
+        msg = str(e)
+        raise type(e)(msg if ctx.path in msg else f"{ctx.where()}: {msg}") from None
+    except _NODE_FAULTS as e:
+        raise ModelFormatError(f"{ctx.where()}: invalid node ({type(e).__name__}: {e})") from None
+
+
+def _set_outputs(ctx: Ctx, onnx_graph: Any) -> None:
+    """Graph outputs keep their ONNX names; 4-D ones are NHWC (source layout NCHW)."""
+    graph = ctx.graph
+    outs = []
+    seen: set[str] = set()
+    for vi in onnx_graph.output:
+        name = vi.name
+        if name in seen:
+            raise ModelFormatError(f"{ctx.path}: graph output {name!r} is listed twice")
+        seen.add(name)
+        v = ctx.vals.get(name)
+        if v is None:
+            raise ModelFormatError(f"{ctx.path}: graph output {name!r} is never computed")
+        perm = channel_last(4) if v.rank == 4 else ident(v.rank)
+        ctx.node_name, ctx.node = f"output_{name}", _OutputNode
+        t = ctx.as_tensor(v, perm)
+        needs_copy = (t.producer is None or any(t is o for o in outs))
+        if t.name != name or needs_copy:
+            if needs_copy or t in graph.inputs:
+                holder = graph.tensors.get(name)
+                if holder is not None and holder is not t:
+                    _rename(graph, holder, graph.unique_name(name + "__inner"))
+                t = ctx.emit("IDENTITY", [t], name=name)
+            else:
+                holder = graph.tensors.get(name)
+                if holder is not None and holder is not t:
+                    _rename(graph, holder, graph.unique_name(name + "__inner"))
+                _rename(graph, t, name)
+        if v.rank == 4:
+            t.source_layout = "NCHW"
+        outs.append(t)
+    graph.outputs = outs
+
+
+class _OutputNode:
+    """Stands in for a NodeProto while graph outputs are materialized."""
+
+    op_type = "output"
+    input: list[str] = []
+    output: list[str] = []
+
+
+def _rename(graph: Graph, t: Any, new: str) -> None:
+    """Give tensor ``t`` the name ``new`` (free in the graph) keeping the name registry in sync."""
+    del graph.tensors[t.name]
+    t.name = new
+    graph.tensors[new] = t

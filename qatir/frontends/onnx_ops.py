@@ -1,0 +1,413 @@
+"""Converters for elementwise, activation, reduction and layout ONNX ops.
+
+Each converter reads ``ctx.node`` and records its outputs as :class:`Val` s.
+Elementwise ops keep their input's layout; layout-sensitive ops map ONNX axes
+through the value's permutation so no TRANSPOSE is needed in the common cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qatir.frontends.onnx_ctx import (
+    Ctx,
+    Dim,
+    Val,
+    broadcast_const,
+    channel_last,
+    converter,
+    ident,
+    onnx_attrs,
+    prod_known,
+)
+from qatir.frontends.onnx_fold import resolve_reshape, slice_params
+
+_UNARY = {"Relu": "RELU", "Sigmoid": "LOGISTIC", "Tanh": "TANH", "HardSwish": "HARD_SWISH",
+          "Exp": "EXP", "Abs": "ABS", "Neg": "NEG", "Sqrt": "SQRT"}
+_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV", "Max": "MAXIMUM",
+           "Min": "MINIMUM", "Sum": "ADD"}
+
+
+def _unary_out(ctx: Ctx, op: str, attrs: dict | None = None) -> None:
+    x = ctx.need(0)
+    t = ctx.emit(op, [ctx.as_tensor(x, x.perm if not x.is_const else None)], attrs)
+    ctx.set_out(ctx.act(t, x.perm if not x.is_const else None))
+
+
+@converter(*_UNARY)
+def _unary(ctx: Ctx) -> None:
+    _unary_out(ctx, _UNARY[ctx.node.op_type])
+
+
+@converter("LeakyRelu")
+def _leaky_relu(ctx: Ctx) -> None:
+    _unary_out(ctx, "LEAKY_RELU", {"alpha": float(onnx_attrs(ctx.node).get("alpha", 0.01))})
+
+
+@converter("HardSigmoid")
+def _hard_sigmoid(ctx: Ctx) -> None:
+    a = onnx_attrs(ctx.node)
+    _unary_out(ctx, "HARD_SIGMOID", {"alpha": float(a.get("alpha", 0.2)),
+                                     "beta": float(a.get("beta", 0.5))})
+
+
+@converter("Clip")
+def _clip(ctx: Ctx) -> None:
+    if ctx.opset < 11:
+        a = onnx_attrs(ctx.node)
+        lo, hi = a.get("min"), a.get("max")
+    else:
+        lo_arr = ctx.const_in(1, "min", optional=True)
+        hi_arr = ctx.const_in(2, "max", optional=True)
+        lo = None if lo_arr is None else float(np.asarray(lo_arr).reshape(-1)[0])
+        hi = None if hi_arr is None else float(np.asarray(hi_arr).reshape(-1)[0])
+    big = float(np.finfo(np.float32).max)
+    lo = None if lo is None or lo <= -big else float(lo)
+    hi = None if hi is None or hi >= big else float(hi)
+    _unary_out(ctx, "CLIP", {"min": lo, "max": hi})
+
+
+@converter("Identity", "Dropout")
+def _identity(ctx: Ctx) -> None:
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        raise ctx.unsupported("the Dropout mask output is not supported")
+    ctx.set_out(ctx.need(0))
+
+
+@converter("Cast")
+def _cast(ctx: Ctx) -> None:
+    from onnx import helper
+
+    x = ctx.need(0)
+    to = np.dtype(helper.tensor_dtype_to_np_dtype(int(onnx_attrs(ctx.node)["to"])))
+    if x.tensor.dtype == to:
+        ctx.set_out(x)
+        return
+    t = ctx.emit("CAST", [x.tensor], {"dtype": to.name})
+    ctx.set_out(ctx.act(t, x.perm))
+
+
+# ------------------------------------------------------------------ binary
+def _layout_for(vals: list[Val]) -> tuple[int, tuple[int, ...]]:
+    rank = max(v.rank for v in vals)
+    for v in vals:
+        if not v.is_const and v.rank == rank:
+            return rank, v.perm
+    return rank, ident(rank)
+
+
+def aligned(ctx: Ctx, v: Val, rank: int, perm: tuple[int, ...], dtype) -> object:
+    """``v`` broadcast-aligned to ``rank`` dims and laid out as ``perm`` (an IR tensor)."""
+    if v.is_const:
+        arr = broadcast_const(v.const, rank, perm).astype(dtype)
+        return ctx.const_tensor(arr, ctx.out_name() + "__const")
+    if v.rank == rank:
+        return ctx.as_tensor(v, perm)
+    lifted = ctx.reshape(ctx.as_tensor(v, ident(v.rank)), [1] * (rank - v.rank) + list(v.shape),
+                         suffix="__bcast")
+    return ctx.as_tensor(ctx.act(lifted), perm)
+
+
+@converter(*_BINARY)
+def _binary(ctx: Ctx) -> None:
+    vals = [ctx.need(i) for i in range(len(ctx.node.input))]
+    rank, perm = _layout_for(vals)
+    dtype = next(v.tensor.dtype for v in vals if not v.is_const)
+    op = _BINARY[ctx.node.op_type]
+    acc = aligned(ctx, vals[0], rank, perm, dtype)
+    if len(vals) == 1:
+        acc = ctx.emit("IDENTITY", [acc])
+    for k, v in enumerate(vals[1:], start=1):
+        last = k == len(vals) - 1
+        acc = ctx.emit(op, [acc, aligned(ctx, v, rank, perm, dtype)],
+                       suffix="" if last else f"__{k}")
+    ctx.set_out(ctx.act(acc, perm))
+
+
+@converter("PRelu")
+def _prelu(ctx: Ctx) -> None:
+    x, slope = ctx.need(0), ctx.need(1)
+    xt = ctx.as_tensor(x, x.perm)
+    st = aligned(ctx, slope, x.rank, x.perm, xt.dtype)
+    ctx.set_out(ctx.act(ctx.emit("PRELU", [xt, st]), x.perm))
+
+
+# ----------------------------------------------------------------- softmax
+@converter("Softmax")
+def _softmax(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    rank = x.rank
+    axis = int(onnx_attrs(ctx.node).get("axis", 1 if ctx.opset < 13 else -1))
+    if not -rank <= axis < rank:
+        raise ctx.shape_error(f"Softmax axis {axis} out of range for rank {rank}")
+    axis %= rank
+    if ctx.opset < 13 and axis != rank - 1:
+        shape = x.shape
+        flat = ctx.reshape(ctx.as_tensor(x, ident(rank)),
+                           [prod_known(shape[:axis]), prod_known(shape[axis:])], suffix="__2d")
+        y = ctx.emit("SOFTMAX", [flat], suffix="__sm")
+        ctx.set_out(ctx.act(ctx.reshape(y, list(shape), name=ctx.out_name())))
+        return
+    if x.perm[-1] == axis:
+        ctx.set_out(ctx.act(ctx.emit("SOFTMAX", [x.tensor]), x.perm))
+        return
+    perm = tuple(p for p in x.perm if p != axis) + (axis,)
+    ctx.set_out(ctx.act(ctx.emit("SOFTMAX", [ctx.as_tensor(x, perm)]), perm))
+
+
+# -------------------------------------------------------------- reductions
+def _reduce_axes(ctx: Ctx, rank: int) -> list[int]:
+    a = onnx_attrs(ctx.node)
+    if "axes" in a:
+        axes = list(a["axes"])
+    else:
+        arr = ctx.const_in(1, "axes", optional=True)
+        axes = [] if arr is None else [int(v) for v in np.asarray(arr).reshape(-1)]
+    if not axes:
+        return [] if a.get("noop_with_empty_axes", 0) else list(range(rank))
+    for ax in axes:
+        if not -rank <= ax < rank:
+            raise ctx.shape_error(f"reduction axis {ax} out of range for rank {rank}")
+    return sorted({ax % rank for ax in axes})
+
+
+def reduce_to(ctx: Ctx, x: Val, op: str, axes: list[int], keep: bool) -> None:
+    ir_axes = sorted(x.perm.index(a) for a in axes)
+    t = ctx.emit(op, [x.tensor], {"axis": ir_axes, "keep_dims": keep})
+    if keep:
+        ctx.set_out(ctx.act(t, x.perm))
+        return
+    remaining = [p for p in x.perm if p not in axes]
+    order = sorted(remaining)
+    ctx.set_out(ctx.act(t, tuple(order.index(p) for p in remaining)))
+
+
+@converter("ReduceMean", "ReduceMax", "ReduceSum")
+def _reduce(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    axes = _reduce_axes(ctx, x.rank)
+    if not axes:
+        ctx.set_out(x)
+        return
+    op = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceSum": "SUM"}[ctx.node.op_type]
+    reduce_to(ctx, x, op, axes, bool(onnx_attrs(ctx.node).get("keepdims", 1)))
+
+
+@converter("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    if x.rank < 3:
+        raise ctx.shape_error(f"global pooling needs rank >= 3, got {x.rank}")
+    x = ctx.act(ctx.as_tensor(x, channel_last(x.rank)), channel_last(x.rank))
+    op = "MEAN" if ctx.node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
+    reduce_to(ctx, x, op, list(range(2, x.rank)), True)
+
+
+# ------------------------------------------------------------------ shapes
+@converter("Reshape")
+def _reshape(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    target = ctx.need(1)
+    if not target.is_const:
+        raise ctx.unsupported("the target shape must be constant (or foldable)")
+    a = onnx_attrs(ctx.node)
+    shape = resolve_reshape(ctx, x.shape, np.asarray(target.const), int(a.get("allowzero", 0)))
+    ctx.set_out(ctx.act(ctx.reshape(ctx.as_tensor(x, ident(x.rank)), _static_target(ctx, x, shape),
+                                    name=ctx.out_name())))
+
+
+def _static_target(ctx: Ctx, x: Val, shape: list) -> list[int]:
+    """A RESHAPE new_shape (one -1 at most) for an ONNX target that may hold symbolic dims."""
+    unknown = [i for i, d in enumerate(shape) if isinstance(d, Dim) or d == -1]
+    if len(unknown) <= 1:
+        return [-1 if i in unknown else int(d) for i, d in enumerate(shape)]
+    in_shape = x.shape
+    if (len(unknown) == 2 and shape[0] == Dim("batch") and in_shape and in_shape[0] is None
+            and None not in in_shape[1:]):
+        total = prod_known(in_shape[1:])
+        rest = [int(d) for d in shape[1:] if not isinstance(d, Dim) and d != -1]
+        known = prod_known(rest) or 1
+        if total is not None and known and total % known == 0:
+            return [-1] + [total // known if (isinstance(d, Dim) or d == -1) else int(d)
+                           for d in shape[1:]]
+    raise ctx.shape_error(f"Reshape target {[str(d) for d in shape]} has several unknown "
+                          "dims; fix them with input_shapes=")
+
+
+@converter("Flatten")
+def _flatten(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    axis = int(onnx_attrs(ctx.node).get("axis", 1))
+    if not -x.rank <= axis <= x.rank:
+        raise ctx.shape_error(f"Flatten axis {axis} out of range for rank {x.rank}")
+    axis %= x.rank + 1
+    shape = x.shape
+    new = [prod_known(shape[:axis]), prod_known(shape[axis:])]
+    t = ctx.reshape(ctx.as_tensor(x, ident(x.rank)), new, name=ctx.out_name())
+    ctx.set_out(ctx.act(t))
+
+
+def _axes_in(ctx: Ctx) -> list[int] | None:
+    a = onnx_attrs(ctx.node)
+    if "axes" in a:
+        return [int(v) for v in a["axes"]]
+    arr = ctx.const_in(1, "axes", optional=True)
+    return None if arr is None else [int(v) for v in np.asarray(arr).reshape(-1)]
+
+
+@converter("Squeeze")
+def _squeeze(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    axes = _axes_in(ctx)
+    shape = x.shape
+    if axes is None:
+        if None in shape:
+            raise ctx.shape_error("Squeeze without axes on a tensor with dynamic dims")
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    for a in axes:
+        if not -x.rank <= a < x.rank:
+            raise ctx.shape_error(f"Squeeze axis {a} out of range for rank {x.rank}")
+    axes = sorted({a % x.rank for a in axes})
+    ir_dims = sorted(x.perm.index(a) for a in axes)
+    t = ctx.emit("SQUEEZE", [x.tensor], {"squeeze_dims": ir_dims})
+    remaining = [p for p in x.perm if p not in axes]
+    order = sorted(remaining)
+    ctx.set_out(ctx.act(t, tuple(order.index(p) for p in remaining)))
+
+
+@converter("Unsqueeze")
+def _unsqueeze(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    axes = _axes_in(ctx) or []
+    rank = x.rank + len(axes)
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ctx.shape_error(f"Unsqueeze axis {a} out of range for rank {rank}")
+    new = sorted({a % rank for a in axes})
+    if len(new) != len(axes):
+        raise ctx.shape_error(f"duplicate Unsqueeze axes {axes}")
+    old_pos = [k for k in range(rank) if k not in new]  # output position of each input dim
+    perm, ir_shape, it = [], [], iter(x.perm)
+    for k in range(rank):
+        if k in new:
+            perm.append(k)
+            ir_shape.append(1)
+        else:
+            src = next(it)
+            perm.append(old_pos[src])
+            ir_shape.append(x.tensor.shape[x.perm.index(src)])
+    t = ctx.reshape(x.tensor, ir_shape, name=ctx.out_name())
+    ctx.set_out(ctx.act(t, tuple(perm)))
+
+
+@converter("Transpose")
+def _transpose(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    perm = [int(p) for p in onnx_attrs(ctx.node).get("perm", list(reversed(range(x.rank))))]
+    if sorted(perm) != list(range(x.rank)):
+        raise ctx.shape_error(f"perm {perm} does not fit rank {x.rank}")
+    ctx.set_out(Val(tensor=x.tensor, perm=tuple(perm.index(p) for p in x.perm)))
+
+
+@converter("Concat")
+def _concat(ctx: Ctx) -> None:
+    vals = [ctx.need(i) for i in range(len(ctx.node.input))]
+    rank, perm = _layout_for(vals)
+    if any(v.rank != rank for v in vals):
+        raise ctx.shape_error("Concat inputs differ in rank")
+    axis = int(onnx_attrs(ctx.node)["axis"])
+    if not -rank <= axis < rank:
+        raise ctx.shape_error(f"Concat axis {axis} out of range for rank {rank}")
+    dtype = next(v.tensor.dtype for v in vals if not v.is_const)
+    ins = [aligned(ctx, v, rank, perm, dtype) for v in vals if v.shape[axis % rank] != 0]
+    t = ctx.emit("CONCATENATION", ins, {"axis": perm.index(axis % rank)})
+    ctx.set_out(ctx.act(t, perm))
+
+
+@converter("Pad")
+def _pad(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    a = onnx_attrs(ctx.node)
+    mode = a.get("mode", "constant")
+    if mode != "constant":
+        raise ctx.unsupported(f"Pad mode {mode!r} (only 'constant')")
+    if ctx.opset < 11:
+        pads, value = list(a.get("pads", a.get("paddings", []))), float(a.get("value", 0.0))
+    else:
+        pads = [int(v) for v in np.asarray(ctx.const_in(1, "pads")).reshape(-1)]
+        v = ctx.const_in(2, "constant_value", optional=True)
+        value = 0.0 if v is None or np.size(v) == 0 else float(np.asarray(v).reshape(-1)[0])
+    axes = list(range(x.rank))
+    if ctx.opset >= 18 and ctx.inp(3) is not None:
+        axes = [int(v) % x.rank for v in np.asarray(ctx.const_in(3, "axes")).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise ctx.shape_error(f"pads {pads} do not fit {len(axes)} axes")
+    per_axis = {ax: (int(pads[i]), int(pads[i + len(axes)])) for i, ax in enumerate(axes)}
+    if any(b < 0 or e < 0 for b, e in per_axis.values()):
+        raise ctx.unsupported("negative pads")
+    if all(b == 0 and e == 0 for b, e in per_axis.values()):
+        ctx.set_out(x)
+        return
+    paddings = [list(per_axis.get(p, (0, 0))) for p in x.perm]
+    t = ctx.emit("PAD", [x.tensor], {"paddings": paddings, "constant_value": value})
+    ctx.set_out(ctx.act(t, x.perm))
+
+
+@converter("Slice")
+def _slice(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    if ctx.opset < 10:
+        ins = [None]
+    else:
+        ins = [None] + [ctx.const_in(i, "slice bound", optional=i > 2) for i in range(1, 5)]
+    params = slice_params(ctx, x.shape, ins, onnx_attrs(ctx.node))
+    ir_shape = x.tensor.shape
+    begin, end, strides = [0] * x.rank, [], [1] * x.rank
+    end = [d if d is not None else INT_END for d in ir_shape]
+    for axis, s, e, st in params:
+        i = x.perm.index(axis)
+        d = ir_shape[i]
+        if d is not None:
+            s, e, st = slice(s, e, st).indices(d)
+            if st < 0 and e < 0:
+                e = -(d + 1)
+        else:
+            s, e = _clamp32(s), _clamp32(e)
+        begin[i], end[i], strides[i] = s, e, st
+    t = ctx.emit("STRIDED_SLICE", [x.tensor], {"begin": begin, "end": end, "strides": strides})
+    ctx.set_out(ctx.act(t, x.perm))
+
+
+INT_END = (1 << 31) - 1
+
+
+def _clamp32(v: int) -> int:
+    return max(-INT_END, min(INT_END, v))
+
+
+@converter("Gather")
+def _gather(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    idx = np.asarray(ctx.const_in(1, "indices"))
+    axis = int(onnx_attrs(ctx.node).get("axis", 0))
+    if not -x.rank <= axis < x.rank:
+        raise ctx.shape_error(f"Gather axis {axis} out of range for rank {x.rank}")
+    axis %= x.rank
+    if idx.ndim > 1:
+        raise ctx.unsupported("Gather with multi-dimensional indices on an activation")
+    n = x.shape[axis]
+    if n is not None:
+        if np.any(idx < -n) or np.any(idx >= n):
+            raise ctx.shape_error(f"Gather index out of range for dim {n}")
+        idx = np.where(idx < 0, idx + n, idx)
+    elif np.any(idx < 0):
+        raise ctx.shape_error("negative Gather index on a dynamic dimension")
+    i = x.perm.index(axis)
+    t = ctx.emit("GATHER", [x.tensor, ctx.const_tensor(idx.astype(np.int32), ctx.out_name()
+                                                        + "__indices")], {"axis": i})
+    if idx.ndim == 1:
+        ctx.set_out(ctx.act(t, x.perm))
+        return
+    remaining = [p for p in x.perm if p != axis]
+    order = sorted(remaining)
+    ctx.set_out(ctx.act(t, tuple(order.index(p) for p in remaining)))
