@@ -161,8 +161,10 @@ def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = _act(node)
     a = xs[0].astype(np.int64) - z1
     b = xs[1].astype(np.int64) - z2
-    if mode == "xnnpack" and node.op == "ADD":
-        return xnn_add(a, b, s1 / so, s2 / so, zo, lo, hi)
+    if mode == "xnnpack":
+        rb = np.float32(s2) / np.float32(so)
+        return xnn_add(a, b, np.float32(s1) / np.float32(so), -rb if node.op == "SUB" else rb,
+                       zo, lo, hi)
     (m1, e1), (m2, e2), (mo, eo) = _add_params(s1, s2, so)
     sa = mbqm(a << 20, m1, e1)
     sb = mbqm(b << 20, m2, e2)
@@ -172,16 +174,13 @@ def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
 
 def xnn_add(a: np.ndarray, b: np.ndarray, ra: float, rb: float, zo: int, lo: int, hi: int
             ) -> np.ndarray:
-    """XNNPACK qs8 vadd: fixed-point multipliers from the float scale ratios."""
+    """XNNPACK qs8 vadd: 21-bit multipliers from the float32 scale ratios, round half up."""
     ra32, rb32 = np.float32(ra), np.float32(rb)
-    max_ratio = max(abs(ra32), abs(rb32))
-    exp = int(np.frexp(max_ratio)[1]) - 1
+    exp = int(np.frexp(max(abs(ra32), abs(rb32)))[1]) - 1
     shift = 20 - exp
     ma = int(np.rint(np.ldexp(np.float64(ra32), shift)))
     mb = int(np.rint(np.ldexp(np.float64(rb32), shift)))
-    acc = a * ma + b * mb
-    rounding = 1 << (shift - 1)
-    y = (acc + rounding - 1 + (acc < 0) * 0) >> shift
+    y = (a * ma + b * mb + (1 << (shift - 1))) >> shift  # arithmetic shift: floor
     return np.clip(y + zo, lo, hi).astype(np.int8)
 
 
@@ -207,9 +206,22 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
         y = round_half_away(xs[0].astype(np.float32) / np.float32(so)).astype(np.int64) + zo
+    elif mode == "xnnpack" and xnn_cvt_ok(si / so):
+        y = xnn_mul8(xs[0].astype(np.int64) - zi, np.float32(si) / np.float32(so), zo)
     else:
         y = _requant_unary(xs[0], si, zi, so, zo)
     return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+
+
+def xnn_cvt_ok(ratio: float) -> bool:
+    """XNNPACK's qs8 convert/leaky-relu multipliers cover ratios in [2^-8, 2^7]."""
+    return 2.0**-8 <= ratio <= 2.0**7
+
+
+def xnn_mul8(v: np.ndarray, ratio: np.float32, zo: int) -> np.ndarray:
+    """XNNPACK qs8 convert: (v * lrintf(256 * ratio) + (zo << 8) + 0x80) >> 8."""
+    m = int(np.rint(np.float32(256.0) * np.float32(ratio)))
+    return (v * m + (zo << 8) + 0x80) >> 8
 
 
 def dequantize(node: Node, xs: list, mode: str) -> np.ndarray:
@@ -230,6 +242,11 @@ def leaky_relu(node: Node, xs: list, mode: str) -> np.ndarray:
     m_alpha = quantize_multiplier(float(np.float32(np.float32(si) * alpha) / np.float32(so)))
     m_id = quantize_multiplier(float(np.float32(si) / np.float32(so)))
     v = xs[0].astype(np.int64) - zi
+    if mode == "xnnpack":
+        pos = np.float32(si) / np.float32(so)
+        neg = np.float32(pos * alpha)
+        y = np.where(v >= 0, xnn_mul8(v, pos, zo), xnn_mul8(v, neg, zo))
+        return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
     y = np.where(v >= 0, mbqm(v, *m_id), mbqm(v, *m_alpha)) + zo
     return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
 

@@ -218,8 +218,8 @@ def _resize(node: Node, ctx: Ctx) -> OpSpec:
 def _block(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     opts = "DepthToSpaceOptions" if node.op == "DEPTH_TO_SPACE" else "SpaceToDepthOptions"
-    return OpSpec(node.op, 2 if _q(node.inputs[0]) else 1, ins, outs, opts,
-                  {"BlockSize": int(node.attrs["block_size"])})
+    version = 2 if _q(node.inputs[0]) and node.op == "SPACE_TO_DEPTH" else 1
+    return OpSpec(node.op, version, ins, outs, opts, {"BlockSize": int(node.attrs["block_size"])})
 
 
 def _strided_slice(node: Node, ctx: Ctx) -> OpSpec:
