@@ -111,7 +111,7 @@ def _path_str(parts: Any) -> str:
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "<table>"
+    return out or "(top level)"
 
 
 def _validate_schema(data: dict[str, Any], source: str) -> None:
