@@ -166,7 +166,7 @@ def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    float_epochs, qat_epochs = (6, 1) if fast else (30, 4)
+    float_epochs, qat_epochs = (5, 1) if fast else (15, 3)
     timer = StageTimer()
     files: list[str] = []
 
