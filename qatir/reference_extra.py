@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from qatir.errors import ExportError
 from qatir.ir import Node
 from qatir.reference_math import (
     INT32_MAX,
@@ -121,24 +120,137 @@ def softmax(node: Node, xs: list, mode: str) -> np.ndarray:
 
 
 def mean(node: Node, xs: list, mode: str) -> np.ndarray:
-    """MEAN over axes: sum, then rescale by in_s / (out_s * count) with double rounding."""
+    """MEAN: reference_ops::QuantizedMeanOrSum (REF) or XNNPACK's fp32 mean."""
     x = xs[0].astype(np.int64)
     axes = node.attrs["axis"]
     axes = tuple(sorted({int(a) % x.ndim for a in ([axes] if isinstance(axes, int) else axes)}))
+    keep = bool(node.attrs["keep_dims"])
     (si, zi), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
                           for t in (node.inputs[0], node.outputs[0]))
     cnt = int(np.prod([x.shape[a] for a in axes]))
-    total = (x - zi).sum(axis=axes, keepdims=bool(node.attrs["keep_dims"]))
+    if mode == "xnnpack":
+        scale = np.float32(np.float32(si) / np.float32(so)) / np.float32(cnt)
+        total = (x - zi).sum(axis=axes, keepdims=keep)
+        y = np.rint(total.astype(np.float32) * np.float32(scale)).astype(np.int64) + zo
+        return np.clip(y, -128, 127).astype(np.int8)
+    total = x.sum(axis=axes, keepdims=keep) - zi * cnt
     qm, sh = quantize_multiplier(float(si) / float(so))
-    shift = sh
-    num = mbqm(total, qm, shift)
-    y = np.where(num >= 0, (num + cnt // 2) // cnt, -((-num + cnt // 2) // cnt)) + zo
+    shift = min(cnt.bit_length() - 1, 32, 31 + sh)
+    qm = (qm << shift) // cnt
+    y = mbqm(total, qm, sh - shift) + zo
     return np.clip(y, -128, 127).astype(np.int8)
 
 
+def _srdhm16(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int16."""
+    a = np.asarray(a, np.int64)
+    ab = a * np.int64(b)
+    nudge = np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    r = ab + nudge
+    res = np.where(r >= 0, r >> 15, -((-r) >> 15))
+    return np.where((a == -32768) & (np.int64(b) == -32768), 32767, res)
+
+
+def _sdhm16(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """TFLite SaturatingDoublingHighMul (int16, truncating)."""
+    ab = np.asarray(a, np.int64) * np.asarray(b, np.int64)
+    res = np.where(ab >= 0, ab >> 15, -((-ab) >> 15))
+    return np.where((a == -32768) & (b == -32768), 32767, res)
+
+
+def _sat_left16(x: np.ndarray, e: int) -> np.ndarray:
+    return np.clip(np.asarray(x, np.int64) * (1 << e), -32768, 32767)
+
+
+def _int16_multiplier(m: float) -> tuple[int, int]:
+    q, e = quantize_multiplier(m)
+    q16 = 32767 if q >= INT32_MAX - (1 << 15) else (q + (1 << 15)) >> 16
+    return q16, e
+
+
 def hard_swish(node: Node, xs: list, mode: str) -> np.ndarray:
-    raise ExportError(f"node {node.name!r}: HARD_SWISH has no integer reference kernel yet")
+    """reference_ops::HardSwish for int8 (int16 fixed point, TFLite's HardSwishPrepare)."""
+    (si, zi), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
+                          for t in (node.inputs[0], node.outputs[0]))
+    hires = np.float32(np.float32(1.0 / 128.0) * np.float32(si))
+    out_m, out_e = _int16_multiplier(float(np.float32(hires / np.float32(so))))
+    rel_m, rel_e = _int16_multiplier(float(np.float32(hires / np.float32(3.0 / 32768.0))))
+    v = xs[0].astype(np.int64) - zi
+    hi_in = v * 128
+    pre_out = _srdhm16(hi_in, out_m)
+    rel = hi_in
+    if rel_e > 0:
+        rel = _sat_left16(rel, rel_e - 1)
+    rel = _srdhm16(rel, rel_m)
+    if rel_e > 0:
+        rel = _sat_left16(rel, 1)
+    if rel_e < 0:
+        rel = rdbpot(rel, -rel_e)
+    rel = (rel + (1 << 15)) >> 1
+    out = rdbpot(_sdhm16(rel, pre_out), -out_e) + zo
+    return np.clip(out, -128, 127).astype(np.int8)
+
+
+def _interp(n_out: int, n_in: int, align: bool, half: bool) -> tuple[np.ndarray, ...]:
+    if align and n_out > 1:
+        scale = ((1 << 10) * (n_in - 1) + (n_out - 1) // 2) // (n_out - 1)
+    else:
+        scale = ((1 << 10) * n_in + n_out // 2) // n_out
+    v = np.arange(n_out, dtype=np.int64)
+    pos = v * scale + scale // 2 - (1 << 9) if half else v * scale
+    lo = np.maximum(np.where(pos >= 0, pos >> 10, -((-pos) >> 10)), 0)
+    up_num = pos + (1 << 10) - 1
+    up = np.minimum(np.where(up_num >= 0, up_num >> 10, -((-up_num) >> 10)), n_in - 1)
+    frac = pos - (1 << 10) * lo
+    return lo, up, frac
+
+
+def _xnn_interp(n_out: int, n_in: int, align: bool, half: bool) -> tuple[np.ndarray, ...]:
+    adj = 1 if align else 0
+    scale = np.float32(n_in - adj) / np.float32(n_out - adj) if n_out - adj > 0 else np.float32(0)
+    v = np.arange(n_out, dtype=np.float32)
+    if half and not align:
+        offset = np.float32(np.float32(0.5) * scale - np.float32(0.5))
+        pos = np.clip((v * scale + offset).astype(np.float32), np.float32(0), np.float32(n_in - 1))
+    else:
+        pos = (v * scale).astype(np.float32)
+    lo = pos.astype(np.int64)
+    up = np.minimum(lo + 1, n_in - 1)
+    alpha = np.rint((pos - lo.astype(np.float32)) * np.float32(2048.0)).astype(np.int64)
+    return lo, up, alpha
+
+
+def _xnn_resize(x: np.ndarray, oh: int, ow: int, align: bool, half: bool) -> np.ndarray:
+    """XNNPACK qs8 ibilinear: 11-bit weights, horizontal then vertical, round half up."""
+    _, h, w, _ = x.shape
+    y0, y1, av = _xnn_interp(oh, h, align, half)
+    x0, x1, ah = _xnn_interp(ow, w, align, half)
+    ah = ah[None, None, :, None]
+    av = av[None, :, None, None]
+    tl, tr = x[:, y0][:, :, x0], x[:, y0][:, :, x1]
+    bl, br = x[:, y1][:, :, x0], x[:, y1][:, :, x1]
+    t = (tl << 11) + (tr - tl) * ah
+    b = (bl << 11) + (br - bl) * ah
+    acc = (t << 11) + (b - t) * av
+    return np.clip((acc + (1 << 21)) >> 22, -128, 127).astype(np.int8)
 
 
 def resize_bilinear(node: Node, xs: list, mode: str) -> np.ndarray:
-    raise ExportError(f"node {node.name!r}: RESIZE_BILINEAR has no integer reference kernel yet")
+    """reference_ops::ResizeBilinearInteger (10-bit weights, rounding half away)."""
+    x = xs[0].astype(np.int64)
+    _, h, w, _ = x.shape
+    oh, ow = node.attrs["size"]
+    align, half = bool(node.attrs["align_corners"]), bool(node.attrs["half_pixel_centers"])
+    if mode == "xnnpack":
+        return _xnn_resize(x, oh, ow, align, half)
+    y0, y1, fy = _interp(oh, h, align, half)
+    x0, x1, fx = _interp(ow, w, align, half)
+    fy = fy[None, :, None, None]
+    fx = fx[None, None, :, None]
+    one = 1 << 10
+    acc = (x[:, y0][:, :, x0] * (one - fy) * (one - fx) + x[:, y1][:, :, x0] * fy * (one - fx)
+           + x[:, y0][:, :, x1] * (one - fy) * fx + x[:, y1][:, :, x1] * fy * fx)
+    rnd = np.where(acc > 0, 1 << 19, -(1 << 19))
+    num = acc + rnd
+    y = np.where(num >= 0, num >> 20, -((-num) >> 20))
+    return np.clip(y, -128, 127).astype(np.int8)
