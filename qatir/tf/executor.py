@@ -176,7 +176,7 @@ class Program(tf.Module):
             t = self.graph.tensors.get(name)
             if t is None:
                 continue
-            t.data = np.ascontiguousarray(var.numpy().astype(t.dtype, copy=False))
+            t.data = np.array(var.numpy(), dtype=t.dtype, order="C")  # keeps 0-d shapes
             self._synced[name] = id(t.data)
 
 
