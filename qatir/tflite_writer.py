@@ -167,7 +167,7 @@ class _Writer:
             b.StartVector(1, len(raw), 16)
             b.head = b.head - len(raw)
             b.Bytes[b.head:b.head + len(raw)] = raw
-            data = b.EndVector(len(raw))
+            data = b.EndVector()
         B.BufferStart(b)
         if data is not None:
             B.BufferAddData(b, data)
