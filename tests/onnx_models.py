@@ -261,3 +261,49 @@ def save(model: onnx.ModelProto, path: Any) -> str:
     """Write ``model`` to ``path`` and return the path as a string."""
     onnx.save(model, str(path))
     return str(path)
+
+
+# ------------------------------------------------------------ comparisons
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` in onnxruntime (CPU) on NCHW ``feeds``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def compare_with_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tmp_dir: Any = None,
+                     rtol: float = 1e-4, input_shapes: dict | None = None) -> Any:
+    """Import ``model`` with qatir, run it and onnxruntime on ``feeds`` (NCHW) and compare.
+
+    Graph inputs/outputs of rank 4 are NHWC in qatir: feeds are transposed in and
+    outputs back. The error, relative to the largest reference magnitude, must stay
+    within ``rtol``. Returns the imported graph.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import qatir
+
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+        path = save(model, Path(d) / "model.onnx")
+        g = qatir.load(path, input_shapes=input_shapes)
+    g.verify()
+    ref = run_ort(model, feeds)
+    out = qatir.run(g, {k: to_nhwc(v) for k, v in feeds.items()})
+    for vi, r in zip(model.graph.output, ref):
+        y = np.asarray(out[vi.name])
+        if r.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        assert y.shape == r.shape, f"{vi.name}: shape {y.shape} != onnxruntime {r.shape}"
+        scale = max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-6)
+        err = float(np.max(np.abs(y.astype(np.float64) - r))) if r.size else 0.0
+        assert err <= rtol * scale, f"{vi.name}: max error {err:.3g} > {rtol} x {scale:.3g}"
+    return g

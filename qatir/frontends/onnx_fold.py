@@ -198,7 +198,10 @@ def _reshape(ctx, ins, attrs):
 @folder("Flatten")
 def _flatten(ctx, ins, attrs):
     x = ins[0]
-    axis = _norm_axis(int(attrs.get("axis", 1)), x.ndim + 1, ctx)
+    axis = int(attrs.get("axis", 1))
+    if not -x.ndim <= axis <= x.ndim:
+        raise ctx.shape_error(f"Flatten axis {axis} out of range for rank {x.ndim}")
+    axis = axis + x.ndim if axis < 0 else axis
     return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
 
 

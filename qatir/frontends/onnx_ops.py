@@ -240,7 +240,7 @@ def _flatten(ctx: Ctx) -> None:
     axis = int(onnx_attrs(ctx.node).get("axis", 1))
     if not -x.rank <= axis <= x.rank:
         raise ctx.shape_error(f"Flatten axis {axis} out of range for rank {x.rank}")
-    axis %= x.rank + 1
+    axis = axis + x.rank if axis < 0 else axis
     shape = x.shape
     new = [prod_known(shape[:axis]), prod_known(shape[axis:])]
     t = ctx.reshape(ctx.as_tensor(x, ident(x.rank)), new, name=ctx.out_name())

@@ -1,0 +1,506 @@
+"""Every ONNX op the frontend imports, checked against onnxruntime (qatir.run, NHWC I/O)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.onnx_models import OnnxBuilder, compare_with_ort, single_op_model
+
+F = np.float32
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def rnd(*shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(F)
+
+
+def ops_of(g):
+    return [n.op for n in g.nodes]
+
+
+# ------------------------------------------------------------------ conv
+@st.composite
+def conv_case(draw):
+    k = draw(st.sampled_from([1, 2, 3, 5]))
+    dil = draw(st.sampled_from([1, 1, 2]))
+    eff = (k - 1) * dil + 1
+    h = draw(st.integers(eff, eff + 6))
+    w = draw(st.integers(eff, eff + 6))
+    kind = draw(st.sampled_from(["plain", "depthwise", "grouped", "dw_mult"]))
+    cin = draw(st.sampled_from([2, 4]))
+    if kind == "plain":
+        group, cout = 1, draw(st.sampled_from([1, 3, 5]))
+    elif kind == "depthwise":
+        group, cout = cin, cin
+    elif kind == "dw_mult":
+        group, cout = cin, 2 * cin
+    else:
+        group, cout = 2, 6
+    auto_pad = draw(st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    if auto_pad.startswith("SAME"):
+        dil = 1  # onnxruntime refuses dilation with auto_pad SAME
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    stride = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    bias = draw(st.booleans())
+    return k, dil, h, w, cin, cout, group, auto_pad, pads, stride, bias
+
+
+@SETTINGS
+@given(conv_case())
+def test_conv2d_matches_onnxruntime(case):
+    k, dil, h, w, cin, cout, group, auto_pad, pads, stride, bias = case
+    attrs = dict(kernel_shape=[k, k], strides=stride, dilations=[dil, dil], group=group)
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    else:
+        attrs["auto_pad"] = auto_pad
+    consts = [rnd(cout, cin // group, k, k, seed=1)] + ([rnd(cout, seed=2)] if bias else [])
+    m = single_op_model("Conv", [[2, cin, h, w]], consts, **attrs)
+    g = compare_with_ort(m, {"x0": rnd(2, cin, h, w)})
+    if group == cin and cout % cin == 0 and group > 1:
+        assert "DEPTHWISE_CONV_2D" in ops_of(g)
+    elif group > 1:
+        assert ops_of(g).count("CONV_2D") == group and "CONCATENATION" in ops_of(g)
+
+
+def test_conv_same_pads_become_same_padding():
+    m = single_op_model("Conv", [[1, 3, 8, 8]], [rnd(4, 3, 3, 3)], kernel_shape=[3, 3],
+                        pads=[1, 1, 1, 1])
+    g = compare_with_ort(m, {"x0": rnd(1, 3, 8, 8)})
+    assert ops_of(g) == ["CONV_2D"] and g.nodes[0].attrs["padding"] == "SAME"
+    assert g.nodes[0].inputs[1].shape == (4, 3, 3, 3)  # OHWI
+
+
+@pytest.mark.parametrize("k,s,p,d,group", [(3, 1, 1, 1, 1), (5, 2, 2, 1, 1), (3, 1, 2, 2, 4),
+                                           (2, 2, 0, 1, 2)])
+def test_conv1d(k, s, p, d, group):
+    m = single_op_model("Conv", [[2, 4, 11]], [rnd(4, 4 // group, k), rnd(4)], kernel_shape=[k],
+                        strides=[s], pads=[p, p], dilations=[d], group=group)
+    compare_with_ort(m, {"x0": rnd(2, 4, 11)})
+
+
+def test_conv_with_dynamic_batch_and_input_shapes():
+    m = single_op_model("Conv", [["N", 3, 6, 6]], [rnd(2, 3, 3, 3)], kernel_shape=[3, 3],
+                        pads=[0, 1, 2, 1])
+    g = compare_with_ort(m, {"x0": rnd(3, 3, 6, 6)})
+    assert g.inputs[0].shape == (None, 6, 6, 3) and g.inputs[0].source_layout == "NCHW"
+    g2 = compare_with_ort(m, {"x0": rnd(2, 3, 6, 6)}, input_shapes={"x0": [2, 3, 6, 6]})
+    assert g2.inputs[0].shape == (2, 6, 6, 3)
+
+
+@pytest.mark.parametrize("k,s,pads,out_pad", [(3, 1, [0, 0, 0, 0], [0, 0]),
+                                              (4, 2, [1, 1, 1, 1], [0, 0]),
+                                              (3, 2, [1, 1, 1, 1], [1, 1]),
+                                              (2, 2, [0, 0, 0, 0], [1, 0]),
+                                              (3, 3, [2, 0, 1, 2], [0, 1])])
+def test_conv_transpose(k, s, pads, out_pad):
+    m = single_op_model("ConvTranspose", [[2, 3, 5, 4]], [rnd(3, 4, k, k), rnd(4)],
+                        kernel_shape=[k, k], strides=[s, s], pads=pads, output_padding=out_pad)
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 5, 4)})
+    assert "TRANSPOSE_CONV" in ops_of(g)
+
+
+def test_conv_transpose_1d_and_no_bias():
+    m = single_op_model("ConvTranspose", [[1, 2, 7]], [rnd(2, 3, 3)], kernel_shape=[3],
+                        strides=[2], pads=[1, 1])
+    compare_with_ort(m, {"x0": rnd(1, 2, 7)})
+
+
+# ---------------------------------------------------------- normalization
+@pytest.mark.parametrize("shape", [[2, 3, 5, 4], [4, 3], [2, 3, 6]])
+def test_batch_norm(shape):
+    c = shape[1]
+    rng = np.random.default_rng(0)
+    consts = [rng.uniform(0.5, 2, c).astype(F), rnd(c), rnd(c), rng.uniform(0.5, 2, c).astype(F)]
+    m = single_op_model("BatchNormalization", [shape], consts, epsilon=1e-3)
+    g = compare_with_ort(m, {"x0": rnd(*shape)})
+    assert "BATCH_NORM" in ops_of(g)
+
+
+# ----------------------------------------------------------- activations
+@pytest.mark.parametrize("op,attrs,ir", [("Relu", {}, "RELU"), ("Sigmoid", {}, "LOGISTIC"),
+                                         ("Tanh", {}, "TANH"),
+                                         ("LeakyRelu", {"alpha": 0.3}, "LEAKY_RELU"),
+                                         ("LeakyRelu", {}, "LEAKY_RELU"),
+                                         ("HardSigmoid", {}, "HARD_SIGMOID"),
+                                         ("HardSigmoid", {"alpha": 0.25, "beta": 0.4},
+                                          "HARD_SIGMOID"),
+                                         ("HardSwish", {}, "HARD_SWISH")])
+def test_unary_activations(op, attrs, ir):
+    m = single_op_model(op, [[2, 3, 4, 5]], opset=14, **attrs)
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 4, 5, scale=4)})
+    assert ops_of(g) == [ir]
+
+
+@pytest.mark.parametrize("slope_shape,x_shape", [([3, 1, 1], [2, 3, 4, 4]), ([1], [2, 3, 4, 4]),
+                                                 ([3], [5, 3]), ([1, 1, 4], [2, 3, 4, 4])])
+def test_prelu(slope_shape, x_shape):
+    m = single_op_model("PRelu", [x_shape], [rnd(*slope_shape, seed=3)])
+    compare_with_ort(m, {"x0": rnd(*x_shape, scale=3)})
+
+
+@pytest.mark.parametrize("opset,lo,hi", [(10, 0.0, 6.0), (10, -1.0, None), (13, 0.0, 6.0),
+                                         (13, None, 0.5), (13, -0.5, None), (11, None, None)])
+def test_clip_attribute_and_input_forms(opset, lo, hi):
+    if opset < 11:
+        attrs = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+        m = single_op_model("Clip", [[2, 3, 4, 4]], opset=opset, **attrs)
+    else:
+        consts = [None if lo is None else np.asarray(lo, F), None if hi is None else
+                  np.asarray(hi, F)]
+        m = single_op_model("Clip", [[2, 3, 4, 4]], consts, opset=opset)
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 4, 4, scale=5)})
+    assert g.nodes[0].attrs == {"min": lo, "max": hi}
+
+
+@pytest.mark.parametrize("opset,shape,axis", [(13, [2, 3, 4, 4], 1), (13, [2, 5], -1),
+                                              (13, [2, 3, 4, 4], 2), (11, [2, 3, 4, 4], 1),
+                                              (11, [2, 3, 4, 4], 3), (11, [4, 6], 1),
+                                              (13, [2, 3, 5], 1)])
+def test_softmax(opset, shape, axis):
+    m = single_op_model("Softmax", [shape], opset=opset, axis=axis)
+    g = compare_with_ort(m, {"x0": rnd(*shape, scale=2)})
+    if opset == 13 and axis == 1 and len(shape) == 4:
+        assert ops_of(g) == ["SOFTMAX"]  # channel softmax is last-axis softmax in NHWC
+
+
+# ----------------------------------------------------------- elementwise
+BROADCASTS = [([2, 3, 4, 5], [2, 3, 4, 5], False), ([2, 3, 4, 5], [3, 1, 1], True),
+              ([2, 3, 4, 5], [1], True), ([2, 3, 4, 5], [5], True),
+              ([2, 3, 4, 5], [1, 3, 1, 1], True), ([2, 3, 4, 5], [4, 1], True),
+              ([4, 6], [6], True), ([2, 3, 4, 5], [3, 4, 5], False), ([3, 1, 1], [2, 3, 4, 5],
+                                                                        True)]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("a_shape,b_shape,b_const", BROADCASTS)
+def test_binary_broadcasting(op, a_shape, b_shape, b_const):
+    b_val = rnd(*b_shape, seed=5)
+    if op == "Div":
+        b_val = np.abs(b_val) + 0.5
+    if b_const:
+        if len(a_shape) < len(b_shape):  # constant first operand
+            b = OnnxBuilder(13)
+            x = b.input("x0", b_shape)
+            b.node(op, [b.init(rnd(*a_shape, seed=6)), x], out="y")
+            b.output("y")
+            compare_with_ort(b.model(), {"x0": b_val})
+            return
+        m = single_op_model(op, [a_shape], [b_val])
+        compare_with_ort(m, {"x0": rnd(*a_shape)})
+    else:
+        m = single_op_model(op, [a_shape, b_shape])
+        compare_with_ort(m, {"x0": rnd(*a_shape), "x1": b_val})
+
+
+def test_sum_max_min_variadic():
+    for op in ("Sum", "Max", "Min"):
+        m = single_op_model(op, [[2, 3, 4, 4], [2, 3, 4, 4]], [rnd(3, 1, 1, seed=9)])
+        compare_with_ort(m, {"x0": rnd(2, 3, 4, 4), "x1": rnd(2, 3, 4, 4, seed=2)})
+
+
+# ----------------------------------------------------------------- dense
+@pytest.mark.parametrize("ta,tb,alpha,beta,c_shape", [(0, 1, 1.0, 1.0, [6]), (0, 0, 1.0, 1.0, [6]),
+                                                      (1, 0, 0.5, 2.0, [1, 6]),
+                                                      (0, 1, 1.0, 0.5, [4, 6]),
+                                                      (0, 1, 2.0, 1.0, None),
+                                                      (0, 1, 1.0, 1.0, [1])])
+def test_gemm(ta, tb, alpha, beta, c_shape):
+    a_shape = [5, 4] if ta else [4, 5]
+    b_shape = [6, 5] if tb else [5, 6]
+    consts = [rnd(*b_shape, seed=2)] + ([] if c_shape is None else [rnd(*c_shape, seed=3)])
+    m = single_op_model("Gemm", [a_shape], consts, transA=ta, transB=tb, alpha=alpha, beta=beta)
+    g = compare_with_ort(m, {"x0": rnd(*a_shape)})
+    assert "FULLY_CONNECTED" in ops_of(g)
+
+
+@pytest.mark.parametrize("a_shape", [[4, 5], [2, 3, 5], [2, 2, 3, 5]])
+def test_matmul_const_weight_is_fully_connected(a_shape):
+    m = single_op_model("MatMul", [a_shape], [rnd(5, 7, seed=1)])
+    g = compare_with_ort(m, {"x0": rnd(*a_shape)})
+    fc = [n for n in g.nodes if n.op == "FULLY_CONNECTED"]
+    assert len(fc) == 1 and fc[0].attrs["keep_num_dims"] == (len(a_shape) > 2)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [([2, 3, 5], [2, 5, 4]), ([3, 5], [5, 2]),
+                                             ([2, 2, 3, 5], [2, 2, 5, 4])])
+def test_matmul_two_activations(a_shape, b_shape):
+    m = single_op_model("MatMul", [a_shape, b_shape])
+    g = compare_with_ort(m, {"x0": rnd(*a_shape), "x1": rnd(*b_shape, seed=1)})
+    assert "BATCH_MATMUL" in ops_of(g)
+
+
+# ------------------------------------------------------------------ pools
+@st.composite
+def pool_case(draw):
+    k = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    pads = [draw(st.integers(0, k[i % 2] - 1)) for i in range(4)]
+    h, w = draw(st.integers(k[0] + 1, 10)), draw(st.integers(k[1] + 1, 10))
+    auto_pad = draw(st.sampled_from(["NOTSET", "NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER",
+                                     "VALID"]))
+    if auto_pad.startswith("SAME"):
+        s = [min(s[0], k[0]), min(s[1], k[1])]  # onnxruntime computes negative SAME pads otherwise
+    ceil = draw(st.integers(0, 1)) if auto_pad == "NOTSET" else 0
+    include = draw(st.integers(0, 1))
+    return k, s, pads, h, w, auto_pad, ceil, include
+
+
+def _pool_attrs(k, s, pads, auto_pad, ceil):
+    attrs = dict(kernel_shape=k, strides=s, ceil_mode=ceil)
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    else:
+        attrs["auto_pad"] = auto_pad
+    return attrs
+
+
+@SETTINGS
+@given(pool_case())
+def test_max_pool_matches_onnxruntime(case):
+    k, s, pads, h, w, auto_pad, ceil, _ = case
+    m = single_op_model("MaxPool", [[2, 3, h, w]], opset=12, **_pool_attrs(k, s, pads, auto_pad,
+                                                                          ceil))
+    compare_with_ort(m, {"x0": rnd(2, 3, h, w)})
+
+
+@SETTINGS
+@given(pool_case())
+def test_average_pool_matches_onnxruntime(case):
+    k, s, pads, h, w, auto_pad, ceil, include = case
+    m = single_op_model("AveragePool", [[2, 3, h, w]], opset=12, count_include_pad=include,
+                        **_pool_attrs(k, s, pads, auto_pad, ceil))
+    compare_with_ort(m, {"x0": rnd(2, 3, h, w)})
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_1d(op):
+    m = single_op_model(op, [[2, 3, 9]], kernel_shape=[3], strides=[2], pads=[1, 1])
+    compare_with_ort(m, {"x0": rnd(2, 3, 9)})
+
+
+@pytest.mark.parametrize("op,ir", [("GlobalAveragePool", "MEAN"), ("GlobalMaxPool", "REDUCE_MAX")])
+def test_global_pools(op, ir):
+    m = single_op_model(op, [["N", 3, 5, 4]])
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 5, 4)})
+    assert ops_of(g) == [ir] and g.nodes[0].attrs["keep_dims"] is True
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceSum"])
+@pytest.mark.parametrize("axes,keep", [([2, 3], 1), ([2, 3], 0), ([1], 0), ([1], 1), ([-1], 0),
+                                       (None, 0), ([0, 2], 1)])
+def test_reductions(op, axes, keep):
+    opset = 18
+    consts = [] if axes is None else [np.asarray(axes, np.int64)]
+    m = single_op_model(op, [[2, 3, 4, 5]], consts, opset=opset, keepdims=keep)
+    compare_with_ort(m, {"x0": rnd(2, 3, 4, 5)})
+
+
+def test_reduce_mean_attribute_axes():
+    m = single_op_model("ReduceMean", [[2, 3, 4, 5]], opset=13, axes=[2, 3], keepdims=1)
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 4, 5)})
+    assert g.nodes[0].attrs["axis"] == [1, 2]
+
+
+# ----------------------------------------------------------------- shapes
+@pytest.mark.parametrize("shape,target", [([2, 3, 4, 5], [2, -1]), ([2, 3, 4, 5], [0, 12, 5]),
+                                          ([2, 3, 4, 5], [2, 3, 20, 1]), ([2, 12], [2, 3, 2, 2]),
+                                          ([2, 3, 1, 1], [2, 3]), ([6, 4], [-1])])
+def test_reshape(shape, target):
+    m = single_op_model("Reshape", [shape], [np.asarray(target, np.int64)])
+    compare_with_ort(m, {"x0": rnd(*shape)})
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, 3, 4, -1])
+def test_flatten(axis):
+    m = single_op_model("Flatten", [[2, 3, 4, 5]], axis=axis)
+    compare_with_ort(m, {"x0": rnd(2, 3, 4, 5)})
+
+
+def test_flatten_after_global_pool_needs_no_transpose():
+    b = OnnxBuilder(13)
+    x = b.input("x", ["N", 8, 5, 5])
+    b.node("Flatten", [b.node("GlobalAveragePool", [x])], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(3, 8, 5, 5)})
+    assert ops_of(g) == ["MEAN", "RESHAPE"]
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("shape,axes", [([2, 1, 4, 1], [1, 3]), ([2, 3, 1, 1], [2, 3]),
+                                        ([1, 3, 4, 5], [0]), ([2, 1, 4, 1], None)])
+def test_squeeze(opset, shape, axes):
+    if axes is None:
+        m = single_op_model("Squeeze", [shape], opset=opset)
+    elif opset >= 13:
+        m = single_op_model("Squeeze", [shape], [np.asarray(axes, np.int64)], opset=opset)
+    else:
+        m = single_op_model("Squeeze", [shape], opset=opset, axes=axes)
+    compare_with_ort(m, {"x0": rnd(*shape)})
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("shape,axes", [([2, 3], [2, 3]), ([2, 3, 4], [1]), ([2, 3, 4, 5], [0]),
+                                        ([2, 3, 4, 5], [-1]), ([5], [0, 2])])
+def test_unsqueeze(opset, shape, axes):
+    if opset >= 13:
+        m = single_op_model("Unsqueeze", [shape], [np.asarray(axes, np.int64)], opset=opset)
+    else:
+        m = single_op_model("Unsqueeze", [shape], opset=opset, axes=axes)
+    compare_with_ort(m, {"x0": rnd(*shape)})
+
+
+@pytest.mark.parametrize("shape,perm", [([2, 3, 4, 5], [0, 2, 3, 1]), ([2, 3, 4, 5], [0, 3, 1, 2]),
+                                        ([2, 3, 4, 5], [3, 2, 1, 0]), ([2, 3, 4], [0, 2, 1]),
+                                        ([2, 3, 4, 5], None)])
+def test_transpose(shape, perm):
+    attrs = {} if perm is None else {"perm": perm}
+    m = single_op_model("Transpose", [shape], **attrs)
+    compare_with_ort(m, {"x0": rnd(*shape)})
+
+
+def test_transpose_pair_cancels():
+    b = OnnxBuilder(13)
+    x = b.input("x", [1, 3, 4, 5])
+    t = b.node("Transpose", [x], perm=[0, 2, 3, 1])
+    y = b.node("Relu", [t])
+    b.node("Transpose", [y], out="y", perm=[0, 3, 1, 2])
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(1, 3, 4, 5)})
+    assert ops_of(g) == ["RELU"]
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3, -1, 0])
+def test_concat(axis):
+    m = single_op_model("Concat", [[2, 3, 4, 5], [2, 3, 4, 5]], [rnd(2, 3, 4, 5, seed=4)],
+                        axis=axis)
+    g = compare_with_ort(m, {"x0": rnd(2, 3, 4, 5), "x1": rnd(2, 3, 4, 5, seed=1)})
+    assert "TRANSPOSE" not in ops_of(g)
+
+
+@pytest.mark.parametrize("opset,pads,value", [(11, [0, 0, 1, 2, 0, 0, 2, 1], 0.0),
+                                              (11, [0, 1, 0, 0, 0, 2, 0, 0], 1.5),
+                                              (13, [1, 0, 0, 1, 0, 0, 0, 0], -2.0),
+                                              (10, [0, 0, 1, 1, 0, 0, 1, 1], 0.5)])
+def test_pad(opset, pads, value):
+    if opset < 11:
+        m = single_op_model("Pad", [[2, 3, 4, 5]], opset=opset, pads=pads, value=value)
+    else:
+        m = single_op_model("Pad", [[2, 3, 4, 5]], [np.asarray(pads, np.int64),
+                                                    np.asarray(value, F)], opset=opset)
+    compare_with_ort(m, {"x0": rnd(2, 3, 4, 5)})
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", [([1], [3], [1], [1]),
+                                                    ([0, 1], [2, -1], [2, 3], [1, 2]),
+                                                    ([-1], [-100], [3], [-1]),
+                                                    ([2], [1000], [2], [1]),
+                                                    ([3, 0], [0, 2], [1, 0], [-2, 1])])
+def test_slice_on_activation(starts, ends, axes, steps):
+    consts = [np.asarray(v, np.int64) for v in (starts, ends, axes, steps)]
+    m = single_op_model("Slice", [[2, 4, 5, 6]], consts)
+    compare_with_ort(m, {"x0": rnd(2, 4, 5, 6)})
+
+
+def test_gather_on_activation():
+    for idx in (np.asarray(1, np.int64), np.asarray([2, 0], np.int64)):
+        m = single_op_model("Gather", [[2, 4, 5, 6]], [idx], axis=1)
+        compare_with_ort(m, {"x0": rnd(2, 4, 5, 6)})
+
+
+# ----------------------------------------------------------------- resize
+RESIZE_CASES = [("nearest", "asymmetric", "floor", [1, 1, 2, 2], None),
+                ("nearest", "half_pixel", "round_prefer_floor", [1, 1, 2, 3], None),
+                ("nearest", "half_pixel", "round_prefer_ceil", None, [2, 3, 7, 9]),
+                ("nearest", "align_corners", "round_prefer_ceil", None, [2, 3, 9, 7]),
+                ("linear", "half_pixel", "round_prefer_floor", None, [2, 3, 9, 11]),
+                ("linear", "pytorch_half_pixel", "round_prefer_floor", [1, 1, 2, 2], None),
+                ("linear", "align_corners", "round_prefer_floor", [1, 1, 2, 2], None),
+                ("linear", "asymmetric", "round_prefer_floor", [1, 1, 3, 2], None),
+                ("linear", "half_pixel", "round_prefer_floor", None, [2, 3, 2, 3])]
+
+
+@pytest.mark.parametrize("mode,ctm,nearest,scales,sizes", RESIZE_CASES)
+def test_resize(mode, ctm, nearest, scales, sizes):
+    consts = [None, None if scales is None else np.asarray(scales, F),
+              None if sizes is None else np.asarray(sizes, np.int64)]
+    m = single_op_model("Resize", [[2, 3, 4, 5]], consts, mode=mode,
+                        coordinate_transformation_mode=ctm, nearest_mode=nearest)
+    compare_with_ort(m, {"x0": rnd(2, 3, 4, 5)})
+
+
+@pytest.mark.parametrize("opset,mode", [(7, "nearest"), (9, "nearest"), (9, "linear")])
+def test_upsample(opset, mode):
+    scales = [1.0, 1.0, 2.0, 2.0]
+    if opset < 9:
+        m = single_op_model("Upsample", [[1, 2, 3, 4]], opset=opset, scales=scales, mode=mode)
+    else:
+        m = single_op_model("Upsample", [[1, 2, 3, 4]], [np.asarray(scales, F)], opset=opset,
+                            mode=mode)
+    compare_with_ort(m, {"x0": rnd(1, 2, 3, 4)})
+
+
+# --------------------------------------------------------- misc / folding
+@pytest.mark.parametrize("op", ["Identity", "Dropout"])
+def test_identity_and_dropout(op):
+    b = OnnxBuilder(13)
+    x = b.input("x", [2, 3, 4, 4])
+    b.node("Relu", [b.node(op, [x])], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(2, 3, 4, 4)})
+    assert ops_of(g) == ["RELU"]
+
+
+def test_constant_constant_of_shape_and_cast_fold():
+    b = OnnxBuilder(13)
+    x = b.input("x", [2, 3])
+    c = b.node("Constant", [], value=__import__("onnx").numpy_helper.from_array(rnd(2, 3), "c"))
+    shp = b.node("Shape", [x])
+    fill = b.node("ConstantOfShape", [shp], value=__import__("onnx").numpy_helper.from_array(
+        np.asarray([0.25], F), "v"))
+    half = b.node("Cast", [b.node("Cast", [fill], to=7)], to=1)  # 0.25 -> int 0 -> 0.0
+    y = b.node("Add", [b.node("Add", [x, c]), fill])
+    b.node("Add", [y, half], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(2, 3, seed=1)})
+    assert set(ops_of(g)) == {"ADD"} and "SHAPE" not in ops_of(g)
+
+
+def test_dynamic_batch_shape_chain_folds_to_reshape():
+    b = OnnxBuilder(13)
+    x = b.input("x", ["batch", 4, 3, 3])
+    shape = b.node("Shape", [x])
+    n = b.node("Gather", [shape, b.init(np.asarray(0, np.int64))], axis=0)
+    c = b.node("Gather", [shape, b.init(np.asarray(1, np.int64))], axis=0)
+    hw = b.node("Mul", [b.node("Gather", [shape, b.init(np.asarray(2, np.int64))], axis=0),
+                        b.node("Gather", [shape, b.init(np.asarray(3, np.int64))], axis=0)])
+    target = b.node("Concat", [b.unsqueeze(n, [0]), b.unsqueeze(c, [0]), b.unsqueeze(hw, [0])],
+                    axis=0)
+    b.node("Reshape", [x, target], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(5, 4, 3, 3)})
+    assert g.inputs[0].shape[0] is None and g.outputs[0].shape == (None, 4, 9)
+    assert "SHAPE" not in ops_of(g) and "RESHAPE" in ops_of(g)
+    assert [n.attrs["new_shape"] for n in g.nodes if n.op == "RESHAPE"] == [[-1, 4, 9]]
+
+
+def test_shape_slice_chain_and_cast():
+    b = OnnxBuilder(13)
+    x = b.input("x", ["batch", 2, 4, 6])
+    shape = b.node("Cast", [b.node("Shape", [x])], to=7)
+    spatial = b.node("Slice", [shape, b.ints([2]), b.ints([4])])
+    target = b.node("Concat", [b.ints([-1]), spatial], axis=0)
+    b.node("Reshape", [x, target], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(3, 2, 4, 6)})
+    assert g.outputs[0].shape == (None, 4, 6)
+
+
+def test_cast_activation_float_is_alias():
+    m = single_op_model("Cast", [[2, 3]], to=1)
+    g = compare_with_ort(m, {"x0": rnd(2, 3)})
+    assert ops_of(g) == ["IDENTITY"]
