@@ -133,6 +133,13 @@ class _Inserter:
         return None
 
 
+def _fq_after(t: Tensor) -> Node | None:
+    uses = t.uses
+    if len(uses) == 1 and uses[0][0].op == "FAKE_QUANT" and uses[0][1] == 0:
+        return uses[0][0]
+    return None
+
+
 def _needs_quant(node: Node) -> bool:
     return node.op not in SKIP_OPS and any(_is_float(t) for t in node.outputs)
 
@@ -177,6 +184,10 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 continue
             if node.op in inherit and first is not None and id(first) in quantized:
                 quantized[id(out)] = out
+                continue
+            already = _fq_after(out)
+            if already is not None:  # quantized before (e.g. a second run of the pipeline)
+                quantized[id(out)] = already.output
                 continue
             fq = ins.activation(out, node)
             replace_tensor(graph, out, fq.output)

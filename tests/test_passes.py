@@ -315,3 +315,23 @@ def test_pipeline_report_records_all_passes(mobile_q):
     assert rep["notes"]["fake_quant_inserted"] > 0
     report = run_pipeline(chain(4).clone(), "default")
     assert report.total_seconds > 0 and len(report.records) == len(rep["passes"])
+
+
+def test_quantize_twice_adds_nothing(mobile_q):
+    _, q = mobile_q
+    again = quantize(q)
+    assert _ops(again).count("FAKE_QUANT") == _ops(q).count("FAKE_QUANT")
+
+
+def test_tflite_frontend_model_fold_fuse_and_quantize(tmp_path):
+    from tests.test_tflite_frontend import _convert, _mobilenet_like
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(_convert(_mobilenet_like(), "float"))
+    g = qatir.load(path)
+    f = float_pipeline(g)
+    _assert_same_outputs(g, f)
+    q = quantize(g)
+    assert [t.name for t in q.outputs] == [t.name for t in g.outputs]
+    assert all(t.producer.op == "FAKE_QUANT" for t in q.outputs)
+    assert q.metadata["quant_conflicts"] == []
