@@ -22,7 +22,9 @@ form. Its contract:
 - Other constant operands (an ADD/MUL/PRELU/... operand) are int8 constants
   with per-tensor (possibly asymmetric) quant.
 - Output params are fixed where TFLite fixes them: LOGISTIC and SOFTMAX
-  (1/256, -128), TANH (1/128, 0). Ops whose TFLite kernel needs input and
+  (1/256, -128), TANH (1/128, 0). A FAKE_QUANT after such an op whose range
+  nearly matches (scale within 1 %, zero point within 1) is dropped; a really
+  different one becomes a requantizing QUANTIZE. Ops whose TFLite kernel needs input and
   output on the same grid (pooling, reshape-like ops, pad, resize,
   concatenation, ...) have equal params in and out; where the FAKE_QUANT
   ranges disagree an explicit requantizing ``QUANTIZE`` (int8 -> int8) is
@@ -129,7 +131,11 @@ def _legalize_ir_only(g: Graph) -> None:
 
 # ---------------------------------------------------------------- the lowering
 def _close(a: QuantParams, b: QuantParams, rtol: float = 0.0) -> bool:
-    if a.zero_point != b.zero_point or len(a.scale) != len(b.scale):
+    """Equal params, or within ``rtol`` in scale and one step in zero point when rtol > 0."""
+    if len(a.scale) != len(b.scale):
+        return False
+    zdiff = max(abs(x - y) for x, y in zip(a.zero_point, b.zero_point))
+    if zdiff > (1 if rtol > 0 else 0):
         return False
     sa, sb = np.asarray(a.scale), np.asarray(b.scale)
     return bool(np.all(np.abs(sa - sb) <= rtol * np.maximum(np.abs(sa), np.abs(sb))))

@@ -1,0 +1,242 @@
+"""Parity report: where did the accuracy go, and will the device compute what was trained?
+
+``parity_report(model, graph, inputs=None, n=4)`` runs the same float inputs
+through four executions and compares them tensor by tensor:
+
+- **float**: the IR in TensorFlow with every FAKE_QUANT removed (``qatir.run`` on
+  :func:`strip_fake_quant` of the quantized graph; a float graph as given);
+- **fake-quant**: ``qatir.run`` on the quantized graph (what training saw);
+- **reference**: ``qatir.run_reference`` (LiteRT BUILTIN_REF arithmetic);
+- **LiteRT**: the flatbuffer in ``ai_edge_litert`` with the default resolver and
+  ``experimental_preserve_all_tensors=True``, so intermediates can be read.
+
+One row per graph output and per intermediate int8 tensor that exists in both
+the lowered graph and the flatbuffer (matched by tensor name): SQNR of the
+LiteRT values (dequantized) against float, and the max LSB difference between
+LiteRT and the integer reference. Rows come worst first (lowest SQNR).
+:func:`format_report` prints them as a table.
+
+:func:`xnnpack_coverage` tells which operators the XNNPACK delegate took.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import QatirError
+from qatir.ir import Graph
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One compared tensor."""
+
+    tensor: str
+    kind: str  # "output" or "intermediate"
+    sqnr_db: float  # LiteRT (dequantized) vs float IR; inf when identical
+    fq_sqnr_db: float  # fake-quant IR vs float IR (nan when the tensor is not in the IR run)
+    max_lsb: int  # max |LiteRT - reference| in int8 steps
+    scale: float
+    zero_point: int
+
+
+def _load_bytes(model: bytes | str | os.PathLike) -> bytes:
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    with open(model, "rb") as f:
+        return f.read()
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |ref - test|^2); inf when equal."""
+    ref = np.asarray(ref, np.float64).ravel()
+    test = np.asarray(test, np.float64).ravel()
+    noise = float(np.sum((ref - test) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * np.log10(signal / noise)
+
+
+def strip_fake_quant(graph: Graph) -> Graph:
+    """A float copy of a quantized graph: every FAKE_QUANT bypassed and removed."""
+    g = graph.clone()
+    for node in [n for n in g.nodes if n.op == "FAKE_QUANT"]:
+        g.replace_all_uses_with(node.outputs[0], node.inputs[0])
+    g.eliminate_dead_code()
+    return g
+
+
+def _interpreter(buf: bytes, preserve: bool = True, ref: bool = False) -> Any:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.BUILTIN_REF if ref else OpResolverType.AUTO
+    it = Interpreter(model_content=buf, num_threads=1, experimental_op_resolver_type=kind,
+                     experimental_preserve_all_tensors=preserve)
+    it.allocate_tensors()
+    return it
+
+
+def xnnpack_coverage(model: bytes | str | os.PathLike) -> list[tuple[str, bool]]:
+    """(op name, taken by XNNPACK) for every operator, in model order.
+
+    After delegation LiteRT lists the original nodes plus one DELEGATE node per
+    partition; a node belongs to a partition when it is reachable backwards from
+    the partition's outputs without crossing the partition's inputs.
+    """
+    it = _interpreter(_load_bytes(model), preserve=False)
+    details = it._get_ops_details()
+    producer = {}
+    for d in details:
+        if d["op_name"] != "DELEGATE":
+            for o in d["outputs"]:
+                producer[int(o)] = d
+    taken: set[int] = set()
+    for part in (d for d in details if d["op_name"] == "DELEGATE"):
+        stop = {int(i) for i in part["inputs"]}
+        stack = [int(o) for o in part["outputs"]]
+        while stack:
+            t = stack.pop()
+            if t in stop or t not in producer:
+                continue
+            node = producer[t]
+            if node["index"] in taken:
+                continue
+            taken.add(node["index"])
+            stack.extend(int(i) for i in node["inputs"])
+    return [(d["op_name"], d["index"] in taken) for d in details if d["op_name"] != "DELEGATE"]
+
+
+def _random_inputs(graph: Graph, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n):
+        feed = {}
+        for t in graph.inputs:
+            shape = [d or 1 for d in t.shape]
+            feed[t.name] = rng.standard_normal(shape).astype(np.float32)
+        batches.append(feed)
+    return batches
+
+
+def parity_report(model: bytes | str | os.PathLike, graph: Graph,
+                  inputs: Sequence[Mapping[str, np.ndarray]] | None = None, n: int = 4,
+                  resolver: str = "default") -> list[ParityRow]:
+    """Compare float IR, fake-quant IR, integer reference and LiteRT (see module doc).
+
+    ``graph`` is the quantized (FAKE_QUANT) graph the model was written from;
+    ``inputs`` are float feeds keyed by the graph's input names (``n`` standard
+    normal batches when omitted). ``resolver`` is ``"default"`` (LiteRT with
+    XNNPACK, compared with ``kernels="xnnpack"``) or ``"ref"`` (BUILTIN_REF,
+    compared with ``kernels="reference"``).
+    """
+    if resolver not in ("default", "ref"):
+        raise QatirError(f"resolver must be 'default' or 'ref', got {resolver!r}")
+    mode = "reference" if resolver == "ref" else "xnnpack"
+    from qatir.lower import lower
+    from qatir.reference import run_reference
+
+    buf = _load_bytes(model)
+    if inputs is None:
+        inputs = _random_inputs(graph, n)
+    lowered = lower(graph, io="int8")
+    float_graph = strip_fake_quant(graph)
+    it = _interpreter(buf, ref=resolver == "ref")
+    tdetails = {d["name"]: d for d in it.get_tensor_details()}
+    in_details = it.get_input_details()
+    acc: dict[str, dict[str, list[np.ndarray]]] = {}
+    pairs = _fq_pairs(graph)
+    float_all, fq_all = _all_outputs(float_graph), _all_outputs(graph)
+    for feed in inputs:
+        f_out = _run_ir_all(float_all, feed, pairs, quantized=False)
+        fq_out = _run_ir_all(fq_all, feed, pairs, quantized=True)
+        q_feed = _quantize_feed(lowered, feed)
+        ref = run_reference(lowered, q_feed, kernels=mode, keep_all=True)
+        for d in in_details:
+            x = feed[d["name"]] if d["dtype"] == np.float32 else q_feed[d["name"]]
+            it.set_tensor(d["index"], x.astype(d["dtype"]))
+        it.invoke()
+        for name, ref_val in ref.items():
+            d = tdetails.get(f"{name}_int8", tdetails.get(name))
+            if d is None or name not in f_out or d["dtype"] != np.int8:
+                continue
+            entry = acc.setdefault(name, {"float": [], "fq": [], "ref": [], "lrt": []})
+            entry["float"].append(f_out[name])
+            entry["fq"].append(fq_out.get(name, np.full_like(f_out[name], np.nan)))
+            entry["ref"].append(ref_val)
+            entry["lrt"].append(it.get_tensor(d["index"]))
+    outputs = {t.name for t in lowered.outputs}
+    rows = []
+    for name, e in acc.items():
+        q = lowered.tensors[name].quant
+        s, z = q.scale[0], q.zero_point[0]
+        lrt = np.concatenate([a.ravel() for a in e["lrt"]]).astype(np.int32)
+        ref = np.concatenate([a.ravel() for a in e["ref"]]).astype(np.int32)
+        flt = np.concatenate([a.ravel() for a in e["float"]])
+        fq = np.concatenate([a.ravel() for a in e["fq"]])
+        rows.append(ParityRow(name, "output" if name in outputs else "intermediate",
+                              sqnr_db(flt, (lrt - z) * s), sqnr_db(flt, fq),
+                              int(np.abs(lrt - ref).max()) if lrt.size else 0, s, z))
+    rows.sort(key=lambda r: (r.sqnr_db, r.tensor))
+    if not rows:
+        raise QatirError("parity report: no tensor of the graph was found in the model "
+                         "(names differ?)")
+    return rows
+
+
+def _quantize_feed(lowered: Graph, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for t in lowered.inputs:
+        q = t.quant
+        x = np.asarray(feed[t.name], np.float32)
+        v = np.sign(x / np.float32(q.scale[0])) * np.floor(np.abs(x / np.float32(q.scale[0])) + 0.5)
+        out[t.name] = np.clip(v + q.zero_point[0], -128, 127).astype(np.int8)
+    return out
+
+
+def _fq_pairs(graph: Graph) -> list[tuple[str, str]]:
+    """(pre-FAKE_QUANT name, post-FAKE_QUANT name) for every activation FAKE_QUANT."""
+    return [(n.inputs[0].name, n.outputs[0].name) for n in graph.nodes
+            if n.op == "FAKE_QUANT" and not n.inputs[0].is_const]
+
+
+def _all_outputs(graph: Graph) -> Graph:
+    g = graph.clone()
+    g.outputs = [t for t in g.tensors.values() if t.producer is not None]
+    return g
+
+
+def _run_ir_all(g: Graph, feed: Mapping[str, np.ndarray], pairs: list[tuple[str, str]],
+                quantized: bool) -> dict[str, np.ndarray]:
+    """Every computed tensor of a TF run, keyed so lowered tensor names find them.
+
+    The lowered graph names an activation after the FAKE_QUANT input (graph
+    outputs after its output): the fake-quant run maps both names to the
+    quantized value, the float run both to the float value.
+    """
+    import qatir
+
+    res = {k: np.asarray(v) for k, v in qatir.run(g, dict(feed)).items()}
+    for pre, post in pairs:
+        if quantized and post in res:
+            res[pre] = res[post]
+        elif not quantized and pre in res:
+            res[post] = res[pre]
+    return res
+
+
+def format_report(rows: Sequence[ParityRow]) -> str:
+    """A fixed-width table of :func:`parity_report` rows."""
+    head = f"{'tensor':<40} {'kind':<12} {'SQNR dB':>9} {'FQ SQNR':>9} {'LSB':>4} {'scale':>10} {'zp':>5}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.tensor[:40]:<40} {r.kind:<12} {r.sqnr_db:>9.2f} {r.fq_sqnr_db:>9.2f} "
+                     f"{r.max_lsb:>4d} {r.scale:>10.4g} {r.zero_point:>5d}")
+    return "\n".join(lines)
