@@ -1,0 +1,59 @@
+"""XNNPACK must take every node of the emitted models that it can take.
+
+How it is checked (``qatir.parity.xnnpack_coverage``): after delegation LiteRT's
+``_get_ops_details()`` lists the original nodes plus one DELEGATE node per
+partition; a node is delegated when it is reachable backwards from a DELEGATE's
+outputs without crossing that DELEGATE's inputs. XNNPACK rejects nodes silently
+(wrong per-channel axis, non-static weights, odd scales, ...), so any such
+rejection shows up here as a node that stays with the builtin kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qatir.parity import xnnpack_coverage
+from qatir.tflite_writer import to_tflite
+from tests.qbuild import QB
+from tests.test_reference import CASES
+
+# int8 ops the XNNPACK delegate in ai_edge_litert takes (measured; AVERAGE_POOL_2D, SOFTMAX,
+# HARD_SWISH, RELU/RELU6, PRELU, PADV2, STRIDED_SLICE, MAXIMUM, SQUEEZE and
+# RESIZE_NEAREST_NEIGHBOR stay with LiteRT's builtin int8 kernels).
+XNNPACK_INT8 = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
+    "MAX_POOL_2D", "MEAN", "RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "QUANTIZE",
+    "DEQUANTIZE", "LEAKY_RELU", "LOGISTIC", "TANH", "RESIZE_BILINEAR", "DEPTH_TO_SPACE",
+    "SPACE_TO_DEPTH",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("io", ["int8", "float"])
+def test_xnnpack_takes_every_supported_node(case, io):
+    qb = QB(seed=3)
+    g = qb.output(CASES[case](qb))
+    cover = xnnpack_coverage(to_tflite(g, io=io))
+    rejected = [op for op, taken in cover if op in XNNPACK_INT8 and not taken]
+    assert not rejected, f"XNNPACK rejected {rejected} in {cover}"
+
+
+def test_coverage_reports_builtin_nodes():
+    """The check can fail: SOFTMAX int8 is not an XNNPACK op and must show as not taken."""
+    qb = QB(seed=3)
+    g = qb.output(CASES["graph_residual"](qb))
+    cover = dict((op, taken) for op, taken in xnnpack_coverage(to_tflite(g)))
+    assert cover["SOFTMAX"] is False
+    assert cover["CONV_2D"] is True and cover["FULLY_CONNECTED"] is True
+
+
+def test_float_model_fully_delegated():
+    qb = QB(seed=3)
+    x = qb.g.add_input("x", [1, 8, 8, 3])
+    import numpy as np
+
+    w = qb.g.const(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32))
+    b = qb.g.const(np.zeros(4, np.float32))
+    y = qb.op("CONV_2D", [x, w, b], {"padding": "SAME", "fused_activation": "RELU6"})
+    g = qb.output(qb.op("MEAN", [y], {"axis": [1, 2], "keep_dims": False}))
+    assert all(taken for _, taken in xnnpack_coverage(to_tflite(g)))
