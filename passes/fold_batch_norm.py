@@ -34,6 +34,8 @@ def _check_fold(m: Match) -> str | None:
     if bias is not None and not bias.is_const:
         return f"bias of {prod.name!r} is not constant"
     w = prod.inputs[1]
+    if w.dtype.kind != "f" or w.quant is not None:
+        return f"weights of {prod.name!r} are quantized ({w.dtype})"
     axis = BN_FOLD_AXES[prod.op]
     channels = m["gamma"].data.size
     if w.shape[axis] != channels:
