@@ -47,6 +47,10 @@ def resolve_loss(loss: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
             raise QatirError(f"fit: unknown loss {loss!r}: {e}") from None
     if not callable(loss):
         raise QatirError(f"fit: loss must be a name or a callable, got {type(loss).__name__}")
+    if isinstance(loss, keras.losses.Loss):
+        # per-sample values: Loss.__call__ would also divide by the replica count, and fit
+        # scales for distribution itself
+        return loss.call
     return loss
 
 
