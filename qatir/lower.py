@@ -209,6 +209,7 @@ def _lower_const_fq(g: Graph, node: Node) -> None:
         raise ExportError(f"node {node.name!r}: {bits}-bit constant %{const.name} has no int8 "
                           "TFLite kernel")
     q, p = _fq_int_values(node, const.data)
+    q, p = _zero_channels_symmetric(node, const, q, p)
     for user, idx in out.uses:
         if user.op in WEIGHT_OPS and idx == 1:
             want = WEIGHT_OPS[user.op]
@@ -227,6 +228,25 @@ def _lower_const_fq(g: Graph, node: Node) -> None:
     g.erase(node)
     if out.name not in g.tensors and new.name != out.name:
         _rename(g, new, out.name)
+
+
+def _zero_channels_symmetric(node: Node, const: Tensor, q: np.ndarray, p: QuantParams
+                             ) -> tuple[np.ndarray, QuantParams]:
+    """An all-zero weight channel has a degenerate range (nudged zero point != 0): force the
+    symmetric form (values 0, zero point 0) and warn; its scale is fixed up with the bias."""
+    if p.axis is None or node.attrs.get("kind") != "weight" or not any(p.zero_point):
+        return q, p
+    red = tuple(i for i in range(const.data.ndim) if i != p.axis)
+    zero = ~np.any(const.data != 0, axis=red)
+    if not np.any(zero):
+        return q, p
+    warnings.warn(f"node {node.name!r}: weight %{const.name} has all-zero channels "
+                  f"{np.flatnonzero(zero).tolist()}; their zero points are set to 0", stacklevel=4)
+    shape = [1] * const.data.ndim
+    shape[p.axis] = -1
+    q = np.where(np.reshape(zero, shape), 0, q)
+    zps = tuple(0 if z else zp for z, zp in zip(zero, p.zero_point))
+    return q, QuantParams(p.scale, zps, p.axis, p.bits, p.narrow_range, p.dtype)
 
 
 def _lower_act_fq(g: Graph, node: Node) -> None:
