@@ -192,24 +192,32 @@ def _split_names(value: str | None) -> list[str] | None:
 
 @cli.command()
 @click.argument("tflite_model")
-@click.option("--against", required=True, metavar="GRAPH",
-              help="The graph it was compiled from (.qatir with trained ranges, .onnx, ...).")
-@shape_option
-@click.option("--samples", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--against", required=True, metavar="GRAPH.qatir",
+              help="The quantized IR the file was written from (compile --save-ir).")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--data", metavar="DATA.npz", help="Inputs to compare on (default: random).")
+@click.option("--resolver", type=click.Choice(["default", "ref"]), default="default",
+              show_default=True, help="LiteRT kernels: default (XNNPACK) or ref (reference).")
+@click.option("--tolerance", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Allowed difference from qatir's integer reference, in int8 steps.")
 @debug_option
-def verify(tflite_model: str, against: str, input_shape: tuple[str, ...], samples: int,
-           data: str | None, debug: bool) -> None:
-    """Compare a .tflite file with qatir's integer reference and float execution."""
+def verify(tflite_model: str, against: str, samples: int, data: str | None, resolver: str,
+           tolerance: int, debug: bool) -> int:
+    """Compare a .tflite in LiteRT with float, fake-quant and integer-reference runs.
+
+    Exit status 1 when LiteRT differs from the integer reference by more than
+    --tolerance steps on any compared tensor.
+    """
     from qatir.compile import verify_tflite
 
     require_file(tflite_model)
     require_file(against)
     if data:
         require_file(data, "data")
-    report = verify_tflite(tflite_model, against, parse_input_shapes(input_shape),
-                           samples=samples, data=data)
-    click.echo(str(report))
+    result = verify_tflite(tflite_model, against, samples=samples, data=data,
+                           resolver=resolver, tolerance_lsb=tolerance)
+    click.echo(result.format())
+    return 0 if result.ok else 1
 
 
 @cli.command(name="passes")

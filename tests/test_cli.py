@@ -252,3 +252,46 @@ def test_compile_float_tflite_model(capsys, tmp_path):
     assert interp.get_input_details()[0]["dtype"] == np.int8
     float_sqnr = float(stdout.split("int8 in LiteRT ")[1].split(" dB")[0])
     assert float_sqnr > 15.0, stdout
+
+
+# --------------------------------------------------------------------------- verify, report
+def test_verify_and_report_on_digits(capsys, tmp_path):
+    model = tmp_path / "digits.onnx"
+    onnx.save(digits_cnn_onnx(channels=(8, 8, 8)), str(model))
+    x, _, x_test, _ = load_digits_nchw()
+    np.savez(tmp_path / "calib.npz", image=x[:64])
+    np.savez(tmp_path / "test.npz", image=x_test[:8])
+    out, ir = tmp_path / "d.tflite", tmp_path / "d.qatir"
+    rc, stdout, err = run_cli(capsys, "compile", model, "-o", out, "--calib",
+                              tmp_path / "calib.npz", "--save-ir", ir, "--report",
+                              "--no-progress")
+    assert rc == 0, err
+    assert "parity report" in stdout and "logits" in stdout
+    for resolver in ("default", "ref"):
+        rc, stdout, err = run_cli(capsys, "verify", out, "--against", ir, "--data",
+                                  tmp_path / "test.npz", "--samples", "8", "--resolver", resolver)
+        assert rc == 0, err
+        last = stdout.strip().splitlines()[-1]
+        assert last.startswith("OK:") and "max 0 LSB" in last
+        sqnr = float(last.split("worst output SQNR vs float ")[1].split(" dB")[0])
+        assert sqnr > 15
+    # a float graph is not what the file was written from
+    rc, _, err = run_cli(capsys, "verify", out, "--against", model)
+    assert rc == 2 and "no FAKE_QUANT" in err
+
+
+def test_verify_detects_a_different_model(capsys, tmp_path):
+    """Verifying a file against another model's IR fails (exit 1), not silently passes."""
+    paths = {}
+    x, _, _, _ = load_digits_nchw()
+    np.savez(tmp_path / "calib.npz", image=x[:32])
+    for seed in (0, 1):
+        model = tmp_path / f"m{seed}.onnx"
+        onnx.save(digits_cnn_onnx(seed=seed, channels=(8, 8, 8)), str(model))
+        out, ir = tmp_path / f"m{seed}.tflite", tmp_path / f"m{seed}.qatir"
+        rc, _, err = run_cli(capsys, "compile", model, "-o", out, "--calib",
+                             tmp_path / "calib.npz", "--save-ir", ir, "--no-progress")
+        assert rc == 0, err
+        paths[seed] = (out, ir)
+    rc, stdout, _ = run_cli(capsys, "verify", paths[0][0], "--against", paths[1][1])
+    assert rc == 1 and "MISMATCH" in stdout
