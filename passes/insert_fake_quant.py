@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from qatir.ir import Graph, Node, Tensor
+from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
-from qatir.quant import range_for, refresh_quant
+from qatir.quant import params_for, range_for
 from qatir.table import Table
 
 SKIP_OPS = frozenset({"FAKE_QUANT", "QUANTIZE", "DEQUANTIZE"})
@@ -83,14 +83,15 @@ class _Inserter:
         self.cal = table.calibration
         self.fixed = table.fixed_output
         self.weight_cache: dict[tuple[int, int | None], Tensor] = {}
-        self.count = 0
+        self.created: list[Node] = []
 
     def _fq(self, x: Tensor, lo: Any, hi: Any, attrs: dict[str, Any], tag: str) -> Node:
         g = self.graph
         lo_t = g.const(np.asarray(lo, np.float32), name=f"{x.name}_{tag}min")
         hi_t = g.const(np.asarray(hi, np.float32), name=f"{x.name}_{tag}max")
-        self.count += 1
-        return g.add_node("FAKE_QUANT", [x, lo_t, hi_t], attrs, name=f"{x.name}_fq")
+        node = g.add_node("FAKE_QUANT", [x, lo_t, hi_t], attrs, name=f"{x.name}_fq")
+        self.created.append(node)
+        return node
 
     def weight(self, t: Tensor, axis: int | None) -> Tensor:
         key = (id(t), axis)
@@ -131,6 +132,24 @@ class _Inserter:
         if act and act != "NONE" and act in self.fixed:
             return self.fixed[act]
         return None
+
+
+def set_quant(nodes: list[Node]) -> None:
+    """``tensor.quant`` of each FAKE_QUANT output, as :func:`qatir.quant.refresh_quant` sets it.
+
+    Per-tensor ranges repeat (placeholders, tied groups), so their parameters are
+    computed once per distinct (min, max, bits, narrow_range).
+    """
+    cache: dict[tuple[float, float, int, bool], QuantParams] = {}
+    for n in nodes:
+        lo, hi = n.inputs[1].data, n.inputs[2].data
+        if n.attrs.get("axis") is not None or lo.size != 1 or hi.size != 1:
+            n.outputs[0].quant = params_for(n)
+            continue
+        key = (float(lo), float(hi), int(n.attrs["bits"]), bool(n.attrs["narrow_range"]))
+        if key not in cache:
+            cache[key] = params_for(n)
+        n.outputs[0].quant = cache[key]
 
 
 def _fq_after(t: Tensor) -> Node | None:
@@ -193,11 +212,12 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             replace_tensor(graph, out, fq.output)
             quantized[id(out)] = fq.output
             quantized[id(fq.output)] = fq.output
-    graph.toposort()
-    refresh_quant(graph)
+    if ins.created:
+        graph.toposort()
+        set_quant(ins.created)
     graph.metadata["calibrated"] = False
     graph.metadata["float_nodes"] = float_nodes
     graph.metadata["quant_table"] = table.name
     ctx.notes["float_nodes"] = float_nodes
-    ctx.notes["fake_quant_inserted"] = ins.count
-    return ins.count > 0
+    ctx.notes["fake_quant_inserted"] = len(ins.created)
+    return bool(ins.created)

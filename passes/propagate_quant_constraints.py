@@ -12,10 +12,10 @@ never tied; such conflicts are listed in ``graph.metadata["quant_conflicts"]``.
 from __future__ import annotations
 
 import numpy as np
+from qatir.passes.insert_fake_quant import set_quant
 
 from qatir.ir import Graph, Node, Tensor
 from qatir.pipeline import PassContext, register_pass
-from qatir.quant import refresh_quant
 
 
 def _fq_behind(t: Tensor | None, inherit: frozenset[str]) -> Node | None:
@@ -97,7 +97,7 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
             else:
                 conflicts.append(f"{node.name}: {fq.name} ({fq.attrs.get('kind')}, "
                                  f"{fq.attrs.get('quantizer')}) keeps its own range")
-    changed = False
+    retied: list[Node] = []
     for group in uf.groups():
         if len(group) < 2:
             continue
@@ -112,10 +112,10 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
         for fq in group:
             fq.set_input(1, lo_t)
             fq.set_input(2, hi_t)
-        changed = True
-    if changed:
+        retied.extend(group)
+    if retied:
         graph.prune_tensors()
-        refresh_quant(graph)
+        set_quant(retied)
     graph.metadata["quant_conflicts"] = conflicts
     ctx.notes["quant_conflicts"] = conflicts
-    return changed
+    return bool(retied)
