@@ -35,7 +35,8 @@ form. Its contract:
   ``DEQUANTIZE``. With ``io="uint8"`` the edges are uint8 tensors (zero point
   + 128) converted by ``QUANTIZE`` nodes (uint8 <-> int8 requantize).
   Edge tensors keep the graph's original input/output names.
-- A float graph (no FAKE_QUANT and no int8 tensor) stays float.
+- A float graph (no FAKE_QUANT and no int8 tensor) stays float (conv-like ops
+  get an explicit zero bias: LiteRT's float DEPTHWISE_CONV_2D crashes without).
 
 Anything TFLite cannot run is refused with :class:`ExportError` naming the
 node or tensor (activation bits != 8, weights wider than 8 bits, a float
@@ -96,6 +97,7 @@ def lower(graph: Graph, io: str = "int8") -> Graph:
     if is_quantized(g):
         _lower_fake_quant(g)
     elif not is_lowered(g):
+        _add_float_bias(g)
         return g  # a float graph stays float
     apply_io(g, io)
     g.eliminate_dead_code()
@@ -127,6 +129,19 @@ def _legalize_ir_only(g: Graph) -> None:
         elif node.op in ("BATCH_NORM", "HARD_SIGMOID"):
             raise ExportError(f"node {node.name!r}: {node.op} must be folded/lowered by the "
                               "passes before export")
+
+
+def _add_float_bias(g: Graph) -> None:
+    """Conv-like ops get an explicit zero bias (LiteRT's float kernels expect one)."""
+    for node in list(g.nodes):
+        if node.op in WEIGHT_OPS and (len(node.inputs) < 3 or node.inputs[2] is None):
+            w = node.inputs[1]
+            n = w.shape[WEIGHT_OPS[node.op] or 0]
+            bias = g.const(np.zeros(n, w.dtype), name=f"{node.name}_bias")
+            if len(node.inputs) < 3:
+                node.add_input(bias)
+            else:
+                node.set_input(2, bias)
 
 
 # ---------------------------------------------------------------- the lowering
