@@ -10,6 +10,7 @@ Strings in a table are names or regexes; nothing is evaluated as code.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -96,9 +97,20 @@ class Table:
 
 
 def builtin_tables() -> dict[str, Path]:
-    """Tables shipped in ``passes/tables``: name -> path."""
-    folder = resources.files("qatir.passes") / "tables"
-    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+    """Tables shipped in ``passes/tables``: name -> path.
+
+    Located with ``find_spec`` so that listing tables does not import (and so
+    register) the built-in passes; those arrive through the entry point only.
+    """
+    spec = importlib.util.find_spec("qatir.passes")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    out: dict[str, Path] = {}
+    for loc in spec.submodule_search_locations:
+        folder = Path(loc) / "tables"
+        if folder.is_dir():
+            out.update({p.stem: p for p in sorted(folder.glob("*.toml"))})
+    return out
 
 
 @lru_cache(maxsize=1)

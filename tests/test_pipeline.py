@@ -228,3 +228,21 @@ def test_broken_plugin_names_itself(tmp_path, monkeypatch):
     with pytest.raises(QatirError, match=r"pass plug-in 'broken_one'.*qatir_broken_plugin.*"
                                          r"missing dependency xyz"):
         load_plugins(rescan=True)
+
+
+def test_builtin_passes_load_only_through_the_plugin_mechanism():
+    import subprocess
+
+    code = textwrap.dedent("""
+        import sys
+        import qatir
+        from qatir.table import load_table
+        load_table()
+        assert "qatir.passes" not in sys.modules, "core imported the built-in passes"
+        from qatir.pipeline import get_pass
+        get_pass("fold_batch_norm")
+        assert "qatir.passes.fold_batch_norm" in sys.modules
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
