@@ -149,10 +149,34 @@ def _fold_inputs(ctx: Ctx, node: Any) -> list[Any] | None:
     return ins
 
 
+def _check_schema(ctx: Ctx, node: Any) -> None:
+    """Input/output counts and attribute types must fit the op's schema at the model's opset."""
+    import onnx.defs
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, ctx.opset, "")
+    except onnx.defs.SchemaError:
+        raise ModelFormatError(f"{ctx.where()}: {node.op_type} is not defined in opset "
+                               f"{ctx.opset}") from None
+    n_in, n_out = len(node.input), len(node.output)
+    if not schema.min_input <= n_in <= schema.max_input:
+        raise ModelFormatError(f"{ctx.where()}: {n_in} inputs, the schema allows "
+                               f"{schema.min_input}..{schema.max_input}")
+    if not schema.min_output <= n_out <= schema.max_output:
+        raise ModelFormatError(f"{ctx.where()}: {n_out} outputs, the schema allows "
+                               f"{schema.min_output}..{schema.max_output}")
+    for a in node.attribute:
+        spec = schema.attributes.get(a.name)
+        if spec is not None and int(spec.type) != int(a.type):
+            raise ModelFormatError(f"{ctx.where()}: attribute {a.name!r} has type {a.type}, "
+                                   f"expected {int(spec.type)}")
+
+
 def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
     ctx.node = node
     ctx.node_name = node.name or f"{node.op_type.lower()}_{index}"
     try:
+        _check_schema(ctx, node)
         ins = _fold_inputs(ctx, node)
         if ins is not None and fold_node(ctx, ins):
             return

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatir.frontends.onnx_ctx import Ctx, check_size, converter, onnx_attrs
+from qatir.frontends.onnx_ctx import Ctx, converter, onnx_attrs
 from qatir.frontends.onnx_nn import Window, pad_nhwc, read_window, same_pads, to_nhwc
 
 MAX_POOL_PAD = float(np.finfo(np.float32).min)
+MAX_DIVISOR_MAP = 1 << 22  # output positions of a padded AveragePool's divisor constant
 
 
 def _axis_geometry(ctx: Ctx, w: Window, i: int, size: int, ceil_mode: bool):
@@ -83,12 +84,11 @@ def _sfx(ctx: Ctx) -> str:
 
 def _divisors(size: int, out: int, k: int, s: int, pads: tuple[int, int], include_pad: bool):
     """onnxruntime's averaging divisor for each output position along one axis."""
-    res = []
-    for o in range(out):
-        start = o * s - pads[0]
-        end = min(start + k, size + pads[1])
-        res.append(end - start if include_pad else min(end, size) - max(start, 0))
-    return np.asarray(res, np.float64)
+    start = np.arange(out, dtype=np.int64) * s - pads[0]
+    end = np.minimum(start + k, size + pads[1])
+    if include_pad:
+        return (end - start).astype(np.float64)
+    return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float64)
 
 
 @converter("AveragePool")
@@ -120,7 +120,9 @@ def _avg_pool(ctx: Ctx) -> None:
         y = ctx.emit("AVERAGE_POOL_2D", [t], {**attrs, "padding": "SAME"}, suffix=_sfx(ctx))
         ctx.set_out(back(y))
         return
-    check_size([geo[0][0], geo[1][0]], ctx.where())
+    if geo[0][0] * geo[1][0] > MAX_DIVISOR_MAP:
+        raise ctx.shape_error(f"output {geo[0][0]}x{geo[1][0]} too large for a padded "
+                              "AveragePool")
     div = [_divisors(hw[i], geo[i][0], win.kernel[i], win.stride[i], geo[i][1], include)
            for i in range(2)]
     if np.any(div[0] <= 0) or np.any(div[1] <= 0):
