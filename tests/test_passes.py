@@ -158,9 +158,11 @@ def test_generic_clip_and_hard_sigmoid_lowering():
 
 
 def _onnx_models():
-    om = pytest.importorskip("tests.onnx_models")
+    from tests import onnx_models as om
+
     return [("resnet_like", om.resnet_like), ("mobilenet_like", om.mobilenet_like),
-            ("inception_like", om.inception_like), ("digits_cnn", om.digits_cnn_onnx)]
+            ("inception_like", om.inception_like), ("digits_cnn", om.digits_cnn_onnx),
+            ("conv_chain", lambda: om.conv_chain(3))]
 
 
 @pytest.mark.parametrize("name,build", _onnx_models())
