@@ -1,0 +1,156 @@
+"""qatir vs tf.lite.TFLiteConverter post-training int8 on a Keras MobileNetV2.
+
+Model: ``tf.keras.applications.MobileNetV2(alpha=1.0, input 224, weights=None)``
+(random init, no download; ``classifier_activation=None`` so the SQNR is taken
+on logits, not on a near-uniform softmax), exported to a float ``.tflite``.
+Both paths get the same calibration data (``--calib`` synthetic images) and
+are measured on the same held-out images:
+
+- time to an int8 flatbuffer: qatir = ``load(float.tflite)`` + ``quantize`` +
+  ``calibrate`` + ``to_tflite``; converter = ``TFLiteConverter.from_keras_model``
+  with ``Optimize.DEFAULT``, a representative dataset and int8 builtins only;
+- model size in bytes;
+- LiteRT latency: default resolver (XNNPACK), 1 thread, median of ``--runs``;
+- SQNR of the int8 model's output against the float model's, on held-out inputs.
+
+Both int8 models keep float input/output edges. Prints one table.
+Usage: ``python tools/bench_vs_converter.py [--calib 16] [--holdout 8] [--runs 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+
+def synthetic_images(n: int, seed: int) -> np.ndarray:
+    """Smooth random images in MobileNetV2's [-1, 1] input range (blurred noise + gradients)."""
+    rng = np.random.default_rng(seed)
+    low = rng.uniform(-1, 1, (n, 14, 14, 3)).astype(np.float32)
+    img = np.repeat(np.repeat(low, 16, axis=1), 16, axis=2)
+    img += rng.normal(0, 0.15, img.shape).astype(np.float32)
+    return np.clip(img, -1, 1).astype(np.float32)
+
+
+def build_float_model(path: str):
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.applications.MobileNetV2(alpha=1.0, input_shape=(224, 224, 3),
+                                              weights=None, classifier_activation=None)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    with open(path, "wb") as f:
+        f.write(conv.convert())
+    return model
+
+
+def qatir_int8(float_path: str, calib: np.ndarray) -> tuple[bytes, float]:
+    import qatir
+
+    t0 = time.perf_counter()
+    g = qatir.load(float_path)
+    name = g.inputs[0].name
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [{name: calib[i:i + 1]} for i in range(len(calib))])
+    buf = qatir.to_tflite(q, io="float")
+    return buf, time.perf_counter() - t0
+
+
+def converter_int8(model, calib: np.ndarray) -> tuple[bytes, float]:
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    buf = conv.convert()
+    return buf, time.perf_counter() - t0
+
+
+def run_model(buf: bytes, images: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=buf, num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    ys = []
+    for x in images:
+        it.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
+        it.invoke()
+        ys.append(it.get_tensor(out["index"]).astype(np.float32).copy())
+    return np.concatenate(ys)
+
+
+def latency_ms(buf: bytes, runs: int) -> float:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=buf, num_threads=1)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp["index"], synthetic_images(1, 99).astype(inp["dtype"]))
+    for _ in range(3):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        it.invoke()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2))
+                                                          / noise)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--holdout", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    calib = synthetic_images(args.calib, 0)
+    held = synthetic_images(args.holdout, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = os.path.join(tmp, "mobilenet_v2_float.tflite")
+        model = build_float_model(float_path)
+        with open(float_path, "rb") as f:
+            float_buf = f.read()
+        ref = run_model(float_buf, held)
+        results = {}
+        for label, fn in (("qatir", lambda: qatir_int8(float_path, calib)),
+                          ("TFLiteConverter", lambda: converter_int8(model, calib))):
+            try:
+                buf, secs = fn()
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                results[label] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+                continue
+            results[label] = (secs, len(buf), latency_ms(buf, args.runs),
+                              sqnr_db(ref, run_model(buf, held)))
+        float_lat = latency_ms(float_buf, args.runs)
+    print(f"MobileNetV2 1.0/224 (random init), {args.calib} calibration / {args.holdout} held-out "
+          f"synthetic images; LiteRT XNNPACK, 1 thread; float model {len(float_buf)} B, "
+          f"{float_lat:.1f} ms")
+    print(f"{'path':<16} {'time to int8 (s)':>17} {'size (B)':>10} {'latency (ms)':>13} "
+          f"{'SQNR vs float (dB)':>19}")
+    for label, r in results.items():
+        if isinstance(r, str):
+            print(f"{label:<16} {r}")
+        else:
+            print(f"{label:<16} {r[0]:>17.2f} {r[1]:>10d} {r[2]:>13.2f} {r[3]:>19.2f}")
+    if all(not isinstance(r, str) for r in results.values()):
+        q, c = results["qatir"], results["TFLiteConverter"]
+        print(f"speed-up to int8 file: {c[0] / q[0]:.1f}x; latency ratio qatir/converter: "
+              f"{q[2] / c[2]:.2f}; SQNR difference: {q[3] - c[3]:+.2f} dB")
+
+
+if __name__ == "__main__":
+    main()
