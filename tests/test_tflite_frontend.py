@@ -228,3 +228,22 @@ def test_sparse_weights_densify(tmp_path):
     out = qatir.run(g, feeds)
     for name, want in ref.items():
         np.testing.assert_allclose(out[name], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_dynamic_batch_shape_plumbing_folds(tmp_path):
+    """Flatten on a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE becomes [-1, 144]."""
+    inp = tf.keras.Input((8, 8, 3), name="x")
+    model = tf.keras.Model(inp, L.Dense(5)(L.Flatten()(L.Conv2D(4, 3)(inp))))
+    path = tmp_path / "dyn.tflite"
+    path.write_bytes(_convert(model, "float"))
+    assert {"SHAPE", "PACK"} <= _ops_used(path)
+    g = qatir.load(path)
+    assert g.inputs[0].shape == (None, 8, 8, 3)
+    assert [n.op for n in g.nodes] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    assert g.nodes[1].attrs["new_shape"] == [-1, 144]
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+    out = qatir.run(g, {"x": x})[g.outputs[0].name]
+    np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    ref = _litert(path, {"x": x[:1]})
+    np.testing.assert_allclose(qatir.run(g, {"x": x[:1]})[g.outputs[0].name], ref["output_0"],
+                               rtol=1e-4, atol=1e-5)

@@ -80,6 +80,7 @@ class _Importer:
         self.values: dict[int, Tensor] = {}          # TFLite index -> IR tensor
         self.consts: dict[int, np.ndarray] = {}      # TFLite index -> constant value
         self.ir_consts: dict[tuple[int, str], Tensor] = {}
+        self.symbolic: set[int] = set()              # shape vectors holding -1 for dynamic dims
         self.where = "graph"
 
     # --------------------------------------------------------------- driver
@@ -249,6 +250,8 @@ class _Importer:
         if idx < 0 or idx not in self.consts or self.m.tensors[idx].sparsity is not None:
             raise UnsupportedOpError(self.path, {op.name: 1},
                                      f"operator {op.index}: {what} (input {k}) must be a constant")
+        if idx in self.symbolic and not (op.name == "RESHAPE" and k == 1):
+            raise self.unsupported(op, f"{what} (input {k}) depends on a dynamic dimension")
         return self.consts[idx]
 
     def ints(self, arr: Any, n: int, what: str) -> list[int]:
@@ -370,6 +373,10 @@ class _Importer:
             return False
         if any(self.m.tensors[i].sparsity is not None for i in ins) and op.name != "DENSIFY":
             raise self.fail(op, "reads a sparse tensor directly (only DENSIFY may)")
+        symbolic = any(i in self.symbolic for i in ins) or (
+            op.name == "SHAPE" and None in self.shape(ins[0]))
+        if symbolic and op.name not in tops.SYMBOLIC_OK:
+            raise self.unsupported(op, "computes on the shape of a tensor with a dynamic dim")
         vals = [self.consts.get(i) for i in op.inputs if i >= 0]
         results = fold(self, op, vals)
         if not results:
@@ -383,7 +390,9 @@ class _Importer:
                                              for a, b in zip(shape, arr.shape)):
                 raise self.fail(op, f"output {o} ({decl.name!r}) is declared {list(shape)}, "
                                     f"folding gives {list(arr.shape)}")
-            self.consts[o] = np.ascontiguousarray(arr)
+            self.consts[o] = np.array(arr, order="C")  # keeps 0-d arrays 0-d
+            if symbolic:
+                self.symbolic.add(o)
         return True
 
     def _output(self, idx: int) -> Tensor:

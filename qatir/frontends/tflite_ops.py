@@ -438,7 +438,7 @@ def _fold_expand(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
 
 @folder("TRANSPOSE")
 def _fold_transpose(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
-    return [np.ascontiguousarray(vals[0].transpose(perm_of(ctx, op)))]
+    return [np.array(vals[0].transpose(perm_of(ctx, op)), order="C")]
 
 
 @folder("CONCATENATION")
@@ -480,15 +480,19 @@ def _fold_cast(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
     return [vals[0].astype(ctx.tensor(op.outputs[0]).dtype)]
 
 
-FOLD_ANY_INPUT = {"SHAPE"}  # folded whenever the input's shape is fully known
+FOLD_ANY_INPUT = {"SHAPE"}  # folded whatever the input (dynamic dims become -1)
+# Folders through which a symbolic shape vector (from SHAPE of a dynamic tensor) may flow.
+SYMBOLIC_OK = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER", "RESHAPE", "SQUEEZE",
+               "EXPAND_DIMS", "CAST"}
 
 
 @folder("SHAPE")
 def _fold_shape(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
     shape = ctx.shape(op.inputs[0])
-    if any(d is None for d in shape):
-        return []  # dynamic: keep the SHAPE node
-    return [np.array(shape, dtype=ctx.tensor(op.outputs[0]).dtype)]
+    # A dynamic dim folds to -1; the importer marks the result symbolic, so that it may
+    # only reach a RESHAPE target (where -1 means "the rest") through data movement.
+    return [np.array([-1 if d is None else d for d in shape],
+                     dtype=ctx.tensor(op.outputs[0]).dtype)]
 
 
 # Ops that exist only as converter plumbing: there is no IR op to fall back on.
