@@ -65,7 +65,17 @@ FIXED_OUTPUT = {
 SAME_SCALE = {
     "AVERAGE_POOL_2D", "MAX_POOL_2D", "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD",
     "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "RESIZE_NEAREST_NEIGHBOR",
-    "RESIZE_BILINEAR", "GATHER", "MAXIMUM", "MINIMUM", "CONCATENATION",
+    "RESIZE_BILINEAR", "GATHER", "MAXIMUM", "MINIMUM", "CONCATENATION", "REDUCE_MAX",
+}
+# Ops with an int8 TFLite kernel that the writer and the integer reference both support
+# (SUM is left out: LiteRT's BUILTIN_REF int8 SUM is not reproduced yet).
+INT8_OPS = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
+    "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "REDUCE_MAX", "RESHAPE", "SQUEEZE",
+    "TRANSPOSE", "CONCATENATION", "PAD", "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
+    "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "GATHER", "MAXIMUM", "MINIMUM", "SOFTMAX",
+    "LOGISTIC", "TANH", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU",
+    "QUANTIZE", "DEQUANTIZE",
 }
 # Ops whose output may simply inherit the input params when no FAKE_QUANT follows.
 INHERIT = SAME_SCALE | {"RELU", "IDENTITY"}
@@ -407,6 +417,11 @@ _AUX_INPUTS = {"GATHER": (1,)}
 
 def _check_int8_region(g: Graph) -> None:
     bad: list[str] = []
+    no_kernel = [f"{n.name!r} ({n.op})" for n in g.nodes if n.op not in INT8_OPS
+                 and any(t is not None and t.dtype == np.int8 for t in n.inputs)]
+    if no_kernel:
+        raise ExportError("no int8 kernel (qatir writer + integer reference) for node(s) "
+                          f"{', '.join(no_kernel)}; keep them out of the quantized region")
     for node in g.nodes:
         ins = list(node.inputs)
         if node.op in WEIGHT_OPS:

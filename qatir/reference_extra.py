@@ -141,6 +141,27 @@ def mean(node: Node, xs: list, mode: str) -> np.ndarray:
     return np.clip(y, -128, 127).astype(np.int8)
 
 
+def reduce_sum_max(node: Node, xs: list, mode: str) -> np.ndarray:
+    """SUM (QuantizedMeanOrSum with compute_sum) and REDUCE_MAX (same params in and out)."""
+    x = xs[0].astype(np.int64)
+    axes = node.attrs["axis"]
+    axes = tuple(sorted({int(a) % x.ndim for a in ([axes] if isinstance(axes, int) else axes)}))
+    keep = bool(node.attrs["keep_dims"])
+    if node.op == "REDUCE_MAX":
+        return x.max(axis=axes, keepdims=keep).astype(np.int8)
+    (si, zi), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
+                          for t in (node.inputs[0], node.outputs[0]))
+    cnt = int(np.prod([x.shape[a] for a in axes]))
+    raw = x.sum(axis=axes, keepdims=keep)
+    scale = np.float32(np.float32(si) / np.float32(so))
+    if mode == "xnnpack":
+        y = np.rint((raw - zi * cnt).astype(np.float32) * scale).astype(np.int64) + zo
+        return np.clip(y, -128, 127).astype(np.int8)
+    bias = np.float32(np.float32(-zi) * scale * np.float32(cnt))
+    y = round_half_away((raw.astype(np.float32) * scale + bias).astype(np.float32))
+    return np.clip(y.astype(np.int64) + zo, -128, 127).astype(np.int8)
+
+
 def _srdhm16(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     """gemmlowp SaturatingRoundingDoublingHighMul on int16."""
     a = np.asarray(a, np.int64)

@@ -178,3 +178,11 @@ def test_clip_becomes_relu6_and_batch_norm_is_refused():
     g = qb.output(qb.op("BATCH_NORM", [x, *c], None, (-1, 1)))
     with pytest.raises(ExportError, match="BATCH_NORM"):
         lower(g)
+
+
+def test_refuses_op_without_int8_kernel():
+    qb = QB()
+    x = qb.input("x", [1, 4], -1, 1)
+    g = qb.output(qb.op("EXP", [x], None, (0, 3)))
+    with pytest.raises(ExportError, match=r"'exp' \(EXP\)"):
+        lower(g)
