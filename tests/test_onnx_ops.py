@@ -504,3 +504,36 @@ def test_cast_activation_float_is_alias():
     m = single_op_model("Cast", [[2, 3]], to=1)
     g = compare_with_ort(m, {"x0": rnd(2, 3)})
     assert ops_of(g) == ["IDENTITY"]
+
+
+@pytest.mark.parametrize("opset,axis,split", [(11, 1, [1, 3]), (13, 2, [2, 2]), (13, 3, None),
+                                              (11, 1, None)])
+def test_split(opset, axis, split):
+    n_out = 2
+    if split is None:
+        m = single_op_model("Split", [[2, 4, 4, 6]], opset=opset, n_out=n_out, axis=axis)
+    elif opset >= 13:
+        m = single_op_model("Split", [[2, 4, 4, 6]], [np.asarray(split, np.int64)], opset=opset,
+                            n_out=n_out, axis=axis)
+    else:
+        m = single_op_model("Split", [[2, 4, 4, 6]], opset=opset, n_out=n_out, axis=axis,
+                            split=split)
+    compare_with_ort(m, {"x0": rnd(2, 4, 4, 6)})
+
+
+@pytest.mark.parametrize("op,shape", [("DepthToSpace", [1, 8, 3, 2]),
+                                      ("SpaceToDepth", [1, 2, 4, 6])])
+def test_depth_space(op, shape):
+    m = single_op_model(op, [shape], blocksize=2)
+    compare_with_ort(m, {"x0": rnd(*shape)})
+
+
+def test_channel_shuffle_5d_reshape_transpose():
+    b = OnnxBuilder(13)
+    x = b.input("x", [1, 6, 3, 3])
+    y = b.node("Reshape", [x, b.ints([1, 2, 3, 3, 3])])
+    y = b.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    y = b.node("Reshape", [y, b.ints([1, 6, 3, 3])])
+    b.node("Conv", [y, b.init(rnd(4, 6, 1, 1))], out="y", kernel_shape=[1, 1])
+    b.output("y")
+    compare_with_ort(b.model(), {"x": rnd(1, 6, 3, 3)})

@@ -31,7 +31,23 @@ def read_model(path: str) -> Any:
         raise ModelFormatError(f"{path}: not a valid ONNX model (truncated or corrupt: {e})") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelFormatError(f"{path}: not an ONNX model (no graph found)")
+    _check_names(model, path)
     return model
+
+
+def _check_names(model: Any, path: str) -> None:
+    """Every name and op type must be text (protobuf hands back invalid UTF-8 as bytes)."""
+    g = model.graph
+    fields: list[Any] = [g.name]
+    fields += [op.domain for op in model.opset_import]
+    fields += [v.name for v in g.input] + [v.name for v in g.output]
+    fields += [t.name for t in g.initializer]
+    for n in g.node:
+        fields += [n.name, n.op_type, n.domain, *n.input, *n.output]
+        fields += [a.name for a in n.attribute]
+    for f in fields:
+        if not isinstance(f, str):
+            raise ModelFormatError(f"{path}: corrupt model: a name is not valid UTF-8 ({f!r:.60})")
 
 
 def opset_of(model: Any, path: str) -> int:

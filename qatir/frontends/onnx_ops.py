@@ -411,3 +411,55 @@ def _gather(ctx: Ctx) -> None:
     remaining = [p for p in x.perm if p != axis]
     order = sorted(remaining)
     ctx.set_out(ctx.act(t, tuple(order.index(p) for p in remaining)))
+
+
+@converter("Split")
+def _split(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    a = onnx_attrs(ctx.node)
+    axis = int(a.get("axis", 0))
+    if not -x.rank <= axis < x.rank:
+        raise ctx.shape_error(f"Split axis {axis} out of range for rank {x.rank}")
+    axis %= x.rank
+    n_out = len(ctx.node.output)
+    size = x.shape[axis]
+    if "split" in a:
+        parts = [int(v) for v in a["split"]]
+    elif ctx.opset >= 13 and ctx.inp(1) is not None:
+        parts = [int(v) for v in np.asarray(ctx.const_in(1, "split")).reshape(-1)]
+    else:
+        if size is None:
+            raise ctx.shape_error("Split of a dynamic dimension")
+        n = int(a.get("num_outputs", n_out))
+        chunk = -(-size // max(n, 1))
+        parts = [min(chunk, size - i * chunk) for i in range(n)]
+    if len(parts) != n_out or any(p < 0 for p in parts) or (size is not None
+                                                             and sum(parts) != size):
+        raise ctx.shape_error(f"Split sizes {parts} do not fit dim {size} and {n_out} outputs")
+    i = x.perm.index(axis)
+    start = 0
+    for k, p in enumerate(parts):
+        begin = [0] * x.rank
+        end = [INT_END] * x.rank
+        begin[i], end[i] = start, start + p
+        t = ctx.emit("STRIDED_SLICE", [x.tensor], {"begin": begin, "end": end,
+                                                   "strides": [1] * x.rank},
+                     name=ctx.out_name(k), suffix=f"__{k}")
+        ctx.set_out(ctx.act(t, x.perm), k)
+        start += p
+
+
+@converter("DepthToSpace", "SpaceToDepth")
+def _depth_space(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    a = onnx_attrs(ctx.node)
+    if x.rank != 4:
+        raise ctx.shape_error(f"{ctx.node.op_type} needs a 4-D input")
+    if a.get("mode", "DCR") != "DCR":
+        raise ctx.unsupported("DepthToSpace mode CRD")
+    block = int(a.get("blocksize", 0))
+    if block < 1:
+        raise ctx.shape_error(f"bad blocksize {block}")
+    op = "DEPTH_TO_SPACE" if ctx.node.op_type == "DepthToSpace" else "SPACE_TO_DEPTH"
+    t = ctx.emit(op, [ctx.as_tensor(x, channel_last(4))], {"block_size": block})
+    ctx.set_out(ctx.act(t, channel_last(4)))
