@@ -247,3 +247,79 @@ def test_dynamic_batch_shape_plumbing_folds(tmp_path):
     ref = _litert(path, {"x": x[:1]})
     np.testing.assert_allclose(qatir.run(g, {"x": x[:1]})[g.outputs[0].name], ref["output_0"],
                                rtol=1e-4, atol=1e-5)
+
+
+def _n(g, op, ins, attrs=None):
+    return g.add_node(op, ins, attrs or {}).output
+
+
+def _w(g, name, *shape):
+    return g.const(np.random.default_rng(len(name)).normal(size=shape).astype(np.float32), name)
+
+
+# Ops and attributes the converter rarely emits, written by qatir's own TFLite writer.
+HAND_BUILT = {
+    "gather": lambda g, x: _n(g, "GATHER", [x, g.const(np.array([3, 0, 1], np.int32), "i")],
+                              {"axis": 3}),
+    "batch_matmul": lambda g, x: _n(g, "BATCH_MATMUL", [
+        _n(g, "RESHAPE", [x], {"new_shape": [6, 6, 4]}), _w(g, "m", 6, 4, 5)]),
+    "unary": lambda g, x: _n(g, "RSQRT", [_n(g, "ADD", [
+        _n(g, "EXP", [_n(g, "NEG", [_n(g, "ABS", [x])])]), g.const(np.float32(1), "one")])]),
+    "resize_align_corners": lambda g, x: _n(g, "RESIZE_BILINEAR", [x],
+                                            {"size": [11, 11], "align_corners": True}),
+    "softmax_beta": lambda g, x: _n(g, "SOFTMAX", [x], {"beta": 0.5}),
+    "minimum_leaky": lambda g, x: _n(g, "MINIMUM", [_n(g, "LEAKY_RELU", [x], {"alpha": 0.3}),
+                                                    g.const(np.float32(0.5), "h")]),
+    "relu_0_to_1": lambda g, x: _n(g, "RELU_0_TO_1", [x]),
+    "relu_n1_to_1": lambda g, x: _n(g, "RELU_N1_TO_1", [_n(g, "MAXIMUM", [
+        x, g.const(np.float32(-0.5), "lo")])]),
+    "strided_slice_negative": lambda g, x: _n(g, "STRIDED_SLICE", [x], {
+        "begin": [0, 5, 0, 1], "end": [1, -7, 6, 4], "strides": [1, -2, 3, 1],
+        "shrink_axis": [0]}),
+    "max_pool_same_relu": lambda g, x: _n(g, "MAX_POOL_2D", [x], {
+        "filter": [3, 3], "stride": [2, 2], "padding": "SAME", "fused_activation": "RELU"}),
+    "fc_keep_num_dims": lambda g, x: _n(g, "FULLY_CONNECTED", [x, _w(g, "fw", 3, 4), _w(g, "fb", 3)],
+                                        {"keep_num_dims": True,
+                                         "fused_activation": "RELU_N1_TO_1"}),
+    "dilated_conv": lambda g, x: _n(g, "CONV_2D", [x, _w(g, "cw", 2, 3, 3, 4)],
+                                    {"dilation": [2, 2], "padding": "SAME"}),
+    "transpose_conv_valid_bias": lambda g, x: _n(g, "TRANSPOSE_CONV", [
+        x, _w(g, "tw", 2, 3, 3, 4), _w(g, "tb", 2)], {"stride": [2, 2], "padding": "VALID"}),
+    "reduce_squeeze": lambda g, x: _n(g, "REDUCE_MAX", [_n(g, "SQUEEZE", [
+        _n(g, "SUM", [x], {"axis": [1], "keep_dims": True})], {"squeeze_dims": [1]})],
+        {"axis": [1], "keep_dims": False}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HAND_BUILT))
+def test_hand_built_models_via_writer(case):
+    from qatir.frontends.tflite import load_tflite_bytes
+
+    g = qatir.Graph("hand")
+    x = g.add_input("x", [1, 6, 6, 4])
+    g.outputs = [HAND_BUILT[case](g, x)]
+    buf = qatir.to_tflite(g)
+    h = load_tflite_bytes(buf, f"{case}.tflite")
+    assert [(n.op, n.attrs) for n in h.nodes] == [(n.op, n.attrs) for n in g.nodes]
+    xv = np.random.default_rng(3).normal(size=(1, 6, 6, 4)).astype(np.float32)
+    (want,) = Interpreter(model_content=buf).get_signature_runner()(x=xv).values()
+    got = qatir.run(h, {"x": xv})[h.outputs[0].name]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_tanh_imports_as_litert_runs_it():
+    """LiteRT's kernels ignore a fused TANH (they clamp only for the RELU family)."""
+    from qatir.frontends.tflite import load_tflite_bytes
+
+    g = qatir.Graph("tanh")
+    x = g.add_input("x", [1, 6, 6, 4])
+    g.outputs = [_n(g, "CONV_2D", [x, _w(g, "w", 8, 3, 3, 4)],
+                    {"padding": "SAME", "fused_activation": "TANH"})]
+    buf = qatir.to_tflite(g)
+    with pytest.warns(UserWarning, match="fused TANH"):
+        h = load_tflite_bytes(buf, "tanh.tflite")
+    assert h.nodes[0].attrs["fused_activation"] == "NONE"
+    xv = np.random.default_rng(3).normal(size=(1, 6, 6, 4)).astype(np.float32)
+    (want,) = Interpreter(model_content=buf).get_signature_runner()(x=xv).values()
+    np.testing.assert_allclose(qatir.run(h, {"x": xv})[h.outputs[0].name], want, rtol=1e-5,
+                               atol=1e-5)

@@ -116,6 +116,10 @@ class _Importer:
         if bad:
             detail = "; ".join(f"{k} at operator index {', '.join(map(str, v[:10]))}"
                                f"{' ...' if len(v) > 10 else ''}" for k, v in sorted(where.items()))
+            calls = sorted(set(bad) & {"WHILE", "IF", "CALL", "CALL_ONCE"})
+            if calls:
+                detail += (f"; subgraph 0 calls other subgraphs through {', '.join(calls)} "
+                           "(control flow is not supported)")
             raise UnsupportedOpError(self.path, dict(bad), detail)
 
     def _tensor_names(self) -> list[str]:
@@ -367,7 +371,9 @@ class _Importer:
         fold = tops.FOLDERS.get(op.name)
         if fold is None:
             return False
-        ins = [i for i in op.inputs if i >= 0]
+        if any(i < 0 for i in op.inputs):
+            raise self.fail(op, "a required input is absent (-1)")
+        ins = list(op.inputs)
         all_const = bool(ins) and all(i in self.consts for i in ins)
         if not all_const and op.name not in tops.FOLD_ANY_INPUT:
             return False

@@ -14,6 +14,7 @@ importer (see ``qatir.frontends.tflite``).
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +60,21 @@ def folder(*names: str) -> Callable[[Folder], Folder]:
 # ------------------------------------------------------------------ helpers
 def act(ctx: Any, op: TOp, o: Any) -> str:
     code = 0 if o is None else int(o.FusedActivationFunction())
+    if code == 4:
+        # LiteRT's kernels clamp only for RELU/RELU6/RELU_N1_TO_1 (CalculateActivationRange)
+        # and ignore a fused TANH; import what the runtime computes.
+        warnings.warn(f"{ctx.path}: operator {op.index} ({op.name}): fused TANH is ignored by "
+                      "LiteRT's kernels; imported as NONE", stacklevel=2)
+        return "NONE"
     if code not in ACTIVATIONS:
         raise ctx.unsupported(op, f"fused activation {code} (only NONE, RELU, RELU_N1_TO_1, "
                                   "RELU6, TANH)")
     return ACTIVATIONS[code]
+
+
+def f32(v: float) -> float:
+    """A float32 option as the shortest decimal that reads back to the same float32."""
+    return float(str(np.float32(v)))
 
 
 def padding(ctx: Any, op: TOp, o: Any) -> str:
@@ -183,14 +195,14 @@ def _unary(ctx: Any, op: TOp) -> Emit:
 def _leaky(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)
     o = ctx.opts(op, "LeakyReluOptions")
-    return Emit("LEAKY_RELU", list(op.inputs), {"alpha": float(o.Alpha()) if o else 0.0})
+    return Emit("LEAKY_RELU", list(op.inputs), {"alpha": f32(o.Alpha()) if o else 0.0})
 
 
 @converter("SOFTMAX")
 def _softmax(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)
     o = ctx.opts(op, "SoftmaxOptions")
-    return Emit("SOFTMAX", list(op.inputs), {"beta": float(o.Beta()) if o else 0.0})
+    return Emit("SOFTMAX", list(op.inputs), {"beta": f32(o.Beta()) if o else 0.0})
 
 
 @converter("QUANTIZE", "DEQUANTIZE", "CAST")
