@@ -13,8 +13,8 @@ importer (see ``qatir.frontends.tflite``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
