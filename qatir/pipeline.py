@@ -23,10 +23,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from qatir.errors import PassError, QatirError
 from qatir.ir import Graph
+
+if TYPE_CHECKING:
+    from qatir.patterns import Trace
+    from qatir.table import Table
 
 ENTRY_POINT_GROUP = "qatir.passes"
 
@@ -176,9 +180,9 @@ class PassContext:
     (e.g. which nodes were kept float).
     """
 
-    table: Any
+    table: Table
     options: dict[str, Any] = field(default_factory=dict)
-    trace: Any = None
+    trace: Trace | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     pass_name: str = ""
 
@@ -200,7 +204,7 @@ class PipelineReport:
 
     records: list[PassRecord] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
-    trace: Any = None
+    trace: Trace | None = None
 
     @property
     def total_seconds(self) -> float:
