@@ -182,3 +182,32 @@ def test_reference_accepts_lowered_graph_and_checks_feed_dtype():
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ExportError, match="expected int8"):
         run_reference(g, {"x": feeds["x"].astype(np.float32)})
+
+
+def test_pipeline_quantized_graph_is_bit_exact():
+    """A graph quantized and calibrated by qatir's own pipeline, end to end."""
+    import qatir
+
+    rng = np.random.default_rng(0)
+    qb = QB(seed=0)
+    x = qb.g.add_input("x", [1, 16, 16, 3])
+
+    def c(shape, name):
+        return qb.g.const(rng.normal(0, 0.3, shape).astype(np.float32), name=name)
+
+    y = qb.op("CONV_2D", [x, c((8, 3, 3, 3), "w1"), c((8,), "b1")],
+              {"padding": "SAME", "stride": [2, 2], "fused_activation": "RELU6"})
+    z = qb.op("DEPTHWISE_CONV_2D", [y, c((1, 3, 3, 8), "w2"), c((8,), "b2")],
+              {"padding": "SAME", "fused_activation": "RELU6"})
+    z = qb.op("CONV_2D", [z, c((8, 1, 1, 8), "w3"), c((8,), "b3")], {"padding": "VALID"})
+    s = qb.op("ADD", [y, z])
+    a = qb.op("AVERAGE_POOL_2D", [s], {"filter": [2, 2], "stride": [2, 2]})
+    h = qb.op("HARD_SWISH", [a])
+    cat = qb.op("CONCATENATION", [h, a], {"axis": 3})
+    m = qb.op("MEAN", [cat], {"axis": [1, 2], "keep_dims": False})
+    f = qb.op("FULLY_CONNECTED", [m, c((10, 16), "wf"), c((10,), "bf")])
+    g = qb.output(qb.op("SOFTMAX", [f]))
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 16, 16, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
