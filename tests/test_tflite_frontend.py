@@ -323,3 +323,41 @@ def test_fused_tanh_imports_as_litert_runs_it():
     (want,) = Interpreter(model_content=buf).get_signature_runner()(x=xv).values()
     np.testing.assert_allclose(qatir.run(h, {"x": xv})[h.outputs[0].name], want, rtol=1e-5,
                                atol=1e-5)
+
+
+def _encode_block_csr(dense: np.ndarray, block: int):
+    """An independent encoder for the schema's format: rows dense, column blocks CSR, block dense."""
+    from qatir.frontends.tflite_reader import SparseDim, Sparsity
+
+    rows, cols = dense.shape
+    blocks = dense.reshape(rows, cols // block, block)
+    segments, indices, values = [0], [], []
+    for r in range(rows):
+        for c in range(cols // block):
+            if np.any(blocks[r, c]):
+                indices.append(c)
+                values.extend(blocks[r, c])
+        segments.append(len(indices))
+    sp = Sparsity([0, 1, 2], [1], [SparseDim(True, rows),
+                                   SparseDim(False, 0, np.array(segments), np.array(indices)),
+                                   SparseDim(True, block)])
+    return np.array(values, dense.dtype), sp
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_densify_block_csr(block):
+    from qatir.frontends.tflite_sparse import densify
+
+    rng = np.random.default_rng(block)
+    dense = (rng.normal(size=(6, 16)) * (rng.random((6, 16)) < 0.3)).astype(np.float32)
+    dense[2] = 0  # an empty row
+    if block == 1:
+        values, sp = _encode_block_csr(dense, 1)
+        sp.block_map, sp.traversal_order, sp.dims = [], [0, 1], sp.dims[:2]
+    else:
+        values, sp = _encode_block_csr(dense, block)
+    np.testing.assert_array_equal(densify(values, dense.shape, sp, 10_000, "w"), dense)
+    with pytest.raises(ValueError, match="values"):
+        densify(values[:-1], dense.shape, sp, 10_000, "w")
+    with pytest.raises(ValueError, match="not plausible"):
+        densify(values, (6, 1 << 40), sp, 10_000, "w")
