@@ -33,6 +33,7 @@ from qatir.frontends.tflite_reader import (
     TModel,
     TOp,
     TTensor,
+    describe,
     options,
     read_model,
 )
@@ -100,7 +101,7 @@ class _Importer:
             raise
         except (*LOW_LEVEL_ERRORS, ArithmeticError) as e:
             raise ModelFormatError(f"{self.path}: {self.where}: corrupt or inconsistent model "
-                                   f"({type(e).__name__}: {e})") from None
+                                   f"({describe(e)})") from None
         except MemoryError:
             raise ModelFormatError(f"{self.path}: {self.where}: a declared size does not fit "
                                    "in memory") from None

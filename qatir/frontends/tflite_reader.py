@@ -38,6 +38,12 @@ TENSOR_TYPE_NAMES = {5: "STRING", 8: "COMPLEX64", 11: "COMPLEX128", 13: "RESOURC
                      14: "VARIANT", 17: "INT4", 18: "BFLOAT16"}
 
 
+def describe(e: BaseException) -> str:
+    """A low-level exception as 'Type: message' (struct.error reads as struct.error)."""
+    name = "struct.error" if isinstance(e, struct.error) else type(e).__name__
+    return f"{name}: {e}"
+
+
 def _mod(name: str) -> Any:
     """A generated module of the ``tflite`` package (module-qualified: the package's
     star imports shadow module names with class names)."""
@@ -149,7 +155,7 @@ def read_model(path: str, buf: bytes) -> TModel:
     except ModelFormatError:
         raise
     except LOW_LEVEL_ERRORS as e:
-        raise r.fail(f"corrupt flatbuffer ({type(e).__name__}: {e})") from None
+        raise r.fail(f"corrupt flatbuffer ({describe(e)})") from None
     except MemoryError:
         raise r.fail("corrupt flatbuffer (a declared size does not fit in memory)") from None
 
