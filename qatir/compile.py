@@ -485,7 +485,7 @@ class BenchResult:
         lines += [f"{k:<28}{v:>10.3f}" for k, v in self.stage_seconds.items()]
         lines.append(f"{'total':<28}{sum(self.stage_seconds.values()):>10.3f}")
         lines.append(f"{'LiteRT invoke (batch 1)':<28}{'ms':>10}")
-        lines += [f"  {k:<26}{v:>10.3f}" for k, v in self.invoke_ms.items()]
+        lines += [f"  {k:<26}{v:>10.4f}" for k, v in self.invoke_ms.items()]
         return "\n".join(lines)
 
 
@@ -514,6 +514,8 @@ def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | N
         with timer("load"):
             graph = qatir.load(model, input_shapes=dict(input_shapes or {}) or None)
         feeds = random_batches(graph, calib_batches, _batch_size_for(graph, 1))
+        with timer("import tensorflow"):
+            import tensorflow  # noqa: F401
         with timer("float run (first, traces)"):
             qatir.run(graph, feeds[0])
         with timer("float run (second)"):

@@ -295,3 +295,13 @@ def test_verify_detects_a_different_model(capsys, tmp_path):
         paths[seed] = (out, ir)
     rc, stdout, _ = run_cli(capsys, "verify", paths[0][0], "--against", paths[1][1])
     assert rc == 1 and "MISMATCH" in stdout
+
+
+def test_bench_times_every_stage(capsys, tiny):
+    rc, out, err = run_cli(capsys, "bench", tiny, "--repeat", "3")
+    assert rc == 0, err
+    for stage in ("load", "quantize (passes)", "calibrate (4 batches)", "to_tflite (lower + write)",
+                  "default (XNNPACK)", "reference kernels"):
+        line = next(ln for ln in out.splitlines() if stage in ln)
+        assert float(line.split()[-1]) >= 0.0
+    assert "model: " in out and "IR nodes" in out
