@@ -196,3 +196,16 @@ def test_roundtrip_through_tflite_frontend(tmp_path, io):
     want = run_reference(g, ref_feeds)
     got = run_reference(g2, ref_feeds)
     assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def test_uint8_edges_shift_zero_point():
+    from tests.qbuild import int8_feed
+
+    g = _graph()
+    feeds = int8_feed(g)
+    a, _ = litert_run(to_tflite(g), feeds, ref=True)
+    u8 = {k: (v.astype(np.int16) + 128).astype(np.uint8) for k, v in feeds.items()}
+    b, _ = litert_run(to_tflite(g, io="uint8"), u8, ref=True)
+    for k in a:
+        assert b[k].dtype == np.uint8
+        np.testing.assert_array_equal(a[k].astype(np.int16) + 128, b[k])
