@@ -29,10 +29,16 @@ def _concat(qb):
 
 def _residual(qb):
     x = _x(qb, (1, 12, 12, 3), -1, 1)
-    y = qb.conv("CONV_2D", x, [8, 3, 3, 3], {"padding": "SAME", "fused_activation": "RELU6"},
-                (0, 6))
-    z = qb.conv("DEPTHWISE_CONV_2D", y, [1, 3, 3, 8], {"padding": "SAME",
-                                                        "fused_activation": "RELU6"}, (0, 6))
+    y = qb.conv(
+        "CONV_2D", x, [8, 3, 3, 3], {"padding": "SAME", "fused_activation": "RELU6"}, (0, 6)
+    )
+    z = qb.conv(
+        "DEPTHWISE_CONV_2D",
+        y,
+        [1, 3, 3, 8],
+        {"padding": "SAME", "fused_activation": "RELU6"},
+        (0, 6),
+    )
     z = qb.conv("CONV_2D", z, [8, 1, 1, 8], {"padding": "VALID"}, (-4, 4))
     s = qb.op("ADD", [y, z], None, (-4, 8))
     p = qb.op("MEAN", [s], {"axis": [1, 2], "keep_dims": False}, (-2, 6))
@@ -55,36 +61,58 @@ def _unet(qb):
 
 
 CASES = {
-    "conv_same_s2": lambda qb: qb.conv("CONV_2D", _x(qb), [6, 3, 3, 8],
-                                       {"padding": "SAME", "stride": [2, 2]}, (-2, 3)),
-    "conv_relu6_nobias": lambda qb: qb.conv("CONV_2D", _x(qb), [6, 3, 3, 8],
-                                            {"fused_activation": "RELU6"}, (0, 6), bias=False),
-    "conv_dilated": lambda qb: qb.conv("CONV_2D", _x(qb), [4, 3, 3, 8],
-                                       {"padding": "SAME", "dilation": [2, 2]}, (-2, 3)),
-    "dwconv": lambda qb: qb.conv("DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 8],
-                                 {"padding": "SAME"}, (-2, 3)),
-    "dwconv_mult2_relu": lambda qb: qb.conv("DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 16],
-                                            {"padding": "VALID", "depth_multiplier": 2,
-                                             "fused_activation": "RELU"}, (0, 3)),
+    "conv_same_s2": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [6, 3, 3, 8], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
+    ),
+    "conv_relu6_nobias": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [6, 3, 3, 8], {"fused_activation": "RELU6"}, (0, 6), bias=False
+    ),
+    "conv_dilated": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [4, 3, 3, 8], {"padding": "SAME", "dilation": [2, 2]}, (-2, 3)
+    ),
+    "dwconv": lambda qb: qb.conv(
+        "DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 8], {"padding": "SAME"}, (-2, 3)
+    ),
+    "dwconv_mult2_relu": lambda qb: qb.conv(
+        "DEPTHWISE_CONV_2D",
+        _x(qb),
+        [1, 3, 3, 16],
+        {"padding": "VALID", "depth_multiplier": 2, "fused_activation": "RELU"},
+        (0, 3),
+    ),
     "fc": lambda qb: qb.conv("FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3)),
-    "fc_keepdims": lambda qb: qb.conv("FULLY_CONNECTED", _x(qb, (1, 3, 16), -1, 1), [5, 16],
-                                      {"keep_num_dims": True}, (-3, 3)),
-    "tconv_same": lambda qb: qb.conv("TRANSPOSE_CONV", _x(qb, (1, 5, 5, 8)), [4, 3, 3, 8],
-                                     {"padding": "SAME", "stride": [2, 2]}, (-3, 3)),
-    "tconv_valid": lambda qb: qb.conv("TRANSPOSE_CONV", _x(qb, (1, 5, 5, 8)), [4, 3, 3, 8],
-                                      {"padding": "VALID", "stride": [2, 2]}, (-3, 3)),
+    "fc_keepdims": lambda qb: qb.conv(
+        "FULLY_CONNECTED", _x(qb, (1, 3, 16), -1, 1), [5, 16], {"keep_num_dims": True}, (-3, 3)
+    ),
+    "tconv_same": lambda qb: qb.conv(
+        "TRANSPOSE_CONV",
+        _x(qb, (1, 5, 5, 8)),
+        [4, 3, 3, 8],
+        {"padding": "SAME", "stride": [2, 2]},
+        (-3, 3),
+    ),
+    "tconv_valid": lambda qb: qb.conv(
+        "TRANSPOSE_CONV",
+        _x(qb, (1, 5, 5, 8)),
+        [4, 3, 3, 8],
+        {"padding": "VALID", "stride": [2, 2]},
+        (-3, 3),
+    ),
     "add": lambda qb: qb.op("ADD", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-2, 5)),
-    "add_broadcast_relu": lambda qb: qb.op("ADD", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")],
-                                           {"fused_activation": "RELU"}, (0, 5)),
+    "add_broadcast_relu": lambda qb: qb.op(
+        "ADD", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")], {"fused_activation": "RELU"}, (0, 5)
+    ),
     "sub": lambda qb: qb.op("SUB", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-5, 3)),
     "mul": lambda qb: qb.op("MUL", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-4, 6)),
-    "mul_broadcast": lambda qb: qb.op("MUL", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")], None,
-                                      (-4, 6)),
-    "avg_pool_same": lambda qb: qb.op("AVERAGE_POOL_2D", [_x(qb)],
-                                      {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"}),
-    "max_pool_relu": lambda qb: qb.op("MAX_POOL_2D", [_x(qb)],
-                                      {"filter": [2, 2], "stride": [2, 2],
-                                       "fused_activation": "RELU"}),
+    "mul_broadcast": lambda qb: qb.op(
+        "MUL", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")], None, (-4, 6)
+    ),
+    "avg_pool_same": lambda qb: qb.op(
+        "AVERAGE_POOL_2D", [_x(qb)], {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"}
+    ),
+    "max_pool_relu": lambda qb: qb.op(
+        "MAX_POOL_2D", [_x(qb)], {"filter": [2, 2], "stride": [2, 2], "fused_activation": "RELU"}
+    ),
     "mean_hw": lambda qb: qb.op("MEAN", [_x(qb)], {"axis": [1, 2], "keep_dims": True}, (-1, 1.5)),
     "mean_c": lambda qb: qb.op("MEAN", [_x(qb)], {"axis": [3], "keep_dims": False}, (-1, 1.5)),
     "softmax": lambda qb: qb.op("SOFTMAX", [_x(qb, (3, 10), -6, 5)], None, (0, 1)),
@@ -101,24 +129,29 @@ CASES = {
     "squeeze": lambda qb: qb.op("SQUEEZE", [_x(qb, (1, 1, 5, 8))], {"squeeze_dims": [1]}),
     "transpose": lambda qb: qb.op("TRANSPOSE", [_x(qb)], {"perm": [0, 2, 1, 3]}),
     "pad": lambda qb: qb.op("PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]]}),
-    "padv2": lambda qb: qb.op("PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]],
-                                                "constant_value": 1.0}),
-    "strided_slice": lambda qb: qb.op("STRIDED_SLICE", [_x(qb)],
-                                      {"begin": [0, 1, 0, 0], "end": [1, 8, 9, 8],
-                                       "strides": [1, 2, 1, 1]}),
+    "padv2": lambda qb: qb.op(
+        "PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]], "constant_value": 1.0}
+    ),
+    "strided_slice": lambda qb: qb.op(
+        "STRIDED_SLICE",
+        [_x(qb)],
+        {"begin": [0, 1, 0, 0], "end": [1, 8, 9, 8], "strides": [1, 2, 1, 1]},
+    ),
     "maximum": lambda qb: qb.op("MAXIMUM", [_x(qb), _x(qb, name="y")], None),
     "depth_to_space": lambda qb: qb.op("DEPTH_TO_SPACE", [_x(qb)], {"block_size": 2}),
-    "space_to_depth": lambda qb: qb.op("SPACE_TO_DEPTH", [_x(qb, (1, 8, 8, 2))],
-                                       {"block_size": 2}),
+    "space_to_depth": lambda qb: qb.op("SPACE_TO_DEPTH", [_x(qb, (1, 8, 8, 2))], {"block_size": 2}),
     "resize_nearest": lambda qb: qb.op("RESIZE_NEAREST_NEIGHBOR", [_x(qb)], {"size": [18, 18]}),
     "resize_bilinear": lambda qb: qb.op("RESIZE_BILINEAR", [_x(qb)], {"size": [18, 18]}),
-    "resize_bilinear_half": lambda qb: qb.op("RESIZE_BILINEAR", [_x(qb)],
-                                             {"size": [13, 16], "half_pixel_centers": True}),
-    "resize_bilinear_align": lambda qb: qb.op("RESIZE_BILINEAR", [_x(qb)],
-                                              {"size": [17, 17], "align_corners": True}),
+    "resize_bilinear_half": lambda qb: qb.op(
+        "RESIZE_BILINEAR", [_x(qb)], {"size": [13, 16], "half_pixel_centers": True}
+    ),
+    "resize_bilinear_align": lambda qb: qb.op(
+        "RESIZE_BILINEAR", [_x(qb)], {"size": [17, 17], "align_corners": True}
+    ),
     "reduce_max": lambda qb: qb.op("REDUCE_MAX", [_x(qb)], {"axis": [1, 2], "keep_dims": False}),
-    "gather": lambda qb: qb.op("GATHER", [_x(qb), qb.g.const(np.array([0, 3, 2], np.int32))],
-                               {"axis": 3}),
+    "gather": lambda qb: qb.op(
+        "GATHER", [_x(qb), qb.g.const(np.array([0, 3, 2], np.int32))], {"axis": 3}
+    ),
     "minimum": lambda qb: qb.op("MINIMUM", [_x(qb), _x(qb, name="y")], None),
     "relu_n1_to_1": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb)], None, (-1, 1)),
     "requantize": lambda qb: qb.fq(qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}), -2, 3),
@@ -195,10 +228,16 @@ def test_pipeline_quantized_graph_is_bit_exact():
     def c(shape, name):
         return qb.g.const(rng.normal(0, 0.3, shape).astype(np.float32), name=name)
 
-    y = qb.op("CONV_2D", [x, c((8, 3, 3, 3), "w1"), c((8,), "b1")],
-              {"padding": "SAME", "stride": [2, 2], "fused_activation": "RELU6"})
-    z = qb.op("DEPTHWISE_CONV_2D", [y, c((1, 3, 3, 8), "w2"), c((8,), "b2")],
-              {"padding": "SAME", "fused_activation": "RELU6"})
+    y = qb.op(
+        "CONV_2D",
+        [x, c((8, 3, 3, 3), "w1"), c((8,), "b1")],
+        {"padding": "SAME", "stride": [2, 2], "fused_activation": "RELU6"},
+    )
+    z = qb.op(
+        "DEPTHWISE_CONV_2D",
+        [y, c((1, 3, 3, 8), "w2"), c((8,), "b2")],
+        {"padding": "SAME", "fused_activation": "RELU6"},
+    )
     z = qb.op("CONV_2D", [z, c((8, 1, 1, 8), "w3"), c((8,), "b3")], {"padding": "VALID"})
     s = qb.op("ADD", [y, z])
     a = qb.op("AVERAGE_POOL_2D", [s], {"filter": [2, 2], "stride": [2, 2]})
@@ -208,6 +247,119 @@ def test_pipeline_quantized_graph_is_bit_exact():
     f = qb.op("FULLY_CONNECTED", [m, c((10, 16), "wf"), c((10,), "bf")])
     g = qb.output(qb.op("SOFTMAX", [f]))
     q = qatir.quantize(g)
-    qatir.calibrate(q, [{"x": rng.normal(size=(1, 16, 16, 3)).astype(np.float32)}
-                        for _ in range(4)])
+    qatir.calibrate(
+        q, [{"x": rng.normal(size=(1, 16, 16, 3)).astype(np.float32)} for _ in range(4)]
+    )
     assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
+
+
+# ------------------------------------------------------------- random parameters
+def rr(rng, pos=False):
+    """A random activation range (sometimes excluding 0 on the negative side)."""
+    a = float(rng.uniform(0.05, 8))
+    lo = 0.0 if pos else -float(rng.uniform(0, a * 1.5))
+    return (lo, a)
+
+
+RANDOM_CASES = {
+    "conv": lambda qb, r: qb.conv(
+        "CONV_2D",
+        qb.input("x", [1, 7, 7, 5], *rr(r)),
+        [4, 3, 3, 5],
+        {
+            "padding": "SAME",
+            "stride": [int(r.integers(1, 3))] * 2,
+            "fused_activation": str(r.choice(["NONE", "RELU", "RELU6"])),
+        },
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
+    "dw": lambda qb, r: qb.conv(
+        "DEPTHWISE_CONV_2D",
+        qb.input("x", [1, 7, 7, 5], *rr(r)),
+        [1, 3, 3, 5],
+        {"padding": "SAME"},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
+    "fc": lambda qb, r: qb.conv(
+        "FULLY_CONNECTED",
+        qb.input("x", [3, 20], *rr(r)),
+        [7, 20],
+        {"fused_activation": str(r.choice(["NONE", "RELU"]))},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
+    "tconv": lambda qb, r: qb.conv(
+        "TRANSPOSE_CONV",
+        qb.input("x", [1, 4, 4, 5], *rr(r)),
+        [3, 3, 3, 5],
+        {"padding": "SAME", "stride": [2, 2]},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
+    "add": lambda qb, r: qb.op(
+        "ADD",
+        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
+        None,
+        rr(r),
+    ),
+    "sub": lambda qb, r: qb.op(
+        "SUB",
+        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
+        None,
+        rr(r),
+    ),
+    "mul": lambda qb, r: qb.op(
+        "MUL",
+        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
+        None,
+        rr(r),
+    ),
+    "avg": lambda qb, r: qb.op(
+        "AVERAGE_POOL_2D",
+        [qb.input("x", [1, 7, 7, 4], *rr(r))],
+        {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"},
+    ),
+    "mean": lambda qb, r: qb.op(
+        "MEAN", [qb.input("x", [1, 7, 7, 4], *rr(r))], {"axis": [1, 2], "keep_dims": True}, rr(r)
+    ),
+    "softmax": lambda qb, r: qb.op(
+        "SOFTMAX", [qb.input("x", [4, 10], *rr(r))], {"beta": float(r.uniform(0.5, 2))}, (0, 1)
+    ),
+    "logistic": lambda qb, r: qb.op("LOGISTIC", [qb.input("x", [4, 64], *rr(r))], None, (0, 1)),
+    "tanh": lambda qb, r: qb.op("TANH", [qb.input("x", [4, 64], *rr(r))], None, (-1, 1)),
+    "hswish": lambda qb, r: qb.op("HARD_SWISH", [qb.input("x", [4, 64], *rr(r))], None, rr(r)),
+    "leaky": lambda qb, r: qb.op(
+        "LEAKY_RELU",
+        [qb.input("x", [4, 64], *rr(r))],
+        {"alpha": float(r.uniform(0.01, 0.5))},
+        rr(r),
+    ),
+    "relu": lambda qb, r: qb.op("RELU", [qb.input("x", [4, 64], *rr(r))], None, rr(r, True)),
+    "requant": lambda qb, r: qb.fq(
+        qb.op("RESHAPE", [qb.input("x", [4, 64], *rr(r))], {"new_shape": [256]}), *rr(r)
+    ),
+    "resize": lambda qb, r: qb.op(
+        "RESIZE_BILINEAR",
+        [qb.input("x", [1, 5, 6, 3], *rr(r))],
+        {
+            "size": [int(r.integers(3, 13)), int(r.integers(3, 13))],
+            "half_pixel_centers": bool(r.integers(0, 2)),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_CASES))
+def test_random_params_bit_exact(name):
+    """Random ranges, weight scales, strides, activations and betas (4 draws per op)."""
+    import warnings
+
+    for s in range(4):
+        r = np.random.default_rng(100 + s)
+        qb = QB(seed=s)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = qb.output(RANDOM_CASES[name](qb, r))
+            assert compare_all(g, seeds=(s,)) == {"reference": 0, "xnnpack": 0}, f"draw {s}"
