@@ -425,3 +425,34 @@ def test_program_does_not_keep_graph_alive(rng):
     del g
     gc.collect()
     assert ref() is None
+
+
+def test_quantized_parameters_and_calibration_reuse_the_program(rng):
+    g = Graph("qp")
+    x = g.add_input("x", [None, 4])
+    xq = g.add_node("FAKE_QUANT", [x, g.const(np.float32(-1), "xmin"), g.const(np.float32(1), "xmax")],
+                    {"quantizer": "learned"}).output
+    w = rand(rng, 3, 4)
+    m = np.abs(w).max(1)
+    wq = g.add_node("FAKE_QUANT", [g.const(w, "w"), g.const(-m, "wmin"), g.const(m, "wmax")],
+                    {"axis": 0, "narrow_range": True, "symmetric": True, "kind": "weight"}).output
+    y = g.add_node("FULLY_CONNECTED", [xq, wq]).output
+    g.outputs = [g.add_node("FAKE_QUANT", [y, g.const(np.float32(-1), "ymin"),
+                                           g.const(np.float32(1), "ymax")]).output]
+    prog = executor.program_for(g)
+    assert prog.roles == {"xmin": "range", "xmax": "range", "w": "weight", "wmin": "range",
+                          "wmax": "range", "ymin": "range", "ymax": "range"}
+    trainable = {name for name, v in prog.params.items() if v.trainable}
+    assert trainable == {"w", "xmin", "xmax"}  # learned input range, not the minmax output range
+    feeds = {"x": rand(rng, 8, 4)}
+    qatir.run(g, feeds)
+    qatir.calibrate(g, [feeds], progress=False)
+    out = qatir.run(g, feeds)[g.outputs[0].name]
+    assert executor.program_for(g) is prog and prog.trace_count == 1
+    ref = feeds["x"] @ w.T  # calibration observes the float graph
+    lo, hi = g.tensors["ymin"].data, g.tensors["ymax"].data
+    np.testing.assert_allclose([lo, hi], [ref.min(), ref.max()], rtol=1e-5)
+    xq_ref = np_fake_quant(feeds["x"], g.tensors["xmin"].data, g.tensors["xmax"].data)
+    assert g.tensors["xmin"].data == feeds["x"].min()  # a learned range starts from calibration
+    ref = xq_ref @ np_fake_quant(w, -m, m, 8, True, 0).T
+    np.testing.assert_allclose(out, np_fake_quant(ref, lo, hi), atol=1e-5)

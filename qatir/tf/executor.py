@@ -48,7 +48,7 @@ def parameter_role(t: Tensor) -> str | None:
         role = _PARAM_SLOTS.get((node.op, idx))
         if role is not None:
             return role
-        if node.op == "FAKE_QUANT" and idx == 0:
+        if node.op == "FAKE_QUANT" and idx == 0 and node.attrs.get("kind") == "weight":
             return "weight"
     return None
 
@@ -69,8 +69,11 @@ def structure_stamp(graph: Graph) -> int:
                 ins.append(None)
                 continue
             const_id = id(t.data) if t.is_const and parameter_role(t) is None else 0
-            ins.append((id(t), t.shape, t.dtype.str, t.quant, const_id))
-        outs = tuple((id(t), t.shape, t.dtype.str, t.quant) for t in node.outputs)
+            quant = None if t.producer is not None and t.producer.op == "FAKE_QUANT" else t.quant
+            ins.append((id(t), t.shape, t.dtype.str, quant, const_id))
+        # a FAKE_QUANT output's quant params follow its range variables: not structure
+        outs = tuple((id(t), t.shape, t.dtype.str, None if node.op == "FAKE_QUANT" else t.quant)
+                     for t in node.outputs)
         parts.append((id(node), node.op, repr(sorted(node.attrs.items())), tuple(ins), outs))
     return hash(tuple(parts))
 
