@@ -138,6 +138,8 @@ class DemoResult:
     files: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     tflite_bytes: int = 0
+    reference_max_lsb: int | None = None
+    reference_checked: int = 0
 
     def format(self) -> str:
         n = self.test_size
@@ -148,6 +150,9 @@ class DemoResult:
             f"  fake-quant after QAT                     {self.qat_acc:7.2%}",
             f"  int8 .tflite in LiteRT                   {self.int8_acc:7.2%}",
             f"int8 model size: {self.tflite_bytes} bytes",
+            f"LiteRT vs qatir's integer reference on {self.reference_checked} digits, every "
+            f"int8 tensor: max difference {self.reference_max_lsb} LSB"
+            + (" (bit-exact)" if self.reference_max_lsb == 0 else ""),
             "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
             + f" (total {sum(self.seconds.values()):.1f}s)",
             "files written:",
@@ -215,6 +220,15 @@ def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
         files.append(str(tflite_path))
         int8_acc = accuracy_litert(buf, x_te, y_te)
 
+    with timer("reference check"):
+        from qatir.compile import batch_one
+        from qatir.parity import parity_report
+
+        checked = 8
+        rows = parity_report(buf, batch_one(q), inputs=[{INPUT: x_te[i:i + 1]}
+                                                        for i in range(checked)])
+        max_lsb = max(r.max_lsb for r in rows)
+
     with timer("pictures"):
         pic = out / "digits_qat.html"
         atomic_write(pic, draw.to_html(q, title="digits CNN after quantize + QAT").encode())
@@ -222,7 +236,7 @@ def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
         draw.draw_diff(g, q, str(pair), title="digits CNN: float (left) and quantized (right)")
         files += [str(pic), str(pair)]
     return DemoResult(float_acc, ptq_acc, qat_acc, int8_acc, len(y_te), files, timer.seconds,
-                      len(buf))
+                      len(buf), max_lsb, checked)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ def test_demo_cli_fast_end_to_end(tmp_path, capsys):
     assert acc["float (TF"] > 0.9
     assert acc["int8 .tflite"] > 0.9
     assert abs(acc["int8 .tflite"] - acc["after QAT"]) < 0.02
+    assert "max difference 0 LSB (bit-exact)" in text
     written = {p.name for p in out.iterdir()}
     assert {"digits_cnn.onnx", "digits_float.qatir", "digits_qat.qatir", "digits_int8.tflite",
             "digits_qat.html", "quantize_before_after.html"} <= written
