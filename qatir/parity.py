@@ -7,8 +7,9 @@ through four executions and compares them tensor by tensor:
   :func:`strip_fake_quant` of the quantized graph; a float graph as given);
 - **fake-quant**: ``qatir.run`` on the quantized graph (what training saw);
 - **reference**: ``qatir.run_reference`` (LiteRT BUILTIN_REF arithmetic);
-- **LiteRT**: the flatbuffer in ``ai_edge_litert`` with the default resolver and
-  ``experimental_preserve_all_tensors=True``, so intermediates can be read.
+- **LiteRT**: the flatbuffer in ``ai_edge_litert`` (default resolver, or
+  ``BUILTIN_REF`` with ``resolver="ref"``) with ``experimental_preserve_all_tensors=True``,
+  so intermediates can be read; the reference runs in the matching kernel mode.
 
 One row per graph output and per intermediate int8 tensor that exists in both
 the lowered graph and the flatbuffer (matched by tensor name): SQNR of the
@@ -114,14 +115,19 @@ def xnnpack_coverage(model: bytes | str | os.PathLike) -> list[tuple[str, bool]]
     return [(d["op_name"], d["index"] in taken) for d in details if d["op_name"] != "DELEGATE"]
 
 
-def _random_inputs(graph: Graph, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def _random_inputs(lowered: Graph, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Uniform float inputs over each input's quantized range (inputs the model can represent)."""
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(n):
         feed = {}
-        for t in graph.inputs:
+        for t in lowered.inputs:
             shape = [d or 1 for d in t.shape]
-            feed[t.name] = rng.standard_normal(shape).astype(np.float32)
+            lo, hi = -1.0, 1.0
+            if t.quant is not None:
+                s, z = t.quant.scale[0], t.quant.zero_point[0]
+                lo, hi = (-128 - z) * s, (127 - z) * s
+            feed[t.name] = rng.uniform(lo, hi, shape).astype(np.float32)
         batches.append(feed)
     return batches
 
@@ -132,8 +138,8 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
     """Compare float IR, fake-quant IR, integer reference and LiteRT (see module doc).
 
     ``graph`` is the quantized (FAKE_QUANT) graph the model was written from;
-    ``inputs`` are float feeds keyed by the graph's input names (``n`` standard
-    normal batches when omitted). ``resolver`` is ``"default"`` (LiteRT with
+    ``inputs`` are float feeds keyed by the graph's input names (``n`` batches
+    uniform over each input's quantized range when omitted; real data says more). ``resolver`` is ``"default"`` (LiteRT with
     XNNPACK, compared with ``kernels="xnnpack"``) or ``"ref"`` (BUILTIN_REF,
     compared with ``kernels="reference"``).
     """
@@ -144,9 +150,9 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
     from qatir.reference import run_reference
 
     buf = _load_bytes(model)
-    if inputs is None:
-        inputs = _random_inputs(graph, n)
     lowered = lower(graph, io="int8")
+    if inputs is None:
+        inputs = _random_inputs(lowered, n)
     float_graph = strip_fake_quant(graph)
     it = _interpreter(buf, ref=resolver == "ref")
     tdetails = {d["name"]: d for d in it.get_tensor_details()}

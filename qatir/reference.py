@@ -132,6 +132,25 @@ def kernels() -> dict[str, Kernel]:
     }
 
 
+def _bind_dynamic_dims(g: Graph, values: dict[int, np.ndarray]) -> None:
+    """Give dynamic (None) dims the size the feeds have (the batch, in practice)."""
+    sizes: dict[int, int] = {}
+    for t in g.inputs:
+        arr = values[id(t)]
+        if arr.ndim != t.rank:
+            raise ExportError(f"feed %{t.name}: rank {arr.ndim}, expected {t.rank}")
+        for i, d in enumerate(t.shape):
+            if d is None:
+                sizes.setdefault(i, arr.shape[i])
+            elif d != arr.shape[i]:
+                raise ExportError(f"feed %{t.name}: shape {list(arr.shape)}, expected "
+                                  f"{list(t.shape)}")
+    batch = sizes.get(0, 1)
+    for t in g.tensors.values():
+        if any(d is None for d in t.shape):
+            t.shape = tuple(batch if d is None else d for d in t.shape)
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
                   keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
@@ -160,6 +179,7 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
         if arr.dtype != t.dtype:
             raise ExportError(f"feed %{t.name}: expected {t.dtype}, got {arr.dtype}")
         values[id(t)] = arr
+    _bind_dynamic_dims(g, values)
     for t in g.tensors.values():
         if t.is_const:
             values[id(t)] = t.data

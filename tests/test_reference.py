@@ -363,3 +363,21 @@ def test_random_params_bit_exact(name):
             warnings.simplefilter("ignore")
             g = qb.output(RANDOM_CASES[name](qb, r))
             assert compare_all(g, seeds=(s,)) == {"reference": 0, "xnnpack": 0}, f"draw {s}"
+
+
+def test_dynamic_batch_binds_to_feed():
+    from qatir.tflite_writer import to_tflite
+    from tests.qbuild import litert_run
+
+    qb = QB(seed=0)
+    x = qb.input("x", [None, 4, 4, 2], -1, 1)
+    y = qb.conv("CONV_2D", x, [3, 3, 3, 2], {"padding": "SAME"}, (-2, 2))
+    y = qb.op("RESHAPE", [y], {"new_shape": [-1, 48]})
+    g = qb.output(qb.conv("FULLY_CONNECTED", y, [5, 48], None, (-3, 3)))
+    feeds = {"x": np.random.default_rng(0).integers(-128, 128, (3, 4, 4, 2)).astype(np.int8)}
+    want, _ = litert_run(to_tflite(g, batch_size=3), feeds, ref=True)
+    got = run_reference(g, feeds)
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in got)
+    with pytest.raises(ExportError, match="shape"):
+        run_reference(g, {"x": feeds["x"][:, :2]})
