@@ -274,9 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rv = cli.main(args=args, prog_name="qatir", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.Abort:
-        click.echo("qatir: aborted", err=True)
-        return 1
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("qatir: interrupted", err=True)
+        return 130
+    except BrokenPipeError:  # e.g. `qatir dump m.onnx | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except click.ClickException as e:
         if debug:
             traceback.print_exc()
