@@ -60,6 +60,16 @@ def _unet(qb):
     return qb.op("LOGISTIC", [r], None, (0, 1))
 
 
+def _add_const(qb):
+    c = qb.fq(qb.g.const(np.linspace(-1, 1, 8).astype(np.float32), name="c"), -1, 1)
+    return qb.op("ADD", [_x(qb), c], None, (-2, 3))
+
+
+def _mul_scalar(qb):
+    c = qb.fq(qb.g.const(np.float32(0.1666), name="c"), 0, 0.2)
+    return qb.op("MUL", [_x(qb), c], None, (-0.3, 0.4))
+
+
 CASES = {
     "conv_same_s2": lambda qb: qb.conv(
         "CONV_2D", _x(qb), [6, 3, 3, 8], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
@@ -155,6 +165,8 @@ CASES = {
     "minimum": lambda qb: qb.op("MINIMUM", [_x(qb), _x(qb, name="y")], None),
     "relu_n1_to_1": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb)], None, (-1, 1)),
     "requantize": lambda qb: qb.fq(qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}), -2, 3),
+    "add_const_operand": _add_const,
+    "mul_const_scalar": _mul_scalar,
     "graph_residual": _residual,
     "graph_unet": _unet,
 }
