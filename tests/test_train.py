@@ -217,6 +217,8 @@ def test_nan_in_data_raises_numerics_error(rng):
 
 def test_bad_arguments_raise_qatir_errors(rng):
     g = outlier_net()
+    with pytest.raises(QatirError, match="no FAKE_QUANT"):
+        qatir.calibrate(float_cnn(rng), [{"x": np.zeros((1, 8, 8, 3), np.float32)}])
     with pytest.raises(QatirError, match="no batches"):
         qatir.calibrate(g, [], progress=False)
     with pytest.raises(QatirError, match="missing input"):

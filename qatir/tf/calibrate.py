@@ -85,6 +85,9 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
     one-input graph). ``quantizer_options`` maps a quantizer name to options
     for it, e.g. ``{"percentile": {"percentile": 99.9}}``. Returns ``graph``.
     """
+    if not any(n.op == "FAKE_QUANT" for n in graph.nodes):
+        raise QatirError(f"calibrate: graph {graph.name!r} has no FAKE_QUANT nodes "
+                         "(quantize it first with qatir.quantize)")
     groups = range_groups(graph)
     prog = program_for(graph)
     prog.sync_from_graph()

@@ -120,8 +120,12 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
     arrays (batched by ``batch_size``). ``loss``: a Keras loss name/object or a
     callable (default mean squared error). ``optimizer``: a name or Keras
-    optimizer. ``strategy``: any ``tf.distribute.Strategy``. ``verbose``: show
-    a progress bar (default: when stderr is a terminal).
+    optimizer. ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
+    callables ``cb(epoch, logs)`` or objects with ``on_epoch_end(epoch, logs)``;
+    a true return value stops training. ``verbose``: show a progress bar with
+    the running loss (default: when stderr is a terminal). ``jit_compile``:
+    XLA-compile the step (off by default: on CPU it measured ~20x slower than
+    TF's own kernels in ``tools/bench_train.py``, mostly depthwise convolutions).
     """
     if epochs < 1:
         raise QatirError(f"fit: epochs must be >= 1, got {epochs}")
