@@ -456,3 +456,11 @@ def test_quantized_parameters_and_calibration_reuse_the_program(rng):
     assert g.tensors["xmin"].data == feeds["x"].min()  # a learned range starts from calibration
     ref = xq_ref @ np_fake_quant(w, -m, m, 8, True, 0).T
     np.testing.assert_allclose(out, np_fake_quant(ref, lo, hi), atol=1e-5)
+
+
+def test_reshape_with_a_baked_batch_follows_the_dynamic_batch(rng):
+    g = Graph("rs")
+    x = g.add_input("x", [None, 2, 3])
+    g.outputs = [g.add_node("RESHAPE", [x], {"new_shape": [1, 6]}).output]
+    xv = rand(rng, 4, 2, 3)
+    np.testing.assert_array_equal(qatir.run(g, {"x": xv})[g.outputs[0].name], xv.reshape(4, 6))

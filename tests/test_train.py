@@ -225,3 +225,19 @@ def test_bad_arguments_raise_qatir_errors(rng):
         qatir.calibrate(g, [{"y": np.zeros((1, 16), np.float32)}], progress=False)
     with pytest.raises(QatirError, match="unknown loss"):
         qatir.fit(g, [({"x": np.zeros((1, 16), np.float32)}, np.zeros((1, 16)))], loss="nope")
+
+
+def test_fit_on_a_tf_data_dataset_with_callbacks(rng):
+    g = qat_net(rng)
+    x, y = classification_data(rng, n=256)
+    ds = tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(64)
+    seen = []
+
+    def stop_after_two(epoch, logs):
+        seen.append((epoch, logs["loss"]))
+        return epoch == 1
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    hist = qatir.fit(g, ds, loss=loss, epochs=5, callbacks=[stop_after_two], verbose=False)
+    assert [e for e, _ in seen] == [0, 1] and len(hist["loss"]) == 2
+    assert all(np.isfinite(v) for _, v in seen)
