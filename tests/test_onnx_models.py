@@ -111,3 +111,22 @@ def test_four_d_output_is_nhwc():
     assert feats.name == "features" and feats.shape == (None, 8, 8, 4)
     assert feats.source_layout == "NCHW"
     assert g.outputs[1].name == "pooled" and g.outputs[1].source_layout is None
+
+
+def test_dynamic_spatial_dims_import_without_input_shapes():
+    from tests.onnx_models import OnnxBuilder
+
+    b = OnnxBuilder(13)
+    x = b.input("x", ["N", 3, "H", "W"])
+    y = b.cbr(x, 3, 8)  # stride 1, pads 1: SAME at any size
+    y = b.cbr(y, 8, 8, s=2)  # stride 2: explicit PAD + VALID
+    y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.node("AveragePool", [y], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1],
+               count_include_pad=1)
+    y = b.node("Flatten", [b.node("GlobalAveragePool", [y])])
+    b.gemm(y, 8, 5, out="out")
+    b.output("out")
+    for hw in ((16, 16), (13, 21)):
+        x_val = np.random.default_rng(1).standard_normal((2, 3, *hw)).astype(np.float32)
+        g = compare_with_ort(b.model(), {"x": x_val})
+    assert g.inputs[0].shape == (None, None, None, 3)

@@ -23,7 +23,7 @@ from qatir.errors import ModelFormatError, ShapeError, UnsupportedOpError
 from qatir.ir import Graph, Tensor
 
 # Folded constants larger than this are refused (a fuzzed file must not drive a huge allocation).
-MAX_CONST_ELEMENTS = 1 << 26
+MAX_CONST_ELEMENTS = 1 << 24
 INT32_MAX = (1 << 31) - 1
 
 _fresh = itertools.count()

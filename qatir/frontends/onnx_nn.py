@@ -24,9 +24,16 @@ from qatir.frontends.onnx_ctx import (
 from qatir.ir import Tensor
 
 
-def same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
-    """TFLite SAME padding (before, after) along one axis (extra pad goes after)."""
+def same_pads(size: int | None, k: int, s: int, d: int) -> tuple[int, int] | None:
+    """TFLite SAME padding (before, after) along one axis (extra pad goes after).
+
+    None when it depends on an unknown ``size`` (only stride 1 makes it size-independent).
+    """
     eff = (k - 1) * d + 1
+    if size is None:
+        if s != 1:
+            return None
+        size = eff
     out = -(-size // s)
     total = max((out - 1) * s + eff - size, 0)
     return total // 2, total - total // 2
@@ -90,12 +97,12 @@ def resolve_padding(ctx: Ctx, w: Window, hw: tuple[int | None, int | None]) -> t
         raise ctx.shape_error(f"unknown auto_pad {w.auto_pad!r}")
     if w.auto_pad == "NOTSET" and all(p == (0, 0) for p in w.pads):
         return "VALID", []
-    if None in hw:
-        raise ctx.shape_error("explicit padding needs static spatial dims; fix them with "
-                              "input_shapes=")
     same = [same_pads(hw[i], w.kernel[i], w.stride[i], w.dilation[i]) for i in range(2)]
     pads = w.pads
     if w.auto_pad == "SAME_LOWER":
+        if None in same:
+            raise ctx.shape_error("auto_pad SAME_LOWER with stride > 1 needs static spatial "
+                                  "dims; fix them with input_shapes=")
         pads = [(b + e - (b + e) // 2, (b + e) // 2) for b, e in same]
     if pads == same:
         return "SAME", []

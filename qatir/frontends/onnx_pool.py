@@ -65,7 +65,17 @@ def _max_pool(ctx: Ctx) -> None:
             ctx.set_out(back(ctx.emit("MAX_POOL_2D", [t], {**attrs, "padding": "VALID"},
                                       suffix=_sfx(ctx))))
             return
-        raise ctx.shape_error("padded MaxPool needs static spatial dims; use input_shapes=")
+        if win.auto_pad == "NOTSET" and not ceil_mode:  # explicit pads work at any size
+            same = [same_pads(hw[i], win.kernel[i], win.stride[i], 1) for i in range(2)]
+            if win.pads == same:
+                y = ctx.emit("MAX_POOL_2D", [t], {**attrs, "padding": "SAME"}, suffix=_sfx(ctx))
+            else:
+                y = ctx.emit("MAX_POOL_2D", [pad_nhwc(ctx, t, win.pads, MAX_POOL_PAD)],
+                             {**attrs, "padding": "VALID"}, suffix=_sfx(ctx))
+            ctx.set_out(back(y))
+            return
+        raise ctx.shape_error("MaxPool with ceil_mode or SAME_LOWER needs static spatial dims; "
+                              "use input_shapes=")
     geo = [_axis_geometry(ctx, win, i, hw[i], ceil_mode) for i in range(2)]
     pads = [(p[0], p[1] + extra) for _, p, extra in geo]
     same = [same_pads(hw[i], win.kernel[i], win.stride[i], 1) for i in range(2)]
@@ -107,6 +117,18 @@ def _avg_pool(ctx: Ctx) -> None:
             ctx.set_out(back(ctx.emit("AVERAGE_POOL_2D", [t], {**attrs, "padding": "VALID"},
                                       suffix=_sfx(ctx))))
             return
+        if win.auto_pad == "NOTSET" and not ceil_mode:
+            same = [same_pads(hw[i], win.kernel[i], win.stride[i], 1) for i in range(2)]
+            if not include and win.pads == same:
+                y = ctx.emit("AVERAGE_POOL_2D", [t], {**attrs, "padding": "SAME"},
+                             suffix=_sfx(ctx))
+                ctx.set_out(back(y))
+                return
+            if include:  # every window lies inside the padded input: the divisor is k*k
+                y = ctx.emit("AVERAGE_POOL_2D", [pad_nhwc(ctx, t, win.pads)],
+                             {**attrs, "padding": "VALID"}, suffix=_sfx(ctx))
+                ctx.set_out(back(y))
+                return
         raise ctx.shape_error("padded AveragePool needs static spatial dims; use input_shapes=")
     geo = [_axis_geometry(ctx, win, i, hw[i], ceil_mode) for i in range(2)]
     pads = [(p[0], p[1] + extra) for _, p, extra in geo]
