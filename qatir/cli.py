@@ -89,7 +89,8 @@ def cli(debug: bool) -> None:
 @click.option("-o", "--output", help="Write here (atomically) instead of stdout.")
 @shape_option
 @click.option("--after-pass", "after_pass", metavar="PASS",
-              help="Show the graph before and after this one pass (html/text: both, svg: after).")
+              help="Show the graph before and after this pass, as the default pipeline runs it "
+                   "(html: both pictures, text: a diff, svg: after).")
 @click.option("--table", help="Pattern table for --after-pass (default: the built-in one).")
 @click.option("--with-data", is_flag=True,
               help="JSON: include constant values, so the dump reloads losslessly.")
@@ -104,7 +105,7 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
     if after_pass:
         from qatir.compile import run_one_pass
 
-        before, graph = graph, run_one_pass(graph, after_pass, table=table)
+        before, graph = run_one_pass(graph, after_pass, table=table)
     title = f"{Path(model).name}" + (f" after {after_pass}" if after_pass else "")
     if fmt == "text":
         text = str(graph) + "\n"

@@ -278,11 +278,22 @@ def evaluate(float_graph: Graph, quantized: Graph, buf: bytes,
 
 
 # --------------------------------------------------------------------------- passes
-def run_one_pass(graph: Graph, name: str, table: str | None = None) -> Graph:
-    """A copy of ``graph`` after the single pass ``name`` (for before/after pictures)."""
-    import qatir
+def run_one_pass(graph: Graph, name: str, table: str | None = None) -> tuple[Graph, Graph]:
+    """(before, after) the pass ``name``, for before/after pictures and diffs.
 
-    return qatir.quantize(graph, table=table, passes=[name])
+    A pass of the default pipeline sees the graph as that pipeline hands it
+    over (the passes before it have run); any other pass runs on ``graph``.
+    """
+    import qatir
+    from qatir.pipeline import list_pipelines
+
+    default = list_pipelines()["default"]
+    before = graph
+    if name in default:
+        prefix = default[:default.index(name)]
+        if prefix:
+            before = qatir.quantize(graph, table=table, passes=prefix)
+    return before, qatir.quantize(before, table=table, passes=[name])
 
 
 # --------------------------------------------------------------------------- driver

@@ -106,6 +106,13 @@ def test_dump_svg_and_after_pass_html(capsys, tiny, tmp_path):
     assert text.count("<svg") == 2 and "BATCH_NORM -1" in text
     rc, out, _ = run_cli(capsys, "dump", tiny, "--after-pass", "fold_batch_norm")
     assert rc == 0 and any(ln.startswith("-") and "BATCH_NORM" in ln for ln in out.splitlines())
+    # a later pass of the default pipeline sees the graph the earlier passes made
+    rc, out, _ = run_cli(capsys, "dump", tiny, "--after-pass", "insert_fake_quant")
+    assert rc == 0
+    removed = [ln for ln in out.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    added = [ln for ln in out.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    assert not any("BATCH_NORM" in ln for ln in removed + added)  # folded before this pass
+    assert any("FAKE_QUANT" in ln for ln in added)
 
 
 def test_passes_lists_registries(capsys):
