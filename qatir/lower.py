@@ -206,6 +206,32 @@ def _lower_fake_quant(g: Graph) -> None:
             _unify_same_scale(g, node)
     g.toposort()
     _check_int8_region(g)
+    _relax_saturated_clamps(g)
+
+
+def _relax_saturated_clamps(g: Graph) -> None:
+    """A RELU6 / RELU_N1_TO_1 bound outside the output's int8 range clamps nothing; drop it.
+
+    Exact (the kernel would clamp at 127/-128 anyway), and needed: LiteRT refuses
+    to prepare a node whose bound overflows int32 on a tiny output scale.
+    """
+    for node in g.nodes:
+        act = node.attrs.get("fused_activation")
+        if act not in ("RELU6", "RELU_N1_TO_1") and node.op not in ("RELU6",):
+            continue
+        out = node.outputs[0]
+        if out.quant is None or out.dtype != np.int8:
+            continue
+        s, z = np.float32(out.quant.scale[0]), out.quant.zero_point[0]
+        hi = 6.0 if (act == "RELU6" or node.op == "RELU6") else 1.0
+        if z + float(np.float32(hi) / s) < 127.5:
+            continue
+        if node.op == "RELU6":
+            node.op = "RELU"
+        elif act == "RELU6":
+            node.attrs["fused_activation"] = "RELU"
+        elif z + float(np.float32(-1.0) / s) <= -128.5:
+            node.attrs["fused_activation"] = "NONE"
 
 
 def _fq_int_values(node: Node, data: np.ndarray) -> tuple[np.ndarray, QuantParams]:

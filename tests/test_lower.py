@@ -186,3 +186,16 @@ def test_refuses_op_without_int8_kernel():
     g = qb.output(qb.op("EXP", [x], None, (0, 3)))
     with pytest.raises(ExportError, match=r"'exp' \(EXP\)"):
         lower(g)
+
+
+def test_saturated_relu6_bound_is_dropped():
+    """On a tiny output scale 6/scale overflows int32 and LiteRT refuses the node; the bound
+    clamps nothing there, so lowering drops it (RELU6 -> RELU) and the model runs exactly."""
+    qb = QB(seed=0)
+    x = qb.input("x", [1, 4, 4, 2], -1e-8, 1e-8)
+    y = qb.conv("CONV_2D", x, [3, 1, 1, 2], {"fused_activation": "RELU6"}, (0, 1e-8), wscale=0.5)
+    y = qb.conv("CONV_2D", y, [3, 1, 1, 3], {"fused_activation": "RELU6"}, (0, 8), wscale=0.5)
+    g = qb.output(y)
+    acts = [n.attrs["fused_activation"] for n in lower(g).nodes if n.op == "CONV_2D"]
+    assert acts == ["RELU", "RELU6"]
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
