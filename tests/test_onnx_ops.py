@@ -537,3 +537,15 @@ def test_channel_shuffle_5d_reshape_transpose():
     b.node("Conv", [y, b.init(rnd(4, 6, 1, 1))], out="y", kernel_shape=[1, 1])
     b.output("y")
     compare_with_ort(b.model(), {"x": rnd(1, 6, 3, 3)})
+
+
+def test_resize_sizes_from_dynamic_shape_chain():
+    b = OnnxBuilder(13)
+    x = b.input("x", ["N", 3, 4, 5])
+    nc = b.node("Slice", [b.node("Shape", [x]), b.ints([0]), b.ints([2])])
+    sizes = b.node("Concat", [nc, b.ints([8, 10])], axis=0)
+    b.node("Resize", [x, "", "", sizes], out="y", mode="nearest",
+           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(2, 3, 4, 5)})
+    assert ops_of(g) == ["RESIZE_NEAREST_NEIGHBOR"] and g.outputs[0].shape == (None, 8, 10, 3)

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
+from qatir.errors import (
+    ModelFormatError,
+    QatirError,
+    ShapeError,
+    UnsupportedOpError,
+    VerifyError,
+)
 from qatir.frontends import onnx_nn, onnx_ops, onnx_pool  # noqa: F401  (register the converters)
 from qatir.frontends.onnx_ctx import (
     BATCH,
@@ -66,7 +72,10 @@ def load_onnx(path: str | os.PathLike,
         "opset": opset,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
     })
-    graph.verify()
+    try:
+        graph.verify()
+    except VerifyError as e:
+        raise VerifyError(f"{path}: the imported graph is inconsistent: {e}") from None
     return graph
 
 

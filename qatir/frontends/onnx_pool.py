@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatir.frontends.onnx_ctx import Ctx, converter, onnx_attrs
+from qatir.frontends.onnx_ctx import Ctx, Dim, converter, onnx_attrs
 from qatir.frontends.onnx_nn import Window, pad_nhwc, read_window, same_pads, to_nhwc
 
 MAX_POOL_PAD = float(np.finfo(np.float32).min)
@@ -194,10 +194,14 @@ def _resize(ctx: Ctx, scales: np.ndarray | None, sizes: np.ndarray | None, mode:
     if None in in_shape[2:]:
         raise ctx.shape_error("Resize needs static spatial dims; use input_shapes=")
     if sizes is not None and np.size(sizes) == 4:
-        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
-        if (in_shape[0] not in (None, sizes[0])) or in_shape[1] != sizes[1]:
+        sizes = list(np.asarray(sizes).reshape(-1))
+        if any(isinstance(v, Dim) for v in sizes[2:]):
+            raise ctx.shape_error("Resize output size depends on a dynamic dimension; "
+                                  "use input_shapes=")
+        if any(not isinstance(v, Dim) and d is not None and int(v) != d
+               for v, d in zip(sizes[:2], in_shape[:2])):
             raise ctx.unsupported("resizing the batch or channel dims")
-        out_hw = sizes[2:]
+        out_hw = [int(v) for v in sizes[2:]]
         scale_hw = [out_hw[i] / in_shape[2 + i] for i in range(2)]
     elif scales is not None and np.size(scales) == 4:
         sc = [float(v) for v in np.asarray(scales, np.float64).reshape(-1)]
@@ -229,7 +233,10 @@ def _resize_op(ctx: Ctx) -> None:
         nearest = "floor"
     else:
         scales = ctx.const_in(2, "scales", optional=True)
-        sizes = ctx.const_in(3, "sizes", optional=True)
+        sizes_val = ctx.inp(3)
+        if sizes_val is not None and not sizes_val.is_const:
+            raise ctx.unsupported("sizes must be constant (or foldable)")
+        sizes = None if sizes_val is None else sizes_val.const
         ctm = a.get("coordinate_transformation_mode", "half_pixel")
         nearest = a.get("nearest_mode", "round_prefer_floor")
     _resize(ctx, scales, sizes, mode, ctm, nearest)
