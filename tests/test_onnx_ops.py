@@ -549,3 +549,23 @@ def test_resize_sizes_from_dynamic_shape_chain():
     b.output("y")
     g = compare_with_ort(b.model(), {"x": rnd(2, 3, 4, 5)})
     assert ops_of(g) == ["RESIZE_NEAREST_NEIGHBOR"] and g.outputs[0].shape == (None, 8, 10, 3)
+
+
+def test_layout_mix_of_transposes_reductions_and_broadcasts():
+    b = OnnxBuilder(13)
+    x = b.input("x", [2, 4, 5, 6])
+    v = b.input("v", [6])
+    t = b.node("Relu", [b.node("Transpose", [x], perm=[0, 2, 3, 1])])  # [2,5,6,4]
+    m = b.node("ReduceMean", [t], axes=[3], keepdims=0)  # [2,5,6]
+    m = b.node("Add", [m, v])  # rank-3 plain + rank-1 input
+    u = b.unsqueeze(m, [1])  # [2,1,5,6]
+    y = b.node("Mul", [x, u])  # broadcast over channels
+    y = b.node("Conv", [y, b.init(rnd(3, 4, 3, 3))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    s = b.node("Softmax", [b.node("Squeeze", [b.node("ReduceMax", [y], axes=[2], keepdims=1),
+                                              b.ints([2])])], axis=1)  # [2,3,6]
+    b.node("Concat", [b.node("Transpose", [s], perm=[0, 2, 1]), b.init(rnd(2, 6, 1))], axis=2,
+           out="y")
+    b.output("y")
+    b.node("Identity", [t], out="t")
+    b.output("t")
+    compare_with_ort(b.model(), {"x": rnd(2, 4, 5, 6), "v": rnd(6, seed=3)})
