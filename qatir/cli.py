@@ -150,13 +150,14 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
               help="Print the IR after these passes (or all).")
 @click.option("--report", "report", is_flag=True, help="Print the parity report.")
 @click.option("--save-ir", metavar="OUT.qatir", help="Also save the trained, quantized IR.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: when stderr is a terminal).")
 @debug_option
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
                 loss: str, batch_size: int, learning_rate: float, table: str | None,
                 passes: str | None, io_type: str, print_ir_after: str | None, report: bool,
-                save_ir: str | None, no_progress: bool, debug: bool) -> None:
+                save_ir: str | None, progress: bool | None, debug: bool) -> None:
     """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file."""
     from qatir.compile import CompileOptions, compile_model
 
@@ -180,7 +181,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
         io=io_type, print_ir_after=_split_names(print_ir_after), report=report,
-        save_ir=save_ir, progress=not no_progress)
+        save_ir=save_ir, progress=progress)
     summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary.format())
 
@@ -255,13 +256,14 @@ def bench(model: str | None, input_shape: tuple[str, ...], calib_random: int, re
 @click.option("--out", "out_dir", default="qatir-demo", show_default=True,
               help="Directory for the files the demo writes.")
 @click.option("--fast", is_flag=True, help="Fewer epochs (for smoke tests).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: when stderr is a terminal).")
 @debug_option
-def demo(out_dir: str, fast: bool, no_progress: bool, debug: bool) -> None:
+def demo(out_dir: str, fast: bool, progress: bool | None, debug: bool) -> None:
     """Train a small CNN on scikit-learn's digits, run QAT, export int8 and run it in LiteRT."""
     from qatir.demo import run_demo
 
-    result = run_demo(out_dir, fast=fast, progress=not no_progress,
+    result = run_demo(out_dir, fast=fast, progress=progress,
                       echo=lambda s: click.echo(s))
     click.echo(result.format())
 

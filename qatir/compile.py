@@ -50,7 +50,7 @@ class CompileOptions:
     print_ir_after: list[str] | None = None
     report: bool = False
     save_ir: str | None = None
-    progress: bool = True
+    progress: bool | None = None  # None: progress bars when stderr is a terminal
     seed: int = 0
 
 

@@ -162,7 +162,7 @@ class DemoResult:
 
 
 def run_demo(out_dir: str | os.PathLike = "qatir-demo", fast: bool = False,
-             progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
+             progress: bool | None = None, echo: Callable[[str], None] = print) -> DemoResult:
     """Train, quantize, QAT, export and check the digits CNN; files go to ``out_dir``."""
     import qatir
     from qatir import draw
