@@ -23,6 +23,7 @@ LiteRT and the integer reference. Rows come worst first (lowest SQNR).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,10 @@ def _interpreter(buf: bytes, preserve: bool = True, ref: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kind = OpResolverType.BUILTIN_REF if ref else OpResolverType.AUTO
-    it = Interpreter(model_content=buf, num_threads=1, experimental_op_resolver_type=kind,
-                     experimental_preserve_all_tensors=preserve)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*preserve_all_tensors.*")
+        it = Interpreter(model_content=buf, num_threads=1, experimental_op_resolver_type=kind,
+                         experimental_preserve_all_tensors=preserve)
     it.allocate_tensors()
     return it
 
@@ -146,9 +149,12 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
     if resolver not in ("default", "ref"):
         raise QatirError(f"resolver must be 'default' or 'ref', got {resolver!r}")
     mode = "reference" if resolver == "ref" else "xnnpack"
-    from qatir.lower import lower
+    from qatir.lower import is_lowered, is_quantized, lower
     from qatir.reference import run_reference
 
+    if not (is_quantized(graph) or is_lowered(graph)):
+        raise QatirError(f"parity report: graph {graph.name!r} is a float graph; pass the "
+                         "quantized (FAKE_QUANT) graph the model was written from")
     buf = _load_bytes(model)
     lowered = lower(graph, io="int8")
     if inputs is None:
