@@ -59,6 +59,11 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, **opts: Any) 
 
 
 def _fix_batch(g: Graph, batch_size: int) -> None:
+    """Dynamic leading (batch) dims become ``batch_size``; other dynamic dims are refused."""
+    for t in g.inputs:
+        if any(d is None for d in t.shape[1:]):
+            raise ExportError(f"input %{t.name} has dynamic non-batch dims {list(t.shape)}; "
+                              "fix them when loading (input_shapes=...)")
     for t in g.tensors.values():
         if any(d is None for d in t.shape):
             t.shape = tuple(batch_size if d is None else d for d in t.shape)

@@ -209,3 +209,11 @@ def test_uint8_edges_shift_zero_point():
     for k in a:
         assert b[k].dtype == np.uint8
         np.testing.assert_array_equal(a[k].astype(np.int16) + 128, b[k])
+
+
+def test_dynamic_spatial_dims_refused():
+    qb = QB()
+    x = qb.g.add_input("x", [None, None, 8, 3])
+    g = qb.output(qb.op("RELU", [x]))
+    with pytest.raises(ExportError, match="dynamic non-batch dims"):
+        to_tflite(g)
