@@ -38,10 +38,16 @@ form. Its contract:
 - A float graph (no FAKE_QUANT and no int8 tensor) stays float (conv-like ops
   get an explicit zero bias: LiteRT's float DEPTHWISE_CONV_2D crashes without).
 
+- A fused RELU6 / RELU_N1_TO_1 bound that lies outside the output's int8
+  range is dropped (it clamps nothing; LiteRT refuses it when it overflows).
+- All-zero weight channels get zero point 0 and a scale that keeps their bias
+  inside int32 (with a warning naming the weight).
+
 Anything TFLite cannot run is refused with :class:`ExportError` naming the
 node or tensor (activation bits != 8, weights wider than 8 bits, a float
-activation inside the int8 region, per-channel weights on the wrong axis,
-NaN/Inf constants).
+activation inside the int8 region, an op without an int8 kernel in
+:data:`INT8_OPS`, per-channel weights on the wrong axis); NaN/Inf constants
+raise :class:`NumericsError`.
 """
 
 from __future__ import annotations
