@@ -158,27 +158,40 @@ def _fold_inputs(ctx: Ctx, node: Any) -> list[Any] | None:
     return ins
 
 
-def _check_schema(ctx: Ctx, node: Any) -> None:
-    """Input/output counts and attribute types must fit the op's schema at the model's opset."""
+_SCHEMAS: dict[tuple[str, int], tuple] = {}  # (op, opset) -> arity bounds and attribute types
+
+
+def _schema_facts(ctx: Ctx, op_type: str) -> tuple:
     import onnx.defs
 
-    try:
-        schema = onnx.defs.get_schema(node.op_type, ctx.opset, "")
-    except onnx.defs.SchemaError:
-        raise ModelFormatError(f"{ctx.where()}: {node.op_type} is not defined in opset "
-                               f"{ctx.opset}") from None
+    facts = _SCHEMAS.get((op_type, ctx.opset))
+    if facts is None:
+        try:
+            sc = onnx.defs.get_schema(op_type, ctx.opset, "")
+        except onnx.defs.SchemaError:
+            raise ModelFormatError(f"{ctx.where()}: {op_type} is not defined in opset "
+                                   f"{ctx.opset}") from None
+        facts = (sc.min_input, sc.max_input, sc.min_output, sc.max_output,
+                 {k: int(v.type) for k, v in sc.attributes.items()})
+        _SCHEMAS[(op_type, ctx.opset)] = facts
+    return facts
+
+
+def _check_schema(ctx: Ctx, node: Any) -> None:
+    """Input/output counts and attribute types must fit the op's schema at the model's opset."""
+    min_in, max_in, min_out, max_out, attr_types = _schema_facts(ctx, node.op_type)
     n_in, n_out = len(node.input), len(node.output)
-    if not schema.min_input <= n_in <= schema.max_input:
+    if not min_in <= n_in <= max_in:
         raise ModelFormatError(f"{ctx.where()}: {n_in} inputs, the schema allows "
-                               f"{schema.min_input}..{schema.max_input}")
-    if not schema.min_output <= n_out <= schema.max_output:
+                               f"{min_in}..{max_in}")
+    if not min_out <= n_out <= max_out:
         raise ModelFormatError(f"{ctx.where()}: {n_out} outputs, the schema allows "
-                               f"{schema.min_output}..{schema.max_output}")
+                               f"{min_out}..{max_out}")
     for a in node.attribute:
-        spec = schema.attributes.get(a.name)
-        if spec is not None and int(spec.type) != int(a.type):
+        expected = attr_types.get(a.name)
+        if expected is not None and expected != a.type:
             raise ModelFormatError(f"{ctx.where()}: attribute {a.name!r} has type {a.type}, "
-                                   f"expected {int(spec.type)}")
+                                   f"expected {expected}")
 
 
 def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
