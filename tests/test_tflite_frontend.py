@@ -361,3 +361,7 @@ def test_densify_block_csr(block):
         densify(values[:-1], dense.shape, sp, 10_000, "w")
     with pytest.raises(ValueError, match="not plausible"):
         densify(values, (6, 1 << 40), sp, 10_000, "w")
+    # Found by fuzzing: a dense level declaring 2^31 entries once allocated them (a hang).
+    sp.dims[0].dense_size = 2**31 - 1
+    with pytest.raises(ValueError, match="dense level 0 has size"):
+        densify(values, dense.shape, sp, 10_000, "w")

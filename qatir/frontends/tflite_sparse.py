@@ -49,14 +49,19 @@ def densify(values: np.ndarray, shape: tuple[int, ...], sp: Sparsity, file_size:
         raise ValueError(f"{what}: dense size {nbytes} bytes is not plausible for a "
                          f"{file_size}-byte file")
     block_size = _block_sizes(sp, shape, n)
+    expanded = [int(d) for d in shape] + block_size
+    for b, d in enumerate(sp.block_map):
+        expanded[d] //= block_size[b]
     parent = np.zeros(1, np.int64)
     level_idx: list[np.ndarray] = []
     for level in range(levels):
         dim = sp.dims[level]
+        extent = expanded[sp.traversal_order[level]]
         if dim.dense:
             size = int(dim.dense_size)
-            if size < 0 or parent.size * size > max(total, 1):
-                raise ValueError(f"{what}: dense level {level} of size {size} is too large")
+            if size != extent:
+                raise ValueError(f"{what}: dense level {level} has size {size}, the dim it "
+                                 f"stores has {extent}")
             level_idx = [np.repeat(a, size) for a in level_idx]
             level_idx.append(np.tile(np.arange(size, dtype=np.int64), parent.size))
             parent = (np.repeat(parent, size) * size + level_idx[-1])
@@ -78,6 +83,8 @@ def densify(values: np.ndarray, shape: tuple[int, ...], sp: Sparsity, file_size:
             pos = starts + offsets
             level_idx = [np.repeat(a, counts) for a in level_idx]
             level_idx.append(ind[pos])
+            if level_idx[-1].size and (level_idx[-1].min() < 0 or level_idx[-1].max() >= extent):
+                raise ValueError(f"{what}: sparse level {level} has an index outside [0, {extent})")
             parent = pos
     if parent.size != values.size:
         raise ValueError(f"{what}: the sparsity pattern reaches {parent.size} positions but "
