@@ -139,6 +139,9 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--loss", default="sparse_categorical_crossentropy", show_default=True,
               help="A Keras loss name for --train.")
+@click.option("--from-logits/--from-probabilities", "from_logits", default=None,
+              help="For cross-entropy losses: the model outputs logits or probabilities "
+                   "(default: probabilities only when the output comes from SOFTMAX/LOGISTIC).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-4, show_default=True)
 @click.option("--table", metavar="TABLE.toml", help="Your own pattern table.")
@@ -155,7 +158,7 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 @debug_option
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
-                loss: str, batch_size: int, learning_rate: float, table: str | None,
+                loss: str, from_logits: bool | None, batch_size: int, learning_rate: float, table: str | None,
                 passes: str | None, io_type: str, print_ir_after: str | None, report: bool,
                 save_ir: str | None, progress: bool | None, debug: bool) -> None:
     """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file."""
@@ -177,7 +180,8 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
                    "give much better accuracy", err=True)
     opts = CompileOptions(
         input_shapes=parse_input_shapes(input_shape), calib=calib, calib_random=calib_random,
-        train=train, label_key=label_key, epochs=epochs, loss=loss, batch_size=batch_size,
+        train=train, label_key=label_key, epochs=epochs, loss=loss, from_logits=from_logits,
+        batch_size=batch_size,
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
         io=io_type, print_ir_after=_split_names(print_ir_after), report=report,

@@ -42,6 +42,7 @@ class CompileOptions:
     label_key: str = "y"
     epochs: int = 1
     loss: str = "sparse_categorical_crossentropy"
+    from_logits: bool | None = None  # None: True unless the output comes from SOFTMAX/LOGISTIC
     batch_size: int = 32
     learning_rate: float = 1e-4
     table: str | None = None
@@ -326,7 +327,8 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
             for b in batches(train, [*names, opts.label_key], bs):
                 labels = b.pop(opts.label_key)
                 dataset.append((b, labels))
-            qatir.fit(q, dataset, loss=opts.loss, optimizer=_adam(opts.learning_rate),
+            qatir.fit(q, dataset, loss=make_loss(opts.loss, q, opts.from_logits),
+                      optimizer=_adam(opts.learning_rate),
                       epochs=opts.epochs, verbose=opts.progress)
     with timer("write"):
         buf = qatir.to_tflite(q, io=opts.io)
@@ -376,6 +378,33 @@ def _calibration_batches(graph: Graph, opts: CompileOptions,
         arrays = load_npz(opts.calib, graph)
         return batches(arrays, [t.name for t in graph.inputs], batch_size)
     return random_batches(graph, opts.calib_random or 8, batch_size, seed=opts.seed)
+
+
+CROSS_ENTROPY = {
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "categorical_crossentropy": "CategoricalCrossentropy",
+    "binary_crossentropy": "BinaryCrossentropy",
+}
+
+
+def make_loss(name: str, graph: Graph, from_logits: bool | None = None) -> Any:
+    """A Keras loss by name; cross-entropies get ``from_logits`` right for the model.
+
+    Keras' named cross-entropies expect probabilities; most exported classifiers
+    end in logits. Unless told, a model whose first output is not produced by
+    SOFTMAX or LOGISTIC is taken to output logits.
+    """
+    if name not in CROSS_ENTROPY:
+        return name
+    if from_logits is None:
+        producer = graph.outputs[0].producer
+        while producer is not None and producer.op == "FAKE_QUANT":
+            producer = producer.inputs[0].producer
+        from_logits = producer is None or producer.op not in ("SOFTMAX", "LOGISTIC")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return getattr(tf.keras.losses, CROSS_ENTROPY[name])(from_logits=from_logits)
 
 
 def _adam(learning_rate: float) -> Any:
