@@ -119,7 +119,7 @@ class OnnxBuilder:
         g = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)],
                               producer_name="qatir-tests")
-        m.ir_version = IR_VERSION
+        m.ir_version = 10 if self.opset >= 21 else 9 if self.opset >= 19 else IR_VERSION
         return m
 
 

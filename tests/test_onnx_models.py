@@ -130,3 +130,10 @@ def test_dynamic_spatial_dims_import_without_input_shapes():
         x_val = np.random.default_rng(1).standard_normal((2, 3, *hw)).astype(np.float32)
         g = compare_with_ort(b.model(), {"x": x_val})
     assert g.inputs[0].shape == (None, None, None, 3)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 17, 21])
+def test_models_across_opsets(opset):
+    compare_with_ort(digits_cnn_onnx(opset=opset), feed("input", (1, 8, 8)))
+    g = compare_with_ort(mobilenet_like(opset=opset), feed("image", (3, 32, 32)))
+    assert g.metadata["opset"] == opset
