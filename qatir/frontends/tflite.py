@@ -345,6 +345,8 @@ class _Importer:
             w.quant = QuantParams(q.scale, q.zero_point, q.axis, q.bits, True, q.dtype)
         if len(ins) == 2:
             out_ch = w.shape[WEIGHT_OPS[emit_op]]
+            if out_ch is None or w.data.size == 0:
+                raise self.fail(op, f"weights %{w.name} of shape {list(w.shape)} are empty")
             w_s = np.asarray(q.scale, np.float32)
             b_s = (np.float32(x.quant.scale[0]) * w_s).astype(np.float32)
             per_ch = q.axis is not None
