@@ -147,6 +147,16 @@ def _edit_shape(m, sub, rng, s) -> str:
     return f"tensor shape -> {shape}"
 
 
+def _edit_shape_empty_huge(m, sub, rng, s) -> str:
+    """An empty tensor with a huge declared dim: sizes must not be taken from the shape."""
+    t = _pick(rng, sub.tensors)
+    rank = max(len(t.shape) if t.shape is not None else 0, 2)
+    shape = [rng.choice((2**31 - 1, 2**24))] + [0] + [rng.choice((1, 3, 2**20))] * (rank - 2)
+    rng.shuffle(shape)
+    t.shape = np.array(shape, np.int32)
+    return f"tensor shape -> {shape}"
+
+
 def _edit_index(m, sub, rng, s) -> str:
     op = _pick(rng, sub.operators)
     field_name = rng.choice(("inputs", "outputs"))
@@ -273,7 +283,7 @@ def _edit_sparsity(m, sub, rng, s) -> str:
 
 
 _EDITS: list[Callable[..., str]] = [
-    _edit_shape, _edit_shape, _edit_index, _edit_index, _edit_buffer, _edit_buffer_data,
+    _edit_shape, _edit_shape, _edit_shape_empty_huge, _edit_index, _edit_index, _edit_buffer, _edit_buffer_data,
     _edit_type, _edit_opcode, _edit_quant, _edit_options, _edit_options, _edit_graph_io,
     _edit_op_order, _edit_sparsity, _edit_sparsity,
 ]
@@ -380,9 +390,16 @@ def print_report(rep: Report) -> None:
         print(f"  {kind:28s} {n}")
     s, i, desc = rep.slowest
     print(f"slowest case: #{i} {s * 1000:.1f} ms ({desc})")
+    print(f"peak resident memory of the process: {_peak_rss_mib():.0f} MiB")
     print(f"crashes/hangs: {len(rep.failures)}")
     for i, base, desc, out in rep.failures[:20]:
         print(f"--- case #{i} seed model {base}: {desc}\n{out.kind}: {out.message}")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main(argv: list[str] | None = None) -> int:
