@@ -137,3 +137,20 @@ def test_models_across_opsets(opset):
     compare_with_ort(digits_cnn_onnx(opset=opset), feed("input", (1, 8, 8)))
     g = compare_with_ort(mobilenet_like(opset=opset), feed("image", (3, 32, 32)))
     assert g.metadata["opset"] == opset
+
+
+def test_output_aliases_keep_their_names():
+    from tests.onnx_models import OnnxBuilder
+
+    b = OnnxBuilder(13)
+    x = b.input("x", [1, 2, 3, 3])
+    b.node("Identity", [x], out="x_copy")
+    r = b.node("Relu", [x], out="r")
+    b.node("Identity", [r], out="r_copy")
+    b.node("Identity", [b.init(np.ones((2,), np.float32))], out="const_out")
+    for name in ("x", "x_copy", "r", "r_copy", "const_out"):
+        b.output(name)
+    xv = feed("x", (2, 3, 3), batch=1)
+    g = compare_with_ort(b.model(), xv)
+    assert [t.name for t in g.outputs] == ["x", "x_copy", "r", "r_copy", "const_out"]
+    assert len({id(t) for t in g.outputs}) == 5

@@ -237,17 +237,17 @@ def _set_outputs(ctx: Ctx, onnx_graph: Any) -> None:
         perm = channel_last(4) if v.rank == 4 else ident(v.rank)
         ctx.node_name, ctx.node = f"output_{name}", _OutputNode
         t = ctx.as_tensor(v, perm)
-        needs_copy = (t.producer is None or any(t is o for o in outs))
-        if t.name != name or needs_copy:
-            if needs_copy or t in graph.inputs:
-                holder = graph.tensors.get(name)
-                if holder is not None and holder is not t:
-                    _rename(graph, holder, graph.unique_name(name + "__inner"))
+        is_input = any(t is i for i in graph.inputs)
+        already_out = any(t is o for o in outs)
+        if t.name == name and not already_out and (t.producer is not None or is_input):
+            pass  # already the right tensor (a pass-through graph input keeps its name)
+        else:
+            holder = graph.tensors.get(name)
+            if holder is not None and holder is not t:
+                _rename(graph, holder, graph.unique_name(name + "__inner"))
+            if t.producer is None or already_out:
                 t = ctx.emit("IDENTITY", [t], name=name)
             else:
-                holder = graph.tensors.get(name)
-                if holder is not None and holder is not t:
-                    _rename(graph, holder, graph.unique_name(name + "__inner"))
                 _rename(graph, t, name)
         if v.rank == 4:
             t.source_layout = "NCHW"
