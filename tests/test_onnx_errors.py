@@ -139,3 +139,14 @@ def test_unsorted_nodes_are_accepted(tmp_path):
     g = qatir.load(save(m, tmp_path / "rev.onnx"))
     assert g.outputs[0].name == "logits"
     onnx.checker.check_model(resnet_like())
+
+
+def test_absurd_rank_is_refused_quickly(tmp_path):
+    import time
+
+    m = single_op_model("Unsqueeze", [[2, 3]], [np.arange(2, 200_002, dtype=np.int64)])
+    path = save(m, tmp_path / "deep.onnx")
+    t0 = time.perf_counter()
+    with pytest.raises(ShapeError, match="rank"):
+        qatir.load(path)
+    assert time.perf_counter() - t0 < 5.0

@@ -25,6 +25,7 @@ from qatir.ir import Graph, Tensor
 # Folded constants larger than this are refused (a fuzzed file must not drive a huge allocation).
 MAX_CONST_ELEMENTS = 1 << 24
 INT32_MAX = (1 << 31) - 1
+MAX_RANK = 16  # deeper tensors are refused: rank-quadratic bookkeeping must stay cheap
 
 _fresh = itertools.count()
 
@@ -100,6 +101,8 @@ def normalize_const(arr: np.ndarray) -> np.ndarray:
 
 def check_size(shape: Sequence[int], what: str) -> None:
     """Refuse constants whose element count is absurd before allocating them."""
+    if len(shape) > MAX_RANK:
+        raise ShapeError(f"{what}: rank {len(shape)} exceeds {MAX_RANK}")
     n = 1
     for d in shape:
         d = int(d)
@@ -234,6 +237,8 @@ class Ctx:
              name: str | None = None, suffix: str = "") -> Tensor:
         """Add one IR node; its output tensor is named after the ONNX output (plus suffix)."""
         out = name if name is not None else self.out_name() + suffix
+        if any(t is not None and t.rank > MAX_RANK for t in inputs):
+            raise self.shape_error(f"tensor rank exceeds {MAX_RANK}")
         node = self.graph.add_node(op, inputs, attrs, name=self.node_name + suffix, outputs=[out])
         return node.output
 

@@ -100,6 +100,7 @@ def _unsqueeze(ctx, ins, attrs):
     x = ins[0]
     axes = _axes(ctx, ins, attrs, 1) or []
     rank = x.ndim + len(axes)
+    check_size([1] * rank, ctx.where())
     axes = sorted(_norm_axis(a, rank, ctx) for a in axes)
     if len(set(axes)) != len(axes):
         raise ctx.shape_error(f"duplicate Unsqueeze axes {axes}")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError, QatirError, ShapeError
+from qatir.frontends.onnx_ctx import MAX_RANK
 
 MIN_OPSET, MAX_OPSET = 7, 21
 MAX_STORED_ELEMENTS = 1 << 34  # more than a 2 GB protobuf can hold
@@ -99,6 +100,9 @@ def value_info_shape(vi: Any) -> tuple[list[int | None], np.dtype]:
     except (KeyError, ValueError, TypeError):
         raise ModelFormatError(f"graph input {vi.name!r} has unsupported element type "
                                f"{tt.elem_type}") from None
+    if len(tt.shape.dim) > MAX_RANK:
+        raise ModelFormatError(f"graph input {vi.name!r} has rank {len(tt.shape.dim)} "
+                               f"(more than {MAX_RANK})")
     dims: list[int | None] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.frontends.onnx_ctx import (
+    MAX_RANK,
     Ctx,
     Dim,
     Val,
@@ -280,6 +281,8 @@ def _unsqueeze(ctx: Ctx) -> None:
     x = ctx.need(0)
     axes = _axes_in(ctx) or []
     rank = x.rank + len(axes)
+    if rank > MAX_RANK:
+        raise ctx.shape_error(f"Unsqueeze to rank {rank} (more than {MAX_RANK})")
     for a in axes:
         if not -rank <= a < rank:
             raise ctx.shape_error(f"Unsqueeze axis {a} out of range for rank {rank}")
