@@ -73,11 +73,12 @@ SAME_SCALE = {
     "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "RESIZE_NEAREST_NEIGHBOR",
     "RESIZE_BILINEAR", "GATHER", "MAXIMUM", "MINIMUM", "CONCATENATION", "REDUCE_MAX",
 }
-# Ops with an int8 TFLite kernel that the writer and the integer reference both support
-# (SUM is left out: LiteRT's BUILTIN_REF int8 SUM is not reproduced yet).
+# Ops with an int8 TFLite kernel that the writer and the integer reference both support.
+# (int8 SUM under BUILTIN_REF reads its input as uint8 in LiteRT; the reference reproduces
+# that, and the default XNNPACK path is correct.)
 INT8_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
-    "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "REDUCE_MAX", "RESHAPE", "SQUEEZE",
+    "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "SUM", "REDUCE_MAX", "RESHAPE", "SQUEEZE",
     "TRANSPOSE", "CONCATENATION", "PAD", "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH",
     "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "GATHER", "MAXIMUM", "MINIMUM", "SOFTMAX",
     "LOGISTIC", "TANH", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU",

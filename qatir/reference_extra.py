@@ -157,9 +157,12 @@ def reduce_sum_max(node: Node, xs: list, mode: str) -> np.ndarray:
     if mode == "xnnpack":
         y = np.rint((raw - zi * cnt).astype(np.float32) * scale).astype(np.int64) + zo
         return np.clip(y, -128, 127).astype(np.int8)
-    bias = np.float32(np.float32(-zi) * scale * np.float32(cnt))
-    y = round_half_away((raw.astype(np.float32) * scale + bias).astype(np.float32))
-    return np.clip(y.astype(np.int64) + zo, -128, 127).astype(np.int8)
+    # LiteRT's BUILTIN_REF SUM reads int8 data through a uint8 pointer (reduce.cc passes
+    # GetTensorData<uint8_t> to QuantizedMeanOrSum): reproduce that, clamp included.
+    raw_u8 = (x & 0xFF).sum(axis=axes, keepdims=keep)
+    qm, sh = quantize_multiplier(float(si) / float(so))
+    y = np.clip(mbqm(raw_u8 - zi * cnt, qm, sh) + zo, 0, 255)
+    return y.astype(np.uint8).view(np.int8)
 
 
 def _srdhm16(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:

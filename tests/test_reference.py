@@ -158,6 +158,8 @@ CASES = {
     "resize_bilinear_align": lambda qb: qb.op(
         "RESIZE_BILINEAR", [_x(qb)], {"size": [17, 17], "align_corners": True}
     ),
+    "sum_hw": lambda qb: qb.op("SUM", [_x(qb)], {"axis": [1, 2], "keep_dims": True}, (-20, 40)),
+    "sum_c": lambda qb: qb.op("SUM", [_x(qb)], {"axis": [3], "keep_dims": False}, (-10, 15)),
     "reduce_max": lambda qb: qb.op("REDUCE_MAX", [_x(qb)], {"axis": [1, 2], "keep_dims": False}),
     "gather": lambda qb: qb.op(
         "GATHER", [_x(qb), qb.g.const(np.array([0, 3, 2], np.int32))], {"axis": 3}
