@@ -569,3 +569,16 @@ def test_layout_mix_of_transposes_reductions_and_broadcasts():
     b.node("Identity", [t], out="t")
     b.output("t")
     compare_with_ort(b.model(), {"x": rnd(2, 4, 5, 6), "v": rnd(6, seed=3)})
+
+
+def test_shape_and_size_of_constants_fold():
+    b = OnnxBuilder(15)
+    x = b.input("x", [2, 3])
+    c = b.init(rnd(4, 2, 3))
+    shp = b.node("Shape", [c], start=1)  # [2, 3]
+    n = b.node("Cast", [b.node("Size", [c]), ], to=1)  # 24.0
+    y = b.node("Reshape", [b.node("Gather", [c, b.init(np.asarray(0, np.int64))], axis=0), shp])
+    b.node("Add", [b.node("Mul", [x, n]), y], out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"x": rnd(2, 3)})
+    assert sorted(ops_of(g)) == ["ADD", "MUL"]

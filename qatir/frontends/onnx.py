@@ -145,14 +145,14 @@ def _fold_inputs(ctx: Ctx, node: Any) -> list[Any] | None:
         v = ctx.inp(i)
         if v is None:
             ins.append(None)
-        elif v.is_const:
-            ins.append(v.const)
         elif node.op_type == "Shape" and i == 0:
             shape = _symbolic_shape(v, node.input[0])
             attrs = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
             ins.append(shape[slice(attrs.get("start", 0), attrs.get("end"))])
         elif node.op_type == "Size" and i == 0 and None not in v.shape:
             ins.append(np.asarray(v.shape, dtype=np.int64))
+        elif v.is_const:
+            ins.append(v.const)
         else:
             return None
     return ins
