@@ -248,7 +248,7 @@ def bench(model: str | None, input_shape: tuple[str, ...], calib_random: int, re
 
     Without MODEL, the demo CNN is built and timed.
     """
-    from qatir.compile import bench_model
+    from qatir.bench import bench_model
 
     if model:
         require_file(model)

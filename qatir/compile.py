@@ -76,8 +76,8 @@ class CompileSummary:
         lines = [
             f"wrote {self.output}",
             f"  ops:    {sum(self.ops.values())} ({ops})",
-            f"  size:   float32 weights {_kb(self.float_bytes)} -> int8 .tflite "
-            f"{_kb(self.tflite_bytes)} ({self.float_bytes / max(self.tflite_bytes, 1):.1f}x smaller)",
+            f"  size:   float32 weights {format_size(self.float_bytes)} -> int8 .tflite "
+            f"{format_size(self.tflite_bytes)} ({self.float_bytes / max(self.tflite_bytes, 1):.1f}x smaller)",
             f"  SQNR vs float (same weights) on {self.eval_samples} samples: fake-quant "
             f"{_db(self.sqnr_fake_quant_db)}, int8 in LiteRT {_db(self.sqnr_int8_db)}",
             "  time:   " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items())
@@ -90,7 +90,7 @@ class CompileSummary:
         return "\n".join(lines)
 
 
-def _kb(n: int) -> str:
+def format_size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
 
@@ -187,7 +187,7 @@ def _concrete(shape: Sequence[int | None], batch: int) -> list[int]:
     return [int(d) for d in dims]
 
 
-def _batch_size_for(graph: Graph, wanted: int) -> int:
+def batch_size_for(graph: Graph, wanted: int) -> int:
     """The graph's fixed batch dimension if it has one, else ``wanted``."""
     fixed = {t.shape[0] for t in graph.inputs if t.rank and t.shape[0] is not None}
     return int(fixed.pop()) if len(fixed) == 1 else wanted
@@ -311,7 +311,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
     timer = StageTimer()
     with timer("load"):
         graph = qatir.load(model, input_shapes=opts.input_shapes or None)
-    bs = _batch_size_for(graph, opts.batch_size)
+    bs = batch_size_for(graph, opts.batch_size)
     names = [t.name for t in graph.inputs]
     with timer("data"):
         calib = _calibration_batches(graph, opts, bs)
@@ -509,87 +509,3 @@ def registry_listing() -> str:
     lines.append("quantizers:")
     lines += [f"  {name:<30} {doc}" for name, doc in list_quantizers().items()]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- bench
-@dataclass
-class BenchResult:
-    """Seconds per stage of one compile, plus LiteRT latency of the written model."""
-
-    model: str
-    nodes: int
-    stage_seconds: dict[str, float]
-    invoke_ms: dict[str, float]
-    tflite_bytes: int
-
-    def format(self) -> str:
-        lines = [f"model: {self.model} ({self.nodes} IR nodes, int8 .tflite "
-                 f"{_kb(self.tflite_bytes)})", f"{'stage':<28}{'seconds':>10}"]
-        lines += [f"{k:<28}{v:>10.3f}" for k, v in self.stage_seconds.items()]
-        lines.append(f"{'total':<28}{sum(self.stage_seconds.values()):>10.3f}")
-        lines.append(f"{'LiteRT invoke (batch 1)':<28}{'ms':>10}")
-        lines += [f"  {k:<26}{v:>10.4f}" for k, v in self.invoke_ms.items()]
-        return "\n".join(lines)
-
-
-def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                calib_batches: int = 4, repeat: int = 20) -> BenchResult:
-    """Time load, quantize, calibrate, float/fake-quant TF run, to_tflite and LiteRT invoke.
-
-    ``model=None`` times the demo CNN (written to a temporary .onnx file first).
-    First TF runs include tracing; that is what a user waits for, so it is reported.
-    """
-    import tempfile
-
-    import qatir
-
-    timer = StageTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        if model is None:
-            from qatir.demo import digits_cnn_onnx
-
-            model = os.path.join(tmp, "digits_cnn.onnx")
-            with open(model, "wb") as f:
-                f.write(digits_cnn_onnx().SerializeToString())
-            label = "demo digits CNN (built in)"
-        else:
-            label = model
-        with timer("load"):
-            graph = qatir.load(model, input_shapes=dict(input_shapes or {}) or None)
-        feeds = random_batches(graph, calib_batches, _batch_size_for(graph, 1))
-        with timer("import tensorflow"):
-            import tensorflow  # noqa: F401
-        with timer("float run (first, traces)"):
-            qatir.run(graph, feeds[0])
-        with timer("float run (second)"):
-            qatir.run(graph, feeds[0])
-        with timer("quantize (passes)"):
-            q = qatir.quantize(graph)
-        with timer(f"calibrate ({calib_batches} batches)"):
-            qatir.calibrate(q, feeds, progress=False)
-        with timer("fake-quant run"):
-            qatir.run(q, feeds[0])
-        with timer("to_tflite (lower + write)"):
-            buf = qatir.to_tflite(q, io="int8")
-    return BenchResult(label, len(graph.nodes), timer.seconds, _invoke_ms(buf, repeat), len(buf))
-
-
-def _invoke_ms(buf: bytes, repeat: int) -> dict[str, float]:
-    """Median LiteRT invoke time, with the default (XNNPACK) and the reference kernels."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    out = {}
-    for label, resolver in (("default (XNNPACK)", OpResolverType.AUTO),
-                            ("reference kernels", OpResolverType.BUILTIN_REF)):
-        interp = Interpreter(model_content=buf, experimental_op_resolver_type=resolver)
-        interp.allocate_tensors()
-        for d in interp.get_input_details():
-            interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        interp.invoke()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            interp.invoke()
-            times.append(time.perf_counter() - t0)
-        out[label] = 1e3 * float(np.median(times))
-    return out
