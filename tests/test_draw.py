@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
+import struct
 import subprocess
 import xml.etree.ElementTree as ET
+import zlib
 
 import numpy as np
 import pytest
@@ -137,10 +138,61 @@ def test_html_renders_in_headless_chromium(tmp_path):
            "--window-size=900,1200", page.as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file() and shot.stat().st_size > 5000
-    # the screenshot is not blank: the coloured boxes show up as non-white pixels
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = decode_png(shot.read_bytes())
+    # the boxes really are drawn: each node colour covers a visible area of the screenshot
+    for style in ("float", "fake_quant", "ir_only"):
+        fill = tuple(int(STYLES_FILL[style][i:i + 2], 16) for i in (1, 3, 5))
+        count = int(np.all(pixels[..., :3] == fill, axis=-1).sum())
+        assert count > 500, (style, count)
     dom = subprocess.run(cmd[:-3] + ["--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120, check=False).stdout
     assert dom.count('class="node ') == len(branchy_graph().nodes) + 3  # + 1 input, 2 outputs
-    os.sync()
+
+
+STYLES_FILL = {k: v[0] for k, v in draw.STYLES.items()}
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A minimal PNG decoder (8-bit RGB/RGBA, non-interlaced) -> array [h, w, channels]."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, header
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    out = np.zeros((height, stride), np.uint8)
+    prev = np.zeros(stride, np.int32)
+    for y in range(height):
+        ftype = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int32)
+        if ftype == 0:
+            cur = line
+        elif ftype == 2:
+            cur = (line + prev) & 0xFF
+        else:  # Sub, Average, Paeth depend on the reconstructed left pixel: go byte by byte
+            cur = np.zeros(stride, np.int32)
+            for x in range(stride):
+                a = cur[x - bpp] if x >= bpp else 0
+                b = prev[x]
+                c = prev[x - bpp] if x >= bpp else 0
+                if ftype == 1:
+                    pred = a
+                elif ftype == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[x] = (line[x] + pred) & 0xFF
+        out[y] = cur
+        prev = cur
+    return out.reshape(height, width, bpp)
