@@ -214,6 +214,32 @@ def _lower_fake_quant(g: Graph) -> None:
     g.toposort()
     _check_int8_region(g)
     _relax_saturated_clamps(g)
+    _warn_xnnpack_ratios(g)
+
+
+# (op, lowest, highest) scale ratio XNNPACK's int8 kernels accept (params-init asserts)
+_XNN_RATIO = {"ADD": (2.0**-10, 2.0**8), "SUB": (2.0**-10, 2.0**8), "MUL": (2.0**-16, 2.0**8),
+              "LEAKY_RELU": (2.0**-8, 2.0**7)}
+
+
+def _warn_xnnpack_ratios(g: Graph) -> None:
+    """Warn (naming the nodes) where the ranges put an op outside XNNPACK's scale limits:
+    XNNPACK then leaves it to LiteRT's builtin kernel, which for ADD/SUB with extreme
+    ratios was measured to overflow."""
+    bad = []
+    for node in g.nodes:
+        if node.op not in _XNN_RATIO or node.outputs[0].quant is None:
+            continue
+        so = node.outputs[0].quant.scale[0]
+        ins = [t.quant.scale[0] for t in node.inputs if t is not None and t.quant is not None]
+        ratios = [ins[0] * ins[1] / so] if node.op == "MUL" and len(ins) == 2 else \
+            [s / so for s in ins]
+        lo, hi = _XNN_RATIO[node.op]
+        if any(not lo <= r < hi for r in ratios):
+            bad.append(f"{node.name!r} ({node.op}, ratio {max(ratios, key=lambda r: abs(np.log2(r))):.3g})")
+    if bad:
+        warnings.warn("scale ratios outside XNNPACK's limits, these nodes will run on LiteRT's "
+                      f"builtin kernels: {', '.join(bad)}", stacklevel=3)
 
 
 def _relax_saturated_clamps(g: Graph) -> None:

@@ -3,9 +3,11 @@
 Each kernel takes ``(node, xs, mode)``: the lowered node, its input values
 (int8/int32 numpy arrays, ``None`` for an absent input) and ``mode`` —
 ``"reference"`` (LiteRT ``BUILTIN_REF``: gemmlowp double rounding, float
-round-half-away FC) or ``"xnnpack"`` (the default resolver: XNNPACK fp32
-requantization where XNNPACK takes the op, LiteRT's optimized kernel where it
-does not). It returns the int8 output.
+round-half-away FC) or ``"xnnpack"`` (the default resolver: XNNPACK's
+arithmetic where XNNPACK takes the op, LiteRT's optimized kernel where it does
+not, including the scale ratios XNNPACK refuses: ADD/SUB outside [2^-10, 2^8),
+MUL outside [2^-16, 2^8), LEAKY_RELU/QUANTIZE outside [2^-8, 2^7]). It returns
+the int8 output.
 """
 
 from __future__ import annotations
@@ -161,10 +163,9 @@ def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = _act(node)
     a = xs[0].astype(np.int64) - z1
     b = xs[1].astype(np.int64) - z2
-    if mode == "xnnpack":
-        rb = np.float32(s2) / np.float32(so)
-        return xnn_add(a, b, np.float32(s1) / np.float32(so), -rb if node.op == "SUB" else rb,
-                       zo, lo, hi)
+    ra, rb = np.float32(s1) / np.float32(so), np.float32(s2) / np.float32(so)
+    if mode == "xnnpack" and all(2.0**-10 <= r < 2.0**8 for r in (ra, rb)):
+        return xnn_add(a, b, ra, -rb if node.op == "SUB" else rb, zo, lo, hi)
     (m1, e1), (m2, e2), (mo, eo) = _add_params(s1, s2, so)
     sa = mbqm(a << 20, m1, e1)
     sb = mbqm(b << 20, m2, e2)
@@ -188,8 +189,8 @@ def mul(node: Node, xs: list, mode: str) -> np.ndarray:
     (s1, z1), (s2, z2), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
     lo, hi = _act(node)
     prod = (xs[0].astype(np.int64) - z1) * (xs[1].astype(np.int64) - z2)
-    if mode == "xnnpack":
-        scale = np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)
+    scale = np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)
+    if mode == "xnnpack" and 2.0**-16 <= scale < 2.0**8:
         return fp32_requant(prod, scale, zo, lo, hi).astype(np.int8)
     qm, sh = quantize_multiplier(float(np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)))
     return np.clip(mbqm(prod, qm, sh) + zo, lo, hi).astype(np.int8)
@@ -242,9 +243,9 @@ def leaky_relu(node: Node, xs: list, mode: str) -> np.ndarray:
     m_alpha = quantize_multiplier(float(np.float32(np.float32(si) * alpha) / np.float32(so)))
     m_id = quantize_multiplier(float(np.float32(si) / np.float32(so)))
     v = xs[0].astype(np.int64) - zi
-    if mode == "xnnpack":
-        pos = np.float32(si) / np.float32(so)
-        neg = np.float32(pos * alpha)
+    pos = np.float32(si) / np.float32(so)
+    neg = np.float32(pos * alpha)
+    if mode == "xnnpack" and xnn_cvt_ok(pos) and 2.0**-8 <= abs(neg) <= 2.0**7:
         y = np.where(v >= 0, xnn_mul8(v, pos, zo), xnn_mul8(v, neg, zo))
         return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
     y = np.where(v >= 0, mbqm(v, *m_id), mbqm(v, *m_alpha)) + zo

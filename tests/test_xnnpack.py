@@ -30,12 +30,13 @@ XNNPACK_INT8 = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("io", ["int8", "float"])
-def test_xnnpack_takes_every_supported_node(case, io):
+def test_xnnpack_takes_every_supported_node(case, io, recwarn):
     qb = QB(seed=3)
     g = qb.output(CASES[case](qb))
     cover = xnnpack_coverage(to_tflite(g, io=io))
     rejected = [op for op, taken in cover if op in XNNPACK_INT8 and not taken]
     assert not rejected, f"XNNPACK rejected {rejected} in {cover}"
+    assert not [w for w in recwarn if "XNNPACK" in str(w.message)]
 
 
 def test_coverage_reports_builtin_nodes():
@@ -57,3 +58,14 @@ def test_float_model_fully_delegated():
     y = qb.op("CONV_2D", [x, w, b], {"padding": "SAME", "fused_activation": "RELU6"})
     g = qb.output(qb.op("MEAN", [y], {"axis": [1, 2], "keep_dims": False}))
     assert all(taken for _, taken in xnnpack_coverage(to_tflite(g)))
+
+
+def test_out_of_range_scale_ratio_is_reported():
+    """XNNPACK refuses ADD when in/out scale ratios leave [2^-10, 2^8); lowering says so."""
+    qb = QB(seed=1)
+    x = qb.input("x", [1, 64], -300, 300)
+    y = qb.input("y", [1, 64], -1, 1)
+    g = qb.output(qb.op("ADD", [x, y], None, (-0.5, 0.5)))
+    with pytest.warns(UserWarning, match=r"'add' \(ADD, ratio 600\)"):
+        buf = to_tflite(g)
+    assert xnnpack_coverage(buf) == [("ADD", False)]
