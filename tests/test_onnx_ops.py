@@ -582,3 +582,23 @@ def test_shape_and_size_of_constants_fold():
     b.output("y")
     g = compare_with_ort(b.model(), {"x": rnd(2, 3)})
     assert sorted(ops_of(g)) == ["ADD", "MUL"]
+
+
+@pytest.mark.parametrize("op,ir", [("Exp", "EXP"), ("Abs", "ABS"), ("Neg", "NEG"),
+                                   ("Sqrt", "SQRT")])
+def test_other_unary_ops(op, ir):
+    m = single_op_model(op, [[2, 3, 4]])
+    x = rnd(2, 3, 4)
+    g = compare_with_ort(m, {"x0": np.abs(x) + 0.1 if op == "Sqrt" else x})
+    assert ops_of(g) == [ir]
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2), st.integers(0, 2),
+       st.integers(0, 1), st.integers(2, 6))
+def test_conv_transpose_matches_onnxruntime(k, s, p0, p1, op_h, size):
+    out_pad = [min(op_h, s - 1), 0]
+    pads = [min(p0, k - 1), min(p1, k - 1), min(p1, k - 1), min(p0, k - 1)]
+    m = single_op_model("ConvTranspose", [[1, 2, size, size + 1]], [rnd(2, 3, k, k), rnd(3)],
+                        kernel_shape=[k, k], strides=[s, s], pads=pads, output_padding=out_pad)
+    compare_with_ort(m, {"x0": rnd(1, 2, size, size + 1)})
