@@ -44,18 +44,30 @@ def check_size(nbytes: int) -> None:
                           "without offset buffers are limited to 2 GiB")
 
 
-def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, **opts: Any) -> bytes:
+def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
+              offset_buffers: bool | None = None, **opts: Any) -> bytes:
     """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
 
     A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
     ``io`` edges ("int8", "float" or "uint8"); a float graph becomes a float32
     model. Dynamic dims of size ``None`` become ``batch_size``.
+    ``offset_buffers``: put constant data after the flatbuffer, addressed by
+    each Buffer's ``offset``/``size`` (the schema's layout for models over 2 GB);
+    ``None`` chooses it only when the constants do not fit in 2 GB.
     """
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
     g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
     _fix_batch(g, batch_size)
-    return _Writer(g).build()
+    return _Writer(g).build(offset_buffers)
+
+
+def _align16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def _raw(arr: np.ndarray) -> bytes:
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def _fix_batch(g: Graph, batch_size: int) -> None:
@@ -115,25 +127,53 @@ class _Writer:
             self.tensor(t)
 
     # -------------------------------------------------------------- assembly
-    def build(self) -> bytes:
+    def build(self, offset_buffers: bool | None = None) -> bytes:
         self.collect()
         data_bytes = sum(int(b.nbytes) for b in self.buffers if b is not None)
-        check_size(data_bytes + 64 * len(self.tensors) + 1024)
+        if offset_buffers is None:
+            offset_buffers = data_bytes + 64 * len(self.tensors) + 1024 > MAX_FLATBUFFER
+        if not offset_buffers:
+            check_size(data_bytes + 64 * len(self.tensors) + 1024)
         codes = sorted({(op.code, op.version) for op in self.ops})
-        code_index = {c: i for i, c in enumerate(codes)}
         runtime = min_runtime_version(set(codes))
-        meta_buf = len(self.buffers)
+        self.meta_buf = len(self.buffers)
         self.buffers.append(np.frombuffer(runtime.encode().ljust(16, b"\0"), np.uint8))
+        if not offset_buffers:
+            out = self._serialize(codes, None)
+            check_size(len(out))
+            return out
+        # Offsets do not change the layout (every offset field is present), so one pass
+        # with placeholders gives the flatbuffer's size, a second one the real offsets.
+        big = [i for i, a in enumerate(self.buffers) if a is not None and i != self.meta_buf]
+        size = len(self._serialize(codes, {i: (2, 2) for i in big}))
+        locs, pos = {}, _align16(size)
+        for i in big:
+            locs[i] = (pos, int(self.buffers[i].nbytes))
+            pos = _align16(pos + int(self.buffers[i].nbytes))
+        head = self._serialize(codes, locs)
+        check_size(len(head))
+        parts = [head]
+        for i in big:
+            parts.append(b"\0" * (locs[i][0] - sum(len(p) for p in parts)))
+            parts.append(_raw(self.buffers[i]))
+        return b"".join(parts)
 
-        b = flatbuffers.Builder(max(1024, data_bytes + 4096))
-        buffers = [self._write_buffer(b, arr) for arr in self.buffers]
+    def _serialize(self, codes: list[tuple[str, int]],
+                   offsets: dict[int, tuple[int, int]] | None) -> bytes:
+        """The flatbuffer; buffers listed in ``offsets`` get (offset, size) instead of data."""
+        code_index = {c: i for i, c in enumerate(codes)}
+        inline = sum(int(a.nbytes) for i, a in enumerate(self.buffers)
+                     if a is not None and not (offsets and i in offsets))
+        b = flatbuffers.Builder(max(1024, inline + 4096))
+        buffers = [self._write_buffer(b, None, offsets[i]) if offsets and i in offsets
+                   else self._write_buffer(b, arr) for i, arr in enumerate(self.buffers)]
         tensors = [self._write_tensor(b, *t) for t in self.tensors]
         operators = [self._write_operator(b, op, code_index[(op.code, op.version)])
                      for op in self.ops]
         subgraph = self._write_subgraph(b, tensors, operators)
         opcodes = [self._write_opcode(b, code, version) for code, version in codes]
         signature = self._write_signature(b)
-        metadata = self._write_metadata(b, "min_runtime_version", meta_buf)
+        metadata = self._write_metadata(b, "min_runtime_version", self.meta_buf)
         desc = b.CreateString("qatir")
 
         M = _mod("Model")
@@ -150,9 +190,7 @@ class _Writer:
         M.ModelAddMetadata(b, vecs["Metadata"])
         M.ModelAddSignatureDefs(b, vecs["SignatureDefs"])
         b.Finish(M.ModelEnd(b), file_identifier=b"TFL3")
-        out = bytes(b.Output())
-        check_size(len(out))
-        return out
+        return bytes(b.Output())
 
     @staticmethod
     def _table_vector(b: flatbuffers.Builder, module: str, field: str, items: list[int]) -> int:
@@ -164,11 +202,12 @@ class _Writer:
         return b.EndVector()
 
     @staticmethod
-    def _write_buffer(b: flatbuffers.Builder, arr: np.ndarray | None) -> int:
+    def _write_buffer(b: flatbuffers.Builder, arr: np.ndarray | None,
+                      location: tuple[int, int] | None = None) -> int:
         B = _mod("Buffer")
         data = None
         if arr is not None:
-            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            raw = _raw(arr)
             b.StartVector(1, len(raw), 16)
             b.head = b.head - len(raw)
             b.Bytes[b.head:b.head + len(raw)] = raw
@@ -176,6 +215,9 @@ class _Writer:
         B.BufferStart(b)
         if data is not None:
             B.BufferAddData(b, data)
+        if location is not None:
+            B.BufferAddOffset(b, location[0])
+            B.BufferAddSize(b, location[1])
         return B.BufferEnd(b)
 
     @staticmethod

@@ -217,3 +217,25 @@ def test_dynamic_spatial_dims_refused():
     g = qb.output(qb.op("RELU", [x]))
     with pytest.raises(ExportError, match="dynamic non-batch dims"):
         to_tflite(g)
+
+
+def test_offset_buffers_layout_runs_in_litert():
+    """The >2 GB layout (data after the flatbuffer, Buffer.offset/size), forced on a small model."""
+    from tests.qbuild import int8_feed
+
+    g = _graph("graph_unet")
+    inline, offset = to_tflite(g), to_tflite(g, offset_buffers=True)
+    m = _model(offset)
+    n_off = 0
+    for i in range(1, m.BuffersLength()):
+        b = m.Buffers(i)
+        if b.Offset() > 1:
+            n_off += 1
+            assert b.DataLength() == 0 and b.Offset() % 16 == 0
+            assert b.Offset() + b.Size() <= len(offset)
+    assert n_off >= 6
+    feeds = int8_feed(g)
+    for ref in (True, False):
+        a, _ = litert_run(inline, feeds, ref)
+        b, _ = litert_run(offset, feeds, ref)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
