@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qatir.errors import NumericsError
 from qatir.ir import Graph
 from qatir.patterns import AnyValue, Const, Match, Op, Rewriter, Rule, RuleTable, apply_rules
 from qatir.pipeline import PassContext, register_pass
@@ -22,8 +23,22 @@ _BN_INPUTS = (Const("gamma"), Const("beta"), Const("mean"), Const("var"))
 def bn_scale_shift(m: Match) -> tuple[np.ndarray, np.ndarray]:
     """(s, t) in float64 with BN(x) = x·s + t."""
     gamma, beta, mean, var = (m[k].data.astype(np.float64) for k in ("gamma", "beta", "mean", "var"))
-    s = gamma / np.sqrt(var + float(m.root.attrs["epsilon"]))
-    return s, beta - mean * s
+    with np.errstate(all="ignore"):
+        s = gamma / np.sqrt(var + float(m.root.attrs["epsilon"]))
+        t = beta - mean * s
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))):
+        raise NumericsError(f"batch norm {m.root.name!r}: {_non_finite_reason(m)}")
+    return s, t
+
+
+def _non_finite_reason(m: Match) -> str:
+    """Which parameter makes the folded scale/shift NaN or Inf."""
+    bad = [f"%{m[k].name}" for k in ("gamma", "beta", "mean", "var")
+           if not np.all(np.isfinite(m[k].data))]
+    if bad:
+        return f"{', '.join(bad)} hold(s) NaN or Inf"
+    return (f"%{m['var'].name} + epsilon is not positive everywhere, or the folded scale "
+            "overflows; the scale/shift would be NaN or Inf")
 
 
 def _check_fold(m: Match) -> str | None:

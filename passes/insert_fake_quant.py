@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from qatir.errors import NumericsError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
@@ -152,6 +153,15 @@ def set_quant(nodes: list[Node]) -> None:
         n.outputs[0].quant = cache[key]
 
 
+def check_finite(node: Node, t: Tensor) -> None:
+    """A float constant a quantized node reads must be finite: NaN/Inf has no int8 (or int32) value."""
+    bad = ~np.isfinite(t.data)
+    if np.any(bad):
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise NumericsError(f"node {node.name!r}: constant %{t.name} holds {int(bad.sum())} NaN/Inf "
+                            f"value(s) (first at index {list(first)}: {t.data[first]})")
+
+
 def _fq_after(t: Tensor) -> Node | None:
     uses = t.uses
     if len(uses) == 1 and uses[0][0].op == "FAKE_QUANT" and uses[0][1] == 0:
@@ -185,6 +195,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             if not _is_float(t):
                 continue
             if t.is_const:
+                check_finite(node, t)
                 if node.op in weight_ops and i == 2:
                     continue  # bias: stays float, int32 at export
                 axis = table.weight_axis(node.op) if node.op in weight_ops and i == 1 else None

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -262,6 +263,29 @@ def _emit_dump(graph: Graph, index: int, name: str, out: TextIO | str | os.PathL
         (folder / f"{index:02d}_{name}.txt").write_text(text)
 
 
+@cache
+def _pass_error_class(cls: type[QatirError]) -> type[PassError]:
+    """``PassError`` combined with the QatirError subclass a pass raised (e.g. NumericsError)."""
+
+    def init(self: Exception, msg: str) -> None:
+        Exception.__init__(self, msg)
+
+    return type(f"Pass{cls.__name__}", (PassError, cls), {"__init__": init,
+                                                          "__module__": __name__})
+
+
+def pass_error(e: BaseException, msg: str) -> PassError:
+    """The PassError for an exception raised inside a pass.
+
+    A :class:`QatirError` subclass raised by the pass is kept: the result is an
+    instance of both PassError and that class, so ``except NumericsError`` (say)
+    still catches a NaN found by a pass, and the message names the pass.
+    """
+    if isinstance(e, QatirError) and not isinstance(e, PassError) and type(e) is not QatirError:
+        return _pass_error_class(type(e))(msg)
+    return PassError(msg)
+
+
 def run_pipeline(graph: Graph, passes: str | Sequence[str] | None = None, *, table: Any = None,
                  verify: bool = True, print_ir_after: str | Iterable[str] | None = None,
                  ir_out: TextIO | str | os.PathLike | None = None, trace: Any = False,
@@ -288,15 +312,15 @@ def run_pipeline(graph: Graph, passes: str | Sequence[str] | None = None, *, tab
         try:
             modified = bool(info.fn(graph, ctx))
         except Exception as e:
-            raise PassError(f"pass {info.name!r} failed: {type(e).__name__}: {e} "
-                            f"(passes run before it: {done or 'none'})") from e
+            raise pass_error(e, f"pass {info.name!r} failed: {type(e).__name__}: {e} "
+                                f"(passes run before it: {done or 'none'})") from e
         t1 = time.perf_counter()
         if verify:
             try:
                 graph.verify()
             except Exception as e:
-                raise PassError(f"verifier failed after pass {info.name!r}: {e} "
-                                f"(passes run before it: {done or 'none'})") from e
+                raise pass_error(e, f"verifier failed after pass {info.name!r}: {e} "
+                                    f"(passes run before it: {done or 'none'})") from e
         t2 = time.perf_counter()
         done.append(info.name)
         report.records.append(PassRecord(info.name, modified, t1 - t0, t2 - t1, len(graph.nodes)))
