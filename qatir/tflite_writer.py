@@ -7,7 +7,10 @@ constant data 16-byte aligned (the generated Python ignores ``force_align``,
 so the vectors are started by hand), both op-code fields, op versions from
 :mod:`qatir.tflite_writer_ops`, ``min_runtime_version`` metadata (a 16-byte
 buffer) and one SignatureDef ``serving_default`` with the graph's input and
-output names.
+output names. Constants that do not fit in 2 GB are written after the
+flatbuffer and addressed by ``Buffer.offset``/``size`` (16-byte aligned), the
+schema's layout for large models; a flatbuffer that would still exceed 2 GB is
+refused by :func:`check_size` with the size in the message.
 """
 
 from __future__ import annotations
