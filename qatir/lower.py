@@ -481,6 +481,13 @@ def _check_int8_region(g: Graph) -> None:
     if no_kernel:
         raise ExportError("no int8 kernel (qatir writer + integer reference) for node(s) "
                           f"{', '.join(no_kernel)}; keep them out of the quantized region")
+    bad_act = [f"{n.name!r} ({n.op}, {n.attrs['fused_activation']})" for n in g.nodes
+               if n.attrs.get("fused_activation", "NONE") != "NONE"
+               and (n.attrs["fused_activation"] == "TANH" or n.op == "CONCATENATION")
+               and any(t is not None and t.dtype == np.int8 for t in n.inputs)]
+    if bad_act:
+        raise ExportError(f"fused activation without an int8 kernel on {', '.join(bad_act)}; "
+                          "use a separate activation op")
     for node in g.nodes:
         ins = list(node.inputs)
         if node.op in WEIGHT_OPS:

@@ -199,3 +199,11 @@ def test_saturated_relu6_bound_is_dropped():
     acts = [n.attrs["fused_activation"] for n in lower(g).nodes if n.op == "CONV_2D"]
     assert acts == ["RELU", "RELU6"]
     assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+def test_refuses_fused_activation_without_int8_kernel():
+    qb = QB()
+    x = qb.input("x", [1, 4], -1, 1)
+    g = qb.output(qb.op("ADD", [x, x], {"fused_activation": "TANH"}, (-1, 1)))
+    with pytest.raises(ExportError, match=r"'add' \(ADD, TANH\)"):
+        lower(g)
