@@ -150,3 +150,13 @@ def test_absurd_rank_is_refused_quickly(tmp_path):
     with pytest.raises(ShapeError, match="rank"):
         qatir.load(path)
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_input_shapes_may_leave_dims_dynamic_and_rejects_junk(tmp_path):
+    path = save(resnet_like(), tmp_path / "r.onnx")
+    g = qatir.load(path, input_shapes={"input": [None, 3, 32, 32]})
+    assert g.inputs[0].shape == (None, 32, 32, 3)
+    g = qatir.load(path, input_shapes={"input": [-1, 3, 32, 32]})
+    assert g.inputs[0].shape == (None, 32, 32, 3)
+    with pytest.raises(QatirError, match="not a list of ints"):
+        qatir.load(path, input_shapes={"input": ["a", 3, 32, 32]})

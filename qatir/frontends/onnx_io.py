@@ -124,15 +124,21 @@ def apply_input_shapes(path: str, declared: dict[str, list[int | None]],
             raise QatirError(f"{path}: input_shapes names {name!r}, which is not a graph input "
                              f"(inputs: {', '.join(sorted(declared)) or 'none'})")
         old = declared[name]
-        shape = [int(d) for d in shape]
+        try:
+            shape = [None if d is None or int(d) == -1 else int(d) for d in shape]
+        except (TypeError, ValueError):
+            raise QatirError(f"{path}: input_shapes[{name!r}] = {shape!r} is not a list of "
+                             "ints") from None
         if old and len(old) != len(shape):
             raise ShapeError(f"{path}: input_shapes[{name!r}] = {shape} has rank {len(shape)}, "
                              f"the model declares rank {len(old)} ({old})")
-        for d_old, d_new in zip(old, shape):
-            if d_new <= 0 or (d_old is not None and d_old != d_new):
+        merged = []
+        for d_old, d_new in zip(old or [None] * len(shape), shape):
+            if d_new is not None and (d_new <= 0 or (d_old is not None and d_old != d_new)):
                 raise ShapeError(f"{path}: input_shapes[{name!r}] = {shape} conflicts with the "
                                  f"declared shape {old}")
-        declared[name] = shape
+            merged.append(d_old if d_new is None else d_new)
+        declared[name] = merged
 
 
 def topo_order(nodes: Sequence[Any], known: set[str], path: str) -> list[int]:
