@@ -34,9 +34,11 @@ class OnnxBuilder:
         self._n += 1
         return f"{base}_{self._n}"
 
-    def input(self, name: str, shape: Sequence[int | str | None],
+    def input(self, name: str, shape: Sequence[int | str | None] | None,
               dtype: int = TensorProto.FLOAT) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
+        """Add a graph input; ``shape=None`` declares no shape (unknown rank)."""
+        self.inputs.append(helper.make_tensor_value_info(
+            name, dtype, None if shape is None else list(shape)))
         return name
 
     def output(self, name: str, shape: Sequence[int | str | None] | None = None,

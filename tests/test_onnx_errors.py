@@ -160,3 +160,12 @@ def test_input_shapes_may_leave_dims_dynamic_and_rejects_junk(tmp_path):
     assert g.inputs[0].shape == (None, 32, 32, 3)
     with pytest.raises(QatirError, match="not a list of ints"):
         qatir.load(path, input_shapes={"input": ["a", 3, 32, 32]})
+
+
+def test_input_without_declared_shape_needs_input_shapes(tmp_path):
+    m = single_op_model("Relu", [None])
+    path = save(m, tmp_path / "noshape.onnx")
+    with pytest.raises(ShapeError, match="'x0' declares no shape"):
+        qatir.load(path)
+    g = qatir.load(path, input_shapes={"x0": [2, 3, 4, 5]})
+    assert g.inputs[0].shape == (2, 4, 5, 3)

@@ -110,7 +110,7 @@ def _load_initializers(ctx: Ctx, onnx_graph: Any) -> set[str]:
 def _add_inputs(ctx: Ctx, onnx_graph: Any, inits: set[str],
                 input_shapes: Mapping[str, Sequence[int]] | None) -> None:
     """Graph inputs (not initializers); 4-D ones become NHWC with source layout NCHW."""
-    declared: dict[str, list[int | None]] = {}
+    declared: dict[str, list[int | None] | None] = {}
     dtypes: dict[str, np.dtype] = {}
     for vi in onnx_graph.input:
         if vi.name in inits:
@@ -121,8 +121,12 @@ def _add_inputs(ctx: Ctx, onnx_graph: Any, inits: set[str],
             raise ModelFormatError(f"{ctx.path}: graph input {vi.name!r} is not a tensor")
         declared[vi.name], dtypes[vi.name] = value_info_shape(vi)
     apply_input_shapes(ctx.path, declared, input_shapes)
-    ctx.graph.metadata["source_inputs"] = {n: list(s) for n, s in declared.items()}
+    ctx.graph.metadata["source_inputs"] = {n: None if s is None else list(s)
+                                           for n, s in declared.items()}
     for name, shape in declared.items():
+        if shape is None:
+            raise ShapeError(f"{ctx.path}: graph input {name!r} declares no shape; give it "
+                             "with input_shapes=")
         perm = channel_last(4) if len(shape) == 4 else ident(len(shape))
         ir_shape = [shape[p] for p in perm]
         t = ctx.graph.add_input(name, ir_shape, dtypes[name],

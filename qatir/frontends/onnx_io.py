@@ -90,8 +90,8 @@ def tensor_to_array(proto: Any, where: str) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
 
-def value_info_shape(vi: Any) -> tuple[list[int | None], np.dtype]:
-    """Declared shape (None for symbolic/missing dims) and dtype of a graph input."""
+def value_info_shape(vi: Any) -> tuple[list[int | None] | None, np.dtype]:
+    """Declared shape (None for symbolic/missing dims; None if the rank is unknown) and dtype."""
     from onnx import helper
 
     tt = vi.type.tensor_type
@@ -103,6 +103,8 @@ def value_info_shape(vi: Any) -> tuple[list[int | None], np.dtype]:
     if len(tt.shape.dim) > MAX_RANK:
         raise ModelFormatError(f"graph input {vi.name!r} has rank {len(tt.shape.dim)} "
                                f"(more than {MAX_RANK})")
+    if not tt.HasField("shape"):
+        return None, dtype
     dims: list[int | None] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
@@ -114,7 +116,7 @@ def value_info_shape(vi: Any) -> tuple[list[int | None], np.dtype]:
     return dims, dtype
 
 
-def apply_input_shapes(path: str, declared: dict[str, list[int | None]],
+def apply_input_shapes(path: str, declared: dict[str, list[int | None] | None],
                        input_shapes: Mapping[str, Sequence[int]] | None) -> None:
     """Fix dynamic dims from ``input_shapes`` (source layout), checking names and ranks."""
     if not input_shapes:
@@ -129,11 +131,11 @@ def apply_input_shapes(path: str, declared: dict[str, list[int | None]],
         except (TypeError, ValueError):
             raise QatirError(f"{path}: input_shapes[{name!r}] = {shape!r} is not a list of "
                              "ints") from None
-        if old and len(old) != len(shape):
+        if old is not None and len(old) != len(shape):
             raise ShapeError(f"{path}: input_shapes[{name!r}] = {shape} has rank {len(shape)}, "
                              f"the model declares rank {len(old)} ({old})")
         merged = []
-        for d_old, d_new in zip(old or [None] * len(shape), shape):
+        for d_old, d_new in zip([None] * len(shape) if old is None else old, shape):
             if d_new is not None and (d_new <= 0 or (d_old is not None and d_old != d_new)):
                 raise ShapeError(f"{path}: input_shapes[{name!r}] = {shape} conflicts with the "
                                  f"declared shape {old}")
