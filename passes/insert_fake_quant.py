@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from qatir.errors import NumericsError
+from qatir.errors import NumericsError, TableError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
@@ -162,6 +162,27 @@ def check_finite(node: Node, t: Tensor) -> None:
                             f"value(s) (first at index {list(first)}: {t.data[first]})")
 
 
+def check_table_dtypes(table: Table, node: Node) -> None:
+    """Refuse a table entry that asks for fake-quant on an integer tensor (indices, shapes).
+
+    An integer tensor that already carries quantization parameters (an imported int8
+    model) is not a table mistake and is left alone.
+    """
+    weight_ops = table.weights["ops"]
+    if node.op in weight_ops and len(node.inputs) > 1:
+        w = node.inputs[1]
+        if w is not None and w.dtype.kind in "iub" and w.quant is None:
+            raise TableError(f"{table.source}: weights.ops: {node.op!r} is listed, but input 1 of "
+                             f"node {node.name!r} (%{w.name}) is {w.dtype}; fake-quant needs "
+                             "a float tensor")
+    if node.op in table.fixed_output:
+        for out in node.outputs:
+            if out.dtype.kind in "iub":
+                raise TableError(f"{table.source}: constraints.fixed_output.{node.op}: output "
+                                 f"%{out.name} of node {node.name!r} is {out.dtype}; a fixed "
+                                 "output range needs a float tensor")
+
+
 def _fq_after(t: Tensor) -> Node | None:
     uses = t.uses
     if len(uses) == 1 and uses[0][0].op == "FAKE_QUANT" and uses[0][1] == 0:
@@ -187,10 +208,13 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             quantized[id(node.output)] = node.output
             continue
         if not _needs_quant(node):
+            if node.op not in SKIP_OPS and table.is_quantized(node):
+                check_table_dtypes(table, node)
             continue
         if not table.is_quantized(node):
             float_nodes.append(node.name)
             continue
+        check_table_dtypes(table, node)
         for i, t in enumerate(node.inputs):
             if not _is_float(t):
                 continue

@@ -263,6 +263,18 @@ def _emit_dump(graph: Graph, index: int, name: str, out: TextIO | str | os.PathL
         (folder / f"{index:02d}_{name}.txt").write_text(text)
 
 
+def _modified(result: Any) -> bool:
+    """A pass returns whether it changed the graph; returning a graph is a plug-in mistake.
+
+    Passes edit the graph they are given in place; a returned Graph would be silently
+    dropped, so it is refused rather than ignored.
+    """
+    if isinstance(result, Graph):
+        raise QatirError("returned a Graph; a pass edits the graph it is given in place and "
+                         "returns True/False (modified)")
+    return bool(result)
+
+
 @cache
 def _pass_error_class(cls: type[QatirError]) -> type[PassError]:
     """``PassError`` combined with the QatirError subclass a pass raised (e.g. NumericsError)."""
@@ -310,7 +322,7 @@ def run_pipeline(graph: Graph, passes: str | Sequence[str] | None = None, *, tab
         ctx.pass_name = info.name
         t0 = time.perf_counter()
         try:
-            modified = bool(info.fn(graph, ctx))
+            modified = _modified(info.fn(graph, ctx))
         except Exception as e:
             raise pass_error(e, f"pass {info.name!r} failed: {type(e).__name__}: {e} "
                                 f"(passes run before it: {done or 'none'})") from e
