@@ -68,6 +68,30 @@ def _load(model: str, input_shape: Sequence[str]):
     return qatir.load(model, input_shapes=shapes or None)
 
 
+def import_tensorflow_quietly(debug: bool = False) -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA stubs) sent to /dev/null.
+
+    TensorFlow prints those lines before its logging can be configured, whatever
+    TF_CPP_MIN_LOG_LEVEL says. Python exceptions from the import still surface.
+    With --debug / QATIR_DEBUG nothing is hidden.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    root = click.get_current_context(silent=True)
+    debug = debug or bool(root and root.find_root().params.get("debug"))
+    if debug or "tensorflow" in sys.modules or os.environ.get("QATIR_DEBUG", "") not in ("", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 shape_option = click.option(
     "--input-shape", "input_shape", multiple=True, metavar="NAME=D1,D2,...",
@@ -165,6 +189,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
     from qatir.compile import CompileOptions, compile_model
 
     require_file(model)
+    import_tensorflow_quietly(debug)
     for extra in (calib, train, table):
         if extra:
             require_file(extra, "data" if extra.endswith(".npz") else "input")
@@ -220,6 +245,7 @@ def verify(tflite_model: str, against: str, samples: int, data: str | None, reso
     require_file(against)
     if data:
         require_file(data, "data")
+    import_tensorflow_quietly(debug)
     result = verify_tflite(tflite_model, against, samples=samples, data=data,
                            resolver=resolver, tolerance_lsb=tolerance)
     click.echo(result.format())
@@ -252,6 +278,7 @@ def bench(model: str | None, input_shape: tuple[str, ...], calib_random: int, re
 
     if model:
         require_file(model)
+    import_tensorflow_quietly(debug)
     click.echo(bench_model(model, parse_input_shapes(input_shape), calib_batches=calib_random,
                            repeat=repeat).format())
 
@@ -267,6 +294,7 @@ def demo(out_dir: str, fast: bool, progress: bool | None, debug: bool) -> None:
     """Train a small CNN on scikit-learn's digits, run QAT, export int8 and run it in LiteRT."""
     from qatir.demo import run_demo
 
+    import_tensorflow_quietly(debug)
     result = run_demo(out_dir, fast=fast, progress=progress,
                       echo=lambda s: click.echo(s))
     click.echo(result.format())

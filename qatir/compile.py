@@ -77,7 +77,7 @@ class CompileSummary:
             f"wrote {self.output}",
             f"  ops:    {sum(self.ops.values())} ({ops})",
             f"  size:   float32 weights {format_size(self.float_bytes)} -> int8 .tflite "
-            f"{format_size(self.tflite_bytes)} ({self.float_bytes / max(self.tflite_bytes, 1):.1f}x smaller)",
+            f"{format_size(self.tflite_bytes)} ({_ratio(self.float_bytes, self.tflite_bytes)})",
             f"  SQNR vs float (same weights) on {self.eval_samples} samples: fake-quant "
             f"{_db(self.sqnr_fake_quant_db)}, int8 in LiteRT {_db(self.sqnr_int8_db)}",
             "  time:   " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items())
@@ -90,7 +90,14 @@ class CompileSummary:
         return "\n".join(lines)
 
 
+def _ratio(before: int, after: int) -> str:
+    if after <= before:
+        return f"{before / max(after, 1):.1f}x smaller"
+    return "larger: the file's fixed overhead outweighs the weights of so small a model"
+
+
 def format_size(n: int) -> str:
+    """Bytes as KiB or MiB."""
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
 
