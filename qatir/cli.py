@@ -52,6 +52,13 @@ def require_file(path: str, what: str = "model") -> str:
     return path
 
 
+def check_output_dir(*paths: str | None) -> None:
+    """Fail before any work when an output's directory does not exist."""
+    for path in paths:
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageProblem(f"{path}: directory {Path(path).parent} does not exist")
+
+
 def write_output(path: str, data: bytes | str, *inputs: str | None) -> None:
     """Write atomically; refuse to overwrite an input; an old file is replaced only on success."""
     from qatir.fileio import atomic_write, check_distinct
@@ -124,6 +131,7 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
     """Print MODEL's IR as text, JSON, an SVG picture or an HTML page."""
     from qatir import draw
 
+    check_output_dir(output)
     graph = _load(model, input_shape)
     before = None
     if after_pass:
@@ -195,6 +203,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
             require_file(extra, "data" if extra.endswith(".npz") else "input")
     if not output.lower().endswith(".tflite"):
         raise UsageProblem(f"-o {output}: the output must end in .tflite")
+    check_output_dir(output, save_ir)
     from qatir.fileio import check_distinct
 
     check_distinct(output, model, calib, train, table)

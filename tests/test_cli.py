@@ -134,6 +134,9 @@ def test_passes_lists_registries(capsys):
     (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--passes", "no_such_pass",
       "--calib-random", "1"], "unknown pass 'no_such_pass'"),
     (["dump", "{tiny}", "--format", "png"], "'png' is not one of"),
+    (["compile", "{tiny}", "-o", "{tmp}/no/such/dir/o.tflite"], "does not exist"),
+    (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--table", "{tmp}/missing.toml"],
+     "missing.toml: no such input file"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, tiny, tmp_path, args, needle):
     np.savez(tmp_path / "wrong.npz", images=np.zeros((2, 3, 8, 8), np.float32))
