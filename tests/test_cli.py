@@ -115,6 +115,16 @@ def test_dump_svg_and_after_pass_html(capsys, tiny, tmp_path):
     assert any("FAKE_QUANT" in ln for ln in added)
 
 
+def test_dump_does_not_import_tensorflow(tiny):
+    """`qatir dump` stays fast: the IR, the ONNX frontend and the pictures need no TensorFlow."""
+    code = ("import sys; from qatir.cli import main; "
+            f"rc = main(['dump', {tiny!r}, '--format', 'svg']); "
+            "assert rc == 0; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("<svg")
+
+
 def test_passes_lists_registries(capsys):
     rc, out, _ = run_cli(capsys, "passes")
     assert rc == 0
@@ -254,6 +264,8 @@ def test_compile_float_tflite_model(capsys, tmp_path):
     buf = tf.lite.TFLiteConverter.from_keras_model(keras_model).convert()
     src = tmp_path / "float.tflite"
     src.write_bytes(buf)
+    rc, dumped, _ = run_cli(capsys, "dump", src)
+    assert rc == 0 and "CONV_2D(" in dumped and "FULLY_CONNECTED(" in dumped
     g = qatir.load(src)
     name = g.inputs[0].name
     np.savez(tmp_path / "calib.npz",
