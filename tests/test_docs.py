@@ -56,3 +56,45 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, capsys):
             raise AssertionError(f"{page.name}, block at line {line} failed: "
                                  f"{type(e).__name__}: {e}") from e
     capsys.readouterr()
+
+
+def console_commands(page: Path) -> list[str]:
+    """qatir commands of the console blocks made only of qatir commands (comments dropped)."""
+    out = []
+    for lang, code, _ in blocks(page):
+        if lang != "console":
+            continue
+        joined = code.replace("\\\n", " ")
+        lines = [ln.split("  #")[0].strip() for ln in joined.splitlines() if ln.strip()]
+        if lines and all(ln.startswith("qatir ") for ln in lines):
+            out += lines
+    return out
+
+
+def test_getting_started_shell_commands_run(tmp_path, monkeypatch, capsys):
+    """The shell commands of getting-started.md run as written, on a small model and data."""
+    import shlex
+
+    import numpy as np
+    import onnx
+
+    from qatir.cli import main
+    from qatir.demo import digits_cnn_onnx, load_digits_nchw
+
+    monkeypatch.chdir(tmp_path)
+    onnx.save(digits_cnn_onnx(channels=(8, 8, 8)), "model.onnx")
+    x, y, x_test, _ = load_digits_nchw()
+    np.savez("calib.npz", image=x[:64])
+    np.savez("train.npz", image=x[:256], y=y[:256])
+    np.savez("test.npz", image=x_test[:8])
+    commands = console_commands(DOCS / "getting-started.md")
+    assert len(commands) >= 8, commands
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "bench":
+            argv += ["--repeat", "2"]
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 0, f"{command!r} exited {rc}: {err[-2000:]}"
+    assert Path("model_int8.tflite").is_file() and Path("model.qatir").is_file()
+    assert Path("fold.html").read_text().count("<svg") == 2
