@@ -2,9 +2,10 @@
 
 The README's "Set-up" section holds one ```console block of two lines: the
 main job (install + ``qatir demo``) and the tests (install with the test
-extras + pytest). Both run here against a copy of this checkout in a new
-``python -m venv`` (no system site-packages), so missing dependencies or
-files that only exist in the developer's tree show up. Line 1 runs exactly as
+extras + pytest). Both run here on the committed tree (what a fresh clone
+holds, via ``git archive HEAD``) in a new ``python -m venv`` (no system
+site-packages), so missing dependencies, files that were never committed, or
+a README that drifted from the code show up. Line 1 runs exactly as
 written. Running the whole suite from line 2 would recurse into this test, so
 line 2 runs its install part, then ``pytest --collect-only`` (every test file
 imports in the fresh environment) and one small test file.
@@ -28,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL_TEST_FILE = "tests/test_draw.py"
 
 
-def setup_commands() -> list[str]:
+def setup_commands(root: Path = ROOT) -> list[str]:
     """The two lines of the README's Set-up code block."""
-    text = (ROOT / "README.md").read_text()
+    text = (root / "README.md").read_text()
     section = re.search(r"^## Set-up\s*$(.*?)(?=^## |\Z)", text, re.S | re.M)
     assert section, "README.md has no '## Set-up' section"
     block = re.search(r"^```(?:console|bash|sh|shell)?\n(.*?)^```", section.group(1), re.S | re.M)
@@ -41,22 +42,16 @@ def setup_commands() -> list[str]:
 
 
 def copy_checkout(dest: Path) -> Path:
-    """The files a clone would have: tracked plus untracked-but-not-ignored (git), else all."""
+    """What a fresh clone holds: the committed tree (``git archive HEAD``); without git, a copy."""
     src = dest / "src"
+    archive = dest / "src.tar"
     try:
-        listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                                 capture_output=True, check=True).stdout.decode()
-        files = [f for f in listing.split("\0") if f and (ROOT / f).is_file()]
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), "HEAD"], cwd=ROOT,
+                       capture_output=True, check=True, timeout=120)
     except (OSError, subprocess.CalledProcessError):
-        files = None
-    if files is None:
         shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
             ".git", "__pycache__", "*.egg-info", "build", ".venv", ".pytest_cache"))
         return src
-    archive = dest / "src.tar"
-    with tarfile.open(archive, "w") as tar:
-        for f in files:
-            tar.add(ROOT / f, arcname=f)
     with tarfile.open(archive) as tar:
         tar.extractall(src, filter="data")
     archive.unlink()
@@ -80,8 +75,8 @@ def test_readme_has_two_setup_commands():
 @pytest.mark.skipif(os.environ.get("QATIR_IN_README_VENV") == "1",
                     reason="already inside the README set-up test's virtual environment")
 def test_readme_setup_in_fresh_venv(tmp_path):
-    main_job, tests = setup_commands()
     src = copy_checkout(tmp_path)
+    main_job, tests = setup_commands(src)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
 
