@@ -237,6 +237,9 @@ class Ctx:
              name: str | None = None, suffix: str = "") -> Tensor:
         """Add one IR node; its output tensor is named after the ONNX output (plus suffix)."""
         out = name if name is not None else self.out_name() + suffix
+        inputs = list(inputs)
+        while inputs and inputs[-1] is None:  # an absent optional input (bias) is left out
+            inputs.pop()
         if any(t is not None and t.rank > MAX_RANK for t in inputs):
             raise self.shape_error(f"tensor rank exceeds {MAX_RANK}")
         node = self.graph.add_node(op, inputs, attrs, name=self.node_name + suffix, outputs=[out])
