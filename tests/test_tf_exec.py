@@ -464,3 +464,26 @@ def test_reshape_with_a_baked_batch_follows_the_dynamic_batch(rng):
     g.outputs = [g.add_node("RESHAPE", [x], {"new_shape": [1, 6]}).output]
     xv = rand(rng, 4, 2, 3)
     np.testing.assert_array_equal(qatir.run(g, {"x": xv})[g.outputs[0].name], xv.reshape(4, 6))
+
+
+@pytest.mark.parametrize("lo,hi,narrow", [(-1.0, 1.0, False), (-0.3, 2.9, False), (0.2, 3.0, True),
+                                          (-5.0, -0.5, False)])
+def test_fast_fixed_range_fake_quant_matches_tf_op(rng, lo, hi, narrow):
+    import tensorflow as tf
+
+    from qatir.tf.fake_quant import fake_quant_fixed_range
+
+    x = tf.constant(np.concatenate([4 * rand(rng, 2000), np.linspace(lo - 0.1, hi + 0.1, 997,
+                                                                        dtype=np.float32)]))
+    lo_t, hi_t = tf.constant(np.float32(lo)), tf.constant(np.float32(hi))
+    dy = tf.constant(rand(rng, x.shape[0]))
+    results = []
+    for fn in (lambda v: tf.quantization.fake_quant_with_min_max_vars(v, lo_t, hi_t,
+                                                                      narrow_range=narrow),
+               lambda v: fake_quant_fixed_range(v, lo_t, hi_t, 8, narrow)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        results.append((y.numpy(), tape.gradient(y, x, output_gradients=dy).numpy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])

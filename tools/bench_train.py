@@ -3,7 +3,8 @@
 One run prints, per step (median of timed steps after warm-up, same batch):
 
 - qatir float step of the folded float graph (what QAT trains, without FAKE_QUANT),
-- qatir QAT step of the quantized graph (with and without XLA ``jit_compile``),
+- qatir QAT step of the quantized graph (as ``fit`` runs it; with TF's fake-quant
+  gradient op instead of the fused input-only gradient; optionally XLA ``jit_compile``),
 - tf-keras float step and ``tensorflow_model_optimization`` ``quantize_model`` QAT step
   of the same architecture (needs ``tf-keras`` and ``tensorflow-model-optimization``,
   which are not qatir dependencies; when they are missing the reason is printed).
@@ -47,8 +48,9 @@ def build_onnx(path: str, seed: int = 0) -> None:
     for i, (kind, out, stride, act) in enumerate(LAYERS):
         group = c if kind == "dw" else 1
         w = rng.standard_normal((out, c // group, 3, 3)) * np.sqrt(2.0 / (9 * c // group))
+        pads = [1, 1, 1, 1] if stride == 1 else [0, 0, 1, 1]  # = Keras/TF "same" padding
         nodes.append(helper.make_node("Conv", [x, const(f"w{i}", w)], [f"c{i}"], group=group,
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride] * 2))
+                                      kernel_shape=[3, 3], pads=pads, strides=[stride] * 2))
         bn = [const(f"bn{i}.{k}", v) for k, v in (("g", np.ones(out)), ("b", np.zeros(out)),
                                                   ("m", np.zeros(out)), ("v", np.ones(out)))]
         nodes.append(helper.make_node("BatchNormalization", [f"c{i}", *bn], [f"n{i}"], epsilon=1e-3))
@@ -69,13 +71,15 @@ def build_onnx(path: str, seed: int = 0) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
-def time_steps(steps: dict[str, tuple], n: int, rounds: int = 5, warmup: int = 3,
+def time_steps(steps: dict[str, tuple], n: int, rounds: int | None = None, warmup: int = 3,
                ) -> dict[str, float]:
     """Median seconds per call for each ``label -> (fn, args)``.
 
     The configurations are timed round-robin (``rounds`` x ``n // rounds`` calls
-    each) so background load on a shared machine hits them all alike.
+    each, one call per round by default) so background load on a shared machine
+    hits them all alike.
     """
+    rounds = rounds or n
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn, args in steps.values():
         for _ in range(warmup):
@@ -108,15 +112,17 @@ def qatir_steps(x, y, jit: bool) -> dict[str, tuple]:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     xs, ys = (tf.constant(x),), tf.constant(y)
     out = {}
-    configs = [("qatir float (folded graph)", folded, False), ("qatir QAT", quantized, False)]
+    configs = [("qatir float (folded graph)", folded, False, True),
+               ("qatir QAT", quantized, False, True),
+               ("qatir QAT, TF fake-quant gradient op", quantized, False, False)]
     if jit:
-        configs += [("qatir float, jit_compile", folded, True),
-                    ("qatir QAT, jit_compile", quantized, True)]
-    for label, graph, use_jit in configs:
+        configs += [("qatir float, jit_compile", folded, True, True),
+                    ("qatir QAT, jit_compile", quantized, True, True)]
+    for label, graph, use_jit, fast in configs:
         prog = Program(graph)
         opt = keras.optimizers.Adam(1e-3)
         opt.build(prog.trainable_params)
-        step = make_train_step(prog, loss.call, opt, jit_compile=use_jit)
+        step = make_train_step(prog, loss.call, opt, jit_compile=use_jit, fast_fake_quant=fast)
         try:
             float(step(xs, ys))
         except Exception as e:  # report, keep benchmarking the rest

@@ -94,6 +94,45 @@ def fake_quant(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bo
     return tf.transpose(y, inv)
 
 
+def _nudged_bounds(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool):
+    """TF's Nudge(): the float range a fake-quant op actually represents (float32)."""
+    qmin = 1.0 if narrow else 0.0
+    qmax = float((1 << bits) - 1)
+    scale = (hi - lo) / (qmax - qmin)
+    zp = qmin - lo / scale
+    zp = tf.clip_by_value(tf.sign(zp) * tf.floor(tf.abs(zp) + 0.5), qmin, qmax)
+    return (qmin - zp) * scale, (qmax - zp) * scale
+
+
+@tf.function(jit_compile=True)
+def _xla_input_grad(dy, x, lo, hi, bits, narrow):
+    nmin, nmax = _nudged_bounds(lo, hi, bits, narrow)
+    return tf.where((x >= nmin) & (x <= nmax), dy, tf.zeros_like(dy))
+
+
+def fake_quant_fixed_range(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor, bits: int,
+                           narrow: bool) -> tf.Tensor:
+    """Per-tensor fake quant whose range gets no gradient.
+
+    The forward pass is TF's op; the backward pass is one fused XLA kernel with
+    TF's input gradient (straight-through inside the nudged range). TF's own
+    gradient op also reduces gradients for min and max, which a range that is
+    not learned does not need.
+    """
+    lo, hi = tf.stop_gradient(tf.reshape(lo, [])), tf.stop_gradient(tf.reshape(hi, []))
+
+    @tf.custom_gradient
+    def fq(v):
+        def grad(dy):
+            return _xla_input_grad(dy, v, lo, hi, bits, narrow)
+
+        y = tf.quantization.fake_quant_with_min_max_vars(v, lo, hi, num_bits=bits,
+                                                         narrow_range=narrow)
+        return y, grad
+
+    return fq(x)
+
+
 @tf_kernel("FAKE_QUANT")
 def _fake_quant_kernel(ctx: KernelContext, node: Node, ins):
     x, lo, hi = ins
@@ -108,5 +147,7 @@ def _fake_quant_kernel(ctx: KernelContext, node: Node, ins):
     levels = float((1 << bits) - 1 - (1 if narrow else 0))
     ctx.scales[id(node.outputs[0])] = (hi - lo) / levels
     axis = a.get("axis")
+    if ctx.fast_fake_quant and axis is None and not get_quantizer(a["quantizer"]).trainable:
+        return fake_quant_fixed_range(x, lo, hi, bits, narrow)
     return fake_quant(x, lo, hi, bits, narrow, None if axis is None else int(axis),
                       node.inputs[0].rank)

@@ -60,14 +60,18 @@ class KernelContext:
     ``tf.Variable`` holding the IR constant ``t`` (None when it is a plain
     constant). ``scales`` maps ``id(tensor)`` of a FAKE_QUANT output to its
     scale, so consumers can quantize their bias the way int32 export will.
-    ``captured`` collects values requested by calibration.
+    ``captured`` collects values requested by calibration. ``fast_fake_quant``:
+    per-tensor FAKE_QUANTs whose range is not learned run as XLA-fused kernels
+    (same values and input gradients, no range gradients; used by ``fit``).
     """
 
     def __init__(self, variables: dict[str, tf.Variable], training: bool = False,
-                 fake_quant: bool = True, capture: frozenset[str] = frozenset()):
+                 fake_quant: bool = True, capture: frozenset[str] = frozenset(),
+                 fast_fake_quant: bool = False):
         self._variables = variables
         self.training = training
         self.fake_quant = fake_quant
+        self.fast_fake_quant = fast_fake_quant
         self.capture = capture
         self.captured: dict[str, tf.Tensor] = {}
         self.scales: dict[int, tf.Tensor] = {}

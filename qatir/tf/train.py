@@ -74,13 +74,14 @@ def _loss_value(loss_fn, graph: Graph, y: Any, outs: Sequence[tf.Tensor]) -> tf.
     return tf.reduce_mean(loss_fn(y, outs[0]))
 
 
-def make_train_step(prog: Program, loss_fn, optimizer, strategy=None, jit_compile: bool = False):
+def make_train_step(prog: Program, loss_fn, optimizer, strategy=None, jit_compile: bool = False,
+                    fast_fake_quant: bool = True):
     """A compiled ``step(inputs, y) -> mean loss`` that updates ``prog``'s variables."""
     graph = prog.graph
     variables = prog.trainable_params
 
     def replica_step(inputs, y):
-        ctx = KernelContext(prog.params, training=True)
+        ctx = KernelContext(prog.params, training=True, fast_fake_quant=fast_fake_quant)
         with tf.GradientTape() as tape:
             outs = prog.forward(list(inputs), ctx)
             loss = _loss_value(loss_fn, graph, y, outs)
@@ -112,7 +113,7 @@ def _callbacks(callbacks: Sequence[Any] | None, epoch: int, logs: dict[str, floa
 
 def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", epochs: int = 1,
         strategy: Any = None, callbacks: Sequence[Any] | None = None, batch_size: int = 32,
-        verbose: bool | None = None, jit_compile: bool = False,
+        verbose: bool | None = None, jit_compile: bool = False, fast_fake_quant: bool = True,
         steps_per_epoch: int | None = None) -> dict[str, list[float]]:
     """Train ``graph`` in place; returns ``{"loss": [...], "time": [...]}`` per epoch.
 
@@ -126,6 +127,8 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     the running loss (default: when stderr is a terminal). ``jit_compile``:
     XLA-compile the step (off by default: on CPU it measured ~20x slower than
     TF's own kernels in ``tools/bench_train.py``, mostly depthwise convolutions).
+    ``fast_fake_quant``: run per-tensor fake quant with fixed ranges as small
+    XLA kernels (same values and input gradients, faster); False uses TF's op.
     """
     if epochs < 1:
         raise QatirError(f"fit: epochs must be >= 1, got {epochs}")
@@ -142,7 +145,7 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
             opt = resolve_optimizer(optimizer)
             opt.build(prog.trainable_params)
         ds = strategy.experimental_distribute_dataset(ds)
-    step = make_train_step(prog, loss_fn, opt, strategy, jit_compile)
+    step = make_train_step(prog, loss_fn, opt, strategy, jit_compile, fast_fake_quant)
     show = sys.stderr.isatty() if verbose is None else verbose
     history: dict[str, list[float]] = {"loss": [], "time": []}
     for epoch in range(epochs):
