@@ -3,6 +3,15 @@
 4-D graph inputs and outputs become NHWC (``tensor.source_layout == "NCHW"``);
 weights are transposed once (OHWI, 1HWO); static shape arithmetic is folded.
 See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
+
+Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
+BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
+Exp, Abs, Neg, Sqrt, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
+AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
+Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
+DepthToSpace, SpaceToDepth, Identity, Dropout, Cast. Ops folded when all their inputs are
+constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range, Expand, Tile,
+Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal, ReduceProd.
 """
 
 from __future__ import annotations
