@@ -154,3 +154,91 @@ def test_output_aliases_keep_their_names():
     g = compare_with_ort(b.model(), xv)
     assert [t.name for t in g.outputs] == ["x", "x_copy", "r", "r_copy", "const_out"]
     assert len({id(t) for t in g.outputs}) == 5
+
+
+# ------------------------------------------------------ random layout chains
+def _random_chain(data, b, x, shape):
+    """Append one layout-sensitive op to ``x`` (current ONNX shape ``shape``); numpy tracks it."""
+    from hypothesis import strategies as st
+
+    rank = len(shape)
+    kind = data.draw(st.sampled_from(["transpose", "add", "reduce", "unsqueeze", "squeeze",
+                                      "concat", "softmax", "slice", "conv", "flatten", "pad",
+                                      "reshape", "pool", "gather", "matmul", "split"]))
+    dummy = np.zeros(shape, np.float32)
+    if kind == "transpose":
+        perm = data.draw(st.permutations(range(rank)))
+        return b.node("Transpose", [x], perm=list(perm)), dummy.transpose(perm).shape
+    if kind == "add":
+        k = data.draw(st.integers(0, rank))
+        cshape = [data.draw(st.sampled_from([1, d])) for d in shape[rank - k:]]
+        return b.node("Add", [x, b.init(b.randn(*cshape))]), shape
+    if kind == "reduce" and rank > 1:
+        ax = data.draw(st.integers(0, rank - 1))
+        keep = data.draw(st.integers(0, 1))
+        return (b.node("ReduceMean", [x], axes=[ax], keepdims=keep),
+                dummy.mean(axis=ax, keepdims=bool(keep)).shape)
+    if kind == "unsqueeze" and rank < 4:
+        ax = data.draw(st.integers(0, rank))
+        return b.unsqueeze(x, [ax]), np.expand_dims(dummy, ax).shape
+    if kind == "squeeze" and 1 in shape and rank > 1:
+        ax = shape.index(1)
+        return b.node("Squeeze", [x, b.ints([ax])]), dummy.squeeze(ax).shape
+    if kind == "concat":
+        ax = data.draw(st.integers(0, rank - 1))
+        return b.node("Concat", [x, b.node("Relu", [x])], axis=ax), \
+            np.concatenate([dummy, dummy], ax).shape
+    if kind == "softmax":
+        ax = data.draw(st.integers(0, rank - 1))
+        return b.node("Softmax", [x], axis=ax), shape
+    if kind == "slice" and shape[-1] > 1:
+        return b.node("Slice", [x, b.ints([1]), b.ints([1 << 40]), b.ints([rank - 1])]), \
+            dummy[..., 1:].shape
+    if kind == "conv" and rank == 4:
+        c = shape[1]
+        return b.conv(x, c, 3, k=3), (shape[0], 3, shape[2], shape[3])
+    if kind == "flatten":
+        ax = data.draw(st.integers(0, rank))
+        return b.node("Flatten", [x], axis=ax), (int(np.prod(shape[:ax])),
+                                                 int(np.prod(shape[ax:])))
+    if kind == "pad":
+        pads = [data.draw(st.integers(0, 1)) for _ in range(2 * rank)]
+        return (b.node("Pad", [x, b.ints(pads), b.init(np.float32(0.5))]),
+                tuple(d + pads[i] + pads[i + rank] for i, d in enumerate(shape)))
+    if kind == "reshape":
+        return b.node("Reshape", [x, b.ints([shape[0], -1])]), (shape[0], dummy[0].size)
+    if kind == "pool" and rank == 4 and min(shape[2:]) >= 2:
+        return (b.node("MaxPool", [x], kernel_shape=[2, 2], pads=[1, 0, 0, 1]),
+                (shape[0], shape[1], shape[2], shape[3]))
+    if kind == "gather":
+        ax = data.draw(st.integers(0, rank - 1))
+        return (b.node("Gather", [x, b.init(np.asarray([0, shape[ax] - 1], np.int64))], axis=ax),
+                np.take(dummy, [0, shape[ax] - 1], axis=ax).shape)
+    if kind == "matmul" and rank >= 2:
+        return b.node("MatMul", [x, b.init(b.randn(shape[-1], 3))]), shape[:-1] + (3,)
+    if kind == "split" and shape[-1] >= 2:
+        a, _ = b.node("Split", [x, b.ints([1, shape[-1] - 1])], n_out=2, axis=rank - 1)
+        return a, shape[:-1] + (1,)
+    return b.node("Relu", [x]), shape
+
+
+def test_random_layout_chains_match_onnxruntime():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.onnx_models import OnnxBuilder
+
+    @settings(max_examples=20, deadline=None, derandomize=True)
+    @given(st.data())
+    def check(data):
+        b = OnnxBuilder(13, seed=1)
+        shape = (2, 3, 4, 5)
+        x = b.input("x", list(shape))
+        for _ in range(data.draw(st.integers(1, 5))):
+            x, shape = _random_chain(data, b, x, tuple(int(d) for d in shape))
+        b.node("Identity", [x], out="y")
+        b.output("y")
+        xv = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+        compare_with_ort(b.model(), {"x": xv})
+
+    check()
