@@ -220,7 +220,11 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
         if not -(1 << (bits - 1)) <= zp < (1 << (bits - 1)):
             raise TableError(f"{source}: constraints.fixed_output.{op}.zero_point: {zp} outside "
                              f"the {bits}-bit range")
-        fixed[op] = (float(p["scale"]), zp)
+        scale = float(p["scale"])
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(scale * (1 << bits))):
+            raise TableError(f"{source}: constraints.fixed_output.{op}.scale: {scale} must be a "
+                             "finite positive number")
+        fixed[op] = (scale, zp)
     return Table(source, data, _compile_selectors(data, "include", source),
                  _compile_selectors(data, "exclude", source), fixed)
 

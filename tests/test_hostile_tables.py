@@ -102,6 +102,21 @@ def test_quantizer_name_is_never_evaluated(tmp_path):
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308"])
+def test_non_finite_fixed_output_scale_names_the_entry(tmp_path, value):
+    path = table_file(tmp_path, "TANH = { scale = 0.0078125, zero_point = 0 }",
+                      f"TANH = {{ scale = {value}, zero_point = 0 }}")
+    with pytest.raises(TableError, match=r"hostile\.toml: constraints\.fixed_output\.TANH\.scale"):
+        qatir.quantize(small_net(), table=path)
+
+
+@pytest.mark.parametrize("value", ["[nan, 6.0]", "[-inf, 6.0]", "[1.0, 6.0]", "[6.0, -6.0]"])
+def test_bad_initial_range_names_the_entry(tmp_path, value):
+    path = table_file(tmp_path, "initial_range = [-6.0, 6.0]", f"initial_range = {value}")
+    with pytest.raises(TableError, match=r"hostile\.toml: activations\.initial_range"):
+        qatir.quantize(small_net(), table=path)
+
+
 def test_op_both_inherit_and_same_scale_is_refused(tmp_path):
     path = table_file(tmp_path, 'same_scale = ["AVERAGE_POOL_2D",',
                       'same_scale = ["MAX_POOL_2D", "AVERAGE_POOL_2D",')
