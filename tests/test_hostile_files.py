@@ -291,3 +291,24 @@ def test_writer_size_guard_names_the_size():
     check_size(MAX_FLATBUFFER)
     with pytest.raises(ExportError, match=r"2\.00 GiB \(2147483648 bytes\)"):
         check_size(MAX_FLATBUFFER + 1)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_new_output_gets_ordinary_permissions(tmp_path):
+    """The temp file behind an atomic write is 0600; the output must not keep that mode."""
+    path = tmp_path / "m.qatir"
+    qatir.save(fc_graph(), path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_replaced_output_keeps_its_permissions(tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    qatir.save(fc_graph(), path)
+    assert path.stat().st_mode & 0o777 == 0o644
