@@ -22,7 +22,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import qatir
 sys.path.insert(0, sys.argv[1])
-from test_train import classification_data, qat_net
+from test_train import _conv_only, classification_data, float_cnn, qat_net
 
 rng = np.random.default_rng(7)
 single = qat_net(rng)
@@ -52,7 +52,16 @@ ranges = [[float(n.inputs[1].data.min()), float(n.inputs[2].data.max())]
           for n in mirrored.nodes if n.op == "FAKE_QUANT" and n.attrs["kind"] != "weight"]
 out1 = qatir.run(single, {"x": x})[single.outputs[0].name]
 out2 = qatir.run(mirrored, {"x": x})[mirrored.outputs[0].name]
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss1": h1["loss"],
+# float training with batch norm under the strategy: moving statistics are updated (mean of replicas)
+cnn = float_cnn(np.random.default_rng(3))
+xc = np.random.default_rng(4).standard_normal((64, 8, 8, 3)).astype(np.float32)
+with strategy.scope():
+    opt = keras.optimizers.SGD(0.0)
+qatir.fit(cnn, ({"x": xc}, np.zeros((64, 2), np.float32)), loss="mse", optimizer=opt,
+          batch_size=64, strategy=strategy, verbose=False)
+conv = qatir.run(_conv_only(cnn), {"x": xc})["conv"]
+bn_err = float(np.abs(cnn.tensors["mmean"].data - 0.1 * conv.mean((0, 1, 2))).max())
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss1": h1["loss"], "bn_err": bn_err,
                   "loss2": h2["loss"], "diffs": diffs, "moved": moved, "ranges": ranges,
                   "out_diff": float(np.abs(out1 - out2).max())}))
 """
@@ -75,3 +84,5 @@ def test_mirrored_qat_matches_single_device():
     worst = max(res["diffs"].items(), key=lambda kv: kv[1])
     assert worst[1] < 1e-4, worst
     assert res["out_diff"] < 1e-3
+    # batch-norm moving mean = momentum update with the mean of the replicas' batch means
+    assert res["bn_err"] < 1e-5
