@@ -222,7 +222,8 @@ def _random_chain(data, b, x, shape):
     return b.node("Relu", [x]), shape
 
 
-def test_random_layout_chains_match_onnxruntime():
+@pytest.mark.parametrize("batch", [2, "N"])
+def test_random_layout_chains_match_onnxruntime(batch):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -233,7 +234,7 @@ def test_random_layout_chains_match_onnxruntime():
     def check(data):
         b = OnnxBuilder(13, seed=1)
         shape = (2, 3, 4, 5)
-        x = b.input("x", list(shape))
+        x = b.input("x", [batch, *shape[1:]])
         for _ in range(data.draw(st.integers(1, 5))):
             x, shape = _random_chain(data, b, x, tuple(int(d) for d in shape))
         b.node("Identity", [x], out="y")
