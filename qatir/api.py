@@ -30,7 +30,10 @@ def load(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | No
     if suffix == ".tflite":
         from qatir.frontends.tflite import load_tflite
 
-        return load_tflite(path)
+        graph = load_tflite(path)
+        if input_shapes:
+            fix_input_shapes(graph, input_shapes, path)
+        return graph
     if suffix == ".qatir":
         from qatir.serialize import load_qatir
 
@@ -41,6 +44,29 @@ def load(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | No
         return load_json(path)
     raise ModelFormatError(f"{path}: unknown model suffix {suffix!r} "
                            "(expected .onnx, .tflite, .qatir or .json)")
+
+
+def fix_input_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]], source: str) -> None:
+    """Pin dynamic input dims (the graph's own layout) and re-infer every shape downstream."""
+    from qatir.errors import ShapeError
+
+    by_name = {t.name: t for t in graph.inputs}
+    for name, shape in input_shapes.items():
+        t = by_name.get(name)
+        if t is None:
+            raise ShapeError(f"{source}: input_shapes names {name!r}, but the inputs are "
+                             f"{sorted(by_name)}")
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != t.rank or any(d <= 0 for d in shape) or any(
+                old is not None and old != new for old, new in zip(t.shape, shape)):
+            raise ShapeError(f"{source}: input {name!r} has shape {list(t.shape)}; "
+                             f"{list(shape)} does not fit it")
+        t.shape = shape
+    for node in graph.nodes:
+        try:
+            graph.reinfer(node)
+        except QatirError as e:
+            raise ShapeError(f"{source}: node {node.name!r} ({node.op}): {e}") from None
 
 
 def save(graph: Graph, path: str | os.PathLike, **kwargs: Any) -> None:

@@ -232,3 +232,16 @@ def test_linear_chain_of_ten_thousand_nodes_builds_and_verifies_quickly():
     assert len(g.nodes) == 10_000
     # generous bound: catches quadratic behaviour (which takes minutes), not noise
     assert time.perf_counter() - start < 30
+
+
+def test_fix_input_shapes_pins_batch_and_reinfers():
+    from qatir.api import fix_input_shapes
+
+    g = small_graph()
+    fix_input_shapes(g, {"x": [2, 8, 8, 3]}, "m.tflite")
+    assert g.tensors["y"].shape == (2, 4)
+    g.verify()
+    with pytest.raises(ShapeError, match="m.tflite.*'nope'"):
+        fix_input_shapes(g, {"nope": [1]}, "m.tflite")
+    with pytest.raises(ShapeError, match="does not fit"):
+        fix_input_shapes(g, {"x": [2, 9, 8, 3]}, "m.tflite")
