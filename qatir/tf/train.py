@@ -121,7 +121,8 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
     arrays (batched by ``batch_size``). ``loss``: a Keras loss name/object or a
     callable (default mean squared error). ``optimizer``: a name or Keras
-    optimizer. ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
+    optimizer (under a strategy, create an optimizer instance inside
+    ``strategy.scope()``). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
     callables ``cb(epoch, logs)`` or objects with ``on_epoch_end(epoch, logs)``;
     a true return value stops training. ``verbose``: show a progress bar with
     the running loss (default: when stderr is a terminal). ``jit_compile``:
@@ -153,7 +154,10 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
         try:
             mean_loss = _epoch(step, ds, _bar(show, epoch, epochs), steps_per_epoch)
         except tf.errors.InvalidArgumentError as e:
-            raise NumericsError(f"fit: {e.message.splitlines()[0]}") from None
+            msg = e.message.splitlines()[0]
+            if "NaN" in msg or "Inf" in msg:  # from the check_numerics on the input data
+                raise NumericsError(f"fit: {msg}") from None
+            raise QatirError(f"fit: graph {graph.name!r}: {msg}") from None
         history["loss"].append(mean_loss)
         history["time"].append(time.perf_counter() - start)
         if _callbacks(callbacks, epoch, {"loss": mean_loss}):
