@@ -169,3 +169,14 @@ def test_input_without_declared_shape_needs_input_shapes(tmp_path):
         qatir.load(path)
     g = qatir.load(path, input_shapes={"x0": [2, 3, 4, 5]})
     assert g.inputs[0].shape == (2, 4, 5, 3)
+
+
+def test_huge_broadcast_of_small_constants_is_refused(tmp_path):
+    b = OnnxBuilder(13)
+    x = b.input("x", [1])
+    big = b.node("Mul", [b.init(np.ones((8192, 1), np.float32)),
+                         b.init(np.ones((1, 8192), np.float32))], name="outer")
+    b.node("Add", [x, big], out="y")
+    b.output("y")
+    with pytest.raises(ShapeError, match="'outer'.*exceeds"):
+        qatir.load(save(b.model(), tmp_path / "bcast.onnx"))

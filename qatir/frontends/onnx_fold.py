@@ -91,6 +91,7 @@ def _gather(ctx, ins, attrs):
     n = x.shape[axis]
     if np.any(idx < -n) or np.any(idx >= n):
         raise ctx.shape_error(f"Gather index out of range for dim {n}")
+    check_size(x.shape[:axis] + idx.shape + x.shape[axis + 1:], ctx.where())
     return [np.take(x, np.where(idx < 0, idx + n, idx), axis=axis)]
 
 
@@ -225,7 +226,7 @@ def _int_div(a, b):
 def _arith(fn):
     def fold(ctx, ins, attrs):
         a, b = np.asarray(ins[0]), np.asarray(ins[1])
-        np.broadcast_shapes(a.shape, b.shape)
+        check_size(np.broadcast_shapes(a.shape, b.shape), ctx.where())
         if a.dtype == object or b.dtype == object:
             return [np.frompyfunc(fn, 2, 1)(a.astype(object), b.astype(object))]
         with np.errstate(all="ignore"):
@@ -239,8 +240,8 @@ folder("Mul")(_arith(lambda a, b: a * b))
 @folder("Div")
 def _div(ctx, ins, attrs):
     a, b = np.asarray(ins[0]), np.asarray(ins[1])
+    check_size(np.broadcast_shapes(a.shape, b.shape), ctx.where())
     if a.dtype == object or b.dtype == object or a.dtype.kind in "iu":
-        np.broadcast_shapes(a.shape, b.shape)
         out = np.frompyfunc(_int_div, 2, 1)(a.astype(object), b.astype(object))
         return [out if a.dtype == object or b.dtype == object else out.astype(a.dtype)]
     with np.errstate(all="ignore"):
@@ -270,6 +271,7 @@ def _neg(ctx, ins, attrs):
 
 def _compare(fn):
     def fold(ctx, ins, attrs):
+        check_size(np.broadcast_shapes(np.shape(ins[0]), np.shape(ins[1])), ctx.where())
         return [np.asarray(fn(ins[0], ins[1]))]
     return fold
 
@@ -301,6 +303,7 @@ def _minmax(ctx, ins, attrs):
 
 @folder("Pow")
 def _pow(ctx, ins, attrs):
+    check_size(np.broadcast_shapes(np.shape(ins[0]), np.shape(ins[1])), ctx.where())
     with np.errstate(all="ignore"):
         return [np.power(ins[0], ins[1]).astype(ins[0].dtype)]
 
