@@ -189,3 +189,23 @@ def test_huge_dynamic_range_weights_export_and_run():
     s = scales_of(q)
     assert all(np.isfinite(v) and v > 0 for v in s)
     assert max(s) / min(s) > 1e6
+
+
+def test_overflow_inside_the_graph_during_calibration_names_the_tensor():
+    """Finite inputs whose conv output overflows float32: the error names where Inf appeared."""
+    w0 = np.full((4, 3, 3, 3), 1e30, np.float32)
+    q = qatir.quantize(conv_net(w0=w0))
+    with pytest.raises(NumericsError, match=r"NaN or Inf") as info:
+        qatir.calibrate(q, batches(value=1e30))
+    assert "%conv0" in str(info.value)
+
+
+def test_non_finite_training_data_names_the_input():
+    q = qatir.quantize(conv_net())
+    qatir.calibrate(q, batches())
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 3)).astype(np.float32)
+    x[3, 1, 1, 1] = np.nan
+    y = np.zeros((8, 5), np.float32)
+    with pytest.raises(NumericsError, match=r"(%x\b|'x')"):
+        qatir.fit(q, [({"x": x[i:i + 1]}, y[i:i + 1]) for i in range(8)], loss="mse", epochs=1,
+                  verbose=False)
