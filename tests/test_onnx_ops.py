@@ -602,3 +602,13 @@ def test_conv_transpose_matches_onnxruntime(k, s, p0, p1, op_h, size):
     m = single_op_model("ConvTranspose", [[1, 2, size, size + 1]], [rnd(2, 3, k, k), rnd(3)],
                         kernel_shape=[k, k], strides=[s, s], pads=pads, output_padding=out_pad)
     compare_with_ort(m, {"x0": rnd(1, 2, size, size + 1)})
+
+
+@pytest.mark.parametrize("tb,alpha,beta,with_c", [(0, 1.0, 1.0, True), (1, 0.5, 2.0, True),
+                                                  (1, 1.0, 1.0, False)])
+def test_gemm_with_activation_b(tb, alpha, beta, with_c):
+    b_shape = [6, 5] if tb else [5, 6]
+    m = single_op_model("Gemm", [[4, 5], b_shape], [rnd(6, seed=3)] if with_c else [],
+                        transB=tb, alpha=alpha, beta=beta)
+    g = compare_with_ort(m, {"x0": rnd(4, 5), "x1": rnd(*b_shape, seed=1)})
+    assert "BATCH_MATMUL" in ops_of(g)

@@ -279,7 +279,8 @@ def _gemm(ctx: Ctx) -> None:
     if ta:
         at = ctx.transpose(at, [1, 0])
     if not B.is_const:
-        raise ctx.unsupported("Gemm with a non-constant B (use MatMul)")
+        _gemm_activations(ctx, at, B, alpha, beta, tb)
+        return
     w = np.asarray(B.const, np.float32)
     w = (w if tb else w.T) * np.float32(alpha)
     n = w.shape[0]
@@ -298,6 +299,22 @@ def _gemm(ctx: Ctx) -> None:
                  suffix="" if c is None else "__fc")
     if c is not None:
         y = ctx.emit("ADD", [y, ctx.const_tensor(c, name + "__c")])
+    ctx.set_out(ctx.act(y))
+
+
+def _gemm_activations(ctx: Ctx, at: Tensor, B: Val, alpha: float, beta: float,
+                      tb: int) -> None:
+    """Gemm whose B is an activation: BATCH_MATMUL, then MUL by alpha and ADD beta * C."""
+    name = ctx.out_name()
+    c = ctx.const_in(2, "C", optional=True)
+    y = ctx.emit("BATCH_MATMUL", [at, ctx.as_tensor(B, ident(2))], {"adj_y": bool(tb)},
+                 suffix="__mm" if alpha != 1 or c is not None else "")
+    if alpha != 1:
+        y = ctx.emit("MUL", [y, ctx.const_tensor(np.float32(alpha), name + "__alpha")],
+                     suffix="__alpha" if c is not None else "")
+    if c is not None:
+        y = ctx.emit("ADD", [y, ctx.const_tensor(np.asarray(c, np.float32) * np.float32(beta),
+                                                 name + "__c")])
     ctx.set_out(ctx.act(y))
 
 
