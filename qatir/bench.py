@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +38,12 @@ class BenchResult:
 
 
 def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                calib_batches: int = 4, repeat: int = 20) -> BenchResult:
+                calib_batches: int = 4, repeat: int = 20,
+                import_tf: Callable[[], None] | None = None) -> BenchResult:
     """Time load, quantize, calibrate, float/fake-quant TF run, to_tflite and LiteRT invoke.
 
     ``model=None`` times the demo CNN (written to a temporary .onnx file first).
+    ``import_tf`` imports TensorFlow the caller's way (the CLI hides its start-up chatter).
     First TF runs include tracing; that is what a user waits for, so it is reported.
     """
     import tempfile
@@ -63,6 +65,8 @@ def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | N
             graph = qatir.load(model, input_shapes=dict(input_shapes or {}) or None)
         feeds = random_batches(graph, calib_batches, batch_size_for(graph, 1))
         with timer("import tensorflow"):
+            if import_tf is not None:
+                import_tf()
             import tensorflow  # noqa: F401
         with timer("float run (first, traces)"):
             qatir.run(graph, feeds[0])

@@ -287,9 +287,9 @@ def bench(model: str | None, input_shape: tuple[str, ...], calib_random: int, re
 
     if model:
         require_file(model)
-    import_tensorflow_quietly(debug)
     click.echo(bench_model(model, parse_input_shapes(input_shape), calib_batches=calib_random,
-                           repeat=repeat).format())
+                           repeat=repeat,
+                           import_tf=lambda: import_tensorflow_quietly(debug)).format())
 
 
 @cli.command()
