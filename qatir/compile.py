@@ -245,7 +245,9 @@ def run_litert(buf: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
     ins, outs = interp.get_input_details(), interp.get_output_details()
     results = []
     for feed in feeds:
-        arrays = list(feed.values())
+        # by tensor name where the file kept the graph's names, else in input order
+        by_name = all(d["name"] in feed for d in ins)
+        arrays = [feed[d["name"]] for d in ins] if by_name else list(feed.values())
         for detail, x in zip(ins, arrays):
             interp.set_tensor(detail["index"], _quantize_for(detail, x))
         interp.invoke()
