@@ -13,6 +13,7 @@ from qatir.frontends.onnx_ctx import MAX_RANK
 
 MIN_OPSET, MAX_OPSET = 7, 21
 MAX_STORED_ELEMENTS = 1 << 34  # more than a 2 GB protobuf can hold
+_PLAIN_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # one numpy item per element in raw_data
 
 
 def read_model(path: str) -> Any:
@@ -66,7 +67,7 @@ def opset_of(model: Any, path: str) -> int:
 
 def tensor_to_array(proto: Any, where: str) -> np.ndarray:
     """A TensorProto as a numpy array; external or malformed data is a ModelFormatError."""
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     name = proto.name or "<unnamed>"
     if proto.data_location == TensorProto.EXTERNAL:
@@ -81,6 +82,12 @@ def tensor_to_array(proto: Any, where: str) -> np.ndarray:
         if d < 0 or count > MAX_STORED_ELEMENTS:
             raise ModelFormatError(f"{where}: tensor {name!r} declares an impossible shape "
                                    f"{list(proto.dims)}")
+    if proto.HasField("raw_data") and proto.data_type in _PLAIN_TYPES:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(proto.data_type)).itemsize
+        if len(proto.raw_data) != count * itemsize:
+            raise ModelFormatError(f"{where}: tensor {name!r} declares dims {list(proto.dims)} "
+                                   f"({count * itemsize} bytes) but holds "
+                                   f"{len(proto.raw_data)} bytes")
     try:
         arr = numpy_helper.to_array(proto)  # the data is in the file: its size bounds memory
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as e:
