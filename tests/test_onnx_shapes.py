@@ -288,3 +288,12 @@ def test_shape_and_size_of_constants_fold():
     b.output("y")
     g = compare_with_ort(b.model(), {"x": rnd(2, 3)})
     assert sorted(ops_of(g)) == ["ADD", "MUL"]
+
+
+def test_ops_without_folder_run_on_constant_data():
+    b = OnnxBuilder(13)
+    x = b.input("x", [2, 5])
+    s = b.node("Softmax", [b.init(rnd(2, 5, seed=4))], axis=1)
+    b.node("Add", [x, b.node("Relu", [s])], out="y")
+    b.output("y")
+    compare_with_ort(b.model(), {"x": rnd(2, 5)})

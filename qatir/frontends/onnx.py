@@ -218,7 +218,10 @@ def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
         fn = CONVERTERS.get(node.op_type)
         if fn is None:
             raise ctx.unsupported("only supported when all its inputs are constant")
-        fn(ctx)
+        if ins is not None and ins and ins[0] is not None:
+            _run_on_constant_data(ctx, fn, node)
+        else:
+            fn(ctx)
         for o in node.output:
             if o and o not in ctx.vals:
                 raise ctx.unsupported(f"output {o!r} is not supported")
@@ -232,6 +235,18 @@ def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
         raise type(e)(msg if ctx.path in msg else f"{ctx.where()}: {msg}") from None
     except _NODE_FAULTS as e:
         raise ModelFormatError(f"{ctx.where()}: invalid node ({type(e).__name__}: {e})") from None
+
+
+def _run_on_constant_data(ctx: Ctx, fn: Any, node: Any) -> None:
+    """Convert a node whose data input is a constant with no folder (e.g. Softmax of a
+    constant): the data becomes a constant IR tensor for this node only (passes may fold it)."""
+    name = node.input[0]
+    const_val = ctx.vals[name]
+    ctx.vals[name] = ctx.act(ctx.const_tensor(const_val.const, name))
+    try:
+        fn(ctx)
+    finally:
+        ctx.vals[name] = const_val
 
 
 def _set_outputs(ctx: Ctx, onnx_graph: Any) -> None:
