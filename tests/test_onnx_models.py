@@ -243,3 +243,21 @@ def test_random_layout_chains_match_onnxruntime(batch):
         compare_with_ort(b.model(), {"x": xv})
 
     check()
+
+
+def test_import_time_grows_linearly(tmp_path):
+    """Per-node import cost at 3,000 nodes stays within 4x of that at 300 (quadratic: ~10x)."""
+    import time
+
+    from tests.onnx_models import conv_chain
+
+    per_node = []
+    for blocks in (100, 1000):
+        path = save(conv_chain(blocks, channels=2, size=4), tmp_path / f"c{blocks}.onnx")
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            qatir.load(path)
+            best = min(best, time.perf_counter() - t0)
+        per_node.append(best / (3 * blocks))
+    assert per_node[1] < 4 * per_node[0], per_node
