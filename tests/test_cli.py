@@ -334,3 +334,40 @@ def test_bench_times_every_stage(capsys, tiny):
         line = next(ln for ln in out.splitlines() if stage in ln)
         assert float(line.split()[-1]) >= 0.0
     assert "model: " in out and "IR nodes" in out
+
+
+# --------------------------------------------------------------------------- plug-in example
+def test_plugin_example_found_through_its_entry_point(capsys, tiny, tmp_path, monkeypatch):
+    """examples/qatir-plugin-example: its pyproject's entry point finds and registers the pass.
+
+    Instead of pip-installing it, a .dist-info made from its pyproject.toml is put on
+    sys.path, which is all importlib.metadata looks at.
+    """
+    import tomllib
+    from pathlib import Path
+
+    from qatir.pipeline import load_plugins
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "qatir-plugin-example"
+    meta = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    group = meta["entry-points"]["qatir.passes"]
+    info = tmp_path / "site" / "qatir_plugin_example-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[qatir.passes]\n" + "".join(f"{k} = {v}\n" for k, v in group.items()))
+    monkeypatch.syspath_prepend(str(example))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    import importlib
+
+    importlib.invalidate_caches()
+    assert "relu_to_relu6" in load_plugins(rescan=True)
+    rc, out, _ = run_cli(capsys, "passes")
+    assert rc == 0 and "relu_to_relu6" in out
+    out_file = tmp_path / "r6.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out_file, "--calib-random", "2",
+                              "--passes", "relu_to_relu6,default", "--print-ir-after",
+                              "relu_to_relu6", "--no-progress")
+    assert rc == 0, err
+    after = stdout.split("// IR after pass 0: relu_to_relu6")[1].split("\n}")[0]
+    assert "RELU6(" in after and "RELU(" not in after
