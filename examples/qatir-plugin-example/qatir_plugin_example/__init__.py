@@ -15,11 +15,12 @@ use it by name:
 
 from __future__ import annotations
 
+import qatir
 from qatir.ir import Graph
-from qatir.pipeline import PassContext, register_pass
+from qatir.pipeline import PassContext
 
 
-@register_pass("relu_to_relu6")
+@qatir.register_pass("relu_to_relu6")
 def relu_to_relu6(graph: Graph, ctx: PassContext) -> bool:
     """Rewrite RELU (standalone and fused) as RELU6 so activation ranges are bounded."""
     changed = 0
