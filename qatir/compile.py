@@ -320,6 +320,11 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
     timer = StageTimer()
     with timer("load"):
         graph = qatir.load(model, input_shapes=opts.input_shapes or None)
+    from qatir.lower import is_lowered, is_quantized
+
+    if is_lowered(graph) and not is_quantized(graph):
+        raise QatirError(f"{model}: is already an int8 model; there is nothing to quantize "
+                         "(compile its float original, or inspect it with qatir dump)")
     bs = batch_size_for(graph, opts.batch_size)
     names = [t.name for t in graph.inputs]
     with timer("data"):

@@ -206,6 +206,10 @@ def test_compile_onnx_end_to_end_runs_in_litert(capsys, tiny, tmp_path):
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 0.05
     q = qatir.load(tmp_path / "tiny.qatir")
     assert any(n.op == "FAKE_QUANT" for n in q.nodes)
+    # compiling the int8 result again is refused with one clear line
+    rc, _, err = run_cli(capsys, "compile", out, "-o", tmp_path / "again.tflite",
+                         "--calib-random", "1")
+    assert rc == 2 and "already an int8 model" in err
 
 
 def test_compile_float_io_and_print_ir_after(capsys, tiny, tmp_path):
