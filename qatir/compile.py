@@ -330,11 +330,18 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
     with timer("data"):
         calib = _calibration_batches(graph, opts, bs)
         train = load_npz(opts.train, graph, [opts.label_key]) if opts.train else None
-    with timer("quantize"):
-        q = qatir.quantize(graph, table=opts.table, passes=expand_passes(opts.passes),
-                           print_ir_after=_ir_selection(opts.print_ir_after))
-    with timer("calibrate"):
-        qatir.calibrate(q, calib, progress=opts.progress)
+    if is_quantized(graph):
+        # a saved quantized IR (compile --save-ir): keep its (maybe trained) ranges
+        # unless calibration data are given
+        echo(f"{model}: already quantized; not running the pass pipeline again")
+        q = graph
+    else:
+        with timer("quantize"):
+            q = qatir.quantize(graph, table=opts.table, passes=expand_passes(opts.passes),
+                               print_ir_after=_ir_selection(opts.print_ir_after))
+    if not is_quantized(graph) or opts.calib or opts.calib_random:
+        with timer("calibrate"):
+            qatir.calibrate(q, calib, progress=opts.progress)
     if train is not None:
         with timer("qat"):
             dataset = []

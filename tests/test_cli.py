@@ -206,6 +206,12 @@ def test_compile_onnx_end_to_end_runs_in_litert(capsys, tiny, tmp_path):
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 0.05
     q = qatir.load(tmp_path / "tiny.qatir")
     assert any(n.op == "FAKE_QUANT" for n in q.nodes)
+    # the saved quantized IR compiles again without re-quantizing or re-calibrating
+    again_ir = tmp_path / "again_from_ir.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", tmp_path / "tiny.qatir", "-o", again_ir)
+    assert rc == 0, err
+    assert "already quantized" in err and "calibrate" not in stdout
+    assert again_ir.read_bytes() == out.read_bytes()
     # compiling the int8 result again is refused with one clear line
     rc, _, err = run_cli(capsys, "compile", out, "-o", tmp_path / "again.tflite",
                          "--calib-random", "1")
