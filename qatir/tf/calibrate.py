@@ -123,6 +123,7 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
         set_range(nodes[0], lo, hi)
     refresh_weight_ranges(graph)
     refresh_quant(graph)
+    graph.metadata["calibrated"] = True
     return graph
 
 
@@ -138,6 +139,6 @@ def _capture_fn(prog, names: frozenset[str]):
             prog.forward(list(inputs), ctx)
             return dict(ctx.captured)
 
-        fn = tf.function(capture, input_signature=sig)
+        fn = tf.function(capture, input_signature=sig, autograph=False)
         prog.extra_functions[key] = fn
     return fn

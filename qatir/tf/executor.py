@@ -104,7 +104,7 @@ class Program(tf.Module):
                     self._synced[t.name] = id(t.data)
         sig = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=_sig_name(t.name))
                for t in graph.inputs]
-        self._infer = tf.function(self._infer_fn, input_signature=sig)
+        self._infer = tf.function(self._infer_fn, input_signature=sig, autograph=False)
 
     def _make_variable(self, t: Tensor, role: str) -> tf.Variable:
         trainable = role in _TRAINABLE_ROLES or (role == "range" and _range_trainable(t))

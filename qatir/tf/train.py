@@ -93,13 +93,14 @@ def make_train_step(prog: Program, loss_fn, optimizer, strategy=None, jit_compil
         return scaled
 
     if strategy is None:
-        return tf.function(replica_step, jit_compile=jit_compile, reduce_retracing=True)
+        return tf.function(replica_step, jit_compile=jit_compile, reduce_retracing=True,
+                           autograph=False)
 
     def dist_step(inputs, y):
         per_replica = strategy.run(replica_step, args=(inputs, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    return tf.function(dist_step, reduce_retracing=True)
+    return tf.function(dist_step, reduce_retracing=True, autograph=False)
 
 
 def _callbacks(callbacks: Sequence[Any] | None, epoch: int, logs: dict[str, float]) -> bool:
