@@ -17,6 +17,12 @@ def check_distinct(output: str | os.PathLike, *inputs: str | os.PathLike | None)
             raise QatirError(f"{output}: refusing to overwrite the input file")
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     target = Path(path)
@@ -25,6 +31,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise QatirError(f"{path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, _default_mode())  # mkstemp makes 0600; outputs get the usual umask mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -245,3 +245,13 @@ def test_fix_input_shapes_pins_batch_and_reinfers():
         fix_input_shapes(g, {"nope": [1]}, "m.tflite")
     with pytest.raises(ShapeError, match="does not fit"):
         fix_input_shapes(g, {"x": [2, 9, 8, 3]}, "m.tflite")
+
+
+def test_saved_files_get_the_umask_mode(tmp_path):
+    import os
+
+    path = tmp_path / "m.qatir"
+    qatir.save(small_graph(), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
