@@ -19,12 +19,16 @@ def _hard_swish(rw: Rewriter, m: Match) -> None:
 
 def _lower_hard_sigmoid(rw: Rewriter, m: Match) -> None:
     hs, x = m.root, m["x"]
-    a = rw.const(np.asarray(hs.attrs["alpha"], x.dtype), name=hs.name + "_alpha")
-    b = rw.const(np.asarray(hs.attrs["beta"], x.dtype), name=hs.name + "_beta")
+    # clip(αx + β, 0, 1) = RELU6(6αx + 6β) / 6: every op here has an int8 TFLite kernel
+    # (RELU_0_TO_1 has none), so the lowered form exports bit-exact.
+    a = rw.const(np.asarray(6.0 * hs.attrs["alpha"], x.dtype), name=hs.name + "_alpha6")
+    b = rw.const(np.asarray(6.0 * hs.attrs["beta"], x.dtype), name=hs.name + "_beta6")
+    sixth = rw.const(np.asarray(1.0 / 6.0, x.dtype), name=hs.name + "_sixth")
     mul = rw.add_node("MUL", [x, a], name=hs.name + "_mul")
-    add = rw.add_node("ADD", [mul.output, b], name=hs.name + "_add")
-    relu = rw.add_node("RELU_0_TO_1", [add.output], name=hs.name)
-    rw.replace(hs.output, relu.output)
+    add = rw.add_node("ADD", [mul.output, b], attrs={"fused_activation": "RELU6"},
+                      name=hs.name + "_add")
+    out = rw.add_node("MUL", [add.output, sixth], name=hs.name)
+    rw.replace(hs.output, out.output)
     rw.remove(hs)
 
 
@@ -45,5 +49,5 @@ def rules_from_table(table: Table) -> RuleTable:
 
 @register_pass("fuse_hard_swish")
 def fuse_hard_swish(graph: Graph, ctx: PassContext) -> bool:
-    """x·HARD_SIGMOID(x) with α=1/6, β=1/2 → HARD_SWISH; other HARD_SIGMOID → MUL+ADD+RELU_0_TO_1."""
+    """x·HARD_SIGMOID(x) with α=1/6, β=1/2 → HARD_SWISH; other HARD_SIGMOID → MUL, ADD+RELU6, MUL by 1/6."""
     return apply_rules(graph, rules_from_table(ctx.table), ctx.trace, ctx.pass_name)

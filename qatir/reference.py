@@ -30,7 +30,10 @@ def _same(fn: Callable[[Node, list], np.ndarray]) -> Kernel:
 
 
 def _reshape(node: Node, xs: list) -> np.ndarray:
-    return xs[0].reshape(node.outputs[0].shape)
+    shape = node.outputs[0].shape
+    if any(d is None for d in shape):  # dynamic batch: the attribute holds the -1
+        shape = tuple(int(d) for d in node.attrs["new_shape"])
+    return xs[0].reshape(shape)
 
 
 def _transpose(node: Node, xs: list) -> np.ndarray:
