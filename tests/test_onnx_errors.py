@@ -180,3 +180,10 @@ def test_huge_broadcast_of_small_constants_is_refused(tmp_path):
     b.output("y")
     with pytest.raises(ShapeError, match="'outer'.*exceeds"):
         qatir.load(save(b.model(), tmp_path / "bcast.onnx"))
+
+
+def test_conv_transpose_with_empty_output_is_a_shape_error(tmp_path):
+    m = single_op_model("ConvTranspose", [[1, 2, 2, 2]], [np.ones((2, 3, 3, 3), np.float32)],
+                        kernel_shape=[3, 3], pads=[2, 2, 2, 2])
+    with pytest.raises(ShapeError, match=r"'op' \(ConvTranspose\).*<= 0"):
+        qatir.load(save(m, tmp_path / "ct.onnx"))

@@ -63,6 +63,7 @@ def read_window(ctx: Ctx, rank: int, kernel: list[int] | None = None) -> Window:
     if any(v < 1 for v in kernel + strides + dil) or any(p < 0 for p in pads):
         raise ctx.shape_error("kernel, strides and dilations must be >= 1 and pads >= 0")
     pairs = [(pads[i], pads[i + nsp]) for i in range(nsp)]
+    dil = [1 if k == 1 else d for k, d in zip(kernel, dil)]  # a 1-tap axis has no dilation
     if nsp == 1:
         kernel, strides, dil, pairs = [1, *kernel], [1, *strides], [1, *dil], [(0, 0), *pairs]
     return Window(kernel, strides, dil, pairs, str(a.get("auto_pad", "NOTSET")))
@@ -227,6 +228,10 @@ def _conv_transpose(ctx: Ctx) -> None:
     name = ctx.out_name()
     wt = ctx.const_tensor(w.transpose(1, 2, 3, 0), name + "__weight")
     crop_end = [pads[i][1] - out_pad[i] for i in range(2)]
+    for i in range(2):
+        if hw[i] is not None and (hw[i] - 1) * win.stride[i] + win.kernel[i] - pads[i][0] \
+                - crop_end[i] <= 0:
+            raise ctx.shape_error(f"output size along spatial axis {i} would be <= 0")
     trailing = any(c < 0 for c in crop_end)
     full = ctx.emit("TRANSPOSE_CONV", [t, wt, None if bias is None or trailing else
                                        ctx.const_tensor(bias, name + "__bias")],
