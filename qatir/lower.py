@@ -421,9 +421,9 @@ def _lower_weight_op(g: Graph, node: Node) -> None:
                      "int32")
     name = f"{node.name}_bias" if b is None else b.name
     new = g.const(qb.astype(np.int32), name=name, quant=qp)
-    if b is None:
+    if len(node.inputs) < 3:
         node.add_input(new)
-    else:
+    else:  # fills an absent (None) bias slot as well as replacing a float bias
         node.set_input(2, new)
 
 

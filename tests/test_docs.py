@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+README = DOCS.parent / "README.md"
+PAGES = sorted(DOCS.glob("*.md")) + [README]
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.S | re.M)
 ALLOWED = {"python", "console", "text", "toml"}
 

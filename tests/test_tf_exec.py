@@ -487,3 +487,32 @@ def test_fast_fixed_range_fake_quant_matches_tf_op(rng, lo, hi, narrow):
         results.append((y.numpy(), tape.gradient(y, x, output_gradients=dy).numpy()))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("size", [9, 10])
+def test_depthwise_with_stride_and_dilation_together(padding, size):
+    """tf.nn.depthwise_conv2d refuses stride>1 with dilation>1; the kernel must still be exact."""
+    rng = np.random.default_rng(size)
+    g = Graph()
+    x = g.add_input("x", [1, size, size, 4])
+    w = g.const(rng.standard_normal((1, 3, 3, 4)).astype(np.float32), "w")
+    y = g.add_node("DEPTHWISE_CONV_2D", [x, w],
+                   {"stride": [2, 2], "dilation": [2, 2], "padding": padding}).output
+    g.outputs = [y]
+    xv = rng.standard_normal((1, size, size, 4)).astype(np.float32)
+    s, d, k = 2, 2, 3
+    eff = (k - 1) * d + 1
+    if padding == "SAME":
+        out = -(-size // s)
+        total = max((out - 1) * s + eff - size, 0)
+    else:
+        out, total = (size - eff) // s + 1, 0
+    side = [total // 2, total - total // 2]
+    xp = np.pad(xv, [[0, 0], side, side, [0, 0]])
+    ref = np.zeros((1, out, out, 4), np.float32)
+    for a in range(k):
+        for b in range(k):
+            ref += xp[:, a * d:a * d + (out - 1) * s + 1:s, b * d:b * d + (out - 1) * s + 1:s] \
+                * w.data[0, a, b]
+    np.testing.assert_allclose(qatir.run(g, {"x": xv})[y.name], ref, rtol=1e-5, atol=1e-5)

@@ -144,9 +144,28 @@ def _dwconv(ctx, node, ins):
     kh, kw, out_c = node.inputs[1].shape[1:]
     m = int(a["depth_multiplier"])
     filt = tf.reshape(w, [kh, kw, out_c // m, m])
-    y = tf.nn.depthwise_conv2d(x, filt, strides=_hw(a["stride"]), padding=a["padding"],
-                               dilations=[int(d) for d in a["dilation"]])
+    (sh, sw), (dh, dw) = a["stride"], a["dilation"]
+    if max(sh, sw) > 1 and max(dh, dw) > 1:
+        y = _strided_dilated_dwconv(x, filt, node, (sh, sw), (dh, dw), (kh, kw))
+    else:
+        y = tf.nn.depthwise_conv2d(x, filt, strides=_hw(a["stride"]), padding=a["padding"],
+                                   dilations=[int(dh), int(dw)])
     return _act(node, _add_bias(ctx, node, y, ins[2] if len(ins) > 2 else None))
+
+
+def _strided_dilated_dwconv(x, filt, node, stride, dilation, kernel):
+    """TF cannot stride and dilate a depthwise conv at once: pad as TFLite's SAME would for
+    this stride, run a stride-1 VALID dilated conv, then keep every stride-th output."""
+    if node.attrs["padding"] == "SAME":
+        pads = [[0, 0]]
+        for size, s, d, k in zip(node.inputs[0].shape[1:3], stride, dilation, kernel):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append([total // 2, total - total // 2])
+        x = tf.pad(x, pads + [[0, 0]])
+    y = tf.nn.depthwise_conv2d(x, filt, strides=[1, 1, 1, 1], padding="VALID",
+                               dilations=[int(d) for d in dilation])
+    return y[:, ::stride[0], ::stride[1], :]
 
 
 @tf_kernel("FULLY_CONNECTED")
