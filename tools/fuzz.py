@@ -250,6 +250,13 @@ def classify(path: str, time_limit: float, deep: bool) -> tuple[str, str]:
         signal.signal(signal.SIGALRM, old)
 
 
+def _qatir_frame(tb: str) -> str:
+    """The innermost qatir source line of a traceback: crashes are grouped by where they escape."""
+    frames = [ln.strip() for ln in tb.splitlines() if ln.strip().startswith("File ")]
+    ours = [f for f in frames if "/qatir/" in f or "/passes/" in f]
+    return (ours or frames or ["?"])[-1]
+
+
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -297,7 +304,7 @@ def campaign(names: list[str], seed: int, seconds: float, max_cases: int | None,
                     st.rss_jump = (grew, label)
                 if outcome.startswith(("CRASH", "HANG")):
                     st.failure_count += 1
-                    key = outcome + " " + (detail.strip().splitlines() or [""])[-1][:120]
+                    key = f"{outcome} at {_qatir_frame(detail)}"
                     st.failures.setdefault(key, (label, detail))
     return stats
 
