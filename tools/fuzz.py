@@ -206,19 +206,58 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout()
 
 
+class LiteRTFailure(Exception):
+    """LiteRT refused or crashed on a model qatir wrote (a writer bug, not a user error)."""
+
+
+#: Where --deep keeps the .tflite files LiteRT failed on (set by main).
+CRASH_DIR: Path | None = None
+
+
+def _run_litert_isolated(buf: bytes) -> None:
+    """Load and invoke ``buf`` in a forked child: an abort in LiteRT kills the child only."""
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_content=buf, num_threads=1)
+            it.allocate_tensors()
+            for d in it.get_input_details():
+                it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            it.invoke()
+        except BaseException as e:  # noqa: BLE001 - reported through the exit status
+            sys.stderr.write(f"LiteRT: {type(e).__name__}: {str(e)[:300]}\n")
+            code = 3
+        os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # the per-case alarm: do not leave the child behind
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    if os.WIFSIGNALED(status):
+        problem = f"LiteRT died of signal {os.WTERMSIG(status)}"
+    elif os.WEXITSTATUS(status) != 0:
+        problem = "LiteRT refused the model (see stderr)"
+    else:
+        return
+    if CRASH_DIR is not None:
+        CRASH_DIR.mkdir(parents=True, exist_ok=True)
+        out = CRASH_DIR / f"litert_{len(list(CRASH_DIR.glob('*.tflite'))):04d}.tflite"
+        out.write_bytes(buf)
+        problem += f"; model kept in {out}"
+    raise LiteRTFailure(problem)
+
+
 def _deep(graph: Any) -> str:
-    """Quantize and export a model that imported; run the result in LiteRT."""
+    """Quantize and export a model that imported; run the result in LiteRT (isolated)."""
     import qatir
 
     q = qatir.quantize(graph)
     buf = qatir.to_tflite(q)
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=buf, num_threads=1)
-    it.allocate_tensors()
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    it.invoke()
+    _run_litert_isolated(buf)
     return "ok+export"
 
 
@@ -336,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=10.0, help="seconds allowed per case")
     ap.add_argument("--only", default="onnx,tflite,qatir", help="comma-separated frontends")
     ap.add_argument("--deep", action="store_true", help="also quantize, export and run in LiteRT")
+    ap.add_argument("--crash-dir", default=os.path.join(tempfile.gettempdir(), "qatir_fuzz_crashes"),
+                    help="--deep: keep models LiteRT failed on here")
     args = ap.parse_args(argv)
+    global CRASH_DIR
+    CRASH_DIR = Path(args.crash_dir)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SOURCES))
     if unknown:
