@@ -153,14 +153,32 @@ def save_qatir_bytes(graph: Graph) -> bytes:
     return buf.getvalue()
 
 
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np.ndarray:
+    """Read one array, refusing a header that declares more data than the member holds."""
+    from numpy.lib import format as npy
+
+    with z.open(info) as f:
+        version = npy.read_magic(f)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else \
+            npy.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        available = info.file_size - f.tell()
+        if dtype.hasobject or declared != available:
+            raise ModelFormatError(
+                f"{path}: member {info.filename} declares {dtype}{list(shape)} "
+                f"({declared} bytes) but holds {available} bytes")
+    return np.load(io.BytesIO(z.read(info)), allow_pickle=False)
+
+
 def load_qatir(path: str) -> Graph:
     try:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("graph.json"))
             arrays = {}
-            for name in z.namelist():
-                if name.endswith(".npy"):
-                    arrays[name[:-4]] = np.load(io.BytesIO(z.read(name)), allow_pickle=False)
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    arrays[info.filename[:-4]] = _read_npy(z, info, path)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
         raise ModelFormatError(f"{path}: not a readable .qatir file ({e})") from None
     return graph_from_dict(meta, arrays, source=path)

@@ -23,6 +23,7 @@ import numpy as np
 
 from qatir.errors import ExportError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
+from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
 from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, min_runtime_version
 
@@ -60,6 +61,8 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     """
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
+    # the lowered clone, its quantized constants and the flatbuffer each hold a copy
+    check_fits(graph, copies=3, what="writing a TFLite model")
     g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
     _fix_batch(g, batch_size)
     return _Writer(g).build(offset_buffers)

@@ -1,0 +1,48 @@
+"""Memory bounds: refuse work whose constants cannot fit, before any copy is made."""
+
+from __future__ import annotations
+
+import resource
+
+from qatir.errors import QatirError
+from qatir.ir import Graph
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: free RAM, capped by its address-space limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        used = 0
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        left = max(soft - used, 0)
+        avail = left if avail is None else min(avail, left)
+    return avail if avail is not None else 1 << 62
+
+
+def constant_bytes(graph: Graph) -> int:
+    return sum(t.data.nbytes for t in graph.tensors.values() if t.data is not None)
+
+
+def check_fits(graph: Graph, copies: int, what: str) -> None:
+    """Raise unless ``copies`` copies of the graph's constants fit in available memory."""
+    need = constant_bytes(graph) * copies
+    have = available_memory()
+    if need > have:
+        raise QatirError(
+            f"graph {graph.name!r}: {what} needs about {need / 2**30:.2f} GiB "
+            f"({copies} x {constant_bytes(graph)} bytes of constants) but only "
+            f"{have / 2**30:.2f} GiB is available; refusing before copying")
