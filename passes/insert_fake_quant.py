@@ -49,7 +49,7 @@ from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
 from qatir.quant import params_for, range_for
-from qatir.table import Table
+from qatir.table import BN_FOLD_AXES, Table
 
 SKIP_OPS = frozenset({"FAKE_QUANT", "QUANTIZE", "DEQUANTIZE"})
 
@@ -169,7 +169,9 @@ def check_table_dtypes(table: Table, node: Node) -> None:
     model) is not a table mistake and is left alone.
     """
     weight_ops = table.weights["ops"]
-    if node.op in weight_ops and len(node.inputs) > 1:
+    # A built-in weight op (CONV_2D, ...) with an integer weight is the model's problem, not
+    # the table's: it is left for the writer to refuse, naming the node.
+    if node.op in weight_ops and node.op not in BN_FOLD_AXES and len(node.inputs) > 1:
         w = node.inputs[1]
         if w is not None and w.dtype.kind in "iub" and w.quant is None:
             raise TableError(f"{table.source}: weights.ops: {node.op!r} is listed, but input 1 of "

@@ -209,3 +209,58 @@ def test_non_finite_training_data_names_the_input():
     with pytest.raises(NumericsError, match=r"(%x\b|'x')"):
         qatir.fit(q, [({"x": x[i:i + 1]}, y[i:i + 1]) for i in range(8)], loss="mse", epochs=1,
                   verbose=False)
+
+
+# ------------------------------------------------------------------ refuse, or write what LiteRT runs
+# Graphs that `tools/fuzz.py --deep` reached from mutated files. Each must either be refused with
+# a QatirError (naming the node or tensor) or export to a model LiteRT prepares and runs.
+def refused_or_runs(g: Graph, needle: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatir.quantize(g)
+            buf = qatir.to_tflite(q)
+    except QatirError as e:
+        assert needle in str(e), str(e)
+        return
+    feeds = {t.name: np.zeros([d or 1 for d in t.shape], np.int8) for t in q.inputs}
+    litert_run(buf, feeds, ref=True)
+
+
+def single(op: str, x_shape: list[int], consts: list[tuple[np.ndarray, str]],
+           attrs: dict | None = None) -> Graph:
+    g = Graph(op.lower())
+    x = g.add_input("x", x_shape)
+    ins = [x] + [g.const(a, n) for a, n in consts]
+    y = g.add_node(op, ins, attrs, name="node", outputs=["y"]).output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def test_dims_beyond_int32_are_refused():
+    """A declared input dim of 2^31 (TFLite stores dims as int32)."""
+    refused_or_runs(single("RELU", [1, 2**31], []), "x")
+
+
+def test_pad_amounts_beyond_int32_are_refused():
+    g = single("PAD", [1, 4, 4, 2], [], {"paddings": [[0, 0], [2**30, 2**30], [0, 0], [0, 0]]})
+    refused_or_runs(g, "node")
+
+
+def test_bias_of_the_wrong_length_is_refused():
+    g = single("CONV_2D", [1, 4, 4, 2], [(np.ones((4, 1, 1, 2), np.float32), "w"),
+                                         (np.zeros(3, np.float32), "b")])
+    refused_or_runs(g, "b")
+
+
+def test_constant_gather_indices_out_of_range_are_refused():
+    g = single("GATHER", [1, 8], [(np.array([0, 99], np.int32), "idx")], {"axis": 1})
+    refused_or_runs(g, "idx")
+
+
+def test_effective_scale_litert_cannot_check_is_refused():
+    """Weights of 1e15 with an uncalibrated output range: in_scale * w_scale / out_scale ~ 1e14,
+    beyond LiteRT's |bias_scale - in_scale * w_scale| <= 0.02 * out_scale prepare check."""
+    g = single("FULLY_CONNECTED", [1, 16], [(np.full((4, 16), 1e15, np.float32), "w")])
+    refused_or_runs(g, "node")
