@@ -315,3 +315,36 @@ def test_replaced_output_gets_ordinary_permissions(tmp_path):
     path.chmod(0o600)
     qatir.save(fc_graph(), path)
     assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+# ------------------------------------------------------------------ IR files with wrong types
+def _edited_ir(tmp_path: Path, edit) -> Path:
+    g = qatir.quantize(fc_graph())
+    d = __import__("json").loads(g.to_json(include_data=True))
+    edit(d)
+    path = tmp_path / "edited.json"
+    path.write_text(__import__("json").dumps(d))
+    return path
+
+
+def _load_and_export(path: Path) -> None:
+    g = qatir.load(path)
+    qatir.to_tflite(g)
+
+
+def test_ir_file_with_mismatched_quant_lengths_is_a_format_error(tmp_path):
+    def edit(d):
+        t = next(t for t in d["tensors"] if t.get("quant"))
+        t["quant"]["zero_point"] = [0, 0]
+
+    with pytest.raises(QatirError):
+        _load_and_export(_edited_ir(tmp_path, edit))
+
+
+def test_ir_file_with_a_list_where_a_name_belongs_is_a_format_error(tmp_path):
+    def edit(d):
+        fc = next(n for n in d["nodes"] if n["op"] == "FULLY_CONNECTED")
+        fc["attrs"]["fused_activation"] = ["RELU"]
+
+    with pytest.raises(QatirError):
+        _load_and_export(_edited_ir(tmp_path, edit))
