@@ -348,3 +348,29 @@ def test_ir_file_with_a_list_where_a_name_belongs_is_a_format_error(tmp_path):
 
     with pytest.raises(QatirError):
         _load_and_export(_edited_ir(tmp_path, edit))
+
+
+def test_fuzzed_qatir_files_fail_cleanly(tmp_path):
+    """500 mutated .qatir files (tools/fuzz.py's mutator): success or a QatirError, nothing else."""
+    import random
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import fuzz
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    seeds = fuzz.qatir_seed_models()
+    path = tmp_path / "case.qatir"
+    crashes = []
+    for i in range(500):
+        rng = random.Random(20261123 + i)
+        base = sorted(seeds)[i % len(seeds)]
+        data, desc = fuzz.qatir_mutate(seeds[base], rng)
+        path.write_bytes(data)
+        try:
+            qatir.load(path)
+        except QatirError:
+            pass
+        except Exception as e:  # noqa: BLE001 - what the test looks for
+            crashes.append(f"#{i} {base} {desc}: {type(e).__name__}: {e}")
+    assert not crashes, f"{len(crashes)} crashes, e.g.\n" + "\n".join(crashes[:5])
