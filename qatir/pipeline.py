@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from qatir.errors import PassError, QatirError
+from qatir.errors import PassError, QatirError, VerifyError
 from qatir.ir import Graph
 
 if TYPE_CHECKING:
@@ -298,6 +298,16 @@ def pass_error(e: BaseException, msg: str) -> PassError:
     return PassError(msg)
 
 
+def _verify_input(graph: Graph) -> None:
+    """A broken graph handed to the pipeline is reported as such, not blamed on its first pass."""
+    try:
+        graph.verify()
+    except Exception as e:
+        detail = str(e) if isinstance(e, QatirError) else f"{type(e).__name__}: {e}"
+        raise VerifyError(f"the graph given to the pipeline is invalid (no pass has run): "
+                          f"{detail}") from e
+
+
 def run_pipeline(graph: Graph, passes: str | Sequence[str] | None = None, *, table: Any = None,
                  verify: bool = True, print_ir_after: str | Iterable[str] | None = None,
                  ir_out: TextIO | str | os.PathLike | None = None, trace: Any = False,
@@ -318,6 +328,8 @@ def run_pipeline(graph: Graph, passes: str | Sequence[str] | None = None, *, tab
     ctx = PassContext(table=load_table(table), options=dict(options), trace=tr)
     report = PipelineReport(notes=ctx.notes, trace=tr)
     done: list[str] = []
+    if verify:
+        _verify_input(graph)
     for index, info in enumerate(infos):
         ctx.pass_name = info.name
         t0 = time.perf_counter()

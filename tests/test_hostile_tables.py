@@ -238,3 +238,11 @@ def test_plugin_returning_a_graph_is_refused():
 def test_unknown_pass_lists_the_known_ones():
     with pytest.raises(QatirError, match=r"unknown pass 'no_such_pass'.*insert_fake_quant"):
         qatir.quantize(small_net(), passes=["fold_constants", "no_such_pass"])
+
+
+def test_broken_input_graph_is_not_blamed_on_the_first_pass():
+    g = small_net()
+    g.nodes.reverse()  # the caller's graph is out of order before any pass runs
+    with pytest.raises(VerifyError, match=r"no pass has run") as info:
+        qatir.quantize(g)
+    assert not isinstance(info.value, PassError)
