@@ -189,15 +189,15 @@ def test_unknown_suffix_and_missing_file():
 def test_custom_op_registration():
     from qatir.ops.registry import get_op
 
-    if not qatir.ops.has_op("MY_SCALE"):
-        qatir.register_op("MY_SCALE", lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)],
+    if not qatir.ops.has_op("TEST_MY_SCALE"):
+        qatir.register_op("TEST_MY_SCALE", lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)],
                           attrs={"factor": 2.0})
     with pytest.raises(qatir.QatirError, match="already registered"):
-        qatir.register_op("MY_SCALE", lambda node: [])
+        qatir.register_op("TEST_MY_SCALE", lambda node: [])
     g = Graph()
     x = g.add_input("x", [2, 3])
-    n = g.add_node("MY_SCALE", [x])
-    assert n.attrs == {"factor": 2.0} and get_op("MY_SCALE").attrs == {"factor": 2.0}
+    n = g.add_node("TEST_MY_SCALE", [x])
+    assert n.attrs == {"factor": 2.0} and get_op("TEST_MY_SCALE").attrs == {"factor": 2.0}
     with pytest.raises(qatir.QatirError, match="NOPE"):
         g.add_node("NOPE", [x])
 
