@@ -179,7 +179,7 @@ def check_table_dtypes(table: Table, node: Node) -> None:
                              "a float tensor")
     if node.op in table.fixed_output:
         for out in node.outputs:
-            if out.dtype.kind in "iub":
+            if out.dtype.kind in "iub" and out.quant is None:
                 raise TableError(f"{table.source}: constraints.fixed_output.{node.op}: output "
                                  f"%{out.name} of node {node.name!r} is {out.dtype}; a fixed "
                                  "output range needs a float tensor")

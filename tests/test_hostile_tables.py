@@ -246,3 +246,18 @@ def test_broken_input_graph_is_not_blamed_on_the_first_pass():
     with pytest.raises(VerifyError, match=r"no pass has run") as info:
         qatir.quantize(g)
     assert not isinstance(info.value, PassError)
+
+
+def test_already_quantized_integer_tensors_are_not_a_table_error():
+    """An imported int8 model (integer tensors with quant params) passes insert_fake_quant."""
+    from qatir.ir import QuantParams
+
+    g = Graph("int8")
+    x = g.add_input("x", [1, 4], dtype=np.int8)
+    x.quant = QuantParams((0.1,), (0,), None, 8, False, "int8")
+    y = g.add_node("LOGISTIC", [x], name="sig", outputs=["y"]).output
+    y.dtype = np.dtype(np.int8)
+    y.quant = QuantParams((1 / 256,), (-128,), None, 8, False, "int8")
+    g.outputs = [y]
+    q = qatir.quantize(g)
+    assert not any(n.op == "FAKE_QUANT" for n in q.nodes)
