@@ -411,6 +411,14 @@ def _lower_weight_op(g: Graph, node: Node) -> None:
         warnings.warn(f"node {node.name!r}: bias scale of %{w.name} below {MIN_SCALE}; clamped",
                       stacklevel=3)
         b_s = np.maximum(b_s, np.float32(MIN_SCALE))
+    out_q = node.outputs[0].quant
+    if out_q is not None:  # LiteRT's prepare check (kernel_util.cc GetQuantizedConvolutionMultipler)
+        gap = np.abs(b_s.astype(np.float64) - np.float64(in_s) * w_s.astype(np.float64))
+        if np.any(gap > 0.02 * np.float64(out_q.scale[0])):
+            raise ExportError(
+                f"node {node.name!r} ({node.op}): bias scale differs from input x weight scale "
+                f"by {gap.max():.3g}, over 2% of the output scale {out_q.scale[0]:.3g} that "
+                "LiteRT accepts (weights far too large for the output range; calibrate first)")
     qb = _round_half_away(bias.astype(np.float64) / b_s.astype(np.float64))
     if np.any(np.abs(qb) > INT32_MAX):
         warnings.warn(f"node {node.name!r}: bias %{'zeros' if b is None else b.name} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from importlib import resources
 from typing import Any
 
@@ -108,8 +109,11 @@ def graph_from_dict(d: dict[str, Any], arrays: dict[str, np.ndarray] | None = No
                 data = arrays[e["const"]]
             elif "values" in e:
                 data = np.asarray(e["values"], dtype=e["dtype"]).reshape(e["shape"])
-        quant = QuantParams.from_dict(e["quant"]) if "quant" in e else None
-        t = Tensor(e["name"], e["shape"], e["dtype"], data, quant, e.get("source_layout"))
+        try:
+            quant = QuantParams.from_dict(e["quant"]) if "quant" in e else None
+            t = Tensor(e["name"], e["shape"], e["dtype"], data, quant, e.get("source_layout"))
+        except (ValueError, TypeError) as err:
+            raise ModelFormatError(f"{source}: tensor %{e['name']}: {err}") from None
         if t.name in g.tensors:
             raise ModelFormatError(f"{source}: duplicate tensor %{t.name}")
         g.tensors[t.name] = t
@@ -179,7 +183,8 @@ def load_qatir(path: str) -> Graph:
             for info in z.infolist():
                 if info.filename.endswith(".npy"):
                     arrays[info.filename[:-4]] = _read_npy(z, info, path)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError,
+            NotImplementedError, RuntimeError) as e:  # corrupt, unsupported or encrypted zip
         raise ModelFormatError(f"{path}: not a readable .qatir file ({e})") from None
     return graph_from_dict(meta, arrays, source=path)
 

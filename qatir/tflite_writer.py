@@ -65,7 +65,36 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     check_fits(graph, copies=3, what="writing a TFLite model")
     g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
     _fix_batch(g, batch_size)
+    _check_int32(g)
     return _Writer(g).build(offset_buffers)
+
+
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _int_values(value: Any):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, np.integer)):
+        yield int(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _int_values(v)
+
+
+def _check_int32(g: Graph) -> None:
+    """TFLite stores dims, indices and integer options as int32: refuse anything larger."""
+    lo, hi = _INT32
+    for t in g.tensors.values():
+        if any(d is not None and not lo <= d <= hi for d in t.shape):
+            where = f" (output of node {t.producer.name!r})" if t.producer else ""
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} does not fit "
+                              "TFLite's int32 dimensions")
+    for node in g.nodes:
+        for key, value in node.attrs.items():
+            if any(not lo <= v <= hi for v in _int_values(value)):
+                raise ExportError(f"node {node.name!r} ({node.op}): attribute {key}={value} "
+                                  "does not fit TFLite's int32 fields")
 
 
 def _align16(n: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.errors import VerifyError
-from qatir.ir import Graph, Node
+from qatir.ir import FUSED_ACTIVATIONS, Graph, Node
 from qatir.ops.registry import get_op, has_op
 
 
@@ -58,6 +58,10 @@ def verify_graph(graph: Graph) -> None:
         if not has_op(node.op):
             _fail(graph, node, f"node {node.name!r}: unknown op {node.op!r}")
         opdef = get_op(node.op)
+        act = node.attrs.get("fused_activation", "NONE")
+        if not isinstance(act, str) or act not in FUSED_ACTIVATIONS:
+            _fail(graph, node, f"node {node.name!r}: fused_activation {act!r} is not one of "
+                               f"{', '.join(FUSED_ACTIVATIONS)}")
         present = len(node.inputs)
         if not opdef.min_inputs <= present <= opdef.max_inputs:
             _fail(graph, node, f"node {node.name!r} ({node.op}) has {present} inputs, "

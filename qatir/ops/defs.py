@@ -74,8 +74,16 @@ def _window(x, kh, kw, attrs, channels):
             channels)
 
 
+def _check_bias(node, channels):
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    if b is not None:
+        check(b.shape == (channels,), f"bias %{b.name} has shape {list(b.shape)}, "
+                                      f"expected [{channels}]")
+
+
 def _conv(node):
     x, w = _in(node), _in(node, 1)
+    _check_bias(node, w.shape[0])
     check(w.rank == 4, "CONV_2D weights must be 4-D OHWI")
     check(x.shape[3] is None or x.shape[3] == w.shape[3],
           f"input channels {x.shape[3]} != weight channels {w.shape[3]} (OHWI)")
@@ -84,6 +92,7 @@ def _conv(node):
 
 def _dwconv(node):
     x, w = _in(node), _in(node, 1)
+    _check_bias(node, w.shape[3])
     check(w.rank == 4 and w.shape[0] == 1, "DEPTHWISE_CONV_2D weights must be 1HWO")
     m = node.attrs["depth_multiplier"]
     check(x.shape[3] is None or x.shape[3] * m == w.shape[3],
@@ -93,6 +102,7 @@ def _dwconv(node):
 
 def _fc(node):
     x, w = _in(node), _in(node, 1)
+    _check_bias(node, w.shape[0])
     check(w.rank == 2, "FULLY_CONNECTED weights must be [N, K]")
     check(x.shape[-1] is None or x.shape[-1] == w.shape[1],
           f"input depth {x.shape[-1]} != weight depth {w.shape[1]}")
@@ -105,6 +115,7 @@ def _fc(node):
 
 def _tconv(node):
     x, w = _in(node), _in(node, 1)
+    _check_bias(node, w.shape[0])
     check(x.rank == 4 and w.rank == 4, "TRANSPOSE_CONV needs 4-D input and OHWI weights")
     sh, sw = node.attrs["stride"]
     n, h, wd, _ = x.shape
@@ -244,6 +255,11 @@ def _strided_slice(node):
 def _gather(node):
     x, idx = _in(node), _in(node, 1)
     axis = node.attrs["axis"] % x.rank
+    dim = x.shape[axis]
+    if idx.data is not None and dim is not None and idx.data.size:
+        lo, hi = int(idx.data.min()), int(idx.data.max())
+        check(-dim <= lo and hi < dim, f"indices %{idx.name} range [{lo}, {hi}] outside "
+                                       f"[{-dim}, {dim}) of axis {axis}")
     return [(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)]
 
 
