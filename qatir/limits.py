@@ -8,27 +8,24 @@ from qatir.errors import QatirError
 from qatir.ir import Graph
 
 
+def _proc_kib(path: str, field: str) -> int | None:
+    """A "Field:  N kB" line of a /proc file, in bytes (None where it cannot be read)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_memory() -> int:
     """Bytes this process may still allocate: free RAM, capped by its address-space limit."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = _proc_kib("/proc/meminfo", "MemAvailable")
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        used = 0
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmSize:"):
-                        used = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        left = max(soft - used, 0)
+        left = max(soft - (_proc_kib("/proc/self/status", "VmSize") or 0), 0)
         avail = left if avail is None else min(avail, left)
     return avail if avail is not None else 1 << 62
 
