@@ -262,8 +262,7 @@ class Graph:
         except (ValueError, IndexError, TypeError, KeyError) as e:
             node.drop_inputs()
             raise ShapeError(f"node {node.name!r} ({op}): cannot infer shapes: {e}") from None
-        if n_out != len(specs):
-            specs = specs[:n_out] if len(specs) > n_out else specs
+        specs = specs[:n_out]
         for i, (shape, dtype) in enumerate(specs):
             given = outputs[i] if outputs else None
             if isinstance(given, Tensor):
@@ -319,18 +318,21 @@ class Graph:
         node.graph = None
 
     def erase_many(self, nodes: Iterable[Node]) -> None:
-        """Erase several nodes at once (linear time); each must be unused after the batch."""
+        """Erase several nodes at once (linear time); each must be unused after the batch.
+
+        Checked before anything changes, so a refused batch leaves the graph intact.
+        """
         doomed = {id(n) for n in nodes}
-        for n in self.nodes:
-            if id(n) not in doomed:
-                continue
-            n.drop_inputs()
-        for n in self.nodes:
-            if id(n) not in doomed:
-                continue
+        victims = [n for n in self.nodes if id(n) in doomed]
+        graph_outputs = {id(t) for t in self.outputs}
+        for n in victims:
             for t in n._outputs:
-                if t._uses or any(o is t for o in self.outputs):
+                if id(t) in graph_outputs or any(id(u) not in doomed for u, _ in t._uses):
                     raise VerifyError(f"cannot erase node {n.name!r}: output %{t.name} is still used")
+        for n in victims:
+            n.drop_inputs()
+        for n in victims:
+            for t in n._outputs:
                 t.producer = None
                 self.tensors.pop(t.name, None)
             self._node_names.discard(n.name)
@@ -403,10 +405,6 @@ class Graph:
         data: dict[str, np.ndarray] = {}
         d = graph_to_dict(self, arrays=data)
         return graph_from_dict(d, {k: v.copy() for k, v in data.items()}, validate=False)
-
-    def producer_of(self, name: str) -> Node | None:
-        t = self.tensors.get(name)
-        return t.producer if t else None
 
     def __str__(self) -> str:
         from qatir.printer import format_graph

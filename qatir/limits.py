@@ -36,10 +36,11 @@ def constant_bytes(graph: Graph) -> int:
 
 def check_fits(graph: Graph, copies: int, what: str) -> None:
     """Raise unless ``copies`` copies of the graph's constants fit in available memory."""
-    need = constant_bytes(graph) * copies
+    per_copy = constant_bytes(graph)
+    need = per_copy * copies
     have = available_memory()
     if need > have:
         raise QatirError(
             f"graph {graph.name!r}: {what} needs about {need / 2**30:.2f} GiB "
-            f"({copies} x {constant_bytes(graph)} bytes of constants) but only "
+            f"({copies} x {per_copy} bytes of constants) but only "
             f"{have / 2**30:.2f} GiB is available; refusing before copying")

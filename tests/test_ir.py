@@ -255,3 +255,13 @@ def test_saved_files_get_the_umask_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_refused_erase_many_leaves_the_graph_intact():
+    g = small_graph()
+    before = str(g)
+    relu = g.tensors["relu"].producer  # its output is still read by ADD, which is not erased
+    with pytest.raises(VerifyError, match="still used"):
+        g.erase_many([relu])
+    assert str(g) == before
+    g.verify()
