@@ -145,17 +145,18 @@ def _dwconv(ctx, node, ins):
     m = int(a["depth_multiplier"])
     filt = tf.reshape(w, [kh, kw, out_c // m, m])
     (sh, sw), (dh, dw) = a["stride"], a["dilation"]
-    if max(sh, sw) > 1 and max(dh, dw) > 1:
-        y = _strided_dilated_dwconv(x, filt, node, (sh, sw), (dh, dw), (kh, kw))
+    if (max(sh, sw) > 1 and max(dh, dw) > 1) or sh != sw:
+        y = _strided_dwconv(x, filt, node, (sh, sw), (dh, dw), (kh, kw))
     else:
         y = tf.nn.depthwise_conv2d(x, filt, strides=_hw(a["stride"]), padding=a["padding"],
                                    dilations=[int(dh), int(dw)])
     return _act(node, _add_bias(ctx, node, y, ins[2] if len(ins) > 2 else None))
 
 
-def _strided_dilated_dwconv(x, filt, node, stride, dilation, kernel):
-    """TF cannot stride and dilate a depthwise conv at once: pad as TFLite's SAME would for
-    this stride, run a stride-1 VALID dilated conv, then keep every stride-th output."""
+def _strided_dwconv(x, filt, node, stride, dilation, kernel):
+    """TF's CPU depthwise conv can neither stride and dilate at once nor take unequal
+    strides: pad as TFLite's SAME would for this stride, run a stride-1 VALID (dilated)
+    conv, then keep every stride-th output."""
     if node.attrs["padding"] == "SAME":
         pads = [[0, 0]]
         for size, s, d, k in zip(node.inputs[0].shape[1:3], stride, dilation, kernel):
