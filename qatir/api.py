@@ -104,7 +104,7 @@ def quantize(graph: Graph, table: str | os.PathLike | None = None,
 
 def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], **options: Any) -> Graph:
     """Set activation ranges of a quantized graph from representative data (in place)."""
-    from qatir.tf.train import calibrate as _calibrate
+    from qatir.calibration import calibrate as _calibrate
 
     return _calibrate(graph, batches, **options)
 

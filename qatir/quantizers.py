@@ -4,7 +4,10 @@ A FAKE_QUANT node names its quantizer in ``attrs["quantizer"]``; pattern tables
 refer to the same names. Each quantizer says
 
 - how calibration turns observed values into a range (:meth:`Quantizer.observe`
-  accumulates statistics, :meth:`Quantizer.compute_range` returns ``(lo, hi)``);
+  accumulates statistics, :meth:`Quantizer.compute_range` returns ``(lo, hi)``;
+  a quantizer that needs only each batch's min/max overrides
+  :meth:`Quantizer.observe_minmax` instead, and calibration never copies whole
+  activations for it);
 - how ``fit`` treats the range: held fixed, updated by an exponential moving
   average of batch min/max (``ema_in_fit``), or trained by gradient
   (``trainable``).
@@ -82,10 +85,24 @@ class Quantizer:
         return {"min": np.full(channels, np.inf, np.float32),
                 "max": np.full(channels, -np.inf, np.float32), "batches": 0}
 
+    @classmethod
+    def needs_rows(cls) -> bool:
+        """True when :meth:`observe` is overridden: calibration must copy whole activations.
+
+        A quantizer that keeps the base ``observe`` only ever sees each batch's
+        per-channel min/max (:meth:`observe_minmax`), which calibration computes
+        inside the runtime without copying activations out.
+        """
+        return cls.observe is not Quantizer.observe
+
     def observe(self, state: dict[str, Any], x: np.ndarray) -> None:
         """Accumulate one batch; ``x`` is ``[rows, channels]`` float32."""
-        state["min"] = np.minimum(state["min"], x.min(axis=0))
-        state["max"] = np.maximum(state["max"], x.max(axis=0))
+        self.observe_minmax(state, x.min(axis=0), x.max(axis=0))
+
+    def observe_minmax(self, state: dict[str, Any], lo: np.ndarray, hi: np.ndarray) -> None:
+        """Accumulate one batch given its per-channel min ``lo`` and max ``hi``."""
+        state["min"] = np.minimum(state["min"], lo)
+        state["max"] = np.maximum(state["max"], hi)
         state["batches"] += 1
 
     def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +127,10 @@ class MovingAverageQuantizer(Quantizer):
         state["sum_max"] = np.zeros(channels, np.float64)
         return state
 
-    def observe(self, state: dict[str, Any], x: np.ndarray) -> None:
-        super().observe(state, x)
-        state["sum_min"] += x.min(axis=0)
-        state["sum_max"] += x.max(axis=0)
+    def observe_minmax(self, state: dict[str, Any], lo: np.ndarray, hi: np.ndarray) -> None:
+        super().observe_minmax(state, lo, hi)
+        state["sum_min"] += lo
+        state["sum_max"] += hi
 
     def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         n = max(state["batches"], 1)

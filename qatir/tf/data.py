@@ -11,7 +11,7 @@ training step is traced once and can be distributed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -19,31 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from qatir.errors import NumericsError, QatirError  # noqa: E402
+from qatir.errors import QatirError  # noqa: E402
+from qatir.feeds import check_finite, iterate_feeds, order_inputs  # noqa: E402,F401
 from qatir.ir import Graph  # noqa: E402
-
-
-def order_inputs(graph: Graph, features: Any) -> tuple[Any, ...]:
-    """Features (dict by input name, or a bare value for a one-input graph) in input order."""
-    names = [t.name for t in graph.inputs]
-    if not isinstance(features, Mapping):
-        if len(names) != 1:
-            raise QatirError(f"graph {graph.name!r} has inputs {names}: pass a dict by input name")
-        return (features,)
-    missing = [n for n in names if n not in features]
-    extra = [n for n in features if n not in names]
-    if missing or extra:
-        raise QatirError(f"graph {graph.name!r}: missing input(s) {missing}, unknown input(s) "
-                         f"{extra} (inputs are {names})")
-    return tuple(features[n] for n in names)
-
-
-def check_finite(graph: Graph, arrays: Iterable[np.ndarray]) -> None:
-    """NumericsError naming the first graph input whose batch holds NaN or Inf."""
-    for t, x in zip(graph.inputs, arrays):
-        x = np.asarray(x)
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-            raise NumericsError(f"input {t.name!r}: data contains NaN or Inf")
 
 
 def _spec(graph: Graph, y: Any) -> tuple[Any, tf.TensorSpec]:
@@ -85,17 +63,3 @@ def as_dataset(graph: Graph, data: Any, batch_size: int = 32) -> tf.data.Dataset
         prepared.append((xs, np.asarray(item[1])))
     sig = _spec(graph, prepared[0][1])
     return tf.data.Dataset.from_generator(lambda: iter(prepared), output_signature=sig)
-
-
-def iterate_feeds(graph: Graph, batches: Iterable[Any]) -> Iterator[tuple[np.ndarray, ...]]:
-    """Calibration batches ({input name: x} or bare arrays) as checked tuples in input order."""
-    from qatir.tf.executor import check_feeds
-
-    for batch in batches:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Mapping):
-            batch = batch[0]  # a (features, label) pair: labels are not needed
-        feeds = batch if isinstance(batch, Mapping) else dict(zip([graph.inputs[0].name], [batch]))
-        xs = check_feeds(graph, {k: (v.numpy() if hasattr(v, "numpy") else v)
-                                 for k, v in feeds.items()})
-        check_finite(graph, xs)
-        yield tuple(xs)

@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import qatir.tf.fake_quant  # noqa: E402,F401  (registers the FAKE_QUANT kernel)
 from qatir.errors import QatirError  # noqa: E402
+from qatir.feeds import check_feeds  # noqa: E402,F401  (re-exported)
 from qatir.ir import Graph, Tensor  # noqa: E402
 from qatir.quantizers import get_quantizer  # noqa: E402
 from qatir.tf.kernels import KernelContext, get_kernel  # noqa: E402
@@ -188,30 +189,6 @@ def _sig_name(name: str) -> str:
     return safe if safe[:1].isalpha() else f"t_{safe}"
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any]) -> list[np.ndarray]:
-    """Feeds as arrays in graph-input order; QatirError naming a missing/extra/misshaped input."""
-    names = [t.name for t in graph.inputs]
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing input(s) {missing}")
-        if extra:
-            parts.append(f"unknown input(s) {extra}")
-        raise QatirError(f"graph {graph.name!r}: {'; '.join(parts)} (inputs are {names})")
-    out = []
-    for t in graph.inputs:
-        x = np.asarray(feeds[t.name])
-        if x.dtype != t.dtype:
-            if t.dtype.kind == "f" and x.dtype.kind not in "fiub":
-                raise QatirError(f"input {t.name!r}: dtype {x.dtype} cannot feed {t.dtype}")
-            x = x.astype(t.dtype)
-        if x.ndim != t.rank or any(d is not None and d != s for d, s in zip(t.shape, x.shape)):
-            want = ["?" if d is None else d for d in t.shape]
-            raise QatirError(f"input {t.name!r}: shape {list(x.shape)} does not match {want}")
-        out.append(x)
-    return out
 
 
 _CACHE: weakref.WeakKeyDictionary[Graph, Program] = weakref.WeakKeyDictionary()

@@ -23,15 +23,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from qatir.calibration import refresh_weight_ranges  # noqa: E402
 from qatir.errors import NumericsError, QatirError  # noqa: E402
 from qatir.ir import Graph  # noqa: E402
 from qatir.quant import refresh_quant  # noqa: E402
-from qatir.tf.calibrate import calibrate, refresh_weight_ranges  # noqa: E402
 from qatir.tf.data import as_dataset  # noqa: E402
 from qatir.tf.executor import Program, program_for  # noqa: E402
 from qatir.tf.kernels import KernelContext  # noqa: E402
 
-__all__ = ["calibrate", "fit", "make_train_step"]
+__all__ = ["fit", "make_train_step"]
 
 
 def resolve_loss(loss: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

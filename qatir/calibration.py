@@ -1,0 +1,205 @@
+"""Post-training calibration: set every activation range of a quantized graph from data.
+
+The graph runs in float (FAKE_QUANT as identity) and each calibrated
+FAKE_QUANT's input is handed to its quantizer (``qatir.quantizers``). Ranges
+shared by several FAKE_QUANT nodes (same ``min``/``max`` tensors) pool the
+statistics of all users. Weight ranges are recomputed from the weights.
+
+Two engines run the float graph:
+
+- ``"litert"``: the graph, FAKE_QUANTs removed, is written as a float TFLite
+  model whose outputs are the calibrated tensors and run by LiteRT (XNNPACK).
+  It needs no TensorFlow and no trainable program, which makes it several
+  times faster on a fresh graph (``tools/bench_vs_converter.py``);
+- ``"tf"``: the graph's TensorFlow program (the one ``fit`` trains).
+
+``engine="auto"`` (the default) takes LiteRT when the float graph can be
+written as TFLite and TensorFlow otherwise. Both reduce each batch to
+per-channel min/max inside the runtime for quantizers that need no more
+(:meth:`qatir.quantizers.Quantizer.needs_rows`); the others get whole
+activations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from qatir.errors import NumericsError, QatirError
+from qatir.feeds import iterate_feeds
+from qatir.ir import Graph, Node
+from qatir.quant import refresh_quant
+from qatir.quantizers import Quantizer, get_quantizer, include_zero, symmetric_range
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "litert", "tf")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A calibrated FAKE_QUANT input: which node, its channel axis, whether rows are needed."""
+
+    node: str
+    axis: int | None
+    rows: bool
+
+
+class CaptureEngine(Protocol):
+    """Runs the float graph on one batch; returns, by FAKE_QUANT name, the input's rows
+    (``tap.rows``: the whole activation) or its ``[2, channels]`` per-channel min and max."""
+
+    def run(self, xs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]: ...
+
+
+def as_rows(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """[rows, channels] view of a captured activation (one column when per-tensor)."""
+    if axis is None:
+        return x.reshape(-1, 1)
+    return np.moveaxis(x, axis % x.ndim, -1).reshape(-1, x.shape[axis])
+
+
+def minmax(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """``[2, channels]``: per-channel min and max of ``x`` (NaN propagates)."""
+    if axis is None:
+        return np.array([[x.min()], [x.max()]], np.float32)
+    rows = as_rows(x, axis)
+    return np.stack([rows.min(axis=0), rows.max(axis=0)]).astype(np.float32, copy=False)
+
+
+def range_groups(graph: Graph) -> dict[tuple[int, int], list[Node]]:
+    """Calibrated FAKE_QUANT nodes grouped by their (shared) min/max tensors."""
+    groups: dict[tuple[int, int], list[Node]] = {}
+    for node in graph.nodes:
+        if node.op != "FAKE_QUANT" or node.attrs.get("kind") == "weight":
+            continue
+        if not get_quantizer(node.attrs["quantizer"]).calibrates:
+            continue
+        groups.setdefault((id(node.inputs[1]), id(node.inputs[2])), []).append(node)
+    return groups
+
+
+def set_range(node: Node, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Store a range in a FAKE_QUANT's min/max constants (fresh arrays, original shapes)."""
+    for t, v in ((node.inputs[1], lo), (node.inputs[2], hi)):
+        t.data = np.asarray(v, np.float32).reshape(t.shape).copy()
+
+
+def refresh_weight_ranges(graph: Graph) -> None:
+    """Set weight FAKE_QUANT ranges from the current weights (unless the range is learned)."""
+    for node in graph.nodes:
+        if node.op != "FAKE_QUANT" or node.attrs.get("kind") != "weight":
+            continue
+        q = get_quantizer(node.attrs["quantizer"])
+        w = node.inputs[0]
+        if q.trainable or not q.calibrates or not w.is_const:
+            continue
+        rows = as_rows(np.asarray(w.data, np.float32), node.attrs.get("axis"))
+        lo, hi = include_zero(rows.min(axis=0), rows.max(axis=0))
+        if node.attrs.get("symmetric"):
+            lo, hi = symmetric_range(lo, hi)
+        set_range(node, lo, hi)
+
+
+def _progress(items: Iterable[Any], enabled: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(items, desc=desc, disable=not enabled, unit="batch")
+
+
+def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
+                engine: str = "auto") -> CaptureEngine:
+    """The capture engine for ``taps``, ready for batches shaped like ``first``."""
+    if engine not in ENGINES:
+        raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
+    if engine in ("auto", "litert"):
+        from qatir.litert_capture import LiteRTCapture, unsupported_reason
+
+        why = unsupported_reason(graph)
+        if why is None:
+            try:
+                return LiteRTCapture(graph, taps, first)
+            except QatirError as e:
+                why = str(e)
+        if engine == "litert":
+            raise QatirError(f"calibrate: graph {graph.name!r} cannot run on LiteRT: {why}")
+        log.info("calibrate: graph %r runs on TensorFlow (%s)", graph.name, why)
+    from qatir.tf.calibrate import TfCapture
+
+    return TfCapture(graph, taps)
+
+
+def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None,
+              max_batches: int | None = None, quantizer_options: dict[str, dict] | None = None,
+              engine: str = "auto") -> Graph:
+    """Set the activation ranges of ``graph`` (in place) from representative ``batches``.
+
+    ``batches``: iterable of ``{input_name: array}`` (or bare arrays for a
+    one-input graph). ``quantizer_options`` maps a quantizer name to options
+    for it, e.g. ``{"percentile": {"percentile": 99.9}}``. ``engine``: "auto",
+    "litert" or "tf" (module docstring). Returns ``graph``.
+    """
+    if not any(n.op == "FAKE_QUANT" for n in graph.nodes):
+        raise QatirError(f"calibrate: graph {graph.name!r} has no FAKE_QUANT nodes "
+                         "(quantize it first with qatir.quantize)")
+    if engine not in ENGINES:
+        raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
+    opts = quantizer_options or {}
+    groups = range_groups(graph)
+    quantizers: dict[tuple[int, int], Quantizer] = {}
+    for key, nodes in groups.items():
+        qname = nodes[0].attrs["quantizer"]
+        quantizers[key] = get_quantizer(qname)(**opts.get(qname, {}))
+    taps = [Tap(n.name, n.attrs.get("axis"), quantizers[key].needs_rows())
+            for key, nodes in groups.items() for n in nodes]
+    feeds = iterate_feeds(graph, batches)
+    if max_batches is not None:
+        feeds = itertools.islice(feeds, max(0, max_batches))
+    first = next(feeds, None)
+    if first is None:
+        raise QatirError(f"calibrate: no batches given for graph {graph.name!r}")
+    states: dict[tuple[int, int], dict] = {}
+    if taps:
+        capture = make_engine(graph, taps, first, engine)
+        for xs in _progress(itertools.chain([first], feeds), progress, "calibrate"):
+            captured = capture.run(xs)
+            for key, nodes in groups.items():
+                for node in nodes:
+                    _observe(quantizers[key], states, key, node, captured[node.name])
+    for key, nodes in groups.items():
+        lo, hi = include_zero(*quantizers[key].compute_range(states[key]))
+        if nodes[0].attrs.get("symmetric"):
+            lo, hi = symmetric_range(lo, hi)
+        set_range(nodes[0], lo, hi)
+    refresh_weight_ranges(graph)
+    refresh_quant(graph)
+    graph.metadata["calibrated"] = True
+    return graph
+
+
+def _observe(q: Quantizer, states: dict[tuple[int, int], dict], key: tuple[int, int],
+             node: Node, value: np.ndarray) -> None:
+    axis = node.attrs.get("axis")
+    if q.needs_rows():
+        rows = as_rows(value, axis)
+        finite = bool(np.all(np.isfinite(rows)))
+    else:
+        rows = None
+        finite = bool(np.all(np.isfinite(value)))  # NaN propagates into the min/max
+    if not finite:
+        raise NumericsError(f"FAKE_QUANT {node.name!r}: input %{node.inputs[0].name} "
+                            "has NaN or Inf during calibration")
+    if key not in states:
+        states[key] = q.new_state(value.shape[1] if rows is None else rows.shape[1])
+    if rows is None:
+        q.observe_minmax(states[key], value[0], value[1])
+    else:
+        q.observe(states[key], rows)
