@@ -33,6 +33,14 @@ _DTYPE_SHORT = {
 }
 
 
+def _plain(values: Any, kinds: str, cast: type) -> list:
+    """Python floats/ints from a sequence; numeric arrays convert in one C loop."""
+    arr = np.asarray(values) if isinstance(values, (np.ndarray, list, tuple)) else None
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in kinds:
+        return arr.astype(np.float64 if cast is float else np.int64).tolist()
+    return [cast(v) for v in values]
+
+
 @dataclass(frozen=True)
 class QuantParams:
     """Affine quantization: real = (q - zero_point) * scale.
@@ -49,8 +57,8 @@ class QuantParams:
     dtype: str = "int8"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
-        object.__setattr__(self, "zero_point", tuple(int(z) for z in self.zero_point))
+        object.__setattr__(self, "scale", tuple(_plain(self.scale, "fiu", float)))
+        object.__setattr__(self, "zero_point", tuple(_plain(self.zero_point, "iu", int)))
         if len(self.scale) != len(self.zero_point):
             raise ValueError("scale and zero_point must have the same length")
         if self.axis is None and len(self.scale) != 1:

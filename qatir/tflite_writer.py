@@ -199,7 +199,9 @@ class _Writer:
         code_index = {c: i for i, c in enumerate(codes)}
         inline = sum(int(a.nbytes) for i, a in enumerate(self.buffers)
                      if a is not None and not (offsets and i in offsets))
-        b = flatbuffers.Builder(max(1024, inline + 4096))
+        # sized for the data, its alignment and the tables, so the builder never regrows
+        b = flatbuffers.Builder(inline + 16 * len(self.buffers) + 256 * len(self.tensors)
+                                + 128 * len(self.ops) + 65536)
         buffers = [self._write_buffer(b, None, offsets[i]) if offsets and i in offsets
                    else self._write_buffer(b, arr) for i, arr in enumerate(self.buffers)]
         tensors = [self._write_tensor(b, *t) for t in self.tensors]

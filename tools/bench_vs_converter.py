@@ -150,6 +150,21 @@ def latencies_ms(bufs: dict[str, bytes], runs: int, rounds: int = 5) -> dict[str
     return best
 
 
+def operator_counts(buf: bytes) -> dict[tuple[str, int], int]:
+    """{(builtin name, version): count} of the model's first subgraph."""
+    import tflite
+
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    m = tflite.Model.GetRootAsModel(buf, 0)
+    sg = m.Subgraphs(0)
+    counts: dict[tuple[str, int], int] = {}
+    for i in range(sg.OperatorsLength()):
+        code = m.OperatorCodes(sg.Operators(i).OpcodeIndex())
+        key = (names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())], code.Version())
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
     return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2))
@@ -201,6 +216,11 @@ def main() -> None:
         q, c = results["qatir"], results["TFLiteConverter"]
         print(f"speed-up to int8 file: {c[0] / q[0]:.1f}x; latency ratio qatir/converter: "
               f"{q[2] / c[2]:.2f}; SQNR difference: {q[3] - c[3]:+.2f} dB")
+        ops = {label: operator_counts(bufs[label]) for label in ("qatir", "TFLiteConverter")}
+        same = ops["qatir"] == ops["TFLiteConverter"]
+        print("operators (builtin, version): " + ("identical in both models: " if same else
+              f"DIFFER; converter {sorted(ops['TFLiteConverter'].items())}, qatir: ")
+              + ", ".join(f"{n} v{v} x{k}" for (n, v), k in sorted(ops["qatir"].items())))
 
 
 if __name__ == "__main__":
