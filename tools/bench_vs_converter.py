@@ -10,11 +10,12 @@ are measured on the same held-out images:
   ``calibrate`` + ``to_tflite``; converter = ``TFLiteConverter.from_keras_model``
   with ``Optimize.DEFAULT``, a representative dataset and int8 builtins only;
 - model size in bytes;
-- LiteRT latency: default resolver (XNNPACK), 1 thread, median of ``--runs``;
+- LiteRT latency: default resolver (XNNPACK), 1 thread, median of ``--runs`` invokes,
+  the models taking turns invoke by invoke;
 - SQNR of the int8 model's output against the float model's, on held-out inputs.
 
 Both int8 models keep float input/output edges. Prints one table.
-Usage: ``python tools/bench_vs_converter.py [--calib 16] [--holdout 8] [--runs 30]``.
+Usage: ``python tools/bench_vs_converter.py [--calib 16] [--holdout 8] [--runs 200]``.
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ def run_model(buf: bytes, images: np.ndarray) -> np.ndarray:
     return np.concatenate(ys)
 
 
-def latencies_ms(bufs: dict[str, bytes], runs: int, rounds: int = 5) -> dict[str, float]:
-    """Median invoke time per model; models interleaved over ``rounds`` and the best round
-    kept, so load from other processes hits all models alike."""
+def latencies_ms(bufs: dict[str, bytes], runs: int) -> dict[str, float]:
+    """Median invoke time per model. The models take turns invoke by invoke (the order
+    rotating each turn), so load from other processes on a shared machine hits all alike."""
     from ai_edge_litert.interpreter import Interpreter
 
     its = {}
@@ -138,16 +139,14 @@ def latencies_ms(bufs: dict[str, bytes], runs: int, rounds: int = 5) -> dict[str
         for _ in range(3):
             it.invoke()
         its[label] = it
-    best = {label: float("inf") for label in bufs}
-    for _ in range(rounds):
-        for label, it in its.items():
-            times = []
-            for _ in range(max(1, runs // rounds)):
-                t0 = time.perf_counter()
-                it.invoke()
-                times.append(time.perf_counter() - t0)
-            best[label] = min(best[label], float(np.median(times) * 1e3))
-    return best
+    labels = list(its)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(runs):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            t0 = time.perf_counter()
+            its[label].invoke()
+            times[label].append(time.perf_counter() - t0)
+    return {label: float(np.median(t) * 1e3) for label, t in times.items()}
 
 
 def operator_counts(buf: bytes) -> dict[tuple[str, int], int]:
@@ -175,7 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--holdout", type=int, default=8)
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
     calib = synthetic_images(args.calib, 0)
     held = synthetic_images(args.holdout, 1)
@@ -196,6 +195,8 @@ def main() -> None:
                 continue
             bufs[label] = buf
             results[label] = [secs, len(buf), 0.0, sqnr_db(ref, run_model(buf, held))]
+        if "TFLiteConverter" in bufs:  # a second interpreter of the same file: the noise floor
+            bufs["converter, again"] = bufs["TFLiteConverter"]
         lat = latencies_ms(bufs, args.runs)
         for label, r in results.items():
             if not isinstance(r, str):
@@ -215,7 +216,8 @@ def main() -> None:
     if all(not isinstance(r, str) for r in results.values()):
         q, c = results["qatir"], results["TFLiteConverter"]
         print(f"speed-up to int8 file: {c[0] / q[0]:.1f}x; latency ratio qatir/converter: "
-              f"{q[2] / c[2]:.2f}; SQNR difference: {q[3] - c[3]:+.2f} dB")
+              f"{q[2] / c[2]:.3f} (the converter's model against itself: "
+              f"{lat['converter, again'] / c[2]:.3f}); SQNR difference: {q[3] - c[3]:+.2f} dB")
         ops = {label: operator_counts(bufs[label]) for label in ("qatir", "TFLiteConverter")}
         same = ops["qatir"] == ops["TFLiteConverter"]
         print("operators (builtin, version): " + ("identical in both models: " if same else
