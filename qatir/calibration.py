@@ -116,8 +116,12 @@ def _progress(items: Iterable[Any], enabled: bool | None, desc: str):
 
 
 def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
-                engine: str = "auto") -> CaptureEngine:
-    """The capture engine for ``taps``, ready for batches shaped like ``first``."""
+                engine: str = "auto") -> tuple[CaptureEngine, dict[str, np.ndarray]]:
+    """The capture engine for ``taps`` and its capture of the ``first`` batch.
+
+    Running the first batch here lets ``"auto"`` fall back to TensorFlow when
+    LiteRT refuses the float model at build or at its first invoke.
+    """
     if engine not in ENGINES:
         raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
     if engine in ("auto", "litert"):
@@ -126,7 +130,8 @@ def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
         why = unsupported_reason(graph)
         if why is None:
             try:
-                return LiteRTCapture(graph, taps, first)
+                capture = LiteRTCapture(graph, taps)
+                return capture, capture.run(first)
             except QatirError as e:
                 why = str(e)
         if engine == "litert":
@@ -134,7 +139,8 @@ def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
         log.info("calibrate: graph %r runs on TensorFlow (%s)", graph.name, why)
     from qatir.tf.calibrate import TfCapture
 
-    return TfCapture(graph, taps)
+    capture = TfCapture(graph, taps)
+    return capture, capture.run(first)
 
 
 def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None,
@@ -168,9 +174,10 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
         raise QatirError(f"calibrate: no batches given for graph {graph.name!r}")
     states: dict[tuple[int, int], dict] = {}
     if taps:
-        capture = make_engine(graph, taps, first, engine)
-        for xs in _progress(itertools.chain([first], feeds), progress, "calibrate"):
-            captured = capture.run(xs)
+        capture, captured = make_engine(graph, taps, first, engine)
+        for i, xs in enumerate(_progress(itertools.chain([first], feeds), progress, "calibrate")):
+            if i:
+                captured = capture.run(xs)
             for key, nodes in groups.items():
                 for node in nodes:
                     _observe(quantizers[key], states, key, node, captured[node.name])

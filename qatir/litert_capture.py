@@ -64,14 +64,13 @@ def float_tap_graph(graph: Graph, names: set[str]) -> tuple[Graph, dict[str, Ten
 class LiteRTCapture:
     """Capture engine running the FAKE_QUANT-free float graph in LiteRT."""
 
-    def __init__(self, graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...]):
+    def __init__(self, graph: Graph, taps: list[Tap]):
         self.taps = taps
         self.graph, self.sources = float_tap_graph(graph, {t.node for t in taps})
-        self.dynamic_batch = all(t.shape[:1] == (None,) for t in graph.inputs) and graph.inputs
+        self.dynamic_batch = bool(graph.inputs) and all(t.shape[:1] == (None,)
+                                                         for t in graph.inputs)
         self.out_index = {id(t): i for i, t in enumerate(self.graph.outputs)}
         self._interpreters: dict[int, Any] = {}
-        if self.graph.outputs:
-            self._interpreter(first)  # fail now (and let "auto" fall back), not mid-way
 
     def _interpreter(self, xs: tuple[np.ndarray, ...]) -> tuple[Any, list[int], list[int]]:
         """The interpreter for this batch size (written and built on first use)."""
@@ -103,9 +102,13 @@ class LiteRTCapture:
         given: dict[int, np.ndarray] = {id(t): x for t, x in zip(self.graph.inputs, xs)}
         if self.graph.outputs:
             it, ins, outs = self._interpreter(xs)
-            for x, idx in zip(xs, ins):
-                it.set_tensor(idx, np.ascontiguousarray(x))
-            it.invoke()
+            try:
+                for x, idx in zip(xs, ins):
+                    it.set_tensor(idx, np.ascontiguousarray(x))
+                it.invoke()
+            except (RuntimeError, ValueError) as e:
+                raise QatirError(f"LiteRT failed to run the float model of graph "
+                                 f"{self.graph.name!r}: {e}") from e
         out: dict[str, np.ndarray] = {}
         for tap in self.taps:
             src = self.sources[tap.node]

@@ -175,8 +175,7 @@ def test_tap_graph_drops_every_fake_quant_and_outputs_the_observed_tensors(tmp_p
     computed = {id(t) for t in sources.values() if t.producer is not None}
     assert {id(t) for t in g.outputs} == computed
     assert any(t in g.inputs for t in sources.values())  # the input's range is read directly
-    engine = LiteRTCapture(q, [Tap(n, None, False) for n in sorted(names)],
-                           tuple(image_batches(q, (1,))[0].values()))
+    engine = LiteRTCapture(q, [Tap(n, None, False) for n in sorted(names)])
     out = engine.run(tuple(image_batches(q, (1,))[0].values()))
     assert all(v.shape == (2, 1) and v[0, 0] <= v[1, 0] for v in out.values())
 
