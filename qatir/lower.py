@@ -118,6 +118,7 @@ def lower(graph: Graph, io: str = "int8") -> Graph:
         return g  # a float graph stays float
     apply_io(g, io)
     g.eliminate_dead_code()
+    _check_litert_limits(g)
     g.verify()
     return g
 
@@ -218,6 +219,11 @@ def _lower_fake_quant(g: Graph) -> None:
 
 
 # (op, lowest, highest) scale ratio XNNPACK's int8 kernels accept (params-init asserts)
+#: XNNPACK's limit on a conv/FC requantization scale (measured: 255 loads, 256 fails)
+XNN_MAX_REQUANT = 256.0
+#: LiteRT's builtin int8 ADD needs 2·max(input scale) / (2^20 · output scale) < 1
+#: (measured: a ratio of 2^19 aborts the process, just below it runs)
+ADD_MAX_RATIO = 2.0**19
 _XNN_RATIO = {"ADD": (2.0**-10, 2.0**8), "SUB": (2.0**-10, 2.0**8), "MUL": (2.0**-16, 2.0**8),
               "LEAKY_RELU": (2.0**-8, 2.0**7)}
 
@@ -240,6 +246,36 @@ def _warn_xnnpack_ratios(g: Graph) -> None:
     if bad:
         warnings.warn("scale ratios outside XNNPACK's limits, these nodes will run on LiteRT's "
                       f"builtin kernels: {', '.join(bad)}", stacklevel=3)
+
+
+def _check_litert_limits(g: Graph) -> None:
+    """Refuse scale ratios LiteRT cannot load: a conv/FC requantization scale XNNPACK
+    rejects (it then fails the whole model at load, not just the node), and an ADD whose
+    input/output scale ratio makes LiteRT's builtin ADD kernel abort the process."""
+    for node in g.nodes:
+        if node.op in WEIGHT_OPS and len(node.inputs) >= 2:
+            x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+            if x.quant is None or w.quant is None or y.quant is None or x.dtype != np.int8:
+                continue
+            ratio = (np.float32(x.quant.scale[0]) * np.asarray(w.quant.scale, np.float32)
+                     / np.float32(y.quant.scale[0]))
+            if np.any(ratio >= XNN_MAX_REQUANT):
+                c = int(np.argmax(ratio))
+                raise ExportError(
+                    f"node {node.name!r} ({node.op}): input scale x weight scale / output scale "
+                    f"= {float(ratio[c]):.4g} (channel {c}) is not below {XNN_MAX_REQUANT:g}; "
+                    "XNNPACK, LiteRT's default CPU path, refuses such a node and with it the "
+                    "whole model. The output range is too narrow for these weights: calibrate "
+                    "it or widen it")
+        elif node.op == "ADD" and node.outputs[0].quant is not None \
+                and node.outputs[0].dtype == np.int8:
+            ins = [t.quant.scale[0] for t in node.inputs if t is not None and t.quant is not None]
+            ratio = max(ins, default=0.0) / node.outputs[0].quant.scale[0]
+            if ratio >= ADD_MAX_RATIO:
+                raise ExportError(
+                    f"node {node.name!r} (ADD): input scale / output scale = {ratio:.4g} is not "
+                    f"below {ADD_MAX_RATIO:g}; LiteRT's int8 ADD kernel aborts the process on "
+                    "it. The output range is far too narrow for the inputs: calibrate or widen it")
 
 
 def _relax_saturated_clamps(g: Graph) -> None:

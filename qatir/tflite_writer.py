@@ -21,7 +21,7 @@ from typing import Any
 import flatbuffers
 import numpy as np
 
-from qatir.errors import ExportError, UnsupportedOpError
+from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
@@ -83,13 +83,17 @@ def _int_values(value: Any):
 
 
 def _check_int32(g: Graph) -> None:
-    """TFLite stores dims, indices and integer options as int32: refuse anything larger."""
+    """TFLite stores dims, indices and integer options as int32: refuse anything larger,
+    and empty activations, which LiteRT's kernels refuse."""
     lo, hi = _INT32
     for t in g.tensors.values():
+        where = f" (output of node {t.producer.name!r})" if t.producer else ""
         if any(d is not None and not lo <= d <= hi for d in t.shape):
-            where = f" (output of node {t.producer.name!r})" if t.producer else ""
             raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} does not fit "
                               "TFLite's int32 dimensions")
+        if not t.is_const and 0 in t.shape:
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} is empty; "
+                              "LiteRT's kernels refuse empty inputs and outputs")
     for node in g.nodes:
         for key, value in node.attrs.items():
             if any(not lo <= v <= hi for v in _int_values(value)):
@@ -106,11 +110,27 @@ def _raw(arr: np.ndarray) -> bytes:
 
 
 def _fix_batch(g: Graph, batch_size: int) -> None:
-    """Dynamic leading (batch) dims become ``batch_size``; other dynamic dims are refused."""
+    """Dynamic leading (batch) dims become ``batch_size``; other dynamic dims are refused.
+
+    Shapes are then inferred again from the now static inputs, so a node that only
+    fits some batch sizes (a GATHER or RESHAPE along the batch) is refused here,
+    naming it, instead of by LiteRT.
+    """
     for t in g.inputs:
         if any(d is None for d in t.shape[1:]):
             raise ExportError(f"input %{t.name} has dynamic non-batch dims {list(t.shape)}; "
                               "fix them when loading (input_shapes=...)")
+    dynamic = [t for t in g.inputs if t.shape[:1] == (None,)]
+    if not dynamic:
+        return
+    for t in dynamic:
+        t.shape = (batch_size,) + t.shape[1:]
+    for node in g.nodes:
+        try:
+            g.reinfer(node)
+        except QatirError as e:
+            raise ExportError(f"node {node.name!r} ({node.op}) does not fit batch size "
+                              f"{batch_size}: {e}") from None
     for t in g.tensors.values():
         if any(d is None for d in t.shape):
             t.shape = tuple(batch_size if d is None else d for d in t.shape)

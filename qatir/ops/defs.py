@@ -117,6 +117,8 @@ def _tconv(node):
     x, w = _in(node), _in(node, 1)
     _check_bias(node, w.shape[0])
     check(x.rank == 4 and w.rank == 4, "TRANSPOSE_CONV needs 4-D input and OHWI weights")
+    check(x.shape[3] is None or x.shape[3] == w.shape[3],
+          f"input channels {x.shape[3]} != weight channels {w.shape[3]} (OHWI)")
     sh, sw = node.attrs["stride"]
     n, h, wd, _ = x.shape
 
@@ -163,6 +165,9 @@ def _reshape(node):
             return [(tuple(None if d == -1 else d for d in new), x.dtype)]
     elif len(known) == x.rank:
         check(math.prod(new) == math.prod(known), f"cannot reshape {list(x.shape)} to {new}")
+    else:  # dynamic dims and no -1: the known dims must divide the new size
+        k, size = math.prod(known), math.prod(new)
+        check(size == 0 if k == 0 else size % k == 0, f"cannot reshape {list(x.shape)} to {new}")
     return [(tuple(new), x.dtype)]
 
 

@@ -1,0 +1,115 @@
+"""Models LiteRT cannot load are refused at export, naming the node (found by tools/fuzz.py --deep).
+
+Each limit is checked on both sides: just inside it the model loads and matches the
+integer reference under XNNPACK; at the limit qatir refuses to write it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import qatir
+from qatir.errors import ExportError, ShapeError
+from qatir.ir import Graph
+from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT
+from tests.qbuild import QB, int8_feed, litert_run
+
+S_IN, S_W = 2 / 255, 1 / 127  # input range [-1, 1]; weights of 1.0 -> symmetric scale 1/127
+
+WEIGHT_CASES = {
+    "CONV_2D": ((4, 3, 3, 3), 0, {"padding": "SAME"}, [1, 4, 4, 3]),
+    "DEPTHWISE_CONV_2D": ((1, 3, 3, 3), 3, {"padding": "SAME", "depth_multiplier": 1}, [1, 4, 4, 3]),
+    "FULLY_CONNECTED": ((4, 3), None, {}, [1, 3]),
+    "TRANSPOSE_CONV": ((4, 3, 3, 3), 0, {"padding": "SAME", "stride": [2, 2]}, [1, 4, 4, 3]),
+}
+
+
+def weight_op(op: str, ratio: float) -> Graph:
+    """``op`` whose requantization scale (input x weight / output scale) is ``ratio``."""
+    w_shape, axis, attrs, x_shape = WEIGHT_CASES[op]
+    qb = QB(0)
+    x = qb.input("x", x_shape, -1.0, 1.0)
+    wq = qb.weight(np.ones(w_shape, np.float32), axis)
+    s_out = S_IN * S_W / ratio
+    return qb.output(qb.op(op, [x, wq], attrs, rng=(-128 * s_out, 127 * s_out), name="node"))
+
+
+def add_const(ratio: float) -> Graph:
+    """ADD of an input in [-1, 1] and a constant whose scale is ``ratio`` x the output's."""
+    qb = QB(0)
+    x = qb.input("x", [1, 4, 4, 3], -1.0, 1.0)
+    s = S_IN * ratio
+    c = qb.fq(qb.g.const(np.ones(3, np.float32), "c"), -128 * s, 127 * s)
+    return qb.output(qb.op("ADD", [x, c], {}, rng=(-1.0, 1.0), name="node"))
+
+
+def runs_exactly_under_xnnpack(g: Graph) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ADD beyond XNNPACK's own ratio range: a warning
+        buf = qatir.to_tflite(g)
+    feeds = int8_feed(g)
+    got, _ = litert_run(buf, feeds, ref=False)
+    want = qatir.run_reference(g, feeds, kernels="xnnpack")
+    for name, y in want.items():
+        np.testing.assert_array_equal(got[name], y)
+
+
+@pytest.mark.parametrize("op", sorted(WEIGHT_CASES))
+def test_requantization_scale_xnnpack_rejects_is_refused(op):
+    runs_exactly_under_xnnpack(weight_op(op, XNN_MAX_REQUANT * 0.99))
+    with pytest.raises(ExportError, match=r"node 'node' .*not below 256.*XNNPACK"):
+        qatir.to_tflite(weight_op(op, XNN_MAX_REQUANT))
+
+
+@pytest.mark.filterwarnings("ignore:scale ratios outside XNNPACK")
+def test_add_ratio_that_aborts_litert_is_refused():
+    g = add_const(ADD_MAX_RATIO * 0.99)  # beyond XNNPACK's limit: runs on the builtin kernel
+    buf = qatir.to_tflite(g)
+    feeds = int8_feed(g)
+    got, _ = litert_run(buf, feeds, ref=False)
+    np.testing.assert_array_equal(got[g.outputs[0].name],
+                                  qatir.run_reference(g, feeds)[g.outputs[0].name])
+    with pytest.raises(ExportError, match=r"node 'node' \(ADD\).*aborts"):
+        qatir.to_tflite(add_const(ADD_MAX_RATIO))
+
+
+def test_gather_along_a_dynamic_batch_is_checked_at_the_exported_batch_size():
+    g = Graph("gather_batch")
+    x = g.add_input("x", [None, 4])
+    idx = g.const(np.array([0, 1], np.int32), "idx")
+    g.outputs = [g.add_node("GATHER", [x, idx], {"axis": 0}, name="pick").output]
+    with pytest.raises(ExportError, match=r"node 'pick' \(GATHER\) does not fit batch size 1"):
+        qatir.to_tflite(g)
+    buf = qatir.to_tflite(g, batch_size=2)
+    x2 = np.arange(8, dtype=np.float32).reshape(2, 4)
+    got, _ = litert_run(buf, {"x": x2}, ref=False)
+    np.testing.assert_array_equal(got[g.outputs[0].name], x2)
+    assert g.inputs[0].shape == (None, 4)  # the caller's graph keeps its dynamic batch
+
+
+def test_reshape_of_a_dynamic_batch_must_keep_the_known_size():
+    g = Graph("reshape_batch")
+    x = g.add_input("x", [None, 1, 1, 16])
+    with pytest.raises(ShapeError, match=r"cannot reshape \[\?|cannot reshape \[None"):
+        g.add_node("RESHAPE", [x], {"new_shape": [1, 1]})
+    y = g.add_node("RESHAPE", [x], {"new_shape": [2, 16]}).output  # a batch of 2 fits
+    assert y.shape == (2, 16)
+
+
+def test_transpose_conv_channels_must_match_its_weights():
+    g = Graph("tconv")
+    x = g.add_input("x", [1, 4, 4, 3])
+    w = g.const(np.ones((2, 3, 3, 4), np.float32), "w")
+    with pytest.raises(ShapeError, match="input channels 3 != weight channels 4"):
+        g.add_node("TRANSPOSE_CONV", [x, w], {"padding": "SAME", "stride": [2, 2]})
+
+
+def test_empty_activations_are_refused_at_export():
+    g = Graph("empty")
+    x = g.add_input("x", [1, 0, 4])
+    g.outputs = [g.add_node("RELU", [x], name="r").output]
+    with pytest.raises(ExportError, match=r"\[1, 0, 4\] is empty"):
+        qatir.to_tflite(g)
