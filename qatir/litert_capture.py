@@ -91,6 +91,10 @@ class LiteRTCapture:
                              f"{e}") from e
         ins = [d["index"] for d in it.get_input_details()]
         outs = [d["index"] for d in it.get_output_details()]
+        kinds = {np.dtype(d["dtype"]).kind for d in it.get_output_details()}
+        if kinds - {"f"}:  # e.g. a graph holding already-quantized int8 tensors
+            raise QatirError(f"float model of graph {self.graph.name!r}: observed tensors "
+                             "are not all float")
         if len(ins) != len(self.graph.inputs) or len(outs) != len(self.graph.outputs):
             raise QatirError(f"float model of graph {self.graph.name!r}: LiteRT sees "
                              f"{len(ins)} inputs / {len(outs)} outputs, expected "
