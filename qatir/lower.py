@@ -118,6 +118,7 @@ def lower(graph: Graph, io: str = "int8") -> Graph:
         return g  # a float graph stays float
     apply_io(g, io)
     g.eliminate_dead_code()
+    _check_lowered(g)
     _check_litert_limits(g)
     g.verify()
     return g
@@ -246,6 +247,39 @@ def _warn_xnnpack_ratios(g: Graph) -> None:
     if bad:
         warnings.warn("scale ratios outside XNNPACK's limits, these nodes will run on LiteRT's "
                       f"builtin kernels: {', '.join(bad)}", stacklevel=3)
+
+
+def _check_lowered(g: Graph) -> None:
+    """The quantization spec's rules on a lowered graph (its own lowering keeps them; an
+    imported int8 model may not): quantized int8 activations, int32 biases of int8
+    conv/FC nodes, one grid through same-scale ops, the fixed outputs."""
+    for node in g.nodes:
+        ins = [t for t in node.inputs if t is not None]
+        if not any(t.dtype == np.int8 and t.quant is not None for t in ins):
+            continue
+        for t in [*ins, *node.outputs]:
+            if t.dtype == np.int8 and t.quant is None:
+                raise ExportError(f"node {node.name!r} ({node.op}): int8 tensor %{t.name} has no "
+                                  "quantization parameters")
+        out = node.outputs[0]
+        if node.op in WEIGHT_OPS and len(node.inputs) > 2 and node.inputs[2] is not None \
+                and node.inputs[0].dtype == np.int8:
+            b = node.inputs[2]
+            if b.dtype != np.int32 or b.quant is None:
+                raise ExportError(f"node {node.name!r} ({node.op}): the bias %{b.name} of an int8 "
+                                  f"node must be quantized int32, not {b.dtype}")
+        elif node.op in SAME_SCALE and node.op not in ("CONCATENATION", "MAXIMUM", "MINIMUM") \
+                and out.dtype == np.int8 and not _close(node.inputs[0].quant, out.quant):
+            raise ExportError(f"node {node.name!r} ({node.op}): input {node.inputs[0].quant} and "
+                              f"output {out.quant} quantization differ; the TFLite spec requires "
+                              "them equal (XNNPACK refuses the model otherwise)")
+        elif node.op in FIXED_OUTPUT and out.dtype == np.int8:
+            scale, zp = FIXED_OUTPUT[node.op]
+            if out.quant.zero_point != (zp,) or \
+                    not np.isclose(out.quant.scale[0], scale, rtol=1e-6, atol=0):
+                raise ExportError(f"node {node.name!r} ({node.op}): output quantization "
+                                  f"{out.quant}; the TFLite spec fixes it at scale {scale:g}, "
+                                  f"zero point {zp}")
 
 
 def _check_litert_limits(g: Graph) -> None:

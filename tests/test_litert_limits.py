@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import qatir
-from qatir.errors import ExportError, ShapeError
-from qatir.ir import Graph
+from qatir.errors import ExportError, ModelFormatError, ShapeError
+from qatir.ir import Graph, QuantParams
 from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT
 from tests.qbuild import QB, int8_feed, litert_run
 
@@ -113,3 +113,75 @@ def test_empty_activations_are_refused_at_export():
     g.outputs = [g.add_node("RELU", [x], name="r").output]
     with pytest.raises(ExportError, match=r"\[1, 0, 4\] is empty"):
         qatir.to_tflite(g)
+
+
+# ------------------------------------------- imported int8 models that break the spec
+def q(scale: float, zp: int) -> QuantParams:
+    return QuantParams((scale,), (zp,), None, 8, False, "int8")
+
+
+def lowered(op: str, attrs: dict, out_q: QuantParams | None, shape=(1, 4, 4, 3)) -> Graph:
+    """An int8 graph in lowered form: x (int8, q(0.02, 0)) -> op -> y with ``out_q``."""
+    g = Graph("lowered")
+    x = g.add_input("x", list(shape), np.int8)
+    x.quant = q(0.02, 0)
+    y = g.add_node(op, [x], attrs, name="node").output
+    y.quant = out_q
+    g.outputs = [y]
+    return g
+
+
+def test_same_scale_op_with_a_different_output_grid_is_refused():
+    attrs = {"size": [8, 8], "align_corners": False, "half_pixel_centers": True}
+    qatir.to_tflite(lowered("RESIZE_BILINEAR", attrs, q(0.02, 0)))  # the spec's form exports
+    with pytest.raises(ExportError, match=r"'node' \(RESIZE_BILINEAR\).*quantization differ"):
+        qatir.to_tflite(lowered("RESIZE_BILINEAR", attrs, q(0.0200001, 0)))
+
+
+def test_fixed_output_params_are_enforced_on_imported_graphs():
+    qatir.to_tflite(lowered("SOFTMAX", {}, q(1 / 256, -128), shape=(1, 10)))
+    with pytest.raises(ExportError, match=r"'node' \(SOFTMAX\).*fixes it at scale 0.00390625"):
+        qatir.to_tflite(lowered("SOFTMAX", {}, q(1 / 256, -25), shape=(1, 10)))
+
+
+def test_int8_tensor_without_quantization_is_refused():
+    with pytest.raises(ExportError, match=r"int8 tensor %\S+ has no quantization"):
+        qatir.to_tflite(lowered("MAX_POOL_2D", {"filter": [2, 2], "stride": [2, 2],
+                                                "padding": "VALID"}, None))
+
+
+def test_int8_conv_with_a_float_bias_is_refused():
+    g = Graph("fbias")
+    x = g.add_input("x", [1, 4, 4, 3], np.int8)
+    x.quant = q(0.02, 0)
+    w = g.const(np.ones((2, 1, 1, 3), np.int8), "w",
+                quant=QuantParams((0.01, 0.01), (0, 0), 0, 8, True, "int8"))
+    b = g.const(np.zeros(2, np.float32), "b")
+    y = g.add_node("CONV_2D", [x, w, b], {"padding": "SAME"}, name="conv").output
+    y.quant = q(0.05, 0)
+    g.outputs = [y]
+    with pytest.raises(ExportError, match=r"'conv' \(CONV_2D\): the bias %b .*int32"):
+        qatir.to_tflite(g)
+
+
+def patched(buf: bytes, old: bytes, new: bytes) -> bytes:
+    assert buf.count(old) == 1, "the patched bytes must be unique in the model"
+    return buf.replace(old, new)
+
+
+def test_tflite_import_refuses_quantization_litert_would_reject(tmp_path):
+    """Patch a valid int8 model qatir wrote: zero point -53 -> 300, then a subnormal scale."""
+    g = lowered("RELU", {}, q(0.0123, -53))
+    buf = qatir.to_tflite(g)
+    qatir.load(_write(tmp_path / "ok.tflite", buf))
+    bad_zp = patched(buf, np.int64(-53).tobytes(), np.int64(300).tobytes())
+    with pytest.raises(ModelFormatError, match=r"zero point 300 is outside \[-128, 127\]"):
+        qatir.load(_write(tmp_path / "zp.tflite", bad_zp))
+    bad_scale = patched(buf, np.float32(0.0123).tobytes(), np.float32(1e-40).tobytes())
+    with pytest.raises(ModelFormatError, match="not a positive normal float32"):
+        qatir.load(_write(tmp_path / "scale.tflite", bad_scale))
+
+
+def _write(path, buf: bytes) -> str:
+    path.write_bytes(buf)
+    return str(path)

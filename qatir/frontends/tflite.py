@@ -198,9 +198,34 @@ class _Importer:
             return None
         q = t.quant
         per_channel = q.scale.size > 1
+        self._check_quant(t, dtype, q.scale, q.zero_point, per_channel)
         return QuantParams(tuple(q.scale.tolist()), tuple(q.zero_point.tolist()),
                            q.axis if per_channel else None, bits=dtype.itemsize * 8,
                            dtype=dtype.name)
+
+    def _check_quant(self, t: TTensor, dtype: np.dtype, scale: np.ndarray, zp: np.ndarray,
+                     per_channel: bool) -> None:
+        """The TFLite quantization spec's rules LiteRT enforces at load (XNNPACK refuses
+        the whole model otherwise): positive normal scales, zero points in the type's
+        range, and zero for per-channel, int16 and int32 tensors."""
+        def bad(why: str) -> ModelFormatError:
+            return ModelFormatError(f"{self.path}: tensor {t.name!r} ({dtype.name}): {why}")
+
+        scale = np.asarray(scale, np.float64)
+        tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        if scale.size and not np.all((scale >= tiny) & (scale <= big)):
+            raise bad(f"quantization scale {float(scale.flat[np.argmin(scale)]):.4g} is not a "
+                      "positive normal float32")
+        zp = np.asarray(zp, np.int64)
+        if per_channel or dtype.itemsize > 1:
+            if zp.size and np.any(zp != 0):
+                kind = "per-channel" if per_channel else dtype.name
+                raise bad(f"{kind} zero points must be 0, got {int(zp[np.flatnonzero(zp)[0]])}")
+        elif zp.size:
+            info = np.iinfo(dtype)
+            if zp.min() < info.min or zp.max() > info.max:
+                raise bad(f"zero point {int(zp[np.argmax(np.abs(zp))])} is outside "
+                          f"[{info.min}, {info.max}]")
 
     def dequantized(self, idx: int, arr: np.ndarray) -> np.ndarray:
         """Float32 value of a constant: fp16 widened; int8/int16 as ``(q - zp) * scale``."""
