@@ -5,8 +5,9 @@ Cases come from the frontends' own mutators (``tests/test_fuzz_onnx.py`` and
 ``graph.json``, hostile ``.npy`` headers, byte flips, cut tails). Every case must
 end in success or a ``QatirError`` within a time bound; anything else is a crash,
 running past the bound a hang. With ``--deep`` a model that imports is also run
-through ``qatir.quantize`` and ``qatir.to_tflite`` (and the result through LiteRT),
-so bugs past the frontend show too.
+through ``qatir.quantize`` and ``qatir.to_tflite`` (and the result through LiteRT,
+in a child process with its own ``LITERT_SECONDS`` allowance, since a mutated input
+dim can make a valid model too big to run quickly), so bugs past the frontend show too.
 
     python tools/fuzz.py --minutes 5 [--deep] [--only onnx,tflite,qatir] [--seed 0]
 
@@ -214,8 +215,14 @@ class LiteRTFailure(Exception):
 CRASH_DIR: Path | None = None
 
 
-def _run_litert_isolated(buf: bytes) -> None:
-    """Load and invoke ``buf`` in a forked child: an abort in LiteRT kills the child only."""
+#: Seconds LiteRT may take to load and run one exported model (outside the per-case limit,
+#: which bounds qatir's own work; a mutated input dim can make a valid model huge).
+LITERT_SECONDS = 30.0
+
+
+def _run_litert_isolated(buf: bytes) -> bool:
+    """Load and invoke ``buf`` in a forked child: an abort in LiteRT kills the child only.
+    False when LiteRT ran past ``LITERT_SECONDS`` (the model is valid but too large)."""
     pid = os.fork()
     if pid == 0:  # child
         code = 0
@@ -231,9 +238,18 @@ def _run_litert_isolated(buf: bytes) -> None:
             sys.stderr.write(f"LiteRT: {type(e).__name__}: {str(e)[:300]}\n")
             code = 3
         os._exit(code)
+    deadline = time.monotonic() + LITERT_SECONDS
     try:
-        _, status = os.waitpid(pid, 0)
-    except BaseException:  # the per-case alarm: do not leave the child behind
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:  # a huge (valid) model: LiteRT's time, not qatir's
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return False
+            time.sleep(0.002)
+    except BaseException:  # an interrupt: do not leave the child behind
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         raise
@@ -242,7 +258,7 @@ def _run_litert_isolated(buf: bytes) -> None:
     elif os.WEXITSTATUS(status) != 0:
         problem = "LiteRT refused the model (see stderr)"
     else:
-        return
+        return True
     if CRASH_DIR is not None:
         CRASH_DIR.mkdir(parents=True, exist_ok=True)
         out = CRASH_DIR / f"litert_{len(list(CRASH_DIR.glob('*.tflite'))):04d}.tflite"
@@ -257,8 +273,8 @@ def _deep(graph: Any) -> str:
 
     q = qatir.quantize(graph)
     buf = qatir.to_tflite(q)
-    _run_litert_isolated(buf)
-    return "ok+export"
+    signal.setitimer(signal.ITIMER_REAL, 0)  # the per-case limit is for qatir's stages
+    return "ok+export" if _run_litert_isolated(buf) else "ok+export (LiteRT run too slow)"
 
 
 def classify(path: str, time_limit: float, deep: bool) -> tuple[str, str]:
