@@ -255,17 +255,24 @@ def _check_lowered(g: Graph) -> None:
     conv/FC nodes, one grid through same-scale ops, the fixed outputs."""
     for node in g.nodes:
         ins = [t for t in node.inputs if t is not None]
-        if not any(t.dtype == np.int8 and t.quant is not None for t in ins):
-            continue
         for t in [*ins, *node.outputs]:
             if t.dtype == np.int8 and t.quant is None:
                 raise ExportError(f"node {node.name!r} ({node.op}): int8 tensor %{t.name} has no "
                                   "quantization parameters")
         out = node.outputs[0]
-        if node.op in WEIGHT_OPS and len(node.inputs) > 2 and node.inputs[2] is not None \
-                and node.inputs[0].dtype == np.int8:
-            b = node.inputs[2]
-            if b.dtype != np.int32 or b.quant is None:
+        if node.op == "QUANTIZE" and (out.dtype.kind not in "iu" or out.quant is None):
+            raise ExportError(f"node {node.name!r} (QUANTIZE): output %{out.name} must be a "
+                              f"quantized integer tensor, not {out.dtype}")
+        if not any(t.dtype == np.int8 for t in ins):
+            continue
+        if node.op in WEIGHT_OPS and node.inputs[0].dtype == np.int8:
+            w = node.inputs[1]
+            if w is None or w.dtype != np.int8 or not w.is_const:
+                raise ExportError(f"node {node.name!r} ({node.op}): the weights of an int8 node "
+                                  f"must be a quantized int8 constant, not "
+                                  f"{'none' if w is None else w.dtype}")
+            b = node.inputs[2] if len(node.inputs) > 2 else None
+            if b is not None and (b.dtype != np.int32 or b.quant is None):
                 raise ExportError(f"node {node.name!r} ({node.op}): the bias %{b.name} of an int8 "
                                   f"node must be quantized int32, not {b.dtype}")
         elif node.op in SAME_SCALE and node.op not in ("CONCATENATION", "MAXIMUM", "MINIMUM") \

@@ -16,6 +16,7 @@ refused by :func:`check_size` with the size in the message.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import flatbuffers
@@ -94,6 +95,9 @@ def _check_int32(g: Graph) -> None:
         if not t.is_const and 0 in t.shape:
             raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} is empty; "
                               "LiteRT's kernels refuse empty inputs and outputs")
+        if not t.is_const and math.prod(d or 1 for d in t.shape) > hi:
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} has more than "
+                              "2^31-1 elements, which LiteRT's kernels cannot index")
     for node in g.nodes:
         for key, value in node.attrs.items():
             if any(not lo <= v <= hi for v in _int_values(value)):

@@ -185,3 +185,34 @@ def test_tflite_import_refuses_quantization_litert_would_reject(tmp_path):
 def _write(path, buf: bytes) -> str:
     path.write_bytes(buf)
     return str(path)
+
+
+def test_quantize_to_a_float_tensor_is_refused():
+    g = Graph("quant_float")
+    x = g.add_input("x", [1, 4], np.float32)
+    y = g.add_node("QUANTIZE", [x], {"dtype": "int8"}, name="qz").output
+    y.quant = q(0.02, 0)
+    z = g.add_node("QUANTIZE", [y], {"dtype": "float32"}, name="bad").output
+    g.outputs = [z]
+    with pytest.raises(ExportError, match=r"'bad' \(QUANTIZE\): output %\S+ must be a quantized"):
+        qatir.to_tflite(g)
+
+
+def test_int8_conv_weights_must_be_int8_constants():
+    g = Graph("boolw")
+    x = g.add_input("x", [1, 4, 4, 3], np.int8)
+    x.quant = q(0.02, 0)
+    w = g.const(np.ones((2, 1, 1, 3), bool), "w")
+    y = g.add_node("CONV_2D", [x, w], {"padding": "SAME"}, name="conv").output
+    y.quant = q(0.05, 0)
+    g.outputs = [y]
+    with pytest.raises(ExportError, match=r"'conv' \(CONV_2D\): the weights .* not bool"):
+        qatir.to_tflite(g)
+
+
+def test_activations_beyond_int32_elements_are_refused():
+    g = Graph("huge")
+    x = g.add_input("x", [1, 65536, 65536, 1])
+    g.outputs = [g.add_node("RELU", [x], name="r").output]
+    with pytest.raises(ExportError, match=r"more than 2\^31-1 elements"):
+        qatir.to_tflite(g)
