@@ -18,6 +18,10 @@ from qatir.calibration import Tap, minmax
 from qatir.errors import QatirError
 from qatir.ir import Graph, Tensor
 
+#: Interpreters kept for different batch sizes (a last, smaller batch is common; many
+#: sizes are not, and each interpreter holds its own copy of the weights).
+KEEP_INTERPRETERS = 2
+
 
 def unsupported_reason(graph: Graph) -> str | None:
     """Why LiteRT cannot calibrate ``graph`` (None when it may: the export is tried next)."""
@@ -70,13 +74,14 @@ class LiteRTCapture:
         self.dynamic_batch = bool(graph.inputs) and all(t.shape[:1] == (None,)
                                                          for t in graph.inputs)
         self.out_index = {id(t): i for i, t in enumerate(self.graph.outputs)}
-        self._interpreters: dict[int, Any] = {}
+        self._interpreters: dict[int, Any] = {}  # by batch size, most recently used last
 
     def _interpreter(self, xs: tuple[np.ndarray, ...]) -> tuple[Any, list[int], list[int]]:
         """The interpreter for this batch size (written and built on first use)."""
         batch = int(xs[0].shape[0]) if self.dynamic_batch else 1
-        entry = self._interpreters.get(batch)
+        entry = self._interpreters.pop(batch, None)
         if entry is not None:
+            self._interpreters[batch] = entry
             return entry
         from ai_edge_litert.interpreter import Interpreter
 
@@ -99,6 +104,8 @@ class LiteRTCapture:
             raise QatirError(f"float model of graph {self.graph.name!r}: LiteRT sees "
                              f"{len(ins)} inputs / {len(outs)} outputs, expected "
                              f"{len(self.graph.inputs)} / {len(self.graph.outputs)}")
+        while len(self._interpreters) >= KEEP_INTERPRETERS:  # each holds a copy of the weights
+            self._interpreters.pop(next(iter(self._interpreters)))
         self._interpreters[batch] = entry = (it, ins, outs)
         return entry
 

@@ -195,3 +195,16 @@ print("tensorflow" in sys.modules)
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_batches_of_many_sizes_keep_few_interpreters():
+    g = two_channel_net("minmax")
+    data = [{"x": np.full((n, 3, 2), float(n), np.float32)} for n in (1, 2, 3, 4, 3, 1)]
+    from qatir import litert_capture
+
+    engine = litert_capture.LiteRTCapture(g, [Tap(g.outputs[0].producer.name, 2, False)])
+    for batch in data:
+        out = engine.run((batch["x"],))[g.outputs[0].producer.name]
+        n = batch["x"].shape[0]
+        np.testing.assert_array_equal(out, [[n, -2 * n], [n, -2 * n]])
+        assert len(engine._interpreters) <= litert_capture.KEEP_INTERPRETERS
