@@ -141,7 +141,7 @@ def _fake_quant_kernel(ctx: KernelContext, node: Node, ins):
     if not ctx.fake_quant:
         return x
     a = node.attrs
-    if ctx.training:
+    if ctx.training or (ctx.live_weight_ranges and a.get("kind") == "weight"):
         lo, hi = _training_range(ctx, node, x, lo, hi)
     bits, narrow = int(a["bits"]), bool(a["narrow_range"])
     levels = float((1 << bits) - 1 - (1 if narrow else 0))

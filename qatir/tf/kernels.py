@@ -63,13 +63,16 @@ class KernelContext:
     ``captured`` collects values requested by calibration. ``fast_fake_quant``:
     per-tensor FAKE_QUANTs whose range is not learned run as XLA-fused kernels
     (same values and input gradients, no range gradients; used by ``fit``).
+    ``live_weight_ranges``: outside training too, weight FAKE_QUANT ranges follow the
+    current weights (what ``fit`` stores at the end; used for its validation loss).
     """
 
     def __init__(self, variables: dict[str, tf.Variable], training: bool = False,
                  fake_quant: bool = True, capture: frozenset[str] = frozenset(),
-                 fast_fake_quant: bool = False):
+                 fast_fake_quant: bool = False, live_weight_ranges: bool = False):
         self._variables = variables
         self.training = training
+        self.live_weight_ranges = live_weight_ranges
         self.fake_quant = fake_quant
         self.fast_fake_quant = fast_fake_quant
         self.capture = capture

@@ -27,6 +27,7 @@ from qatir.calibration import refresh_weight_ranges  # noqa: E402
 from qatir.errors import NumericsError, QatirError  # noqa: E402
 from qatir.ir import Graph  # noqa: E402
 from qatir.quant import refresh_quant  # noqa: E402
+from qatir.tf.callbacks import Callbacks  # noqa: E402
 from qatir.tf.data import as_dataset  # noqa: E402
 from qatir.tf.executor import Program, program_for  # noqa: E402
 from qatir.tf.kernels import KernelContext  # noqa: E402
@@ -103,20 +104,36 @@ def make_train_step(prog: Program, loss_fn, optimizer, strategy=None, jit_compil
     return tf.function(dist_step, reduce_retracing=True, autograph=False)
 
 
-def _callbacks(callbacks: Sequence[Any] | None, epoch: int, logs: dict[str, float]) -> bool:
-    """Call each callback (``cb(epoch, logs)`` or ``cb.on_epoch_end``); True means stop."""
-    stop = False
-    for cb in callbacks or ():
-        fn = getattr(cb, "on_epoch_end", None) or cb
-        stop |= bool(fn(epoch, logs))
-    return stop
+def make_eval_step(prog: Program, loss_fn):
+    """A compiled ``step(inputs, y) -> (summed loss, batch size)`` in inference mode."""
+    graph = prog.graph
+
+    def step(inputs, y):
+        outs = prog.forward(list(inputs), KernelContext(prog.params, live_weight_ranges=True))
+        n = tf.shape(inputs[0])[0]
+        return _loss_value(loss_fn, graph, y, outs) * tf.cast(n, tf.float32), n
+
+    return tf.function(step, reduce_retracing=True, autograph=False)
+
+
+def evaluate(step, ds) -> float:
+    """Mean loss over a dataset, weighting each batch by its size."""
+    total, count = 0.0, 0
+    for inputs, y in ds:
+        value, n = step(inputs, y)
+        total, count = total + float(value), count + int(n)
+    if count == 0:
+        raise QatirError("fit: validation_data yielded no batches")
+    return total / count
 
 
 def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", epochs: int = 1,
         strategy: Any = None, callbacks: Sequence[Any] | None = None, batch_size: int = 32,
         verbose: bool | None = None, jit_compile: bool = False, fast_fake_quant: bool = True,
-        steps_per_epoch: int | None = None) -> dict[str, list[float]]:
-    """Train ``graph`` in place; returns ``{"loss": [...], "time": [...]}`` per epoch.
+        steps_per_epoch: int | None = None, validation_data: Any = None,
+        ) -> dict[str, list[float]]:
+    """Train ``graph`` in place; returns ``{"loss": [...], "time": [...]}`` per epoch
+    (and ``"val_loss"`` with ``validation_data``).
 
     ``dataset``: a batched ``tf.data.Dataset`` of ``({input_name: x}, y)``, an
     iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
@@ -124,8 +141,11 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     callable (default mean squared error). ``optimizer``: a name or Keras
     optimizer (under a strategy, create an optimizer instance inside
     ``strategy.scope()``). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
-    callables ``cb(epoch, logs)`` or objects with ``on_epoch_end(epoch, logs)``;
-    a true return value stops training. ``verbose``: show a progress bar with
+    callables ``cb(epoch, logs)``, objects with ``on_epoch_end(epoch, logs)`` (a true
+    return value stops training) or Keras callbacks such as ``EarlyStopping``
+    (``qatir.tf.callbacks``). ``validation_data``: the same forms as ``dataset``;
+    its mean loss (inference mode, fake quant on) is ``logs["val_loss"]`` after
+    each epoch. ``verbose``: show a progress bar with
     the running loss (default: when stderr is a terminal). ``jit_compile``:
     XLA-compile the step (off by default: on CPU it measured ~20x slower than
     TF's own kernels in ``tools/bench_train.py``, mostly depthwise convolutions).
@@ -148,9 +168,18 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
             opt.build(prog.trainable_params)
         ds = strategy.experimental_distribute_dataset(ds)
     step = make_train_step(prog, loss_fn, opt, strategy, jit_compile, fast_fake_quant)
+    val = None
+    if validation_data is not None:
+        val = (make_eval_step(prog, loss_fn), as_dataset(graph, validation_data, batch_size))
+    cbs = Callbacks(callbacks, prog, opt)
     show = sys.stderr.isatty() if verbose is None else verbose
     history: dict[str, list[float]] = {"loss": [], "time": []}
+    if val is not None:
+        history["val_loss"] = []
+    cbs.train_begin()
+    logs: dict[str, float] = {}
     for epoch in range(epochs):
+        cbs.epoch_begin(epoch)
         start = time.perf_counter()
         try:
             mean_loss = _epoch(step, ds, _bar(show, epoch, epochs), steps_per_epoch)
@@ -159,10 +188,15 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
             if "NaN" in msg or "Inf" in msg:  # from the check_numerics on the input data
                 raise NumericsError(f"fit: {msg}") from None
             raise QatirError(f"fit: graph {graph.name!r}: {msg}") from None
-        history["loss"].append(mean_loss)
         history["time"].append(time.perf_counter() - start)
-        if _callbacks(callbacks, epoch, {"loss": mean_loss}):
+        logs = {"loss": mean_loss}
+        if val is not None:
+            logs["val_loss"] = evaluate(*val)
+        for key, value in logs.items():
+            history[key].append(value)
+        if cbs.epoch_end(epoch, logs):
             break
+    cbs.train_end(logs)  # e.g. EarlyStopping restores its best weights here
     _write_back(graph, prog)
     return history
 
