@@ -40,6 +40,10 @@ def _transpose(node: Node, xs: list) -> np.ndarray:
     return np.transpose(xs[0], node.attrs["perm"])
 
 
+def _tile(node: Node, xs: list) -> np.ndarray:
+    return np.tile(xs[0], node.attrs["multiples"])
+
+
 def _concat(node: Node, xs: list) -> np.ndarray:
     return np.concatenate(xs, axis=int(node.attrs["axis"]) % xs[0].ndim)
 
@@ -127,6 +131,7 @@ def kernels() -> dict[str, Kernel]:
         "REDUCE_MAX": E.reduce_sum_max, "HARD_SWISH": E.hard_swish,
         "RESIZE_BILINEAR": E.resize_bilinear,
         "RESHAPE": _same(_reshape), "SQUEEZE": _same(_squeeze), "TRANSPOSE": _same(_transpose),
+        "TILE": _same(_tile),
         "CONCATENATION": _same(_concat), "PAD": _same(_pad),
         "STRIDED_SLICE": _same(_strided_slice), "DEPTH_TO_SPACE": _same(_d2s),
         "SPACE_TO_DEPTH": _same(_s2d), "GATHER": _same(_gather),

@@ -179,6 +179,14 @@ def _transpose(node: Node, ctx: Ctx) -> OpSpec:
     return OpSpec("TRANSPOSE", version, ins, [ctx.tensor(node.outputs[0])], "TransposeOptions")
 
 
+def _tile(node: Node, ctx: Ctx) -> OpSpec:
+    x = node.inputs[0]
+    ins = [ctx.tensor(x), ctx.i32(list(node.attrs["multiples"]), f"{node.name}_multiples")]
+    # version 1 for int8 too: op_version.cc's newer rule (int8 -> 3) is not registered by
+    # the ai-edge-litert runtime, whose version-1 kernel handles int8 (measured)
+    return OpSpec("TILE", 1, ins, [ctx.tensor(node.outputs[0])], "TileOptions")
+
+
 def _concat(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     axis = int(node.attrs["axis"]) % node.outputs[0].rank
@@ -289,6 +297,7 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     "RESHAPE": _reshape,
     "SQUEEZE": _squeeze,
     "TRANSPOSE": _transpose,
+    "TILE": _tile,
     "CONCATENATION": _concat,
     "PAD": _pad,
     "RESIZE_BILINEAR": _resize, "RESIZE_NEAREST_NEIGHBOR": _resize,
@@ -323,6 +332,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("RESHAPE", 1): "1.5.0",
     ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0",
     ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
+    ("TILE", 1): "1.10.1",
     ("TRANSPOSE", 1): "1.6.0", ("TRANSPOSE", 2): "1.14.0", ("TRANSPOSE", 4): "2.3.0",
     ("MEAN", 1): "1.6.0", ("MEAN", 2): "1.14.0", ("SUM", 1): "1.10.0", ("SUM", 2): "1.15.0",
     ("REDUCE_MAX", 1): "1.11.0", ("REDUCE_MAX", 2): "1.14.0",

@@ -338,3 +338,11 @@ def test_gemm_with_activation_b(tb, alpha, beta, with_c):
                         transB=tb, alpha=alpha, beta=beta)
     g = compare_with_ort(m, {"x0": rnd(4, 5), "x1": rnd(*b_shape, seed=1)})
     assert "BATCH_MATMUL" in ops_of(g)
+
+
+@pytest.mark.parametrize("shape,repeats", [([1, 3, 4, 5], [1, 2, 3, 1]), ([2, 3, 4], [2, 1, 3]),
+                                           ([2, 3, 4, 5], [1, 1, 1, 1])])
+def test_tile_of_a_computed_tensor(shape, repeats):
+    m = single_op_model("Tile", [shape], consts=[np.array(repeats, np.int64)])
+    g = compare_with_ort(m, {"x0": rnd(*shape)})
+    assert ("TILE" in ops_of(g)) == (set(repeats) != {1})  # all ones: no op

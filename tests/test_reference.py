@@ -138,6 +138,7 @@ CASES = {
     "reshape": lambda qb: qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}),
     "squeeze": lambda qb: qb.op("SQUEEZE", [_x(qb, (1, 1, 5, 8))], {"squeeze_dims": [1]}),
     "transpose": lambda qb: qb.op("TRANSPOSE", [_x(qb)], {"perm": [0, 2, 1, 3]}),
+    "tile": lambda qb: qb.op("TILE", [_x(qb, (1, 3, 4, 2))], {"multiples": [1, 2, 3, 2]}),
     "pad": lambda qb: qb.op("PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]]}),
     "padv2": lambda qb: qb.op(
         "PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]], "constant_value": 1.0}

@@ -365,3 +365,32 @@ def test_densify_block_csr(block):
     sp.dims[0].dense_size = 2**31 - 1
     with pytest.raises(ValueError, match="dense level 0 has size"):
         densify(values, dense.shape, sp, 10_000, "w")
+
+
+def test_tile_imports_and_runs_like_litert(tmp_path):
+    """TILE (float and int8) read back from files qatir wrote; both match LiteRT."""
+    from qatir.ir import Graph
+    from tests.qbuild import QB, int8_feed, litert_run
+    from tests.test_reference import CASES
+
+    g = Graph("tile")
+    x = g.add_input("x", [1, 3, 4, 2])
+    g.outputs = [g.add_node("TILE", [x], {"multiples": [1, 2, 1, 3]}, name="t").output]
+    path = tmp_path / "tile.tflite"
+    path.write_bytes(qatir.to_tflite(g))
+    back = qatir.load(path)
+    assert [n.op for n in back.nodes] == ["TILE"]
+    xv = np.random.default_rng(0).normal(size=(1, 3, 4, 2)).astype(np.float32)
+    np.testing.assert_array_equal(qatir.run(back, {"x": xv})[back.outputs[0].name],
+                                  np.tile(xv, [1, 2, 1, 3]))
+
+    qb = QB(seed=3)
+    q = qb.output(CASES["tile"](qb))
+    path8 = tmp_path / "tile_int8.tflite"
+    path8.write_bytes(qatir.to_tflite(q))
+    back8 = qatir.load(path8)
+    feeds = int8_feed(back8)
+    got, _ = litert_run(path8.read_bytes(), feeds, ref=False)
+    want = qatir.run_reference(back8, feeds)
+    for name, y in want.items():
+        np.testing.assert_array_equal(got[name], y)

@@ -9,7 +9,7 @@ BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, Ha
 Exp, Abs, Neg, Sqrt, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
-DepthToSpace, SpaceToDepth, Identity, Dropout, Cast. Ops folded when all their inputs are
+DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
 constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range, Expand, Tile,
 Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal, ReduceProd.
 """

@@ -327,6 +327,19 @@ def _concat(ctx: Ctx) -> None:
     ctx.set_out(ctx.act(t, perm))
 
 
+@converter("Tile")
+def _tile(ctx: Ctx) -> None:
+    x = ctx.need(0)
+    reps = [int(v) for v in np.asarray(ctx.const_in(1, "repeats")).reshape(-1)]
+    if len(reps) != x.rank or any(r < 1 for r in reps):
+        raise ctx.shape_error(f"repeats {reps} must be {x.rank} positive counts")
+    if all(r == 1 for r in reps):
+        ctx.set_out(x)
+        return
+    t = ctx.emit("TILE", [x.tensor], {"multiples": [reps[p] for p in x.perm]})
+    ctx.set_out(ctx.act(t, x.perm))
+
+
 @converter("Pad")
 def _pad(ctx: Ctx) -> None:
     x = ctx.need(0)

@@ -281,6 +281,16 @@ def _transpose(ctx: Any, op: TOp) -> Emit:
     return Emit("TRANSPOSE", [op.inputs[0]], {"perm": perm_of(ctx, op)})
 
 
+@converter("TILE")
+def _tile(ctx: Any, op: TOp) -> Emit:
+    need_inputs(ctx, op, 2, 2)
+    reps = int_list(ctx, op, 1, "multiples")
+    rank = len(ctx.shape(op.inputs[0]))
+    if len(reps) != rank or any(r < 1 or r > 1 << 24 for r in reps):
+        raise ctx.fail(op, f"multiples {reps} must be {rank} counts in [1, 2^24]")
+    return Emit("TILE", [op.inputs[0]], {"multiples": reps})
+
+
 def concat_axis(ctx: Any, op: TOp) -> int:
     o = ctx.opts(op, "ConcatenationOptions")
     return axis_in(ctx, op, int(o.Axis()) if o else 0, len(ctx.shape(op.inputs[0])))

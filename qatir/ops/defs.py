@@ -189,6 +189,14 @@ def _transpose(node):
     return [(tuple(x.shape[p] for p in perm), x.dtype)]
 
 
+def _tile(node):
+    x = _in(node)
+    reps = [int(r) for r in node.attrs["multiples"]]
+    check(len(reps) == x.rank and all(r >= 1 for r in reps),
+          f"multiples {reps} must be {x.rank} positive counts")
+    return [(tuple(None if d is None else d * r for d, r in zip(x.shape, reps)), x.dtype)]
+
+
 def _concat(node):
     xs = [t for t in node.inputs]
     check(len(xs) >= 1 and all(t is not None for t in xs), "CONCATENATION needs inputs")
@@ -329,6 +337,7 @@ register_op("REDUCE_MAX", _reduce, attrs={"axis": [1, 2], "keep_dims": False})
 register_op("RESHAPE", _reshape, attrs={"new_shape": [-1]})
 register_op("SQUEEZE", _squeeze, attrs={"squeeze_dims": []})
 register_op("TRANSPOSE", _transpose, attrs={"perm": [0]})
+register_op("TILE", _tile, attrs={"multiples": [1]})
 register_op("CONCATENATION", _concat, inputs=(1, 1 << 16), attrs={"axis": -1, **ACT})
 register_op("PAD", _pad, attrs={"paddings": [], "constant_value": 0.0},
             doc="paddings [[before, after], ...]; constant_value != 0 exports as PADV2")

@@ -306,6 +306,11 @@ def _transpose(ctx, node, ins):
     return tf.transpose(ins[0], [int(p) for p in node.attrs["perm"]])
 
 
+@tf_kernel("TILE")
+def _tile(ctx, node, ins):
+    return tf.tile(ins[0], [int(r) for r in node.attrs["multiples"]])
+
+
 @tf_kernel("CONCATENATION")
 def _concat(ctx, node, ins):
     return _act(node, tf.concat(list(ins), axis=int(node.attrs["axis"])))
