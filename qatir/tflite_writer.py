@@ -66,7 +66,7 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     check_fits(graph, copies=3, what="writing a TFLite model")
     g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
     _fix_batch(g, batch_size)
-    _check_int32(g)
+    _check_dims(g)
     return _Writer(g).build(offset_buffers)
 
 
@@ -83,7 +83,7 @@ def _int_values(value: Any):
             yield from _int_values(v)
 
 
-def _check_int32(g: Graph) -> None:
+def _check_dims(g: Graph) -> None:
     """TFLite stores dims, indices and integer options as int32: refuse anything larger,
     and empty activations, which LiteRT's kernels refuse."""
     lo, hi = _INT32
