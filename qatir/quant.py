@@ -1,4 +1,5 @@
-"""Range → quantization parameters, exactly as TF's fake-quant ops nudge them.
+"""Range → quantization parameters, exactly as TF's fake-quant ops nudge them
+(:func:`qatir.numerics.nudged_params`, re-exported here).
 
 The conventions of a quantized (not yet lowered) graph:
 - A FAKE_QUANT node has inputs ``(x, min, max)``; ``min``/``max`` are float32
@@ -22,36 +23,9 @@ import numpy as np
 
 from qatir.errors import NumericsError
 from qatir.ir import Graph, Node, QuantParams
+from qatir.numerics import normalize_axis, nudged_params
 
-
-def nudged_params(lo: np.ndarray, hi: np.ndarray, bits: int = 8, narrow_range: bool = False,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """TF's Nudge(): returns (scale, int8-domain zero point, nudged_min, nudged_max).
-
-    Computed in float32 like ``tf.quantization.fake_quant_with_min_max_vars``
-    (a range that excludes 0 is shifted, not widened, exactly as TF does; the
-    calibrators widen ranges to contain 0). An empty range gets a tiny width.
-    """
-    lo = np.asarray(lo, np.float32)
-    hi = np.asarray(hi, np.float32)
-    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-        raise NumericsError("range is not finite")
-    qmin = np.float32(1 if narrow_range else 0)
-    qmax = np.float32((1 << bits) - 1)
-    width = hi - lo
-    hi = np.where(width > 0, hi, lo + np.float32(1e-6) * (qmax - qmin)).astype(np.float32)
-    scale = ((hi - lo) / (qmax - qmin)).astype(np.float32)
-    zp_from_min = qmin - lo / scale
-    nudged_zp = np.where(zp_from_min < qmin, qmin,
-                         np.where(zp_from_min > qmax, qmax, _round_half_away(zp_from_min)))
-    nudged_min = ((qmin - nudged_zp) * scale).astype(np.float32)
-    nudged_max = ((qmax - nudged_zp) * scale).astype(np.float32)
-    zero_point = (nudged_zp - np.float32(1 << (bits - 1))).astype(np.int64)
-    return scale, zero_point, nudged_min, nudged_max
-
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+__all__ = ["nudged_params", "params_for", "range_for", "refresh_quant"]
 
 
 def params_for(node: Node) -> QuantParams:
@@ -62,7 +36,7 @@ def params_for(node: Node) -> QuantParams:
     scale, zp, _, _ = nudged_params(lo, hi, bits, narrow)
     axis = node.attrs.get("axis")
     if axis is not None:
-        axis = int(axis) % max(node.inputs[0].rank, 1)
+        axis = normalize_axis(axis, max(node.inputs[0].rank, 1), f"FAKE_QUANT {node.name!r}: axis")
     scale = np.atleast_1d(scale)
     zp = np.atleast_1d(zp)
     if axis is None and scale.size != 1:

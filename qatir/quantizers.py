@@ -8,13 +8,19 @@ refer to the same names. Each quantizer says
   a quantizer that needs only each batch's min/max overrides
   :meth:`Quantizer.observe_minmax` instead, and calibration never copies whole
   activations for it);
-- how ``fit`` treats the range: held fixed, updated by an exponential moving
-  average of batch min/max (``ema_in_fit``), or trained by gradient
-  (``trainable``).
+- how ``fit`` treats an *activation* range: held fixed, updated by an
+  exponential moving average of batch min/max (``ema_in_fit``), or trained by
+  gradient (``trainable``). Weight ranges of calibrating, non-trainable
+  quantizers follow the current weights in every training step whatever the
+  quantizer (``qatir/tf/fake_quant.py``); ``fixed`` ranges never move.
 
 The registry is public: ``@register_quantizer("name")`` adds a user's class.
-All methods work on numpy arrays shaped ``[rows, channels]`` (one column for a
-per-tensor range), so a quantizer knows nothing of TensorFlow.
+Options (``quantizer_options`` of ``qatir.calibrate``) reach the instance that
+calibration builds; ``fit`` reads only the class flags and node attributes.
+Observed values are numpy arrays shaped ``[rows, channels]`` (one column for a
+per-tensor range) or per-channel ``[channels]`` min/max vectors, so a quantizer
+knows nothing of TensorFlow. Scoring a candidate range uses
+:func:`qatir.numerics.fake_quant`, TF's fake-quant bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qatir.errors import QatirError
+from qatir.numerics import fake_quant
 
 _QUANTIZERS: dict[str, type[Quantizer]] = {}
 
@@ -68,12 +75,14 @@ def symmetric_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class Quantizer:
-    """Base class. Subclasses override ``observe``/``compute_range`` and the flags."""
+    """Base class. Subclasses override ``new_state``, ``observe`` or ``observe_minmax``,
+    ``compute_range`` and the flags."""
 
     name: ClassVar[str] = ""
     #: the range is a trainable variable in ``fit`` (gradients from TF's fake-quant op)
     trainable: ClassVar[bool] = False
-    #: ``fit`` updates the range by an EMA of the batch min/max (``decay`` option)
+    #: ``fit`` updates an activation range by an EMA of the batch min/max (decay: the
+    #: node's ``ema_decay`` attribute, default ``qatir.tf.fake_quant.DEFAULT_EMA_DECAY``)
     ema_in_fit: ClassVar[bool] = False
     #: calibration sets the range (False: the range is fixed by the graph)
     calibrates: ClassVar[bool] = True
@@ -112,7 +121,8 @@ class Quantizer:
 
 @register_quantizer("minmax")
 class MinMaxQuantizer(Quantizer):
-    """Range = overall min/max of everything observed. Held fixed in ``fit``."""
+    """Range = overall min/max of everything observed. ``fit`` holds an activation
+    range fixed (a weight range follows the weights)."""
 
 
 @register_quantizer("moving_average")
@@ -179,7 +189,8 @@ class MseQuantizer(_SampledQuantizer):
     """Range minimizing the mean squared fake-quantization error on the observed values.
 
     Coordinate search over clipped upper and lower bounds, each candidate scored
-    on the kept sample with TF's nudged grid (``bits`` option, default 8).
+    on the kept sample with TF's fake-quant (:func:`qatir.numerics.fake_quant`,
+    ``bits`` option, default 8).
     """
 
     def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,14 +198,6 @@ class MseQuantizer(_SampledQuantizer):
         bits = int(self.options.get("bits", 8))
         out = [_mse_search(rows[:, c], bits) for c in range(rows.shape[1])]
         return (np.array([o[0] for o in out], np.float32), np.array([o[1] for o in out], np.float32))
-
-
-def _fake_quant_np(v: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
-    from qatir.quant import nudged_params
-
-    scale, _, nmin, nmax = nudged_params(np.float32(lo), np.float32(hi), bits)
-    q = np.floor((np.clip(v, nmin, nmax) - nmin) / scale + 0.5)
-    return q * scale + nmin
 
 
 def _mse_search(v: np.ndarray, bits: int, max_points: int = 1 << 15, steps: int = 100,
@@ -206,7 +209,7 @@ def _mse_search(v: np.ndarray, bits: int, max_points: int = 1 << 15, steps: int 
         v = v[:max_points]
 
     def err(lo: float, hi: float) -> float:
-        d = v - _fake_quant_np(v, lo, hi, bits)
+        d = v - fake_quant(v, lo, hi, bits)
         return float(np.dot(d, d))
 
     fracs = np.linspace(1.0 / steps, 1.0, steps)
@@ -228,6 +231,7 @@ class FixedQuantizer(Quantizer):
 
 @register_quantizer("learned")
 class LearnedQuantizer(Quantizer):
-    """Calibrated like ``minmax``, then trained by gradient in ``fit`` (LSQ/PACT style)."""
+    """Calibrated like ``minmax``, then trained in ``fit`` by the gradients TF's
+    fake-quant op gives ``min`` and ``max`` (clipping gradients, PACT-like)."""
 
     trainable = True

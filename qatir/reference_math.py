@@ -3,7 +3,8 @@
 Sources of the rules: ``shared/TFLITE_INT8.md`` section 4 (QuantizeMultiplier,
 gemmlowp SaturatingRoundingDoublingHighMul / RoundingDivideByPOT, the
 double-rounding MultiplyByQuantizedMultiplier, XNNPACK's fp32 requantization,
-the fused-activation clamp).
+the fused-activation clamp). ``round_half_away`` is :mod:`qatir.numerics`'s,
+re-exported here for the kernels that import it from this module.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import math
 
 import numpy as np
 
+from qatir.numerics import round_half_away
+
+__all__ = ["INT32_MAX", "INT32_MIN", "act_range", "fp32_requant", "libm", "mbqm",
+           "quantize_multiplier", "quantize_multipliers", "rdbpot", "round_half_away",
+           "sat_shift_left", "srdhm", "wrap32"]
+
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
@@ -23,7 +30,7 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0.0:
         return 0, 0
     q, shift = math.frexp(m)
-    q_fixed = int(math.floor(abs(q) * (1 << 31) + 0.5)) * (1 if q >= 0 else -1)
+    q_fixed = int(round_half_away(np.float64(q) * (1 << 31)))
     if q_fixed == (1 << 31):
         q_fixed //= 2
         shift += 1
@@ -80,11 +87,6 @@ def sat_shift_left(x: np.ndarray, e: int) -> np.ndarray:
     """gemmlowp SaturatingRoundingMultiplyByPOT for a positive exponent."""
     x = np.asarray(x, np.int64)
     return np.clip(x << e, INT32_MIN, INT32_MAX)
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C ``round()``: half away from zero (works for float32 and float64 arrays)."""
-    return np.sign(x) * np.floor(np.abs(x) + np.asarray(0.5, np.asarray(x).dtype))
 
 
 def fp32_requant(acc: np.ndarray, scale: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:

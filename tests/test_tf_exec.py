@@ -8,8 +8,9 @@ import pytest
 import qatir
 from qatir.errors import QatirError
 from qatir.ir import Graph, QuantParams
+from qatir.numerics import fake_quant as np_fake_quant
+from qatir.numerics import round_half_away, same_padding
 from qatir.ops.registry import all_ops, has_op, register_op
-from qatir.quant import nudged_params
 from qatir.tf import executor
 from qatir.tf.kernels import has_kernel, tf_kernel
 
@@ -42,20 +43,13 @@ def rand(rng, *shape):
 
 
 # ----------------------------------------------------------- numpy references
-def _same_pads(size, k, s, d):
-    eff = (k - 1) * d + 1
-    out = -(-size // s)
-    total = max((out - 1) * s + eff - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def np_window(x, kh, kw, stride, dilation, padding, fill=0.0):
     """Yield (a, b, patch) windows of NHWC x; patch[n, i, j, c] = x[n, i*s + a*d, j*s + b*d, c]."""
     (sh, sw), (dh, dw) = stride, dilation
     n, h, w, c = x.shape
     if padding == "SAME":
-        oh, pt, pb = _same_pads(h, kh, sh, dh)
-        ow, pl, pr = _same_pads(w, kw, sw, dw)
+        oh, pt, pb = same_padding(h, kh, sh, dh)
+        ow, pl, pr = same_padding(w, kw, sw, dw)
         x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=fill)
     else:
         oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
@@ -112,16 +106,6 @@ def np_resize(x, size, align, half, nearest):
     top = x[:, y0][:, :, x0] * (1 - fx) + x[:, y0][:, :, x1] * fx
     bot = x[:, y1][:, :, x0] * (1 - fx) + x[:, y1][:, :, x1] * fx
     return top * (1 - fy) + bot * fy
-
-
-def np_fake_quant(x, lo, hi, bits=8, narrow=False, axis=None):
-    scale, _, nmin, nmax = nudged_params(lo, hi, bits, narrow)
-    if axis is not None:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, nmin, nmax = (np.reshape(v, shape) for v in (scale, nmin, nmax))
-    q = np.floor((np.clip(x, nmin, nmax) - nmin) / scale + 0.5)
-    return q * scale + nmin
 
 
 # ------------------------------------------------------------------- conv family
@@ -293,7 +277,7 @@ def test_quantize_dequantize():
     g.outputs = [q, d]
     xv = np.array([[-10, -0.125, 0.075, 0.1, 1.0, 10]], np.float32)
     out = qatir.run(g, {"x": xv})
-    want = np.clip(np.sign(xv / 0.05) * np.floor(np.abs(xv / 0.05) + 0.5) - 3, -128, 127)
+    want = np.clip(round_half_away(xv / np.float32(0.05)) - 3, -128, 127)
     np.testing.assert_array_equal(out[q.name], want.astype(np.int8))
     np.testing.assert_allclose(out[d.name], (want + 3) * 0.05, rtol=1e-6)
 
@@ -331,7 +315,7 @@ def test_bias_is_rounded_to_int32_grid_between_fake_quants(rng):
     xv = rand(rng, 5, 4)
     s_in = 4.0 / 255
     s_w = m / 127
-    b_q = np.round(b / (s_in * s_w)) * s_in * s_w
+    b_q = round_half_away(b / (s_in * s_w)) * s_in * s_w
     ref = np_fake_quant(xv, np.float32(-2), np.float32(2)) @ np_fake_quant(w, -m, m, 8, True, 0).T + b_q
     np.testing.assert_allclose(qatir.run(g, {"x": xv})[y.name], ref, atol=1e-5)
     assert not np.allclose(b_q, b)
@@ -504,11 +488,9 @@ def test_depthwise_with_stride_and_dilation_together(padding, size):
     s, d, k = 2, 2, 3
     eff = (k - 1) * d + 1
     if padding == "SAME":
-        out = -(-size // s)
-        total = max((out - 1) * s + eff - size, 0)
+        out, *side = same_padding(size, k, s, d)
     else:
-        out, total = (size - eff) // s + 1, 0
-    side = [total // 2, total - total // 2]
+        out, side = (size - eff) // s + 1, [0, 0]
     xp = np.pad(xv, [[0, 0], side, side, [0, 0]])
     ref = np.zeros((1, out, out, 4), np.float32)
     for a in range(k):

@@ -21,6 +21,7 @@ import numpy as np
 
 from qatir.errors import ModelFormatError, ShapeError, UnsupportedOpError
 from qatir.ir import Graph, Tensor
+from qatir.numerics import normalize_axes, normalize_axis
 
 # Folded constants larger than this are refused (a fuzzed file must not drive a huge allocation).
 MAX_CONST_ELEMENTS = 1 << 24
@@ -189,6 +190,21 @@ class Ctx:
 
     def shape_error(self, msg: str) -> ShapeError:
         return ShapeError(f"{self.where()}: {msg}")
+
+    def axis(self, axis: int, rank: int, what: str = "axis", allow_end: bool = False) -> int:
+        """:func:`qatir.numerics.normalize_axis`, the error naming this node."""
+        try:
+            return normalize_axis(axis, rank, what, allow_end)
+        except ShapeError as e:
+            raise self.shape_error(str(e)) from None
+
+    def axes(self, axes: Sequence[int], rank: int, what: str = "axis",
+             unique: bool = False) -> list[int]:
+        """:func:`qatir.numerics.normalize_axes` (sorted, distinct), the error naming this node."""
+        try:
+            return normalize_axes(axes, rank, what, unique)
+        except ShapeError as e:
+            raise self.shape_error(str(e)) from None
 
     def inp(self, i: int) -> Val | None:
         """The i-th input (None when absent or given as the empty name)."""

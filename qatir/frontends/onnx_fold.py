@@ -51,9 +51,7 @@ def _axes(ctx: Ctx, ins: list[Any], attrs: dict[str, Any], idx: int) -> list[int
 
 
 def _norm_axis(a: int, rank: int, ctx: Ctx) -> int:
-    if not -rank <= a < max(rank, 1):
-        raise ctx.shape_error(f"axis {a} out of range for rank {rank}")
-    return a % max(rank, 1)
+    return ctx.axis(a, max(rank, 1))
 
 
 @folder("Identity", "Dropout")
@@ -101,9 +99,7 @@ def _unsqueeze(ctx, ins, attrs):
     axes = _axes(ctx, ins, attrs, 1) or []
     rank = x.ndim + len(axes)
     check_size([1] * rank, ctx.where())
-    axes = sorted(_norm_axis(a, rank, ctx) for a in axes)
-    if len(set(axes)) != len(axes):
-        raise ctx.shape_error(f"duplicate Unsqueeze axes {axes}")
+    axes = ctx.axes(axes, rank, "Unsqueeze axis", unique=True)
     shape = list(x.shape)
     for a in axes:
         shape.insert(a, 1)
@@ -199,9 +195,7 @@ def _reshape(ctx, ins, attrs):
 def _flatten(ctx, ins, attrs):
     x = ins[0]
     axis = int(attrs.get("axis", 1))
-    if not -x.ndim <= axis <= x.ndim:
-        raise ctx.shape_error(f"Flatten axis {axis} out of range for rank {x.ndim}")
-    axis = axis + x.ndim if axis < 0 else axis
+    axis = ctx.axis(axis, x.ndim, "Flatten axis", allow_end=True)
     return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
 
 

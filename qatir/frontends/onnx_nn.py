@@ -22,21 +22,21 @@ from qatir.frontends.onnx_ctx import (
     onnx_attrs,
 )
 from qatir.ir import Tensor
+from qatir.numerics import same_padding
 
 
 def same_pads(size: int | None, k: int, s: int, d: int) -> tuple[int, int] | None:
     """TFLite SAME padding (before, after) along one axis (extra pad goes after).
 
-    None when it depends on an unknown ``size`` (only stride 1 makes it size-independent).
+    :func:`qatir.numerics.same_padding`; None when it depends on an unknown
+    ``size`` (only stride 1 makes it size-independent).
     """
-    eff = (k - 1) * d + 1
     if size is None:
         if s != 1:
             return None
-        size = eff
-    out = -(-size // s)
-    total = max((out - 1) * s + eff - size, 0)
-    return total // 2, total - total // 2
+        size = (k - 1) * d + 1
+    _, before, after = same_padding(size, k, s, d)
+    return before, after
 
 
 @dataclass

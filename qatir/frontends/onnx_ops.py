@@ -139,9 +139,7 @@ def _softmax(ctx: Ctx) -> None:
     x = ctx.need(0)
     rank = x.rank
     axis = int(onnx_attrs(ctx.node).get("axis", 1 if ctx.opset < 13 else -1))
-    if not -rank <= axis < rank:
-        raise ctx.shape_error(f"Softmax axis {axis} out of range for rank {rank}")
-    axis %= rank
+    axis = ctx.axis(axis, rank, "Softmax axis")
     if ctx.opset < 13 and axis != rank - 1:
         shape = x.shape
         flat = ctx.reshape(ctx.as_tensor(x, ident(rank)),
@@ -166,10 +164,7 @@ def _reduce_axes(ctx: Ctx, rank: int) -> list[int]:
         axes = [] if arr is None else [int(v) for v in np.asarray(arr).reshape(-1)]
     if not axes:
         return [] if a.get("noop_with_empty_axes", 0) else list(range(rank))
-    for ax in axes:
-        if not -rank <= ax < rank:
-            raise ctx.shape_error(f"reduction axis {ax} out of range for rank {rank}")
-    return sorted({ax % rank for ax in axes})
+    return ctx.axes(axes, rank, "reduction axis")
 
 
 def reduce_to(ctx: Ctx, x: Val, op: str, axes: list[int], keep: bool) -> None:
@@ -239,9 +234,7 @@ def _static_target(ctx: Ctx, x: Val, shape: list) -> list[int]:
 def _flatten(ctx: Ctx) -> None:
     x = ctx.need(0)
     axis = int(onnx_attrs(ctx.node).get("axis", 1))
-    if not -x.rank <= axis <= x.rank:
-        raise ctx.shape_error(f"Flatten axis {axis} out of range for rank {x.rank}")
-    axis = axis + x.rank if axis < 0 else axis
+    axis = ctx.axis(axis, x.rank, "Flatten axis", allow_end=True)
     shape = x.shape
     new = [prod_known(shape[:axis]), prod_known(shape[axis:])]
     t = ctx.reshape(ctx.as_tensor(x, ident(x.rank)), new, name=ctx.out_name())
@@ -265,10 +258,7 @@ def _squeeze(ctx: Ctx) -> None:
         if None in shape:
             raise ctx.shape_error("Squeeze without axes on a tensor with dynamic dims")
         axes = [i for i, d in enumerate(shape) if d == 1]
-    for a in axes:
-        if not -x.rank <= a < x.rank:
-            raise ctx.shape_error(f"Squeeze axis {a} out of range for rank {x.rank}")
-    axes = sorted({a % x.rank for a in axes})
+    axes = ctx.axes(axes, x.rank, "Squeeze axis")
     ir_dims = sorted(x.perm.index(a) for a in axes)
     t = ctx.emit("SQUEEZE", [x.tensor], {"squeeze_dims": ir_dims})
     remaining = [p for p in x.perm if p not in axes]
@@ -283,12 +273,7 @@ def _unsqueeze(ctx: Ctx) -> None:
     rank = x.rank + len(axes)
     if rank > MAX_RANK:
         raise ctx.shape_error(f"Unsqueeze to rank {rank} (more than {MAX_RANK})")
-    for a in axes:
-        if not -rank <= a < rank:
-            raise ctx.shape_error(f"Unsqueeze axis {a} out of range for rank {rank}")
-    new = sorted({a % rank for a in axes})
-    if len(new) != len(axes):
-        raise ctx.shape_error(f"duplicate Unsqueeze axes {axes}")
+    new = ctx.axes(axes, rank, "Unsqueeze axis", unique=True)
     old_pos = [k for k in range(rank) if k not in new]  # output position of each input dim
     perm, ir_shape, it = [], [], iter(x.perm)
     for k in range(rank):
@@ -319,11 +304,10 @@ def _concat(ctx: Ctx) -> None:
     if any(v.rank != rank for v in vals):
         raise ctx.shape_error("Concat inputs differ in rank")
     axis = int(onnx_attrs(ctx.node)["axis"])
-    if not -rank <= axis < rank:
-        raise ctx.shape_error(f"Concat axis {axis} out of range for rank {rank}")
+    axis = ctx.axis(axis, rank, "Concat axis")
     dtype = next(v.tensor.dtype for v in vals if not v.is_const)
-    ins = [aligned(ctx, v, rank, perm, dtype) for v in vals if v.shape[axis % rank] != 0]
-    t = ctx.emit("CONCATENATION", ins, {"axis": perm.index(axis % rank)})
+    ins = [aligned(ctx, v, rank, perm, dtype) for v in vals if v.shape[axis] != 0]
+    t = ctx.emit("CONCATENATION", ins, {"axis": perm.index(axis)})
     ctx.set_out(ctx.act(t, perm))
 
 
@@ -355,7 +339,8 @@ def _pad(ctx: Ctx) -> None:
         value = 0.0 if v is None or np.size(v) == 0 else float(np.asarray(v).reshape(-1)[0])
     axes = list(range(x.rank))
     if ctx.opset >= 18 and ctx.inp(3) is not None:
-        axes = [int(v) % x.rank for v in np.asarray(ctx.const_in(3, "axes")).reshape(-1)]
+        axes = [ctx.axis(int(v), x.rank, "Pad axis")
+                for v in np.asarray(ctx.const_in(3, "axes")).reshape(-1)]
     if len(pads) != 2 * len(axes):
         raise ctx.shape_error(f"pads {pads} do not fit {len(axes)} axes")
     per_axis = {ax: (int(pads[i]), int(pads[i + len(axes)])) for i, ax in enumerate(axes)}
@@ -406,9 +391,7 @@ def _gather(ctx: Ctx) -> None:
     x = ctx.need(0)
     idx = np.asarray(ctx.const_in(1, "indices"))
     axis = int(onnx_attrs(ctx.node).get("axis", 0))
-    if not -x.rank <= axis < x.rank:
-        raise ctx.shape_error(f"Gather axis {axis} out of range for rank {x.rank}")
-    axis %= x.rank
+    axis = ctx.axis(axis, x.rank, "Gather axis")
     if idx.ndim > 1:
         raise ctx.unsupported("Gather with multi-dimensional indices on an activation")
     n = x.shape[axis]
@@ -434,9 +417,7 @@ def _split(ctx: Ctx) -> None:
     x = ctx.need(0)
     a = onnx_attrs(ctx.node)
     axis = int(a.get("axis", 0))
-    if not -x.rank <= axis < x.rank:
-        raise ctx.shape_error(f"Split axis {axis} out of range for rank {x.rank}")
-    axis %= x.rank
+    axis = ctx.axis(axis, x.rank, "Split axis")
     n_out = len(ctx.node.output)
     size = x.shape[axis]
     if "split" in a:

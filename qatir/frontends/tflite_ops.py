@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from qatir.errors import ShapeError
 from qatir.frontends.tflite_reader import TOp
+from qatir.numerics import normalize_axis
 
 ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH"}
 PADDINGS = {0: "SAME", 1: "VALID"}
@@ -92,9 +94,11 @@ def positive(ctx: Any, op: TOp, what: str, *values: int) -> list[int]:
 
 
 def axis_in(ctx: Any, op: TOp, axis: int, rank: int) -> int:
-    if not -max(rank, 1) <= axis < max(rank, 1):
-        raise ctx.fail(op, f"axis {axis} out of range for rank {rank}")
-    return axis % max(rank, 1)
+    """:func:`qatir.numerics.normalize_axis` (a scalar counts as rank 1), the error naming ``op``."""
+    try:
+        return normalize_axis(axis, max(rank, 1))
+    except ShapeError:
+        raise ctx.fail(op, f"axis {axis} out of range for rank {rank}") from None
 
 
 def int_list(ctx: Any, op: TOp, k: int, what: str) -> list[int]:
