@@ -14,7 +14,7 @@ from qatir.errors import QatirError
 from qatir.ir import Graph
 from qatir.litert_capture import LiteRTCapture, float_tap_graph
 from qatir.quantizers import Quantizer, register_quantizer
-from tests import onnx_models
+from tests.helpers import onnx_models
 
 
 def ranges(g: Graph) -> dict[str, tuple[np.ndarray, np.ndarray]]:

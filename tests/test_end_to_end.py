@@ -12,9 +12,7 @@ import pytest
 
 import qatir
 from qatir.parity import xnnpack_coverage
-from tests import onnx_models
-from tests.qbuild import compare_all
-from tests.test_xnnpack import XNNPACK_INT8
+from tests.helpers import XNNPACK_INT8, compare_all, onnx_models
 
 MODELS = {
     "resnet_like": onnx_models.resnet_like,
@@ -56,7 +54,7 @@ def test_xnnpack_takes_every_node_it_supports(quantized):
 
 
 def test_fake_quant_and_int8_stay_close_to_float(quantized):
-    from tests.qbuild import litert_run
+    from tests.helpers import litert_run
 
     name, g, q, batches = quantized
     feeds = {k: v[:1] for k, v in batches[0].items()}

@@ -8,7 +8,7 @@ import pytest
 
 import qatir
 from qatir.errors import QatirError
-from tests.test_train import qat_net
+from tests.helpers.graphs import qat_net
 
 
 def regression(rng, sign: float, n: int = 256):

@@ -32,7 +32,7 @@ BIG = [-(1 << 62), -1000, -5, -1, 0, 1, 2, 3, 7, 1 << 20, 1 << 31, 1 << 40, (1 <
 
 def seed_models() -> list[onnx.ModelProto]:
     """Small valid models covering the converters (kept small so each case is fast)."""
-    from tests.onnx_models import (
+    from tests.helpers.onnx_models import (
         OnnxBuilder,
         digits_cnn_onnx,
         inception_like,

@@ -24,7 +24,7 @@ import qatir  # noqa: E402
 from qatir.cli import main  # noqa: E402
 from qatir.errors import ExportError, ModelFormatError, NumericsError, QatirError  # noqa: E402
 from qatir.ir import Graph  # noqa: E402
-from tests.onnx_models import conv_chain, save  # noqa: E402
+from tests.helpers.onnx_models import conv_chain, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

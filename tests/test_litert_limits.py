@@ -15,7 +15,7 @@ import qatir
 from qatir.errors import ExportError, ModelFormatError, ShapeError
 from qatir.ir import Graph, QuantParams
 from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT
-from tests.qbuild import QB, int8_feed, litert_run
+from tests.helpers import QB, int8_feed, litert_run
 
 S_IN, S_W = 2 / 255, 1 / 127  # input range [-1, 1]; weights of 1.0 -> symmetric scale 1/127
 

@@ -7,7 +7,7 @@ import pytest
 
 from qatir.errors import ExportError, NumericsError
 from qatir.lower import apply_io, is_lowered, lower
-from tests.qbuild import QB, compare_all
+from tests.helpers import QB, compare_all
 
 
 def _conv_graph(axis: int | None = 0, bits: int = 8, act_bits: int = 8):

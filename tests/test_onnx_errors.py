@@ -9,7 +9,7 @@ from onnx import helper
 
 import qatir
 from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
-from tests.onnx_models import OnnxBuilder, resnet_like, save, single_op_model
+from tests.helpers.onnx_models import OnnxBuilder, resnet_like, save, single_op_model
 
 
 def write(tmp_path, data: bytes, name="bad.onnx"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import qatir
-from tests.onnx_models import (
+from tests.helpers.onnx_models import (
     compare_with_ort,
     digits_cnn_onnx,
     inception_like,
@@ -97,7 +97,7 @@ def test_output_names_and_layouts_preserved():
 
 
 def test_four_d_output_is_nhwc():
-    from tests.onnx_models import OnnxBuilder
+    from tests.helpers.onnx_models import OnnxBuilder
 
     b = OnnxBuilder(13)
     x = b.input("x", ["N", 3, 8, 8])
@@ -114,7 +114,7 @@ def test_four_d_output_is_nhwc():
 
 
 def test_dynamic_spatial_dims_import_without_input_shapes():
-    from tests.onnx_models import OnnxBuilder
+    from tests.helpers.onnx_models import OnnxBuilder
 
     b = OnnxBuilder(13)
     x = b.input("x", ["N", 3, "H", "W"])
@@ -140,7 +140,7 @@ def test_models_across_opsets(opset):
 
 
 def test_output_aliases_keep_their_names():
-    from tests.onnx_models import OnnxBuilder
+    from tests.helpers.onnx_models import OnnxBuilder
 
     b = OnnxBuilder(13)
     x = b.input("x", [1, 2, 3, 3])
@@ -227,7 +227,7 @@ def test_random_layout_chains_match_onnxruntime(batch):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from tests.onnx_models import OnnxBuilder
+    from tests.helpers.onnx_models import OnnxBuilder
 
     @settings(max_examples=20, deadline=None, derandomize=True)
     @given(st.data())
@@ -249,7 +249,7 @@ def test_import_time_grows_linearly(tmp_path):
     """Per-node import cost at 3,000 nodes stays within 4x of that at 300 (quadratic: ~10x)."""
     import time
 
-    from tests.onnx_models import conv_chain
+    from tests.helpers.onnx_models import conv_chain
 
     per_node = []
     for blocks in (100, 1000):

@@ -7,19 +7,11 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from tests.onnx_models import OnnxBuilder, compare_with_ort, single_op_model
+from tests.helpers.onnx_models import OnnxBuilder, compare_with_ort, ops_of, rnd, single_op_model
 
 F = np.float32
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-def rnd(*shape, seed=0, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(F)
-
-
-def ops_of(g):
-    return [n.op for n in g.nodes]
 
 
 # ------------------------------------------------------------------ conv

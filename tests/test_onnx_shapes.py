@@ -6,8 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.onnx_models import OnnxBuilder, compare_with_ort, single_op_model
-from tests.test_onnx_ops import ops_of, rnd
+from tests.helpers.onnx_models import OnnxBuilder, compare_with_ort, ops_of, rnd, single_op_model
 
 F = np.float32
 

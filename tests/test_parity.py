@@ -9,8 +9,7 @@ import pytest
 
 from qatir.parity import format_report, parity_report, sqnr_db, strip_fake_quant
 from qatir.tflite_writer import to_tflite
-from tests.qbuild import QB
-from tests.test_reference import CASES
+from tests.helpers import CASES, QB
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from qatir.ir import Graph  # noqa: E402
 from qatir.pipeline import FLOAT_PIPELINE, float_pipeline, quantize, run_pipeline  # noqa: E402
 from qatir.quant import params_for, range_for  # noqa: E402
 from qatir.table import builtin_tables  # noqa: E402
-from tests.graphs_for_passes import chain, mobile_block, transpose_conv_bn  # noqa: E402
+from tests.helpers.graphs import chain, mobile_block, transpose_conv_bn  # noqa: E402
 
 DEFAULT_TOML = Path(builtin_tables()["int8_default"]).read_text()
 
@@ -158,7 +158,7 @@ def test_generic_clip_and_hard_sigmoid_lowering():
 
 
 def _onnx_models():
-    from tests import onnx_models as om
+    from tests.helpers import onnx_models as om
 
     return [("resnet_like", om.resnet_like), ("mobilenet_like", om.mobilenet_like),
             ("inception_like", om.inception_like), ("digits_cnn", om.digits_cnn_onnx),
@@ -167,7 +167,7 @@ def _onnx_models():
 
 @pytest.mark.parametrize("name,build", _onnx_models())
 def test_onnx_models_fold_and_fuse_keep_outputs(name, build, tmp_path):
-    from tests.onnx_models import save
+    from tests.helpers.onnx_models import save
 
     g = qatir.load(save(build(), tmp_path / f"{name}.onnx"))
     f = float_pipeline(g)
@@ -329,10 +329,10 @@ def test_quantize_twice_adds_nothing(mobile_q):
 
 
 def test_tflite_frontend_model_fold_fuse_and_quantize(tmp_path):
-    from tests.test_tflite_frontend import _convert, _mobilenet_like
+    from tests.helpers.keras_models import convert, mobilenet_like
 
     path = tmp_path / "m.tflite"
-    path.write_bytes(_convert(_mobilenet_like(), "float"))
+    path.write_bytes(convert(mobilenet_like(), "float"))
     g = qatir.load(path)
     f = float_pipeline(g)
     _assert_same_outputs(g, f)

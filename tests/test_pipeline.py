@@ -30,7 +30,7 @@ from qatir.pipeline import (
     register_pass,
     run_pipeline,
 )
-from tests.graphs_for_passes import mobile_block
+from tests.helpers.graphs import mobile_block
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,72 +12,19 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import qatir  # noqa: E402
 from qatir.frontends.tflite_reader import read_model  # noqa: E402
+from tests.helpers.keras_models import convert, mobilenet_like  # noqa: E402
 
 L = tf.keras.layers
-
-
-def _mobilenet_like() -> tf.keras.Model:
-    """MobileNetV2-style blocks plus most of the ops the frontend maps, three outputs."""
-    inp = tf.keras.Input((16, 16, 3), batch_size=1, name="image")
-    x = L.ZeroPadding2D(1)(inp)
-    x = L.Conv2D(8, 3, strides=2, padding="valid")(x)
-    x = L.ReLU(6.0)(L.BatchNormalization()(x))
-    h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(24, 1, use_bias=False)(x)))
-    h = L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)
-    h = L.ReLU(6.0)(L.BatchNormalization()(h))
-    h = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False)(h))
-    x = L.Add()([x, h])  # inverted residual
-    x = L.PReLU(shared_axes=[1, 2])(x)
-    a = L.UpSampling2D(2, interpolation="bilinear")(x)
-    b = L.Lambda(lambda t: tf.image.resize(t, (16, 16), method="nearest"))(x)
-    x = L.Concatenate()([a, b])
-    x = L.DepthwiseConv2D(3, depth_multiplier=2, padding="valid", activation="relu")(x)
-    x = L.Conv2DTranspose(8, 3, strides=2, padding="same")(x)
-    x = L.Lambda(lambda t: tf.nn.depth_to_space(t, 2))(x)
-    x = L.MaxPooling2D(2)(x)
-    x = L.Lambda(lambda t: tf.nn.space_to_depth(t, 2))(x)
-    x = L.AveragePooling2D(2, padding="same")(x)
-    x = L.Activation("hard_swish")(x)
-    s = L.Lambda(lambda t: t[:, 1:, ::2, :])(x)
-    s = L.Lambda(lambda t: tf.transpose(t, [0, 2, 1, 3]))(s)
-    s = L.Lambda(lambda t: tf.pad(t, [[0, 0], [1, 0], [0, 1], [0, 0]], constant_values=0.5))(s)
-    u, v, w = L.Activation("sigmoid")(s), L.Activation("tanh")(s), L.LeakyReLU(0.1)(s)
-    s = L.Subtract()([L.Multiply()([u, v]), w])
-    feat = L.Lambda(lambda t: t[0] / (t[1] + 2.0), name="features")([s, u])
-    g = L.Dense(10)(L.GlobalAveragePooling2D()(x))
-    f = L.Dense(10, activation="relu")(L.Flatten()(x))
-    logits = L.Add(name="logits")([f, g])
-    prob = L.Softmax(name="prob")(logits)
-    model = tf.keras.Model(inp, {"prob": prob, "logits": logits, "features": feat})
-    rng = np.random.default_rng(7)
-    for layer in model.layers:  # non-trivial batch-norm statistics and PReLU slopes
-        if isinstance(layer, (L.BatchNormalization, L.PReLU)):
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if i in (0, 3)
-                               else rng.uniform(-0.2, 0.2, w.shape).astype(np.float32)
-                               for i, w in enumerate(layer.get_weights())])
-    return model
-
-
-def _convert(model: tf.keras.Model, mode: str) -> bytes:
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    if mode == "fp16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode == "sparse":
-        conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    return conv.convert()
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("tfl")
-    model = _mobilenet_like()
+    model = mobilenet_like()
     paths = {}
     for mode in ("float", "fp16", "dynamic"):
         paths[mode] = d / f"{mode}.tflite"
-        paths[mode].write_bytes(_convert(model, mode))
+        paths[mode].write_bytes(convert(model, mode))
     return paths
 
 
@@ -216,7 +163,7 @@ def test_sparse_weights_densify(tmp_path):
         if ws:
             layer.set_weights([ws[0] * (rng.random(ws[0].shape) < 0.1)] + ws[1:])
     path = tmp_path / "sparse.tflite"
-    path.write_bytes(_convert(model, "sparse"))
+    path.write_bytes(convert(model, "sparse"))
     assert "DENSIFY" in _ops_used(path)
     g = qatir.load(path)
     assert [n.op for n in g.nodes] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
@@ -235,7 +182,7 @@ def test_dynamic_batch_shape_plumbing_folds(tmp_path):
     inp = tf.keras.Input((8, 8, 3), name="x")
     model = tf.keras.Model(inp, L.Dense(5)(L.Flatten()(L.Conv2D(4, 3)(inp))))
     path = tmp_path / "dyn.tflite"
-    path.write_bytes(_convert(model, "float"))
+    path.write_bytes(convert(model, "float"))
     assert {"SHAPE", "PACK"} <= _ops_used(path)
     g = qatir.load(path)
     assert g.inputs[0].shape == (None, 8, 8, 3)
@@ -370,8 +317,7 @@ def test_densify_block_csr(block):
 def test_tile_imports_and_runs_like_litert(tmp_path):
     """TILE (float and int8) read back from files qatir wrote; both match LiteRT."""
     from qatir.ir import Graph
-    from tests.qbuild import QB, int8_feed, litert_run
-    from tests.test_reference import CASES
+    from tests.helpers import CASES, QB, int8_feed, litert_run
 
     g = Graph("tile")
     x = g.add_input("x", [1, 3, 4, 2])

@@ -11,8 +11,7 @@ import pytest
 import qatir
 from qatir.errors import ExportError, UnsupportedOpError
 from qatir.tflite_writer import check_size, to_tflite
-from tests.qbuild import QB, litert_run
-from tests.test_reference import CASES
+from tests.helpers import CASES, QB, litert_run
 
 Model = importlib.import_module("tflite.Model").Model
 BuiltinOperator = importlib.import_module("tflite.BuiltinOperator").BuiltinOperator
@@ -178,7 +177,7 @@ def test_unknown_option_refused():
 def test_roundtrip_through_tflite_frontend(tmp_path, io):
     """write -> qatir.load (the TFLite frontend's lowered form) -> write: same results."""
     from qatir.reference import run_reference
-    from tests.qbuild import int8_feed
+    from tests.helpers import int8_feed
 
     g = _graph("graph_unet")
     buf = to_tflite(g, io=io)
@@ -199,7 +198,7 @@ def test_roundtrip_through_tflite_frontend(tmp_path, io):
 
 
 def test_uint8_edges_shift_zero_point():
-    from tests.qbuild import int8_feed
+    from tests.helpers import int8_feed
 
     g = _graph()
     feeds = int8_feed(g)
@@ -221,7 +220,7 @@ def test_dynamic_spatial_dims_refused():
 
 def test_offset_buffers_layout_runs_in_litert():
     """The >2 GB layout (data after the flatbuffer, Buffer.offset/size), forced on a small model."""
-    from tests.qbuild import int8_feed
+    from tests.helpers import int8_feed
 
     g = _graph("graph_unet")
     inline, offset = to_tflite(g), to_tflite(g, offset_buffers=True)

@@ -14,18 +14,7 @@ import pytest
 
 from qatir.parity import xnnpack_coverage
 from qatir.tflite_writer import to_tflite
-from tests.qbuild import QB
-from tests.test_reference import CASES
-
-# int8 ops the XNNPACK delegate in ai_edge_litert takes (measured; AVERAGE_POOL_2D, SOFTMAX,
-# HARD_SWISH, RELU/RELU6/RELU_N1_TO_1, PRELU, PADV2, STRIDED_SLICE, MAXIMUM/MINIMUM, SQUEEZE,
-# GATHER and RESIZE_NEAREST_NEIGHBOR stay with LiteRT's builtin int8 kernels).
-XNNPACK_INT8 = {
-    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
-    "MAX_POOL_2D", "MEAN", "RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "QUANTIZE",
-    "DEQUANTIZE", "LEAKY_RELU", "LOGISTIC", "TANH", "RESIZE_BILINEAR", "DEPTH_TO_SPACE",
-    "SPACE_TO_DEPTH", "SUM", "REDUCE_MAX",
-}
+from tests.helpers import CASES, QB, XNNPACK_INT8
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,6 +1,6 @@
 """Import and first-run time of the ONNX frontend against graph size (100 to 10,000 nodes).
 
-The graphs are chains of conv -> relu -> add(residual) blocks (tests/onnx_models.conv_chain).
+The graphs are chains of conv -> relu -> add(residual) blocks (tests/helpers/onnx_models.conv_chain).
 Import cost should grow linearly: the "us/node" column should stay flat.
 
     python tools/bench_import.py [--sizes 100,1000,3000,10000] [--no-run]
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import qatir  # noqa: E402
-from tests.onnx_models import conv_chain, save  # noqa: E402
+from tests.helpers.onnx_models import conv_chain, save  # noqa: E402
 
 
 def bench(n_nodes: int, run: bool, repeat: int = 3) -> dict[str, float]:

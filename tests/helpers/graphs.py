@@ -1,10 +1,12 @@
-"""Hand-built float graphs for the pass tests (a small MobileNet-like block and friends)."""
+"""Hand-built graphs: float ones for the pass tests (a small MobileNet-like block and
+friends) and a small fake-quantized MLP for the training tests."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from qatir.ir import Graph, Tensor
+from qatir.quant import refresh_quant
 
 
 def _w(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:
@@ -86,4 +88,34 @@ def chain(n_blocks: int, seed: int = 0, c: int = 4) -> Graph:
         z = g.add_node("IDENTITY", [z], name=f"id{i}").output
         y = g.add_node("ADD", [y, z], name=f"add{i}").output
     g.outputs = [y]
+    return g
+
+
+# ------------------------------------------------------------ fake-quantized
+def fq(g, x, lo, hi, **attrs):
+    """Add a FAKE_QUANT with fresh min/max constants; returns its output tensor."""
+    lo_t = g.const(np.asarray(lo, np.float32), "fq_min")
+    hi_t = g.const(np.asarray(hi, np.float32), "fq_max")
+    return g.add_node("FAKE_QUANT", [x, lo_t, hi_t], attrs).output
+
+
+def wfq(g, w, name):
+    """A per-channel symmetric weight FAKE_QUANT on OHWI/[N,K] weights (axis 0)."""
+    m = np.abs(w.reshape(w.shape[0], -1)).max(1)
+    return fq(g, g.const(w, name), -m, m, axis=0, narrow_range=True, symmetric=True, kind="weight")
+
+
+def qat_net(rng, act_quantizer="moving_average"):
+    """x -> FQ -> FC(FQ w) + b -> RELU -> FQ -> FC(FQ w) -> FQ : a small quantized MLP."""
+    g = Graph("qmlp")
+    x = g.add_input("x", [None, 6])
+    h = fq(g, x, -3.0, 3.0, quantizer=act_quantizer)
+    w1 = 0.5 * rng.standard_normal((8, 6)).astype(np.float32)
+    h = g.add_node("FULLY_CONNECTED", [h, wfq(g, w1, "w1"), g.const(np.zeros(8, np.float32), "b1")],
+                   {"fused_activation": "RELU"}).output
+    h = fq(g, h, 0.0, 4.0, quantizer=act_quantizer)
+    w2 = 0.5 * rng.standard_normal((3, 8)).astype(np.float32)
+    h = g.add_node("FULLY_CONNECTED", [h, wfq(g, w2, "w2"), g.const(np.zeros(3, np.float32), "b2")]).output
+    g.outputs = [fq(g, h, -4.0, 4.0, quantizer=act_quantizer)]
+    refresh_quant(g)
     return g

@@ -309,3 +309,13 @@ def compare_with_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tmp_d
         err = float(np.max(np.abs(y.astype(np.float64) - r))) if r.size else 0.0
         assert err <= rtol * scale, f"{vi.name}: max error {err:.3g} > {rtol} x {scale:.3g}"
     return g
+
+
+def rnd(*shape: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """Seeded standard-normal float32 data."""
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def ops_of(g: Any) -> list[str]:
+    """The op names of an IR graph's nodes, in order."""
+    return [n.op for n in g.nodes]

@@ -1,0 +1,184 @@
+"""The cases several test modules share: single ops and small graphs built with :class:`QB`.
+
+``CASES[name](qb)`` adds a case to a fresh ``QB`` and returns its output tensor; the
+reference, writer, XNNPACK, parity and TFLite-import tests all run them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.qbuild import QB
+
+
+def _x(qb: QB, shape=(1, 9, 9, 8), lo=-1.3, hi=2.1, name="x"):
+    return qb.input(name, list(shape), lo, hi)
+
+
+def _prelu(qb):
+    a = qb.fq(qb.g.const(np.linspace(0.05, 0.3, 8).astype(np.float32), name="alpha"), 0, 0.3)
+    return qb.op("PRELU", [_x(qb), a], None, (-0.4, 2.2))
+
+
+def _concat(qb):
+    a, b = _x(qb), _x(qb, (1, 9, 9, 4), -0.5, 4, name="y")
+    return qb.op("CONCATENATION", [a, b], {"axis": 3}, (-1.3, 4))
+
+
+def _residual(qb):
+    x = _x(qb, (1, 12, 12, 3), -1, 1)
+    y = qb.conv(
+        "CONV_2D", x, [8, 3, 3, 3], {"padding": "SAME", "fused_activation": "RELU6"}, (0, 6)
+    )
+    z = qb.conv(
+        "DEPTHWISE_CONV_2D",
+        y,
+        [1, 3, 3, 8],
+        {"padding": "SAME", "fused_activation": "RELU6"},
+        (0, 6),
+    )
+    z = qb.conv("CONV_2D", z, [8, 1, 1, 8], {"padding": "VALID"}, (-4, 4))
+    s = qb.op("ADD", [y, z], None, (-4, 8))
+    p = qb.op("MEAN", [s], {"axis": [1, 2], "keep_dims": False}, (-2, 6))
+    f = qb.conv("FULLY_CONNECTED", p, [10, 8], None, (-6, 6))
+    return qb.op("SOFTMAX", [f], None, (0, 1))
+
+
+def _unet(qb):
+    x = _x(qb, (1, 8, 8, 4), -1, 1)
+    d = qb.conv("CONV_2D", x, [8, 3, 3, 4], {"padding": "SAME", "stride": [2, 2]}, (-3, 3))
+    d = qb.op("HARD_SWISH", [d], None, (-0.4, 3))
+    u = qb.conv("TRANSPOSE_CONV", d, [4, 3, 3, 8], {"padding": "SAME", "stride": [2, 2]}, (-2, 2))
+    r = qb.op("RESIZE_BILINEAR", [d], {"size": [8, 8]})
+    c = qb.op("CONCATENATION", [u, r], {"axis": 3}, (-3, 3))
+    c = qb.op("LEAKY_RELU", [c], {"alpha": 0.2}, (-0.6, 3))
+    m = qb.op("MAX_POOL_2D", [c], {"filter": [2, 2], "stride": [2, 2]})
+    a = qb.op("AVERAGE_POOL_2D", [m], {"filter": [2, 2], "stride": [2, 2], "padding": "SAME"})
+    r = qb.op("RESHAPE", [a], {"new_shape": [1, -1]})
+    return qb.op("LOGISTIC", [r], None, (0, 1))
+
+
+def _add_const(qb):
+    c = qb.fq(qb.g.const(np.linspace(-1, 1, 8).astype(np.float32), name="c"), -1, 1)
+    return qb.op("ADD", [_x(qb), c], None, (-2, 3))
+
+
+def _mul_scalar(qb):
+    c = qb.fq(qb.g.const(np.float32(0.1666), name="c"), 0, 0.2)
+    return qb.op("MUL", [_x(qb), c], None, (-0.3, 0.4))
+
+
+CASES = {
+    "conv_same_s2": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [6, 3, 3, 8], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
+    ),
+    "conv_relu6_nobias": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [6, 3, 3, 8], {"fused_activation": "RELU6"}, (0, 6), bias=False
+    ),
+    "conv_dilated": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [4, 3, 3, 8], {"padding": "SAME", "dilation": [2, 2]}, (-2, 3)
+    ),
+    "dwconv": lambda qb: qb.conv(
+        "DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 8], {"padding": "SAME"}, (-2, 3)
+    ),
+    "dwconv_mult2_relu": lambda qb: qb.conv(
+        "DEPTHWISE_CONV_2D",
+        _x(qb),
+        [1, 3, 3, 16],
+        {"padding": "VALID", "depth_multiplier": 2, "fused_activation": "RELU"},
+        (0, 3),
+    ),
+    "fc": lambda qb: qb.conv("FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3)),
+    "fc_keepdims": lambda qb: qb.conv(
+        "FULLY_CONNECTED", _x(qb, (1, 3, 16), -1, 1), [5, 16], {"keep_num_dims": True}, (-3, 3)
+    ),
+    "tconv_same": lambda qb: qb.conv(
+        "TRANSPOSE_CONV",
+        _x(qb, (1, 5, 5, 8)),
+        [4, 3, 3, 8],
+        {"padding": "SAME", "stride": [2, 2]},
+        (-3, 3),
+    ),
+    "tconv_valid": lambda qb: qb.conv(
+        "TRANSPOSE_CONV",
+        _x(qb, (1, 5, 5, 8)),
+        [4, 3, 3, 8],
+        {"padding": "VALID", "stride": [2, 2]},
+        (-3, 3),
+    ),
+    "add": lambda qb: qb.op("ADD", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-2, 5)),
+    "add_broadcast_relu": lambda qb: qb.op(
+        "ADD", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")], {"fused_activation": "RELU"}, (0, 5)
+    ),
+    "sub": lambda qb: qb.op("SUB", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-5, 3)),
+    "mul": lambda qb: qb.op("MUL", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (-4, 6)),
+    "mul_broadcast": lambda qb: qb.op(
+        "MUL", [_x(qb), _x(qb, (1, 1, 1, 8), -0.5, 4, "y")], None, (-4, 6)
+    ),
+    "avg_pool_same": lambda qb: qb.op(
+        "AVERAGE_POOL_2D", [_x(qb)], {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"}
+    ),
+    "max_pool_relu": lambda qb: qb.op(
+        "MAX_POOL_2D", [_x(qb)], {"filter": [2, 2], "stride": [2, 2], "fused_activation": "RELU"}
+    ),
+    "mean_hw": lambda qb: qb.op("MEAN", [_x(qb)], {"axis": [1, 2], "keep_dims": True}, (-1, 1.5)),
+    "mean_c": lambda qb: qb.op("MEAN", [_x(qb)], {"axis": [3], "keep_dims": False}, (-1, 1.5)),
+    "softmax": lambda qb: qb.op("SOFTMAX", [_x(qb, (3, 10), -6, 5)], None, (0, 1)),
+    "softmax_beta": lambda qb: qb.op("SOFTMAX", [_x(qb, (2, 7), -2, 2)], {"beta": 2.5}, (0, 1)),
+    "logistic": lambda qb: qb.op("LOGISTIC", [_x(qb)], None, (0, 1)),
+    "tanh": lambda qb: qb.op("TANH", [_x(qb)], None, (-1, 1)),
+    "hard_swish": lambda qb: qb.op("HARD_SWISH", [_x(qb)], None, (-0.4, 2.2)),
+    "relu": lambda qb: qb.op("RELU", [_x(qb)], None, (0, 2.2)),
+    "relu6": lambda qb: qb.op("RELU6", [_x(qb, lo=-4, hi=8)], None, (0, 6)),
+    "leaky_relu": lambda qb: qb.op("LEAKY_RELU", [_x(qb)], {"alpha": 0.1}, (-0.2, 2.2)),
+    "prelu": _prelu,
+    "concat_requant": _concat,
+    "reshape": lambda qb: qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}),
+    "squeeze": lambda qb: qb.op("SQUEEZE", [_x(qb, (1, 1, 5, 8))], {"squeeze_dims": [1]}),
+    "transpose": lambda qb: qb.op("TRANSPOSE", [_x(qb)], {"perm": [0, 2, 1, 3]}),
+    "tile": lambda qb: qb.op("TILE", [_x(qb, (1, 3, 4, 2))], {"multiples": [1, 2, 3, 2]}),
+    "pad": lambda qb: qb.op("PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]]}),
+    "padv2": lambda qb: qb.op(
+        "PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]], "constant_value": 1.0}
+    ),
+    "strided_slice": lambda qb: qb.op(
+        "STRIDED_SLICE",
+        [_x(qb)],
+        {"begin": [0, 1, 0, 0], "end": [1, 8, 9, 8], "strides": [1, 2, 1, 1]},
+    ),
+    "maximum": lambda qb: qb.op("MAXIMUM", [_x(qb), _x(qb, name="y")], None),
+    "depth_to_space": lambda qb: qb.op("DEPTH_TO_SPACE", [_x(qb)], {"block_size": 2}),
+    "space_to_depth": lambda qb: qb.op("SPACE_TO_DEPTH", [_x(qb, (1, 8, 8, 2))], {"block_size": 2}),
+    "resize_nearest": lambda qb: qb.op("RESIZE_NEAREST_NEIGHBOR", [_x(qb)], {"size": [18, 18]}),
+    "resize_bilinear": lambda qb: qb.op("RESIZE_BILINEAR", [_x(qb)], {"size": [18, 18]}),
+    "resize_bilinear_half": lambda qb: qb.op(
+        "RESIZE_BILINEAR", [_x(qb)], {"size": [13, 16], "half_pixel_centers": True}
+    ),
+    "resize_bilinear_align": lambda qb: qb.op(
+        "RESIZE_BILINEAR", [_x(qb)], {"size": [17, 17], "align_corners": True}
+    ),
+    "sum_hw": lambda qb: qb.op("SUM", [_x(qb)], {"axis": [1, 2], "keep_dims": True}, (-20, 40)),
+    "sum_c": lambda qb: qb.op("SUM", [_x(qb)], {"axis": [3], "keep_dims": False}, (-10, 15)),
+    "reduce_max": lambda qb: qb.op("REDUCE_MAX", [_x(qb)], {"axis": [1, 2], "keep_dims": False}),
+    "gather": lambda qb: qb.op(
+        "GATHER", [_x(qb), qb.g.const(np.array([0, 3, 2], np.int32))], {"axis": 3}
+    ),
+    "minimum": lambda qb: qb.op("MINIMUM", [_x(qb), _x(qb, name="y")], None),
+    "relu_n1_to_1": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb)], None, (-1, 1)),
+    "requantize": lambda qb: qb.fq(qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}), -2, 3),
+    "add_const_operand": _add_const,
+    "mul_const_scalar": _mul_scalar,
+    "graph_residual": _residual,
+    "graph_unet": _unet,
+}
+
+
+# int8 ops the XNNPACK delegate in ai_edge_litert takes (measured; AVERAGE_POOL_2D, SOFTMAX,
+# HARD_SWISH, RELU/RELU6/RELU_N1_TO_1, PRELU, PADV2, STRIDED_SLICE, MAXIMUM/MINIMUM, SQUEEZE,
+# GATHER and RESIZE_NEAREST_NEIGHBOR stay with LiteRT's builtin int8 kernels).
+XNNPACK_INT8 = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB", "MUL",
+    "MAX_POOL_2D", "MEAN", "RESHAPE", "TRANSPOSE", "CONCATENATION", "PAD", "QUANTIZE",
+    "DEQUANTIZE", "LEAKY_RELU", "LOGISTIC", "TANH", "RESIZE_BILINEAR", "DEPTH_TO_SPACE",
+    "SPACE_TO_DEPTH", "SUM", "REDUCE_MAX",
+}
