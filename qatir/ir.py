@@ -6,8 +6,8 @@ the TF executor and the writer depend on it, never the reverse.
 
 from __future__ import annotations
 
+import copy
 import heapq
-import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,7 +199,7 @@ class Node:
 class Graph:
     """Owns nodes in topological order, its inputs and outputs, and all tensors by name."""
 
-    __slots__ = ("name", "nodes", "inputs", "outputs", "tensors", "metadata", "_counter",
+    __slots__ = ("name", "nodes", "inputs", "outputs", "tensors", "metadata", "_next_suffix",
                  "_node_names", "__weakref__")
 
     def __init__(self, name: str = "main"):
@@ -209,17 +209,39 @@ class Graph:
         self.outputs: list[Tensor] = []
         self.tensors: dict[str, Tensor] = {}
         self.metadata: dict[str, Any] = {}
-        self._counter = itertools.count()
+        self._next_suffix = 0  # shared by tensor and node names: f"{base}_{n}"
         self._node_names: set[str] = set()
 
     # ----------------------------------------------------------------- building
+    def _suffix(self) -> int:
+        n = self._next_suffix
+        self._next_suffix += 1
+        return n
+
     def unique_name(self, base: str) -> str:
         if base not in self.tensors:
             return base
         while True:
-            cand = f"{base}_{next(self._counter)}"
+            cand = f"{base}_{self._suffix()}"
             if cand not in self.tensors:
                 return cand
+
+    def rename_tensor(self, tensor: Tensor, new_name: str) -> None:
+        """Give ``tensor`` (one of this graph's) the name ``new_name``, keeping the name
+        registry current; refuses a name another tensor has. The tensor moves to the end
+        of :attr:`tensors`."""
+        old = tensor.name
+        if self.tensors.get(old) is not tensor:
+            raise VerifyError(f"cannot rename %{old} to %{new_name}: %{old} is not a tensor "
+                              f"of graph {self.name!r}")
+        if new_name == old:
+            return
+        if new_name in self.tensors:
+            raise VerifyError(f"cannot rename %{old} to %{new_name}: graph {self.name!r} "
+                              f"already has a tensor %{new_name}")
+        del self.tensors[old]
+        tensor.name = new_name
+        self.tensors[new_name] = tensor
 
     def add_tensor(self, tensor: Tensor) -> Tensor:
         if tensor.name in self.tensors:
@@ -289,7 +311,7 @@ class Graph:
     def _unique_node_name(self, base: str) -> str:
         name = base
         while name in self._node_names:
-            name = f"{base}_{next(self._counter)}"
+            name = f"{base}_{self._suffix()}"
         self._node_names.add(name)
         return name
 
@@ -407,12 +429,46 @@ class Graph:
         verify_graph(self)
 
     def clone(self) -> Graph:
-        """A deep copy: new tensors and nodes, constant arrays copied."""
-        from qatir.serialize import graph_from_dict, graph_to_dict
+        """A structural deep copy that shares nothing mutable with this graph.
 
-        data: dict[str, np.ndarray] = {}
-        d = graph_to_dict(self, arrays=data)
-        return graph_from_dict(d, {k: v.copy() for k, v in data.items()}, validate=False)
+        New Tensor and Node objects with the same names, order, use lists and
+        producers; constant arrays are *copied* (passes write ``tensor.data`` and
+        calibration writes ranges in place, and a clone is what callers keep as the
+        untouched original); attributes and metadata are deep-copied; QuantParams are
+        frozen values and are shared. The name counter carries over, so the clone
+        names new tensors exactly as this graph would. Only nodes in :attr:`nodes`
+        are copied: a use by a node outside the graph is not.
+        """
+        g = Graph(self.name)
+        tmap: dict[int, tuple[Tensor, Tensor]] = {}  # id(original) -> (original, copy)
+
+        def tensor(t: Tensor) -> Tensor:
+            pair = tmap.get(id(t))
+            if pair is None:
+                data = None if t.data is None else t.data.copy()
+                pair = tmap[id(t)] = (t, Tensor(t.name, t.shape, t.dtype, data, t.quant,
+                                                t.source_layout))
+            return pair[1]
+
+        for t in self.tensors.values():
+            g.tensors[t.name] = tensor(t)
+        nmap: dict[int, Node] = {}
+        for n in self.nodes:
+            c = Node(n.op, n.name, copy.deepcopy(n.attrs))
+            c._inputs = [None if t is None else tensor(t) for t in n._inputs]
+            c._outputs = [tensor(t) for t in n._outputs]
+            c.graph = g
+            nmap[id(n)] = c
+            g.nodes.append(c)
+        g.inputs = [tensor(t) for t in self.inputs]
+        g.outputs = [tensor(t) for t in self.outputs]
+        for orig, c in tmap.values():
+            c.producer = None if orig.producer is None else nmap.get(id(orig.producer))
+            c._uses = [(nmap[id(u)], i) for u, i in orig._uses if id(u) in nmap]
+        g.metadata = copy.deepcopy(self.metadata)
+        g._next_suffix = self._next_suffix
+        g._node_names = set(self._node_names)
+        return g
 
     def __str__(self) -> str:
         from qatir.printer import format_graph

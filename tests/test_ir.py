@@ -265,3 +265,117 @@ def test_refused_erase_many_leaves_the_graph_intact():
         g.erase_many([relu])
     assert str(g) == before
     g.verify()
+
+
+# ------------------------------------------------------------------ clone and rename
+def rich_graph() -> Graph:
+    """A graph in which every slot of every Tensor, Node and Graph holds a non-default value."""
+    g = Graph("rich")
+    x = g.add_input("x", [None, 4, 4, 3], source_layout="NCHW")
+    w = g.const(np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3), "w",
+                quant=QuantParams((0.1, 0.2), (0, 0), axis=0, narrow_range=True))
+    conv = g.add_node("CONV_2D", [x, w, None], {"padding": "SAME"}, name="conv")
+    conv.attrs["extra"] = {"k": [1, (2, 3)], "s": "text"}
+    y = conv.output
+    y.quant = QuantParams((0.05,), (-3,))
+    r = g.add_node("RELU", [y]).output
+    g.add_node("ADD", [r, y], name="add")
+    g.outputs = [g.nodes[-1].output, y]
+    g.metadata = {"source": {"file": "m.onnx", "opsets": [13]}}
+    g.unique_name("conv")  # advance the suffix counter
+    g.verify()
+    return g
+
+
+def _equivalent(a, b, m: dict[int, object], where: str) -> None:
+    """``b`` is ``a`` copied: IR objects map through ``m``, containers and arrays are equal
+    but not shared, other values are equal."""
+    from qatir.ir import Node, Tensor
+
+    if isinstance(a, (Tensor, Node, Graph)):
+        assert m.get(id(a)) is b, f"{where}: {a!r} maps to {b!r}"
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert np.array_equal(a, b) and not np.shares_memory(a, b), where
+    elif isinstance(a, dict):
+        assert type(b) is dict and list(a) == list(b) and (a is not b), where
+        for k in a:
+            _equivalent(a[k], b[k], m, f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(b) is type(a) and len(a) == len(b), where
+        assert isinstance(a, tuple) or a is not b, f"{where}: list shared"
+        for i, (u, v) in enumerate(zip(a, b)):
+            _equivalent(u, v, m, f"{where}[{i}]")
+    elif isinstance(a, set):
+        assert a == b and a is not b, where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _is_default(v) -> bool:
+    if v is None or (isinstance(v, (list, dict, set, str, tuple)) and len(v) == 0):
+        return True
+    return type(v) is int and v == 0
+
+
+def test_clone_copies_every_slot_of_tensor_node_and_graph():
+    """Walks ``__slots__``: a field added to Tensor, Node or Graph that clone() does not
+    copy fails here (the fixture must also give it a non-default value)."""
+    from qatir.ir import Node, Tensor
+
+    g = rich_graph()
+    c = g.clone()
+    m: dict[int, object] = {id(g): c}
+    for t in g.tensors.values():
+        m[id(t)] = c.tensors[t.name]
+    for n, cn in zip(g.nodes, c.nodes):
+        m[id(n)] = cn
+    objects = [(g, c)] + [(t, m[id(t)]) for t in g.tensors.values()] + \
+        [(n, m[id(n)]) for n in g.nodes]
+    seen: dict[type, set[str]] = {Tensor: set(), Node: set(), Graph: set()}
+    for orig, copy in objects:
+        assert type(copy) is type(orig) and copy is not orig
+        for slot in type(orig).__slots__:
+            if slot == "__weakref__":
+                continue
+            value = getattr(orig, slot)
+            if not _is_default(value):
+                seen[type(orig)].add(slot)
+            _equivalent(value, getattr(copy, slot), m, f"{type(orig).__name__}.{slot}")
+    for cls, slots in seen.items():
+        missing = set(cls.__slots__) - {"__weakref__"} - slots
+        assert not missing, f"rich_graph() leaves {cls.__name__} slots {missing} at defaults"
+    assert str(c) == str(g) and c.to_json(include_data=True) == g.to_json(include_data=True)
+    c.verify()
+
+
+def test_mutating_a_clone_leaves_the_original_alone():
+    g = rich_graph()
+    before = (str(g), g.to_json(include_data=True))
+    c = g.clone()
+    c.tensors["w"].data[0, 0, 0, 0] = 99.0
+    c.nodes[0].attrs["extra"]["k"].append(7)
+    c.metadata["source"]["opsets"].append(14)
+    c.rename_tensor(c.tensors["conv"], "renamed")
+    c.add_node("RELU", [c.inputs[0]], name="more")
+    c.erase(c.nodes[-1])
+    c.outputs.pop()
+    assert (str(g), g.to_json(include_data=True)) == before
+    assert g.unique_name("w") == c.unique_name("w") == "w_1"  # the counter was copied, not shared
+    g.verify()
+
+
+def test_rename_tensor_keeps_the_registry_and_refuses_a_taken_name():
+    g = rich_graph()
+    y = g.tensors["conv"]
+    g.rename_tensor(y, "feature")
+    assert g.tensors["feature"] is y and "conv" not in g.tensors and y.name == "feature"
+    assert "%feature" in str(g)
+    g.verify()
+    g.rename_tensor(y, "feature")  # a no-op
+    with pytest.raises(VerifyError, match=r"cannot rename %feature to %w: .* already has a tensor %w"):
+        g.rename_tensor(y, "w")
+    other = Graph("other").add_input("q", [1])
+    with pytest.raises(VerifyError, match=r"cannot rename %q to %z: %q is not a tensor of graph"):
+        g.rename_tensor(other, "z")
+    assert g.tensors["feature"] is y and g.tensors["w"].name == "w"

@@ -272,11 +272,11 @@ def _set_outputs(ctx: Ctx, onnx_graph: Any) -> None:
         else:
             holder = graph.tensors.get(name)
             if holder is not None and holder is not t:
-                _rename(graph, holder, graph.unique_name(name + "__inner"))
+                graph.rename_tensor(holder, graph.unique_name(name + "__inner"))
             if t.producer is None or already_out:
                 t = ctx.emit("IDENTITY", [t], name=name)
             else:
-                _rename(graph, t, name)
+                graph.rename_tensor(t, name)
         if v.rank == 4:
             t.source_layout = "NCHW"
         outs.append(t)
@@ -289,10 +289,3 @@ class _OutputNode:
     op_type = "output"
     input: list[str] = []
     output: list[str] = []
-
-
-def _rename(graph: Graph, t: Any, new: str) -> None:
-    """Give tensor ``t`` the name ``new`` (free in the graph) keeping the name registry in sync."""
-    del graph.tensors[t.name]
-    t.name = new
-    graph.tensors[new] = t
