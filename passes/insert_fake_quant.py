@@ -1,7 +1,8 @@
 """insert_fake_quant: place FAKE_QUANT nodes as the pattern table says.
 
 The layout produced (consumed by calibration/training and by the int8 writer;
-it follows the conventions of :mod:`qatir.quant`):
+it follows the conventions of :mod:`qatir.quant`). Op lists in brackets are the
+default table's (``int8_default``); the pass reads them from the table.
 
 - A FAKE_QUANT node has inputs ``(x, min, max)``; ``min``/``max`` are float32
   constants, shape ``[]`` per-tensor or ``[C]`` per-channel along ``attrs["axis"]``.
@@ -10,32 +11,42 @@ it follows the conventions of :mod:`qatir.quant`):
   ``[calibration]``) and ``kind``:
 
   * ``"weight"`` — a constant operand. Input 1 of the table's ``weights.ops``
-    (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV) is quantized
-    per-channel on ``weights.per_channel_axis`` (CONV_2D 0, DEPTHWISE 3,
-    TRANSPOSE_CONV 0) or per-tensor (FULLY_CONNECTED); any other float constant
-    input of a quantized node (e.g. the operand of ADD/MUL) is per-tensor. Range
-    ``[-max|w|, max|w|]`` from the data (per channel), symmetric and narrow range by
-    default, so the zero point is 0. One FAKE_QUANT per (constant, axis), shared
-    by all its users. Biases (input 2 of ``weights.ops``) stay float, never fake-quantized.
+    [CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV] is quantized
+    per-channel on ``weights.per_channel_axis[op]`` [CONV_2D 0, DEPTHWISE_CONV_2D 3,
+    TRANSPOSE_CONV 0], per-tensor for an op not listed there [FULLY_CONNECTED] or
+    when the axis does not exist in that constant; any other float constant input of
+    a quantized node (e.g. the operand of ADD/MUL) is per-tensor. The range comes
+    from the data: ``[-max|w|, max|w|]`` per channel when ``weights.symmetric``
+    (an all-zero channel borrows the tensor's max, or 1.0), else
+    ``[min(w, 0), max(w, 0)]``; ``narrow_range`` defaults to ``symmetric``, so the
+    default zero point is 0. One FAKE_QUANT per (constant, axis), shared by all its
+    users. Biases (input 2 of ``weights.ops``) stay float, never fake-quantized.
   * ``"activation"`` — every float output of a quantized node, and every graph
     input or float (excluded) producer output that a quantized node reads. The
     FAKE_QUANT output replaces the value for all consumers; a graph output then
     points at the FAKE_QUANT output, which takes over the output's name. The range
-    starts as the table's ``activations.initial_range`` placeholder (symmetric
-    tables use ``[-m, m]``) and ``graph.metadata["calibrated"]`` is False until
-    calibration. Outputs of ops in ``constraints.fixed_output`` (LOGISTIC,
-    SOFTMAX, TANH, and ops with ``fused_activation = TANH``) get the exact range
-    :func:`qatir.quant.range_for` gives for their (scale, zero point), with the
-    table's ``calibration.fixed`` quantizer.
-- Ops in ``constraints.inherit`` (MAX_POOL_2D, RESHAPE, TRANSPOSE, ...) get no
-  output FAKE_QUANT when their input is quantized: they inherit its parameters.
-- Ops in ``constraints.same_scale`` (AVERAGE_POOL_2D, CONCATENATION,
-  RESIZE_BILINEAR) get an output FAKE_QUANT here; ``propagate_quant_constraints``
+    starts as the table's ``activations.initial_range`` placeholder (default
+    ``[-6, 6]``; symmetric tables use ``[-m, m]``) and ``graph.metadata["calibrated"]``
+    is False until calibration. Outputs of ops in ``constraints.fixed_output``
+    [LOGISTIC, SOFTMAX, TANH], and of ops whose ``fused_activation`` is listed there,
+    get the exact range :func:`qatir.quant.range_for` gives for their (scale, zero
+    point), with the table's ``calibration.fixed`` quantizer.
+- Ops in ``constraints.inherit`` [MAX_POOL_2D, RESHAPE, TRANSPOSE, ...] get no
+  output FAKE_QUANT when their first input is quantized: they inherit its parameters.
+- Ops in ``constraints.same_scale`` [AVERAGE_POOL_2D, CONCATENATION,
+  RESIZE_BILINEAR] get an output FAKE_QUANT here; ``propagate_quant_constraints``
   then makes it and the input FAKE_QUANT(s) share the same ``min``/``max`` tensors.
+- A value already read only by a FAKE_QUANT is left as it is, so a second run
+  adds nothing.
 - Nodes the table's include/exclude rules keep float get no FAKE_QUANT on their
   outputs; their names are listed in ``graph.metadata["float_nodes"]`` (the
-  writer adds QUANTIZE/DEQUANTIZE at those boundaries).
-- Every FAKE_QUANT output carries ``tensor.quant`` (:func:`qatir.quant.refresh_quant`).
+  writer adds QUANTIZE/DEQUANTIZE at those boundaries). ``metadata["quant_table"]``
+  names the table.
+- Every FAKE_QUANT this pass creates carries ``tensor.quant``
+  (:func:`qatir.quant.params_for`, as :func:`qatir.quant.refresh_quant` sets it).
+- Refused: a NaN/Inf constant read by a quantized node (NumericsError naming
+  node and tensor) and a table entry that asks for fake-quant on an integer
+  tensor (TableError naming the entry).
 """
 
 from __future__ import annotations
