@@ -173,6 +173,43 @@ def test_normalize_axis_and_axes():
         normalize_axes([3, -1], 4, "Unsqueeze axis", unique=True)
 
 
+def _resize_nearest_align_ties() -> Graph:
+    """3 -> 5 with align_corners: source positions 0, 0.5, 1, 1.5, 2 (two exact ties)."""
+    from tests.helpers import QB
+
+    qb = QB(seed=3)
+    x = qb.input("x", [1, 3, 3, 2], -1, 1)
+    return qb.output(qb.op("RESIZE_NEAREST_NEIGHBOR", [x], {"size": [5, 5],
+                                                           "align_corners": True}))
+
+
+def test_resize_nearest_align_corners_rounds_ties_away_in_tf():
+    """The TF kernel (what training runs) picks source rows [0, 1, 1, 2, 2]: ties away from 0."""
+    from qatir.numerics import round_half_away
+
+    g = Graph("rn")
+    x = g.add_input("x", [1, 3, 3, 1])
+    g.outputs = [g.add_node("RESIZE_NEAREST_NEIGHBOR", [x], {"size": [5, 5],
+                                                             "align_corners": True}).output]
+    xv = np.arange(9, dtype=F32).reshape(1, 3, 3, 1)
+    y = qatir.run(g, {"x": xv})[g.outputs[0].name]
+    rows = round_half_away(np.arange(5, dtype=F32) * F32(0.5)).astype(int)
+    assert rows.tolist() == [0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(y[0, :, :, 0], xv[0, rows][:, rows, 0])
+
+
+@pytest.mark.xfail(strict=True, reason="qatir/reference.py:_resize_nearest rounds align_corners "
+                   "positions with np.round (half to even); LiteRT uses TfLiteRound (half away): "
+                   "switch it to qatir.numerics.round_half_away")
+def test_reference_resize_nearest_align_corners_matches_litert_at_ties():
+    from tests.helpers import compare_all
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert compare_all(_resize_nearest_align_ties(), seeds=(1,)) == {"reference": 0,
+                                                                          "xnnpack": 0}
+
+
 def test_old_homes_reexport_the_numerics_layer():
     """Other modules import these names from their old homes; they are the same objects."""
     import qatir.numerics as nm

@@ -90,7 +90,7 @@ def np_resize(x, size, align, half, nearest):
         o = np.arange(n_out, dtype=np.float64)
         if nearest:
             f = (o + 0.5) * scale if half else o * scale
-            idx = np.round(f) if align else np.floor(f)
+            idx = round_half_away(f) if align else np.floor(f)  # TfLiteRound, as TF
             return np.clip(idx, 0, n_in - 1).astype(int)
         f = (o + 0.5) * scale - 0.5 if half else o * scale
         lo = np.floor(f)
