@@ -11,6 +11,7 @@ import numpy as np
 
 from qatir.frontends.onnx_ctx import Ctx, Dim, converter, onnx_attrs
 from qatir.frontends.onnx_nn import Window, pad_nhwc, read_window, same_pads, to_nhwc
+from qatir.numerics import same_padding
 
 MAX_POOL_PAD = float(np.finfo(np.float32).min)
 MAX_DIVISOR_MAP = 1 << 22  # output positions of a padded AveragePool's divisor constant
@@ -21,9 +22,8 @@ def _axis_geometry(ctx: Ctx, w: Window, i: int, size: int, ceil_mode: bool):
     k, s, d = w.kernel[i], w.stride[i], w.dilation[i]
     eff = (k - 1) * d + 1
     if w.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        b, e = same_pads(size, k, s, d)
-        pads = (b, e) if w.auto_pad == "SAME_UPPER" else (e, b)
-        return -(-size // s), pads, 0
+        out, b, e = same_padding(size, k, s, d)
+        return out, ((b, e) if w.auto_pad == "SAME_UPPER" else (e, b)), 0
     pads = (0, 0) if w.auto_pad == "VALID" else w.pads[i]
     span = size + pads[0] + pads[1] - eff
     if span < 0:
@@ -78,8 +78,9 @@ def _max_pool(ctx: Ctx) -> None:
                               "use input_shapes=")
     geo = [_axis_geometry(ctx, win, i, hw[i], ceil_mode) for i in range(2)]
     pads = [(p[0], p[1] + extra) for _, p, extra in geo]
-    same = [same_pads(hw[i], win.kernel[i], win.stride[i], 1) for i in range(2)]
-    outs_same = all(geo[i][0] == -(-hw[i] // win.stride[i]) for i in range(2))
+    same = [same_padding(hw[i], win.kernel[i], win.stride[i]) for i in range(2)]
+    outs_same = all(geo[i][0] == same[i][0] for i in range(2))
+    same = [same[i][1:] for i in range(2)]
     if pads == same and outs_same and any(p != (0, 0) for p in pads):
         y = ctx.emit("MAX_POOL_2D", [t], {**attrs, "padding": "SAME"}, suffix=_sfx(ctx))
     else:
@@ -132,8 +133,9 @@ def _avg_pool(ctx: Ctx) -> None:
         raise ctx.shape_error("padded AveragePool needs static spatial dims; use input_shapes=")
     geo = [_axis_geometry(ctx, win, i, hw[i], ceil_mode) for i in range(2)]
     pads = [(p[0], p[1] + extra) for _, p, extra in geo]
-    same = [same_pads(hw[i], win.kernel[i], win.stride[i], 1) for i in range(2)]
-    outs_same = all(geo[i][0] == -(-hw[i] // win.stride[i]) for i in range(2))
+    same = [same_padding(hw[i], win.kernel[i], win.stride[i]) for i in range(2)]
+    outs_same = all(geo[i][0] == same[i][0] for i in range(2))
+    same = [same[i][1:] for i in range(2)]
     if all(p == (0, 0) for p in pads):
         y = ctx.emit("AVERAGE_POOL_2D", [t], {**attrs, "padding": "VALID"}, suffix=_sfx(ctx))
         ctx.set_out(back(y))
