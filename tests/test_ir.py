@@ -287,9 +287,9 @@ def rich_graph() -> Graph:
     return g
 
 
-def _equivalent(a, b, m: dict[int, object], where: str) -> None:
+def _equivalent(a, b, m: dict[int, object], where: str, json: bool = False) -> None:
     """``b`` is ``a`` copied: IR objects map through ``m``, containers and arrays are equal
-    but not shared, other values are equal."""
+    but not shared, other values are equal (``json``: a tuple may come back as a list)."""
     from qatir.ir import Node, Tensor
 
     if isinstance(a, (Tensor, Node, Graph)):
@@ -298,14 +298,16 @@ def _equivalent(a, b, m: dict[int, object], where: str) -> None:
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
         assert np.array_equal(a, b) and not np.shares_memory(a, b), where
     elif isinstance(a, dict):
-        assert type(b) is dict and list(a) == list(b) and (a is not b), where
+        keys_a, keys_b = (sorted(a), sorted(b)) if json else (list(a), list(b))
+        assert type(b) is dict and keys_a == keys_b and (a is not b), where
         for k in a:
-            _equivalent(a[k], b[k], m, f"{where}[{k!r}]")
+            _equivalent(a[k], b[k], m, f"{where}[{k!r}]", json)
     elif isinstance(a, (list, tuple)):
-        assert type(b) is type(a) and len(a) == len(b), where
+        same_type = type(b) is type(a) or (json and isinstance(a, tuple) and type(b) is list)
+        assert same_type and len(a) == len(b), where
         assert isinstance(a, tuple) or a is not b, f"{where}: list shared"
         for i, (u, v) in enumerate(zip(a, b)):
-            _equivalent(u, v, m, f"{where}[{i}]")
+            _equivalent(u, v, m, f"{where}[{i}]", json)
     elif isinstance(a, set):
         assert a == b and a is not b, where
     else:
@@ -318,13 +320,11 @@ def _is_default(v) -> bool:
     return type(v) is int and v == 0
 
 
-def test_clone_copies_every_slot_of_tensor_node_and_graph():
-    """Walks ``__slots__``: a field added to Tensor, Node or Graph that clone() does not
-    copy fails here (the fixture must also give it a non-default value)."""
+def _check_every_slot(g: Graph, c: Graph, json: bool = False,
+                      skip: frozenset[str] = frozenset()) -> None:
+    """Every slot of ``c``'s Graph, Tensors and Nodes is the copy of ``g``'s."""
     from qatir.ir import Node, Tensor
 
-    g = rich_graph()
-    c = g.clone()
     m: dict[int, object] = {id(g): c}
     for t in g.tensors.values():
         m[id(t)] = c.tensors[t.name]
@@ -341,12 +341,34 @@ def test_clone_copies_every_slot_of_tensor_node_and_graph():
             value = getattr(orig, slot)
             if not _is_default(value):
                 seen[type(orig)].add(slot)
-            _equivalent(value, getattr(copy, slot), m, f"{type(orig).__name__}.{slot}")
+            where = f"{type(orig).__name__}.{slot}"
+            if where not in skip:
+                _equivalent(value, getattr(copy, slot), m, where, json)
     for cls, slots in seen.items():
         missing = set(cls.__slots__) - {"__weakref__"} - slots
         assert not missing, f"rich_graph() leaves {cls.__name__} slots {missing} at defaults"
-    assert str(c) == str(g) and c.to_json(include_data=True) == g.to_json(include_data=True)
+    if not json:  # JSON prints the tuple in an attribute back as a list
+        assert str(c) == str(g)
     c.verify()
+
+
+def test_clone_copies_every_slot_of_tensor_node_and_graph():
+    """Walks ``__slots__``: a field added to Tensor, Node or Graph that clone() does not
+    copy fails here (the fixture must also give it a non-default value)."""
+    g = rich_graph()
+    c = g.clone()
+    _check_every_slot(g, c)
+    assert c.to_json(include_data=True) == g.to_json(include_data=True)
+
+
+def test_qatir_file_keeps_every_slot(tmp_path):
+    """The same walk through save/load of a .qatir file. Not stored, by design: the name
+    counter (a loaded graph restarts it; names stay unique), tuple-ness and key order of
+    attributes and metadata."""
+    g = rich_graph()
+    path = tmp_path / "rich.qatir"
+    qatir.save(g, str(path))
+    _check_every_slot(g, qatir.load(str(path)), json=True, skip=frozenset({"Graph._next_suffix"}))
 
 
 def test_mutating_a_clone_leaves_the_original_alone():
