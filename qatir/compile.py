@@ -311,7 +311,7 @@ def parity_report(quantized: Graph, buf: bytes, samples: Sequence[Mapping[str, n
                           reference_samples=1)
     n = len(feeds) if feeds else 4
     fq = "fake-quant IR in TensorFlow" if fake_quant else "no fake-quant column: --report=full"
-    return (f"parity report ({n} samples; LiteRT default kernels vs float in LiteRT, "
+    return (f"parity report ({n} samples; LiteRT default kernels vs float, "
             f"integer reference on 1 sample; {fq}):\n" + format_report(rows))
 
 

@@ -1,9 +1,10 @@
 """Check what a user feeds a graph and put it in graph-input order (no TensorFlow needed).
 
-One validator for every way data reaches a graph: :func:`qatir.run`,
-calibration, the data pipeline of ``fit``, the integer reference and the
-``.npz`` files of the command line (:mod:`qatir.data`). Every complaint is a
-:class:`~qatir.errors.DataError` naming the input.
+One validator for the ways data reaches a graph: :func:`qatir.run`,
+calibration, the data pipeline of ``fit`` and the ``.npz`` files of the
+command line (:mod:`qatir.data`). Every complaint is a
+:class:`~qatir.errors.DataError` naming the input. (The integer reference
+still checks its int8 feeds itself, raising ``ExportError``.)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def check_names(graph: Graph, given: Iterable[str], where: str = "") -> None:
 def check_array(t: Tensor, x: Any, cast: bool = True, where: str = "") -> np.ndarray:
     """``x`` as an array fit for input ``t``: same rank, declared dims, a usable dtype.
 
-    ``cast=False`` (the integer reference) wants the input's own dtype exactly.
+    ``cast=False`` wants the input's own dtype exactly (no conversion).
     """
     x = np.asarray(x)
     label = f"{where}: input {t.name!r}" if where else f"input {t.name!r}"

@@ -16,7 +16,6 @@ import numpy as np
 
 from qatir import reference_kernels as K
 from qatir.errors import ExportError, UnsupportedOpError
-from qatir.feeds import check_array, check_names
 from qatir.ir import Graph, Node
 from qatir.lower import is_lowered, is_quantized, lower
 
@@ -181,10 +180,13 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     if missing:
         raise UnsupportedOpError(f"graph {g.name!r} (integer reference)", missing)
     values: dict[int, np.ndarray] = {}
-    names = {t.name for t in g.inputs}
-    check_names(g, [k for k in feeds if k in names], "integer reference")  # extra keys: ignored
     for t in g.inputs:
-        values[id(t)] = check_array(t, feeds[t.name], cast=False, where="integer reference")
+        if t.name not in feeds:
+            raise ExportError(f"missing feed for input %{t.name}")
+        arr = np.asarray(feeds[t.name])
+        if arr.dtype != t.dtype:
+            raise ExportError(f"feed %{t.name}: expected {t.dtype}, got {arr.dtype}")
+        values[id(t)] = arr
     _bind_dynamic_dims(g, values)
     for t in g.tensors.values():
         if t.is_const:
