@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qatir.compile import StageTimer, batch_size_for, format_size, random_batches
+from qatir.data import batch_size_for, random_batches
+from qatir.metrics import format_size
+from qatir.timing import StageTimer
 
 
 @dataclass
@@ -85,13 +87,11 @@ def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | N
 
 def _invoke_ms(buf: bytes, repeat: int) -> dict[str, float]:
     """Median LiteRT invoke time, with the default (XNNPACK) and the reference kernels."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from qatir.litert_run import interpreter
 
     out = {}
-    for label, resolver in (("default (XNNPACK)", OpResolverType.AUTO),
-                            ("reference kernels", OpResolverType.BUILTIN_REF)):
-        interp = Interpreter(model_content=buf, experimental_op_resolver_type=resolver)
-        interp.allocate_tensors()
+    for label, resolver in (("default (XNNPACK)", "default"), ("reference kernels", "ref")):
+        interp = interpreter(buf, resolver)
         for d in interp.get_input_details():
             interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         interp.invoke()

@@ -183,7 +183,10 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
               show_default=True, help="Type of the model's inputs and outputs.")
 @click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",
               help="Print the IR after these passes (or all).")
-@click.option("--report", "report", is_flag=True, help="Print the parity report.")
+@click.option("--report", "report", type=click.Choice(["litert", "full"]), is_flag=False,
+              flag_value="litert", default=None,
+              help="Print the parity report. --report (or =litert) needs no TensorFlow; "
+                   "--report=full adds the fake-quant column, run in TensorFlow.")
 @click.option("--save-ir", metavar="OUT.qatir", help="Also save the trained, quantized IR.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
@@ -191,13 +194,18 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
                 loss: str, from_logits: bool | None, batch_size: int, learning_rate: float, table: str | None,
-                passes: str | None, io_type: str, print_ir_after: str | None, report: bool,
+                passes: str | None, io_type: str, print_ir_after: str | None, report: str | None,
                 save_ir: str | None, progress: bool | None, debug: bool) -> None:
-    """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file."""
+    """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file.
+
+    Post-training (no --train) needs no TensorFlow: calibration and the SQNR
+    evaluation run qatir's own float export and the int8 file in LiteRT.
+    """
     from qatir.compile import CompileOptions, compile_model
 
     require_file(model)
-    import_tensorflow_quietly(debug)
+    if train or report == "full":  # post-training compile runs without TensorFlow
+        import_tensorflow_quietly(debug)
     for extra in (calib, train, table):
         if extra:
             require_file(extra, "data" if extra.endswith(".npz") else "input")
@@ -218,7 +226,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
         batch_size=batch_size,
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
-        io=io_type, print_ir_after=_split_names(print_ir_after), report=report,
+        io=io_type, print_ir_after=_split_names(print_ir_after), report=report or False,
         save_ir=save_ir, progress=progress)
     summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary.format())

@@ -46,3 +46,8 @@ class ExportError(QatirError):
 
 class NumericsError(QatirError):
     """NaN/Inf or otherwise unusable numbers in weights or data; names the tensor."""
+
+
+class DataError(QatirError):
+    """Data fed to a graph (calibration, training, evaluation, reference feeds) that does not
+    fit its inputs: a missing or unknown input, a wrong shape or dtype, an unreadable file."""

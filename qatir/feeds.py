@@ -1,17 +1,63 @@
 """Check what a user feeds a graph and put it in graph-input order (no TensorFlow needed).
 
-Shared by :func:`qatir.run`, calibration and the data pipeline of ``fit``.
+One validator for the ways data reaches a graph: :func:`qatir.run`,
+calibration, the data pipeline of ``fit`` and the ``.npz`` files of the
+command line (:mod:`qatir.data`). Every complaint is a
+:class:`~qatir.errors.DataError` naming the input. (The integer reference
+still checks its int8 feeds itself, raising ``ExportError``.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from qatir.errors import NumericsError, QatirError
-from qatir.ir import Graph
+from qatir.errors import DataError, NumericsError
+from qatir.ir import Graph, Tensor
+
+
+def shape_str(shape: Sequence[int | None]) -> str:
+    """``[1,?,8]``: a shape with unknown dims as ``?``."""
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def fits(shape: Sequence[int], want: Sequence[int | None]) -> bool:
+    """Whether a concrete shape fills a declared one (None matches any size)."""
+    return len(shape) == len(want) and all(w is None or s == w for s, w in zip(shape, want))
+
+
+def check_names(graph: Graph, given: Iterable[str], where: str = "") -> None:
+    """DataError listing missing and unknown input names at once."""
+    names = [t.name for t in graph.inputs]
+    given = list(given)
+    missing = [n for n in names if n not in given]
+    extra = [n for n in given if n not in names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        if extra:
+            parts.append(f"unknown input(s) {extra}")
+        raise DataError(f"{where or f'graph {graph.name!r}'}: {'; '.join(parts)} "
+                        f"(inputs are {names})")
+
+
+def check_array(t: Tensor, x: Any, cast: bool = True, where: str = "") -> np.ndarray:
+    """``x`` as an array fit for input ``t``: same rank, declared dims, a usable dtype.
+
+    ``cast=False`` wants the input's own dtype exactly (no conversion).
+    """
+    x = np.asarray(x)
+    label = f"{where}: input {t.name!r}" if where else f"input {t.name!r}"
+    if x.dtype != t.dtype:
+        if not cast or (t.dtype.kind == "f" and x.dtype.kind not in "fiub"):
+            raise DataError(f"{label}: dtype {x.dtype} cannot feed {t.dtype}")
+        x = x.astype(t.dtype)
+    if not fits(x.shape, t.shape):
+        raise DataError(f"{label}: shape {list(x.shape)} does not match {shape_str(t.shape)}")
+    return x
 
 
 def order_inputs(graph: Graph, features: Any) -> tuple[Any, ...]:
@@ -19,13 +65,9 @@ def order_inputs(graph: Graph, features: Any) -> tuple[Any, ...]:
     names = [t.name for t in graph.inputs]
     if not isinstance(features, Mapping):
         if len(names) != 1:
-            raise QatirError(f"graph {graph.name!r} has inputs {names}: pass a dict by input name")
+            raise DataError(f"graph {graph.name!r} has inputs {names}: pass a dict by input name")
         return (features,)
-    missing = [n for n in names if n not in features]
-    extra = [n for n in features if n not in names]
-    if missing or extra:
-        raise QatirError(f"graph {graph.name!r}: missing input(s) {missing}, unknown input(s) "
-                         f"{extra} (inputs are {names})")
+    check_names(graph, features)
     return tuple(features[n] for n in names)
 
 
@@ -37,30 +79,11 @@ def check_finite(graph: Graph, arrays: Iterable[np.ndarray]) -> None:
             raise NumericsError(f"input {t.name!r}: data contains NaN or Inf")
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, Any]) -> list[np.ndarray]:
-    """Feeds as arrays in graph-input order; QatirError naming a missing/extra/misshaped input."""
-    names = [t.name for t in graph.inputs]
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing input(s) {missing}")
-        if extra:
-            parts.append(f"unknown input(s) {extra}")
-        raise QatirError(f"graph {graph.name!r}: {'; '.join(parts)} (inputs are {names})")
-    out = []
-    for t in graph.inputs:
-        x = np.asarray(feeds[t.name])
-        if x.dtype != t.dtype:
-            if t.dtype.kind == "f" and x.dtype.kind not in "fiub":
-                raise QatirError(f"input {t.name!r}: dtype {x.dtype} cannot feed {t.dtype}")
-            x = x.astype(t.dtype)
-        if x.ndim != t.rank or any(d is not None and d != s for d, s in zip(t.shape, x.shape)):
-            want = ["?" if d is None else d for d in t.shape]
-            raise QatirError(f"input {t.name!r}: shape {list(x.shape)} does not match {want}")
-        out.append(x)
-    return out
+def check_feeds(graph: Graph, feeds: Mapping[str, Any], cast: bool = True,
+                where: str = "") -> list[np.ndarray]:
+    """Feeds as arrays in graph-input order; DataError naming a missing/extra/misshaped input."""
+    check_names(graph, feeds, where)
+    return [check_array(t, feeds[t.name], cast, where) for t in graph.inputs]
 
 
 def iterate_feeds(graph: Graph, batches: Iterable[Any]) -> Iterator[tuple[np.ndarray, ...]]:

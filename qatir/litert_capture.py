@@ -9,7 +9,6 @@ graph inputs or constants are read directly. No TensorFlow is imported.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from qatir.calibration import Tap, minmax
 from qatir.errors import QatirError
 from qatir.ir import Graph, Tensor
+from qatir.litert_run import all_threads, interpreter
 
 #: Interpreters kept for different batch sizes (a last, smaller batch is common; many
 #: sizes are not, and each interpreter holds its own copy of the weights).
@@ -33,13 +33,6 @@ def unsupported_reason(graph: Graph) -> str | None:
         if any(d is None for d in t.shape[1:]):
             return f"input %{t.name} has dynamic non-batch dims {list(t.shape)}"
     return None
-
-
-def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def float_tap_graph(graph: Graph, names: set[str]) -> tuple[Graph, dict[str, Tensor]]:
@@ -83,14 +76,11 @@ class LiteRTCapture:
         if entry is not None:
             self._interpreters[batch] = entry
             return entry
-        from ai_edge_litert.interpreter import Interpreter
-
         from qatir.tflite_writer import to_tflite
 
         buf = to_tflite(self.graph, batch_size=batch)
         try:
-            it = Interpreter(model_content=buf, num_threads=_threads())
-            it.allocate_tensors()
+            it = interpreter(buf, threads=all_threads())
         except (RuntimeError, ValueError) as e:
             raise QatirError(f"LiteRT refused the float model of graph {self.graph.name!r}: "
                              f"{e}") from e

@@ -1,12 +1,16 @@
 """Parity report: where did the accuracy go, and will the device compute what was trained?
 
 ``parity_report(model, graph, inputs=None, n=4)`` runs the same float inputs
-through four executions and compares them tensor by tensor:
+through up to four executions and compares them tensor by tensor:
 
-- **float**: the IR in TensorFlow with every FAKE_QUANT removed (``qatir.run`` on
-  :func:`strip_fake_quant` of the quantized graph; a float graph as given);
-- **fake-quant**: ``qatir.run`` on the quantized graph (what training saw);
-- **reference**: ``qatir.run_reference`` (LiteRT BUILTIN_REF arithmetic);
+- **float**: the graph with every FAKE_QUANT removed (:func:`strip_fake_quant`),
+  exported by qatir as a float ``.tflite`` whose outputs are all its tensors and
+  run by LiteRT (:class:`qatir.evaluate.FloatRun`; ``float_engine="tf"`` runs it
+  in TensorFlow, and ``"auto"`` falls back to TensorFlow when LiteRT cannot);
+- **fake-quant** (``fake_quant=True``, needs TensorFlow): ``qatir.run`` on the
+  quantized graph (what training saw); otherwise that column is NaN;
+- **reference**: ``qatir.run_reference`` (LiteRT BUILTIN_REF arithmetic), on the
+  first ``reference_samples`` inputs (all by default);
 - **LiteRT**: the flatbuffer in ``ai_edge_litert`` (default resolver, or
   ``BUILTIN_REF`` with ``resolver="ref"``) with ``experimental_preserve_all_tensors=True``,
   so intermediates can be read; the reference runs in the matching kernel mode.
@@ -22,16 +26,21 @@ LiteRT and the integer reference. Rows come worst first (lowest SQNR).
 
 from __future__ import annotations
 
+import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from qatir.errors import QatirError
+from qatir.evaluate import FloatRun, quantize_float, strip_fake_quant
 from qatir.ir import Graph
+from qatir.litert_run import interpreter
+from qatir.metrics import sqnr_db
+
+__all__ = ["ParityRow", "format_report", "parity_report", "sqnr_db", "strip_fake_quant",
+           "xnnpack_coverage"]
 
 
 @dataclass(frozen=True)
@@ -54,40 +63,6 @@ def _load_bytes(model: bytes | str | os.PathLike) -> bytes:
         return f.read()
 
 
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    """10 log10(|ref|^2 / |ref - test|^2); inf when equal."""
-    ref = np.asarray(ref, np.float64).ravel()
-    test = np.asarray(test, np.float64).ravel()
-    noise = float(np.sum((ref - test) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return 10.0 * np.log10(signal / noise)
-
-
-def strip_fake_quant(graph: Graph) -> Graph:
-    """A float copy of a quantized graph: every FAKE_QUANT bypassed and removed."""
-    g = graph.clone()
-    for node in [n for n in g.nodes if n.op == "FAKE_QUANT"]:
-        g.replace_all_uses_with(node.outputs[0], node.inputs[0])
-    g.eliminate_dead_code()
-    return g
-
-
-def _interpreter(buf: bytes, preserve: bool = True, ref: bool = False) -> Any:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kind = OpResolverType.BUILTIN_REF if ref else OpResolverType.AUTO
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*preserve_all_tensors.*")
-        it = Interpreter(model_content=buf, num_threads=1, experimental_op_resolver_type=kind,
-                         experimental_preserve_all_tensors=preserve)
-    it.allocate_tensors()
-    return it
-
-
 def xnnpack_coverage(model: bytes | str | os.PathLike) -> list[tuple[str, bool]]:
     """(op name, taken by XNNPACK) for every operator, in model order.
 
@@ -95,7 +70,7 @@ def xnnpack_coverage(model: bytes | str | os.PathLike) -> list[tuple[str, bool]]
     partition; a node belongs to a partition when it is reachable backwards from
     the partition's outputs without crossing the partition's inputs.
     """
-    it = _interpreter(_load_bytes(model), preserve=False)
+    it = interpreter(_load_bytes(model), threads=1)
     details = it._get_ops_details()
     producer = {}
     for d in details:
@@ -137,14 +112,19 @@ def _random_inputs(lowered: Graph, n: int, seed: int = 0) -> list[dict[str, np.n
 
 def parity_report(model: bytes | str | os.PathLike, graph: Graph,
                   inputs: Sequence[Mapping[str, np.ndarray]] | None = None, n: int = 4,
-                  resolver: str = "default") -> list[ParityRow]:
-    """Compare float IR, fake-quant IR, integer reference and LiteRT (see module doc).
+                  resolver: str = "default", fake_quant: bool = True,
+                  float_engine: str = "auto",
+                  reference_samples: int | None = None) -> list[ParityRow]:
+    """Compare float, fake-quant IR, integer reference and LiteRT (see module doc).
 
     ``graph`` is the quantized (FAKE_QUANT) graph the model was written from;
     ``inputs`` are float feeds keyed by the graph's input names (``n`` batches
-    uniform over each input's quantized range when omitted; real data says more). ``resolver`` is ``"default"`` (LiteRT with
-    XNNPACK, compared with ``kernels="xnnpack"``) or ``"ref"`` (BUILTIN_REF,
-    compared with ``kernels="reference"``).
+    uniform over each input's quantized range when omitted; real data says
+    more). ``resolver`` is ``"default"`` (LiteRT with XNNPACK, compared with
+    ``kernels="xnnpack"``) or ``"ref"`` (BUILTIN_REF, compared with
+    ``kernels="reference"``). ``fake_quant=False`` leaves TensorFlow out (the
+    FQ column is NaN); ``float_engine`` runs the float graph ("auto", "litert",
+    "tf"); the LSB column covers the first ``reference_samples`` inputs.
     """
     if resolver not in ("default", "ref"):
         raise QatirError(f"resolver must be 'default' or 'ref', got {resolver!r}")
@@ -159,58 +139,54 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
     lowered = lower(graph, io="int8")
     if inputs is None:
         inputs = _random_inputs(lowered, n)
+    pairs = _fq_pairs(graph)
     float_graph = strip_fake_quant(graph)
-    it = _interpreter(buf, ref=resolver == "ref")
+    floats = FloatRun(float_graph, [t.name for t in float_graph.tensors.values()], float_engine)
+    fq_all = _all_outputs(graph) if fake_quant else None
+    it = interpreter(buf, resolver, threads=1, preserve_all=True)
     tdetails = {d["name"]: d for d in it.get_tensor_details()}
     in_details = it.get_input_details()
     acc: dict[str, dict[str, list[np.ndarray]]] = {}
-    pairs = _fq_pairs(graph)
-    float_all, fq_all = _all_outputs(float_graph), _all_outputs(graph)
-    for feed in inputs:
-        f_out = _run_ir_all(float_all, feed, pairs, quantized=False)
-        fq_out = _run_ir_all(fq_all, feed, pairs, quantized=True)
-        q_feed = _quantize_feed(lowered, feed)
-        ref = run_reference(lowered, q_feed, kernels=mode, keep_all=True)
+    k = len(inputs) if reference_samples is None else reference_samples
+    for i, feed in enumerate(inputs):
+        f_out = _aliased(floats.run(feed), pairs, quantized=False)
+        fq_out = {} if fq_all is None else _run_ir_all(fq_all, feed, pairs)
+        q_feed = {t.name: quantize_float(t, feed[t.name]) for t in lowered.inputs}
+        ref = run_reference(lowered, q_feed, kernels=mode, keep_all=True) if i < k else {}
         for d in in_details:
             x = feed[d["name"]] if d["dtype"] == np.float32 else q_feed[d["name"]]
-            it.set_tensor(d["index"], x.astype(d["dtype"]))
+            it.set_tensor(d["index"], np.asarray(x).astype(d["dtype"]))
         it.invoke()
-        for name, ref_val in ref.items():
-            d = tdetails.get(f"{name}_int8", tdetails.get(name))
-            if d is None or name not in f_out or d["dtype"] != np.int8:
+        for t in lowered.tensors.values():
+            d = tdetails.get(f"{t.name}_int8", tdetails.get(t.name))
+            if d is None or t.name not in f_out or d["dtype"] != np.int8 or t.is_const:
                 continue
-            entry = acc.setdefault(name, {"float": [], "fq": [], "ref": [], "lrt": []})
-            entry["float"].append(f_out[name])
-            entry["fq"].append(fq_out.get(name, np.full_like(f_out[name], np.nan)))
-            entry["ref"].append(ref_val)
-            entry["lrt"].append(it.get_tensor(d["index"]))
+            entry = acc.setdefault(t.name, {"float": [], "fq": [], "ref": [], "lrt": [],
+                                            "lrt_ref": []})
+            lrt = it.get_tensor(d["index"])
+            entry["float"].append(f_out[t.name])
+            entry["fq"].append(fq_out.get(t.name, np.full_like(f_out[t.name], np.nan)))
+            entry["lrt"].append(lrt)
+            if t.name in ref:
+                entry["ref"].append(ref[t.name])
+                entry["lrt_ref"].append(lrt)
     outputs = {t.name for t in lowered.outputs}
     rows = []
     for name, e in acc.items():
         q = lowered.tensors[name].quant
         s, z = q.scale[0], q.zero_point[0]
-        lrt = np.concatenate([a.ravel() for a in e["lrt"]]).astype(np.int32)
-        ref = np.concatenate([a.ravel() for a in e["ref"]]).astype(np.int32)
-        flt = np.concatenate([a.ravel() for a in e["float"]])
-        fq = np.concatenate([a.ravel() for a in e["fq"]])
+        cat = lambda xs: np.concatenate([a.ravel() for a in xs]) if xs else np.zeros(0)  # noqa: E731
+        lrt, flt, fq = cat(e["lrt"]).astype(np.int32), cat(e["float"]), cat(e["fq"])
+        lsb = np.abs(cat(e["lrt_ref"]).astype(np.int32) - cat(e["ref"]).astype(np.int32))
         rows.append(ParityRow(name, "output" if name in outputs else "intermediate",
-                              sqnr_db(flt, (lrt - z) * s), sqnr_db(flt, fq),
-                              int(np.abs(lrt - ref).max()) if lrt.size else 0, s, z))
+                              sqnr_db(flt, (lrt - z) * s),
+                              sqnr_db(flt, fq) if fake_quant else math.nan,
+                              int(lsb.max()) if lsb.size else 0, s, z))
     rows.sort(key=lambda r: (r.sqnr_db, r.tensor))
     if not rows:
         raise QatirError("parity report: no tensor of the graph was found in the model "
                          "(names differ?)")
     return rows
-
-
-def _quantize_feed(lowered: Graph, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {}
-    for t in lowered.inputs:
-        q = t.quant
-        x = np.asarray(feed[t.name], np.float32)
-        v = np.sign(x / np.float32(q.scale[0])) * np.floor(np.abs(x / np.float32(q.scale[0])) + 0.5)
-        out[t.name] = np.clip(v + q.zero_point[0], -128, 127).astype(np.int8)
-    return out
 
 
 def _fq_pairs(graph: Graph) -> list[tuple[str, str]]:
@@ -225,17 +201,14 @@ def _all_outputs(graph: Graph) -> Graph:
     return g
 
 
-def _run_ir_all(g: Graph, feed: Mapping[str, np.ndarray], pairs: list[tuple[str, str]],
-                quantized: bool) -> dict[str, np.ndarray]:
-    """Every computed tensor of a TF run, keyed so lowered tensor names find them.
+def _aliased(res: dict[str, np.ndarray], pairs: list[tuple[str, str]],
+             quantized: bool) -> dict[str, np.ndarray]:
+    """Values keyed so lowered tensor names find them.
 
     The lowered graph names an activation after the FAKE_QUANT input (graph
     outputs after its output): the fake-quant run maps both names to the
     quantized value, the float run both to the float value.
     """
-    import qatir
-
-    res = {k: np.asarray(v) for k, v in qatir.run(g, dict(feed)).items()}
     for pre, post in pairs:
         if quantized and post in res:
             res[pre] = res[post]
@@ -244,11 +217,21 @@ def _run_ir_all(g: Graph, feed: Mapping[str, np.ndarray], pairs: list[tuple[str,
     return res
 
 
+def _run_ir_all(g: Graph, feed: Mapping[str, np.ndarray],
+                pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """Every computed tensor of the fake-quant TensorFlow run (see :func:`_aliased`)."""
+    import qatir
+
+    res = {k: np.asarray(v) for k, v in qatir.run(g, dict(feed)).items()}
+    return _aliased(res, pairs, quantized=True)
+
+
 def format_report(rows: Sequence[ParityRow]) -> str:
     """A fixed-width table of :func:`parity_report` rows."""
     head = f"{'tensor':<40} {'kind':<12} {'SQNR dB':>9} {'FQ SQNR':>9} {'LSB':>4} {'scale':>10} {'zp':>5}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.tensor[:40]:<40} {r.kind:<12} {r.sqnr_db:>9.2f} {r.fq_sqnr_db:>9.2f} "
+        fq = "n/a" if math.isnan(r.fq_sqnr_db) else f"{r.fq_sqnr_db:.2f}"
+        lines.append(f"{r.tensor[:40]:<40} {r.kind:<12} {r.sqnr_db:>9.2f} {fq:>9} "
                      f"{r.max_lsb:>4d} {r.scale:>10.4g} {r.zero_point:>5d}")
     return "\n".join(lines)

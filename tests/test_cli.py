@@ -55,7 +55,7 @@ def tiny(tmp_path) -> str:
 
 def litert_run(path: str, x: np.ndarray) -> np.ndarray:
     """Run a .tflite file in LiteRT on one float NHWC sample (quantizing int8 edges)."""
-    from qatir.compile import run_litert
+    from qatir.litert_run import run_litert
 
     with open(path, "rb") as f:
         return run_litert(f.read(), [{"x": x}])[0][0]
@@ -147,6 +147,7 @@ def test_passes_lists_registries(capsys):
     (["compile", "{tiny}", "-o", "{tmp}/no/such/dir/o.tflite"], "does not exist"),
     (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--table", "{tmp}/missing.toml"],
      "missing.toml: no such input file"),
+    (["compile", "{tiny}", "-o", "{tmp}/o.tflite", "--report=tf"], "'tf' is not one of"),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, tiny, tmp_path, args, needle):
     np.savez(tmp_path / "wrong.npz", images=np.zeros((2, 3, 8, 8), np.float32))
@@ -252,7 +253,7 @@ def test_compile_with_qat_on_digits(capsys, tmp_path):
                               "--loss", "sparse_categorical_crossentropy", "--no-progress")
     assert rc == 0, err
     assert "qat " in stdout
-    from qatir.compile import run_litert
+    from qatir.litert_run import run_litert
 
     outs = run_litert(out.read_bytes(), [{"image": x_test[i:i + 1].transpose(0, 2, 3, 1)}
                                          for i in range(100)])

@@ -50,3 +50,17 @@ def test_sqnr_and_strip():
     g = qb.output(CASES["conv_same_s2"](qb))
     f = strip_fake_quant(g)
     assert not any(n.op == "FAKE_QUANT" for n in f.nodes) and len(f.nodes) == 1
+
+
+def test_parity_without_tensorflow_matches_the_full_report(residual):
+    """fake_quant=False runs float in LiteRT (no TF needed): same LiteRT SQNR and LSB columns."""
+    buf = to_tflite(residual)
+    rng = np.random.default_rng(1)
+    inputs = [{"x": rng.uniform(-1, 1, (1, 12, 12, 3)).astype(np.float32)} for _ in range(2)]
+    full = {r.tensor: r for r in parity_report(buf, residual, inputs=inputs, float_engine="tf")}
+    lite = parity_report(buf, residual, inputs=inputs, fake_quant=False, reference_samples=1)
+    assert {r.tensor for r in lite} == set(full)
+    for r in lite:
+        assert math.isnan(r.fq_sqnr_db) and r.max_lsb == 0
+        assert abs(r.sqnr_db - full[r.tensor].sqnr_db) < 0.1 or r.sqnr_db > 60, r.tensor
+    assert "n/a" in format_report(lite)

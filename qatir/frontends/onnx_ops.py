@@ -22,6 +22,7 @@ from qatir.frontends.onnx_ctx import (
     prod_known,
 )
 from qatir.frontends.onnx_fold import resolve_reshape, slice_params
+from qatir.frontends.slice_bounds import INT32_MAX, clamp_bounds
 
 _UNARY = {"Relu": "RELU", "Sigmoid": "LOGISTIC", "Tanh": "TANH", "HardSwish": "HARD_SWISH",
           "Exp": "EXP", "Abs": "ABS", "Neg": "NEG", "Sqrt": "SQRT"}
@@ -367,19 +368,13 @@ def _slice(ctx: Ctx) -> None:
     end = [d if d is not None else INT_END for d in ir_shape]
     for axis, s, e, st in params:
         i = x.perm.index(axis)
-        d = ir_shape[i]
-        if d is not None:
-            s, e, st = slice(s, e, st).indices(d)
-            if st < 0 and e < 0:
-                e = -(d + 1)
-        else:
-            s, e = _clamp32(s), _clamp32(e)
-        begin[i], end[i], strides[i] = s, e, st
+        s, e = clamp_bounds(s, e, st, ir_shape[i])  # INT64_MAX / INT64_MIN sentinels
+        begin[i], end[i], strides[i] = s, e, _clamp32(st)
     t = ctx.emit("STRIDED_SLICE", [x.tensor], {"begin": begin, "end": end, "strides": strides})
     ctx.set_out(ctx.act(t, x.perm))
 
 
-INT_END = (1 << 31) - 1
+INT_END = INT32_MAX
 
 
 def _clamp32(v: int) -> int:

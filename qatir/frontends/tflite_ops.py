@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ShapeError
+from qatir.frontends.slice_bounds import INT32_MAX, clamp_bounds
 from qatir.frontends.tflite_reader import TOp
 from qatir.numerics import normalize_axis
 
@@ -390,7 +391,7 @@ def slice_params(ctx: Any, op: TOp) -> dict[str, list[int]]:
     if not (len(begin) == len(end) == len(strides)) or len(begin) > rank:
         raise ctx.fail(op, f"begin/end/strides lengths {len(begin)}/{len(end)}/{len(strides)} "
                            f"do not fit rank {rank}")
-    big = 1 << 31
+    big = INT32_MAX  # "to the end" of a dynamic dim
     out_b, out_e, out_s, shrink = [], [], [], []
     for i in range(rank):
         if i >= len(begin):
@@ -419,6 +420,7 @@ def slice_params(ctx: Any, op: TOp) -> dict[str, list[int]]:
             b = 0 if s > 0 else (d - 1 if d is not None else big - 1)
         if em >> i & 1:
             e = (d if d is not None else big) if s > 0 else -(d + 1 if d is not None else big)
+        b, e = clamp_bounds(b, e, s, d)  # the converter's "to the end" sentinels, e.g. 2^31
         out_b.append(b)
         out_e.append(e)
         out_s.append(s)
