@@ -26,9 +26,10 @@ from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
-from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, min_runtime_version
+from qatir.target import INT32_MAX, INT32_MIN, MAX_FLATBUFFER, min_runtime_version
+from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, emit
 
-MAX_FLATBUFFER = 2**31 - 1
+__all__ = ["MAX_FLATBUFFER", "check_size", "to_tflite"]
 SIGNATURE_KEY = "serving_default"
 _TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6,
           "int16": 7, "int8": 9}
@@ -70,7 +71,7 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     return _Writer(g).build(offset_buffers)
 
 
-_INT32 = (-(1 << 31), (1 << 31) - 1)
+_INT32 = (INT32_MIN, INT32_MAX)
 
 
 def _int_values(value: Any):
@@ -181,7 +182,7 @@ class _Writer:
             self.tensor(t)
         ctx = Ctx(self.tensor, self.const)
         for node in self.g.nodes:
-            self.ops.append(EMITTERS[node.op](node, ctx))
+            self.ops.append(emit(node, ctx))
         for t in self.g.outputs:
             self.tensor(t)
 
