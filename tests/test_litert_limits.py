@@ -216,3 +216,90 @@ def test_activations_beyond_int32_elements_are_refused():
     g.outputs = [g.add_node("RELU", [x], name="r").output]
     with pytest.raises(ExportError, match=r"more than 2\^31-1 elements"):
         qatir.to_tflite(g)
+
+
+# ------------------------------------------------------------- SOFTMAX under BUILTIN_REF
+# reference_ops::Softmax<int8> aborts (TFLITE_CHECK on the reciprocal's exponent) when a
+# row's sum of exps reaches 512.0, and SoftmaxPrepare aborts (QuantizeMultiplierGreaterThanOne)
+# when beta x input scale <= 2^-26; see qatir/target.py and docs/parity-report.md.
+_RUN_FILE = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+buf = open(sys.argv[1], 'rb').read()
+feeds = dict(np.load(sys.argv[2]))
+kind = OpResolverType.BUILTIN_REF if sys.argv[3] == 'ref' else OpResolverType.AUTO
+it = Interpreter(model_content=buf, experimental_op_resolver_type=kind, num_threads=1)
+it.allocate_tensors()
+for d in it.get_input_details():
+    it.set_tensor(d['index'], feeds[d['name']])
+it.invoke()
+np.savez(sys.argv[4], **{d['name']: it.get_tensor(d['index']) for d in it.get_output_details()})
+"""
+
+
+def run_in_subprocess(tmp_path, buf: bytes, feeds: dict, resolver: str):
+    """Run ``buf`` in a fresh process (an abort must not take pytest down): (rc, outputs)."""
+    import subprocess
+    import sys
+
+    model, data, out = (tmp_path / f"{resolver}.{ext}" for ext in ("tflite", "in.npz", "out.npz"))
+    model.write_bytes(buf)
+    np.savez(data, **feeds)
+    proc = subprocess.run([sys.executable, "-c", _RUN_FILE, str(model), str(data), resolver,
+                           str(out)], capture_output=True, timeout=300)
+    return proc.returncode, (dict(np.load(out)) if proc.returncode == 0 else None)
+
+
+def softmax_head(depth: int, lo: float = -8.0, hi: float = 8.0) -> Graph:
+    qb = QB(0)
+    x = qb.input("x", [1, depth], lo, hi)
+    return qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
+
+
+def flat_feed(depth: int) -> dict[str, np.ndarray]:
+    """The worst row for the REF kernel: every entry equals the row maximum (sum = depth)."""
+    return {"x": np.full((1, depth), 7, np.int8)}
+
+
+def test_softmax_at_the_ref_limit_runs_under_both_resolvers_bit_exact(tmp_path):
+    from qatir.target import SOFTMAX_MAX_DEPTH
+
+    g = softmax_head(SOFTMAX_MAX_DEPTH)
+    buf = qatir.to_tflite(g)
+    rng = np.random.default_rng(0)
+    for feeds in (flat_feed(SOFTMAX_MAX_DEPTH),
+                  {"x": rng.integers(-128, 128, (1, SOFTMAX_MAX_DEPTH)).astype(np.int8)}):
+        for resolver, mode in (("ref", "reference"), ("auto", "xnnpack")):
+            rc, got = run_in_subprocess(tmp_path, buf, feeds, resolver)
+            assert rc == 0, f"{resolver}: exit code {rc}"
+            want = qatir.run_reference(g, feeds, kernels=mode)
+            np.testing.assert_array_equal(got["head_q"], want["head_q"])
+
+
+def test_softmax_past_the_ref_limit_is_refused_by_name():
+    from qatir.target import SOFTMAX_MAX_DEPTH
+
+    with pytest.raises(ExportError, match=r"'head' \(SOFTMAX\).*depth 512 exceeds 511.*BUILTIN_REF"):
+        qatir.to_tflite(softmax_head(SOFTMAX_MAX_DEPTH + 1))
+
+
+def test_softmax_with_a_tiny_input_scale_is_refused_by_name():
+    with pytest.raises(ExportError, match=r"'head' \(SOFTMAX\).*2\^-26.*prepare"):
+        qatir.to_tflite(softmax_head(8, -1e-6, 1e-6))
+
+
+@pytest.mark.parametrize("case", ["depth", "scale"])
+def test_the_refused_softmax_files_do_abort_litert_reference_kernels(tmp_path, monkeypatch, case):
+    """The limits are LiteRT's, not qatir's caution: written anyway, the file aborts the
+    process under BUILTIN_REF (SIGABRT) and runs on the default resolver."""
+    import qatir.lowering.litert as litert_step
+
+    monkeypatch.setattr(litert_step, "softmax_ref_limit", lambda *a: None)
+    depth = 512 if case == "depth" else 8
+    g = softmax_head(depth) if case == "depth" else softmax_head(depth, -1e-6, 1e-6)
+    buf = qatir.to_tflite(g)
+    feeds = flat_feed(depth)
+    rc, _ = run_in_subprocess(tmp_path, buf, feeds, "ref")
+    assert rc != 0, "expected LiteRT's reference SOFTMAX to abort"
+    rc, _ = run_in_subprocess(tmp_path, buf, feeds, "auto")
+    assert rc == 0
