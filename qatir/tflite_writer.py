@@ -51,7 +51,8 @@ def check_size(nbytes: int) -> None:
 
 
 def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
-              offset_buffers: bool | None = None, **opts: Any) -> bytes:
+              offset_buffers: bool | None = None, print_ir_after: Any = None,
+              ir_out: Any = None, **opts: Any) -> bytes:
     """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
 
     A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
@@ -60,12 +61,16 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     ``offset_buffers``: put constant data after the flatbuffer, addressed by
     each Buffer's ``offset``/``size`` (the schema's layout for models over 2 GB);
     ``None`` chooses it only when the constants do not fit in 2 GB.
+    ``print_ir_after`` / ``ir_out``: dump the IR after lowering steps (see
+    :func:`qatir.lowering.lower`).
     """
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
     # the lowered clone, its quantized constants and the flatbuffer each hold a copy
     check_fits(graph, copies=3, what="writing a TFLite model")
-    g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
+    dump = {"print_ir_after": print_ir_after, "ir_out": ir_out}
+    g = lower(graph, io=io, **dump) if (is_quantized(graph) or is_lowered(graph)) \
+        else lower(graph, **dump)
     _fix_batch(g, batch_size)
     _check_dims(g)
     return _Writer(g).build(offset_buffers)
