@@ -46,23 +46,32 @@ XNN_CVT_RATIO = (2.0**-8, 2.0**7)
 #: multiplier > 1, so beta·s_in must exceed 2^-26 or the process aborts at prepare.
 SOFTMAX_MIN_BETA_SCALE = 2.0**-26
 #: At Eval, GetReciprocal gives num_bits_over_unit = 12 - clz(sum of exps, Q12.19) and
-#: TFLITE_CHECK(exponent = num_bits_over_unit + 31 - 8 <= 31): the sum of exps of a row
-#: must stay below 2^28 raw, i.e. 512.0. Each exp is at most 1.0 (2^19 raw, the row's
-#: maximum itself), so a row of at most 511 entries can never abort; from 512 entries on,
-#: a nearly flat row (many entries quantized to the row maximum) aborts the process.
+#: TFLITE_CHECK(exponent = num_bits_over_unit + 31 - output bits <= 31). For an int8
+#: output the sum of exps of a row must stay below 2^28 raw, i.e. 512.0. Each exp is at
+#: most 1.0 (2^19 raw, the row's maximum itself), so a row of at most 511 entries can never
+#: abort; from 512 entries on, a nearly flat row (many entries equal to the row maximum)
+#: aborts the process. With an int16 output the check always holds; the Q12.19 sum itself
+#: stays exact while depth x 2^19 < 2^31, i.e. up to 4095 entries.
 SOFTMAX_MAX_DEPTH = 511
+SOFTMAX_INT16_MAX_DEPTH = 4095
+#: The grid reference_ops::Softmax writes an int16 output on: p * 2^16 - 32768.
+SOFTMAX_INT16_OUTPUT = (1.0 / 65536.0, -32768)
 
 
-def softmax_ref_limit(depth: int | None, in_scale: float, beta: float) -> str | None:
-    """Why LiteRT's BUILTIN_REF int8 SOFTMAX can abort on these parameters (None: it cannot)."""
+def softmax_ref_limit(depth: int | None, in_scale: float, beta: float,
+                      out_bits: int = 8) -> str | None:
+    """Why LiteRT's BUILTIN_REF SOFTMAX (int8 in, ``out_bits`` out) can abort on these
+    parameters (None: it cannot)."""
     bs = float(beta) * float(in_scale)
     if not bs * 2.0**26 > 1.0:
         return (f"beta x input scale = {bs:.3g} is not above 2^-26 (PreprocessSoftmaxScaling "
                 "needs a multiplier > 1; LiteRT aborts at prepare)")
-    if depth is None or depth > SOFTMAX_MAX_DEPTH:
-        return (f"softmax depth {depth} exceeds {SOFTMAX_MAX_DEPTH}: reference_ops::Softmax "
-                "aborts when a row's sum of exps reaches 512 (TFLITE_CHECK on the reciprocal "
-                "exponent), which a nearly flat row of 512+ entries does")
+    limit = SOFTMAX_MAX_DEPTH if out_bits == 8 else SOFTMAX_INT16_MAX_DEPTH
+    if depth is None or depth > limit:
+        return (f"softmax depth {depth} exceeds {limit}: reference_ops::Softmax aborts (or, "
+                "with an int16 output, overflows) when a row's sum of exps reaches "
+                f"{512 if out_bits == 8 else 4096}, which a nearly flat row of that many "
+                "entries does")
     return None
 
 

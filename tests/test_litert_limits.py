@@ -14,7 +14,7 @@ import pytest
 import qatir
 from qatir.errors import ExportError, ModelFormatError, ShapeError
 from qatir.ir import Graph, QuantParams
-from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT
+from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT, lower
 from tests.qbuild import QB, int8_feed, litert_run
 
 S_IN, S_W = 2 / 255, 1 / 127  # input range [-1, 1]; weights of 1.0 -> symmetric scale 1/127
@@ -219,9 +219,10 @@ def test_activations_beyond_int32_elements_are_refused():
 
 
 # ------------------------------------------------------------- SOFTMAX under BUILTIN_REF
-# reference_ops::Softmax<int8> aborts (TFLITE_CHECK on the reciprocal's exponent) when a
-# row's sum of exps reaches 512.0, and SoftmaxPrepare aborts (QuantizeMultiplierGreaterThanOne)
-# when beta x input scale <= 2^-26; see qatir/target.py and docs/parity-report.md.
+# reference_ops::Softmax<int8, int8> aborts (TFLITE_CHECK on the reciprocal's exponent) when
+# a row's sum of exps reaches 512.0, and SoftmaxPrepare aborts (QuantizeMultiplierGreaterThanOne)
+# when beta x input scale <= 2^-26; see qatir/target.py and docs/parity-report.md. Wider
+# heads are written as an int16-output SOFTMAX + QUANTIZE (qatir/lowering/softmax.py).
 _RUN_FILE = """
 import sys, numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -256,19 +257,19 @@ def softmax_head(depth: int, lo: float = -8.0, hi: float = 8.0) -> Graph:
     return qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
 
 
-def flat_feed(depth: int) -> dict[str, np.ndarray]:
-    """The worst row for the REF kernel: every entry equals the row maximum (sum = depth)."""
-    return {"x": np.full((1, depth), 7, np.int8)}
-
-
-def test_softmax_at_the_ref_limit_runs_under_both_resolvers_bit_exact(tmp_path):
-    from qatir.target import SOFTMAX_MAX_DEPTH
-
-    g = softmax_head(SOFTMAX_MAX_DEPTH)
-    buf = qatir.to_tflite(g)
+def softmax_feeds(depth: int) -> list[dict[str, np.ndarray]]:
+    """The worst row for the REF kernel (every entry equal to the row maximum: the sum of
+    exps is the depth), a random row, and a peaked one (outputs well above zero)."""
     rng = np.random.default_rng(0)
-    for feeds in (flat_feed(SOFTMAX_MAX_DEPTH),
-                  {"x": rng.integers(-128, 128, (1, SOFTMAX_MAX_DEPTH)).astype(np.int8)}):
+    peaked = np.full((1, depth), -128, np.int8)
+    peaked[0, rng.integers(0, depth, 8)] = rng.integers(60, 128, 8)
+    return [{"x": np.full((1, depth), 7, np.int8)},
+            {"x": rng.integers(-128, 128, (1, depth)).astype(np.int8)}, {"x": peaked}]
+
+
+def runs_under_both_resolvers_bit_exact(tmp_path, g: Graph) -> None:
+    buf = qatir.to_tflite(g)
+    for feeds in softmax_feeds(g.inputs[0].shape[-1]):
         for resolver, mode in (("ref", "reference"), ("auto", "xnnpack")):
             rc, got = run_in_subprocess(tmp_path, buf, feeds, resolver)
             assert rc == 0, f"{resolver}: exit code {rc}"
@@ -276,11 +277,28 @@ def test_softmax_at_the_ref_limit_runs_under_both_resolvers_bit_exact(tmp_path):
             np.testing.assert_array_equal(got["head_q"], want["head_q"])
 
 
-def test_softmax_past_the_ref_limit_is_refused_by_name():
+def test_softmax_at_the_ref_limit_stays_one_int8_op_and_runs_bit_exact(tmp_path):
     from qatir.target import SOFTMAX_MAX_DEPTH
 
-    with pytest.raises(ExportError, match=r"'head' \(SOFTMAX\).*depth 512 exceeds 511.*BUILTIN_REF"):
-        qatir.to_tflite(softmax_head(SOFTMAX_MAX_DEPTH + 1))
+    g = softmax_head(SOFTMAX_MAX_DEPTH)
+    assert [n.op for n in lower(g).nodes] == ["SOFTMAX"]
+    runs_under_both_resolvers_bit_exact(tmp_path, g)
+
+
+@pytest.mark.parametrize("depth", [512, 1000])
+def test_softmax_past_the_ref_limit_runs_through_int16_bit_exact(tmp_path, depth):
+    lg = lower(softmax_head(depth))
+    assert [(n.op, n.outputs[0].dtype.name) for n in lg.nodes] == [("SOFTMAX", "int16"),
+                                                                   ("QUANTIZE", "int8")]
+    runs_under_both_resolvers_bit_exact(tmp_path, softmax_head(depth))
+
+
+def test_softmax_past_the_int16_limit_is_refused_by_name():
+    from qatir.target import SOFTMAX_INT16_MAX_DEPTH
+
+    with pytest.raises(ExportError, match=r"'head_int16' \(SOFTMAX\).*depth 4096 exceeds 4095"
+                                          r".*BUILTIN_REF"):
+        qatir.to_tflite(softmax_head(SOFTMAX_INT16_MAX_DEPTH + 1))
 
 
 def test_softmax_with_a_tiny_input_scale_is_refused_by_name():
@@ -289,16 +307,18 @@ def test_softmax_with_a_tiny_input_scale_is_refused_by_name():
 
 
 @pytest.mark.parametrize("case", ["depth", "scale"])
-def test_the_refused_softmax_files_do_abort_litert_reference_kernels(tmp_path, monkeypatch, case):
-    """The limits are LiteRT's, not qatir's caution: written anyway, the file aborts the
-    process under BUILTIN_REF (SIGABRT) and runs on the default resolver."""
+def test_what_qatir_avoids_does_abort_litert_reference_kernels(tmp_path, monkeypatch, case):
+    """The limits are LiteRT's, not qatir's caution: an int8 SOFTMAX of 512 classes, or one
+    with a tiny input scale, aborts the process under BUILTIN_REF (SIGABRT) and runs on the
+    default resolver."""
     import qatir.lowering.litert as litert_step
+    import qatir.lowering.softmax as softmax_step
 
     monkeypatch.setattr(litert_step, "softmax_ref_limit", lambda *a: None)
-    depth = 512 if case == "depth" else 8
-    g = softmax_head(depth) if case == "depth" else softmax_head(depth, -1e-6, 1e-6)
+    monkeypatch.setattr(softmax_step, "SOFTMAX_MAX_DEPTH", 1 << 20)
+    g = softmax_head(512) if case == "depth" else softmax_head(8, -1e-6, 1e-6)
     buf = qatir.to_tflite(g)
-    feeds = flat_feed(depth)
+    feeds = softmax_feeds(g.inputs[0].shape[-1])[0]
     rc, _ = run_in_subprocess(tmp_path, buf, feeds, "ref")
     assert rc != 0, "expected LiteRT's reference SOFTMAX to abort"
     rc, _ = run_in_subprocess(tmp_path, buf, feeds, "auto")

@@ -24,7 +24,7 @@ def _graph():
 def test_step_names_are_in_the_documented_order():
     assert step_names() == ["lower.legalise", "lower.float_bias", "lower.constants",
                             "lower.activations", "lower.bias", "lower.same_scale",
-                            "lower.checks", "lower.edges", "lower.limits"]
+                            "lower.wide_softmax", "lower.checks", "lower.edges", "lower.limits"]
     assert all(s.doc for s in STEPS)
 
 
@@ -46,7 +46,7 @@ def test_every_step_verifies_and_dumps():
 def test_selected_steps_dump_to_a_folder(tmp_path):
     lower(_graph(), print_ir_after=["bias", "lower.edges"], ir_out=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lower_04_bias.txt",
-                                                         "lower_07_edges.txt"]
+                                                         "lower_08_edges.txt"]
 
 
 def test_to_tflite_passes_the_dump_through(capsys):
@@ -61,7 +61,7 @@ def test_a_float_graph_runs_only_the_float_steps():
     g.outputs = [g.add_node("FULLY_CONNECTED", [x, w]).output]
     out = io.StringIO()
     lg = lower(g, print_ir_after="all", ir_out=out)
-    assert out.getvalue().count("// IR after lowering step") == 2
+    assert out.getvalue().count("// IR after lowering step") == 2  # legalise, float_bias
     assert len(next(n for n in lg.nodes).inputs) == 3  # the zero bias
 
 

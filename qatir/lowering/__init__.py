@@ -19,8 +19,8 @@ Anything LiteRT cannot run, or would abort on under either resolver, is refused 
 :class:`ExportError` naming the node; NaN/Inf constants raise ``NumericsError``.
 
 The steps (:data:`STEPS`), each a module of this package, run in order:
-``legalise`` → ``constants`` → ``activations`` → ``bias`` → ``same_scale`` →
-``checks`` → ``edges`` → ``limits``. ``lower(..., print_ir_after="all")`` dumps the IR
+``legalise`` (→ ``float_bias`` for a float graph) → ``constants`` → ``activations`` →
+``bias`` → ``same_scale`` → ``wide_softmax`` → ``checks`` → ``edges`` → ``limits``. ``lower(..., print_ir_after="all")`` dumps the IR
 after each (names ``lower.<step>``), ``verify=True`` runs the verifier after each.
 """
 
@@ -55,6 +55,7 @@ from qatir.lowering.edges import IO_MODES, apply_io
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
 from qatir.lowering.same_scale import unify_same_scale
+from qatir.lowering.softmax import widen_softmax
 from qatir.target import ADD_MAX_RATIO, INT32_MAX, XNN_MAX_REQUANT
 
 __all__ = ["ADD_MAX_RATIO", "CLOSE_RTOL", "FIXED_OUTPUT", "INHERIT", "INT32_MAX", "INT8_OPS",
@@ -105,6 +106,8 @@ STEPS: tuple[Step, ...] = (
     Step("bias", lambda g, io: lower_biases(g), _Q, "float biases -> int32"),
     Step("same_scale", lambda g, io: unify_same_scale(g), _Q,
          "requantize inputs of same-scale ops onto the output grid"),
+    Step("wide_softmax", lambda g, io: widen_softmax(g), _INT8,
+         "int8 SOFTMAX over 511 classes -> int16 SOFTMAX + QUANTIZE (LiteRT's REF limit)"),
     Step("checks", _checks, _Q, "int8 region complete; saturated clamps dropped"),
     Step("edges", _edges, _INT8, "edges follow io; dead code removed"),
     Step("limits", _limits, _INT8, "quantization spec and LiteRT/XNNPACK limits"),

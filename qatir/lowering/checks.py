@@ -51,7 +51,7 @@ def check_int8_region(g: Graph) -> None:
         if node.op not in ("QUANTIZE", "DEQUANTIZE"):
             tensors += list(node.outputs)
         for t in tensors:
-            if t.dtype != np.int8 or t.quant is None:
+            if t.dtype not in (np.int8, np.int16) or t.quant is None:
                 bad.append(f"%{t.name} ({node.op} {node.name!r})")
     if bad:
         raise ExportError("unquantized tensor(s) inside the int8 region (add FAKE_QUANT or "

@@ -49,13 +49,14 @@ def check_litert_limits(g: Graph) -> None:
                 and node.inputs[0].quant is not None:
             x = node.inputs[0]
             why = softmax_ref_limit(x.shape[-1] if x.rank else 1, x.quant.scale[0],
-                                    float(np.float32(node.attrs["beta"])))
+                                    float(np.float32(node.attrs["beta"])),
+                                    node.outputs[0].dtype.itemsize * 8)
             if why is not None:
                 raise ExportError(
                     f"node {node.name!r} (SOFTMAX): {why}; LiteRT's reference kernels "
                     "(OpResolverType.BUILTIN_REF) would abort the process on this file. Keep "
                     "the SOFTMAX out of the exported model (argmax/top-k of its input is "
-                    "unchanged) or split the classes")
+                    "unchanged)")
 
 
 def relax_saturated_clamps(g: Graph) -> None:

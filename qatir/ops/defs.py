@@ -63,7 +63,8 @@ for _op in ("EXP", "SQRT", "RSQRT"):
 register_op("LEAKY_RELU", shape.same, attrs={"alpha": 0.2}, **I816)
 register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x (alpha broadcasts)",
             params=((1, "alpha"),), **I8)
-register_op("SOFTMAX", shape.same, attrs={"beta": 1.0}, doc="softmax over the last axis", **_OUT_256,
+register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},
+            doc="softmax over the last axis (int8 in, int8 or int16 out: attribute dtype)", **_OUT_256,
             **I816)
 register_op("MAX_POOL_2D", shape.pool, attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT},
             **SAME, **I816)

@@ -284,6 +284,13 @@ def prelu(node):
     return [(x.shape, x.dtype)]
 
 
+def softmax(node):
+    """Output like the input; an int8 SOFTMAX may write int16 (attribute ``dtype``)."""
+    x = _in(node)
+    dtype = node.attrs.get("dtype")
+    return [(x.shape, np.dtype(dtype) if dtype else x.dtype)]
+
+
 def typed(dtype):
     def infer(node):
         return [(_in(node).shape, np.dtype(node.attrs.get("dtype") or dtype))]
