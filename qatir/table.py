@@ -5,7 +5,9 @@ A table is validated twice: structurally against
 exist in the op registry, regexes compile, quantizer names are registered,
 fusions name ops that can take them). Every :class:`~qatir.errors.TableError`
 names the table file and the entry, e.g. ``my.toml: fusions[2].ops: unknown op 'CONVV'``.
-Strings in a table are names or regexes; nothing is evaluated as code.
+Strings in a table are names or regexes; nothing is evaluated as code. Fusion kinds
+are open: a plug-in registers its own with :func:`register_fusion_kind`
+(:mod:`qatir.table_fusions`), with a sub-schema for its fields.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from typing import Any
 from qatir.errors import QatirError, TableError
 from qatir.ir import FUSED_ACTIVATIONS, Node
 from qatir.ops.registry import fact_map, get_op, has_op
+from qatir.table_fusions import register_fusion_kind
 from qatir.target import PER_TENSOR_WEIGHTS
+
+__all__ = ["DEFAULT_TABLE", "Table", "builtin_tables", "load_table", "register_fusion_kind",
+           "validate_table"]
 
 DEFAULT_TABLE = "int8_default"
 
@@ -235,8 +241,11 @@ def _compile_selectors(data: dict[str, Any], key: str, source: str) -> tuple[Sel
 
 def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     """Validate plain table data and return the :class:`Table`; TableError names the entry."""
+    from qatir.table_fusions import validate_fusion
+
     _validate_schema(data, source)
     for i, f in enumerate(data.get("fusions", [])):
+        validate_fusion(i, f, source, _schema())
         _check_fusion(i, f, source)
     act = data["activations"]
     lo, hi = act.get("initial_range", [-6.0, 6.0])

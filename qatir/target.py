@@ -28,6 +28,10 @@ XNN_MAX_REQUANT = 256.0
 #: LiteRT's builtin int8 ADD needs 2·max(input scale) / (2^20 · output scale) < 1
 #: (measured: a ratio of 2^19 aborts the process, just below it runs).
 ADD_MAX_RATIO = 2.0**19
+#: LiteRT's int8 HARD_SWISH (HardSwishPrepare, activations.cc) needs the multiplier
+#: (input scale / 128) / output scale below 1, i.e. input / output scale below 128; at or
+#: above it the model fails to prepare on both resolvers (measured).
+HARD_SWISH_MAX_RATIO = 128.0
 #: (op, lowest, highest) scale ratio XNNPACK's int8 kernels accept (params-init checks);
 #: outside it the node runs on LiteRT's builtin kernel. MUL's ratio is in1·in2/out.
 XNN_RATIO: dict[str, tuple[float, float]] = {

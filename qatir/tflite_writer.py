@@ -16,7 +16,6 @@ refused by :func:`check_size` with the size in the message.
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import flatbuffers
@@ -26,7 +25,8 @@ from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
-from qatir.target import INT32_MAX, INT32_MIN, MAX_FLATBUFFER, min_runtime_version
+from qatir.lowering.litert import check_dims
+from qatir.target import MAX_FLATBUFFER, min_runtime_version
 from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, emit
 
 __all__ = ["MAX_FLATBUFFER", "check_size", "to_tflite"]
@@ -72,43 +72,8 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     g = lower(graph, io=io, **dump) if (is_quantized(graph) or is_lowered(graph)) \
         else lower(graph, **dump)
     _fix_batch(g, batch_size)
-    _check_dims(g)
+    check_dims(g)
     return _Writer(g).build(offset_buffers)
-
-
-_INT32 = (INT32_MIN, INT32_MAX)
-
-
-def _int_values(value: Any):
-    if isinstance(value, bool):
-        return
-    if isinstance(value, (int, np.integer)):
-        yield int(value)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _int_values(v)
-
-
-def _check_dims(g: Graph) -> None:
-    """TFLite stores dims, indices and integer options as int32: refuse anything larger,
-    and empty activations, which LiteRT's kernels refuse."""
-    lo, hi = _INT32
-    for t in g.tensors.values():
-        where = f" (output of node {t.producer.name!r})" if t.producer else ""
-        if any(d is not None and not lo <= d <= hi for d in t.shape):
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} does not fit "
-                              "TFLite's int32 dimensions")
-        if not t.is_const and 0 in t.shape:
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} is empty; "
-                              "LiteRT's kernels refuse empty inputs and outputs")
-        if not t.is_const and math.prod(d or 1 for d in t.shape) > hi:
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} has more than "
-                              "2^31-1 elements, which LiteRT's kernels cannot index")
-    for node in g.nodes:
-        for key, value in node.attrs.items():
-            if any(not lo <= v <= hi for v in _int_values(value)):
-                raise ExportError(f"node {node.name!r} ({node.op}): attribute {key}={value} "
-                                  "does not fit TFLite's int32 fields")
 
 
 def _align16(n: int) -> int:

@@ -323,3 +323,24 @@ def test_what_qatir_avoids_does_abort_litert_reference_kernels(tmp_path, monkeyp
     assert rc != 0, "expected LiteRT's reference SOFTMAX to abort"
     rc, _ = run_in_subprocess(tmp_path, buf, feeds, "auto")
     assert rc == 0
+
+
+def hard_swish(ratio: float) -> Graph:
+    """HARD_SWISH of an input in [-1, 1] whose output scale is the input's / ``ratio``."""
+    qb = QB(0)
+    x = qb.input("x", [1, 4, 4, 3], -1.0, 1.0)
+    s = S_IN / ratio
+    return qb.output(qb.op("HARD_SWISH", [x], {}, rng=(-128 * s, 127 * s), name="node"))
+
+
+def test_hard_swish_ratio_litert_cannot_prepare_is_refused():
+    from qatir.target import HARD_SWISH_MAX_RATIO
+
+    g = hard_swish(HARD_SWISH_MAX_RATIO * 0.99)
+    buf = qatir.to_tflite(g)
+    feeds = int8_feed(g)
+    for ref, mode in ((True, "reference"), (False, "xnnpack")):
+        got, _ = litert_run(buf, feeds, ref=ref)
+        np.testing.assert_array_equal(got["node_q"], qatir.run_reference(g, feeds, mode)["node_q"])
+    with pytest.raises(ExportError, match=r"'node' \(HARD_SWISH\).*not below 128"):
+        qatir.to_tflite(hard_swish(HARD_SWISH_MAX_RATIO * 1.01))

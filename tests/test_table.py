@@ -138,3 +138,54 @@ def test_plain_data_table():
     data["weights"]["per_channel_axis"]["CONVV"] = 0
     with pytest.raises(TableError, match=r"<table>: weights\.per_channel_axis: unknown op 'CONVV'"):
         load_table(data)
+
+
+# ------------------------------------------------------------ plug-in fusion kinds
+def _plugin_kind():
+    from qatir.table import register_fusion_kind
+
+    def check(i, entry, source):
+        if entry["factor"] <= 0:
+            raise TableError(f"{source}: fusions[{i}].factor: must be positive")
+
+    register_fusion_kind("scale_fold_test", {"ops": {"$ref": "#/$defs/oplist"},
+                                             "factor": {"type": "number"}},
+                         required=["factor"], check=check, replace=True)
+
+
+def _with_fusion(body: str) -> str:
+    return DEFAULT + f'\n[[fusions]]\nname = "mine"\n{body}\n'
+
+
+def test_a_plugin_fusion_kind_with_its_own_fields_loads(tmp_path):
+    _plugin_kind()
+    t = load_table(_write(tmp_path, _with_fusion('kind = "scale_fold_test"\nfactor = 2.0\n'
+                                                 'ops = ["CONV_2D"]')))
+    (_, entry), = t.fusions("scale_fold_test")
+    assert entry["factor"] == 2.0 and entry["ops"] == ["CONV_2D"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('kind = "scale_fold_test"', r"fusions\[\d+\]: 'factor' is a required property"),
+    ('kind = "scale_fold_test"\nfactor = 1\nfactr = 2',
+     r"fusions\[\d+\]: Additional properties.*'factr'.*scale_fold_test"),
+    ('kind = "scale_fold_test"\nfactor = "two"', r"fusions\[\d+\]\.factor: 'two' is not of type"),
+    ('kind = "scale_fold_test"\nfactor = -1', r"fusions\[\d+\]\.factor: must be positive"),
+    ('kind = "no_such_kind"', r"fusions\[\d+\]\.kind: unknown fusion kind 'no_such_kind'.*"
+                              r"register_fusion_kind"),
+    ('kind = "clip"\nfactor = 2.0', r"fusions\[\d+\]: .*'factor'.*fusion kind 'clip'"),
+])
+def test_plugin_and_builtin_fusion_kinds_check_their_fields(tmp_path, body, message):
+    _plugin_kind()
+    with pytest.raises(TableError, match=rf"my\.toml: {message}"):
+        load_table(_write(tmp_path, _with_fusion(body)))
+
+
+def test_fusion_kinds_cannot_be_registered_twice_by_accident():
+    from qatir.errors import QatirError
+    from qatir.table import register_fusion_kind
+
+    with pytest.raises(QatirError, match="already registered"):
+        register_fusion_kind("clip", {})
+    with pytest.raises(QatirError, match="required field"):
+        register_fusion_kind("broken_kind_test", {}, required=["x"])

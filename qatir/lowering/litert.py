@@ -2,22 +2,35 @@
 
 Limits come from :mod:`qatir.target`: a conv/FC requantization scale XNNPACK rejects
 (it then fails the whole model at load), an ADD scale ratio that makes LiteRT's
-builtin ADD abort, an int8 SOFTMAX that LiteRT's reference kernel (``BUILTIN_REF``)
+builtin ADD abort, a HARD_SWISH whose prepare fails, an int8 SOFTMAX that LiteRT's reference kernel (``BUILTIN_REF``)
 can abort on. Scale ratios outside XNNPACK's ranges only warn (the node then runs on
 a builtin kernel). RELU6 / RELU_N1_TO_1 bounds outside the output's int8 range are
-dropped: they clamp nothing, and LiteRT refuses one that overflows.
+dropped: they clamp nothing, and LiteRT refuses one that overflows. ``check_dims``
+(run by the writer once dynamic dims are fixed) refuses what does not fit TFLite's
+int32 fields.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Any
 
 import numpy as np
 
 from qatir.errors import ExportError
 from qatir.ir import Graph
 from qatir.lowering.common import WEIGHT_OPS
-from qatir.target import ADD_MAX_RATIO, XNN_MAX_REQUANT, XNN_RATIO, softmax_ref_limit
+from qatir.reference_math import quantize_multiplier
+from qatir.target import (
+    ADD_MAX_RATIO,
+    HARD_SWISH_MAX_RATIO,
+    INT32_MAX,
+    INT32_MIN,
+    XNN_MAX_REQUANT,
+    XNN_RATIO,
+    softmax_ref_limit,
+)
 
 
 def check_litert_limits(g: Graph) -> None:
@@ -45,6 +58,16 @@ def check_litert_limits(g: Graph) -> None:
                     f"node {node.name!r} (ADD): input scale / output scale = {ratio:.4g} is not "
                     f"below {ADD_MAX_RATIO:g}; LiteRT's int8 ADD kernel aborts the process on "
                     "it. The output range is far too narrow for the inputs: calibrate or widen it")
+        elif node.op == "HARD_SWISH" and node.inputs[0].dtype == np.int8 \
+                and node.inputs[0].quant is not None and node.outputs[0].quant is not None:
+            s_in, s_out = node.inputs[0].quant.scale[0], node.outputs[0].quant.scale[0]
+            m = float(np.float32(np.float32(1.0 / 128.0) * np.float32(s_in)) / np.float32(s_out))
+            if quantize_multiplier(m)[1] > 0:
+                raise ExportError(
+                    f"node {node.name!r} (HARD_SWISH): input scale / output scale = "
+                    f"{s_in / s_out:.4g} is not below {HARD_SWISH_MAX_RATIO:g}; LiteRT's "
+                    "HardSwishPrepare refuses it (output_multiplier_exponent <= 0) on both "
+                    "resolvers. The output range is far too narrow: calibrate or widen it")
         elif node.op == "SOFTMAX" and node.inputs[0].dtype == np.int8 \
                 and node.inputs[0].quant is not None:
             x = node.inputs[0]
@@ -100,3 +123,35 @@ def warn_xnnpack_ratios(g: Graph) -> None:
     if bad:
         warnings.warn("scale ratios outside XNNPACK's limits, these nodes will run on LiteRT's "
                       f"builtin kernels: {', '.join(bad)}", stacklevel=4)
+
+
+def _int_values(value: Any):
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, np.integer)):
+        yield int(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _int_values(v)
+
+
+def check_dims(g: Graph) -> None:
+    """TFLite stores dims, indices and integer options as int32: refuse anything larger,
+    and empty activations, which LiteRT's kernels refuse."""
+    lo, hi = INT32_MIN, INT32_MAX
+    for t in g.tensors.values():
+        where = f" (output of node {t.producer.name!r})" if t.producer else ""
+        if any(d is not None and not lo <= d <= hi for d in t.shape):
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} does not fit "
+                              "TFLite's int32 dimensions")
+        if not t.is_const and 0 in t.shape:
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} is empty; "
+                              "LiteRT's kernels refuse empty inputs and outputs")
+        if not t.is_const and math.prod(d or 1 for d in t.shape) > hi:
+            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} has more than "
+                              "2^31-1 elements, which LiteRT's kernels cannot index")
+    for node in g.nodes:
+        for key, value in node.attrs.items():
+            if any(not lo <= v <= hi for v in _int_values(value)):
+                raise ExportError(f"node {node.name!r} ({node.op}): attribute {key}={value} "
+                                  "does not fit TFLite's int32 fields")
