@@ -105,3 +105,23 @@ def test_facts_are_consistent():
             assert d.fixed_output is not None, name
         if d.int16:
             assert d.int8 or name in ("EXP", "SQRT", "RSQRT", "BATCH_MATMUL"), name
+
+
+def test_fact_queries_and_their_errors():
+    from qatir.errors import QatirError
+    from qatir.ops import fact_map, register_op
+    from qatir.ops.infer import same
+
+    assert fact_map("channel_axis") == {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3,
+                                        "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+    assert {"RESHAPE", "CONCATENATION", "MAX_POOL_2D"} <= ops_where(quant="same_scale")
+    assert ops_where(quant="fixed") == {"LOGISTIC", "SOFTMAX", "TANH"}
+    with pytest.raises(QatirError, match="unknown op fact"):
+        ops_where(colour="red")
+    with pytest.raises(QatirError, match="unknown fact"):
+        register_op("FACT_TEST_OP", same, colour="red", replace=True)
+    with pytest.raises(QatirError, match="fixed_output is set exactly when"):
+        register_op("FACT_TEST_OP", same, quant="fixed", replace=True)
+    with pytest.raises(QatirError, match="weight slot needs its channel_axis"):
+        register_op("FACT_TEST_OP", same, weight=1, replace=True)
+    assert "FACT_TEST_OP" not in all_ops()

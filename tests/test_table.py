@@ -189,3 +189,28 @@ def test_fusion_kinds_cannot_be_registered_twice_by_accident():
         register_fusion_kind("clip", {})
     with pytest.raises(QatirError, match="required field"):
         register_fusion_kind("broken_kind_test", {}, required=["x"])
+
+
+# ------------------------------------------------------------ policy vs op facts
+@pytest.mark.parametrize("old, new, message", [
+    ("SOFTMAX = { scale = 0.00390625, zero_point = -128 }",
+     "SOFTMAX = { scale = 0.0078125, zero_point = -128 }",
+     r"constraints\.fixed_output\.SOFTMAX: scale 0\.0078125.*contradicts LiteRT's fixed output"),
+    ('inherit = ["MAX_POOL_2D",', 'inherit = ["ADD", "MAX_POOL_2D",',
+     r"constraints\.inherit: 'ADD' does not keep its input's grid"),
+    ('same_scale = ["AVERAGE_POOL_2D",', 'same_scale = ["TANH", "AVERAGE_POOL_2D",',
+     r"constraints\.same_scale: 'TANH' has a fixed output"),
+    ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { CONV_2D = 3,",
+     r"weights\.per_channel_axis\.CONV_2D: axis 3 contradicts the op's TFLite per-channel axis 0"),
+    ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { FULLY_CONNECTED = 0, CONV_2D = 0,",
+     r"weights\.per_channel_axis\.FULLY_CONNECTED: qatir exports FULLY_CONNECTED weights "
+     r"per-tensor only"),
+])
+def test_a_table_entry_that_contradicts_an_op_fact_is_refused_by_name(tmp_path, old, new, message):
+    with pytest.raises(TableError, match=rf"my\.toml: {message}"):
+        load_table(_write(tmp_path, _edit(old, new)))
+
+
+def test_fixed_outputs_come_from_the_op_facts_when_a_table_omits_them(tmp_path):
+    text = _edit("LOGISTIC = { scale = 0.00390625, zero_point = -128 }\n", "")
+    assert load_table(_write(tmp_path, text)).fixed_output["LOGISTIC"] == (1 / 256, -128)
