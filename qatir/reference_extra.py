@@ -74,8 +74,9 @@ def _clz32(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def softmax_ref(x: np.ndarray, in_scale: float, beta: float) -> np.ndarray:
-    """reference_ops::Softmax for int8 in/out (output scale 1/256, zero point -128)."""
+def softmax_ref(x: np.ndarray, in_scale: float, beta: float, out_bits: int = 8) -> np.ndarray:
+    """reference_ops::Softmax for int8 in, int8 or int16 out (output scale 2^-out_bits,
+    zero point -2^(out_bits-1): the kernel's fixed output grid)."""
     real = min(float(beta) * float(in_scale) * (1 << 26), float(2**31 - 1))
     qm, shift = quantize_multiplier(real)
     radius = math.floor(((1 << 5) - 1) * (1 << 26) / (1 << shift))
@@ -90,13 +91,15 @@ def softmax_ref(x: np.ndarray, in_scale: float, beta: float) -> np.ndarray:
     bits_over = 12 - headroom
     shifted = ((sums << headroom) & 0xFFFFFFFF) - (1 << 31)
     scale = _one_over_one_plus_x(shifted)
-    out = rdbpot(srdhm(scale, exps), bits_over + 31 - 8) - 128
-    return np.where(ok, np.clip(out, -128, 127), -128).astype(np.int8)
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
+    out = rdbpot(srdhm(scale, exps), bits_over + 31 - out_bits) + lo
+    return np.where(ok, np.clip(out, lo, hi), lo).astype(np.int8 if out_bits == 8 else np.int16)
 
 
-def softmax_lut(x: np.ndarray, in_scale: float, beta: float, out_scale: float, out_zp: int
-                ) -> np.ndarray:
-    """optimized_ops::Softmax int8: a float expf table over the distance to the row max."""
+def softmax_lut(x: np.ndarray, in_scale: float, beta: float, out_scale: float, out_zp: int,
+                out_dtype: type = np.int8) -> np.ndarray:
+    """optimized_ops::Softmax, int8 in: a float expf table over the distance to the row
+    max, summed in order in float32."""
     m = libm()
     scale = np.float32(-np.float32(in_scale) * np.float32(beta))
     table = np.asarray([m.expf(float(np.float32(scale * np.float32(d)))) for d in range(256)],
@@ -104,19 +107,21 @@ def softmax_lut(x: np.ndarray, in_scale: float, beta: float, out_scale: float, o
     v = x.astype(np.int64)
     dist = v.max(axis=-1, keepdims=True) - v
     e = table[dist]
-    total = e.astype(np.float32).sum(axis=-1, keepdims=True, dtype=np.float32)
+    total = np.cumsum(e.astype(np.float32), axis=-1, dtype=np.float32)[..., -1:]
     inv = np.float32(1.0) / (total * np.float32(out_scale))
     y = round_half_away((e * inv).astype(np.float32)).astype(np.int64) + out_zp
-    return np.clip(y, -128, 127).astype(np.int8)
+    info = np.iinfo(out_dtype)
+    return np.clip(y, info.min, info.max).astype(out_dtype)
 
 
 def softmax(node: Node, xs: list, mode: str) -> np.ndarray:
     s_in = node.inputs[0].quant.scale[0]
     beta = float(np.float32(node.attrs["beta"]))
+    out = node.outputs[0]
     if mode == "reference":
-        return softmax_ref(xs[0], s_in, beta)
-    q = node.outputs[0].quant
-    return softmax_lut(xs[0], s_in, beta, q.scale[0], q.zero_point[0])
+        return softmax_ref(xs[0], s_in, beta, out.dtype.itemsize * 8)
+    q = out.quant
+    return softmax_lut(xs[0], s_in, beta, q.scale[0], q.zero_point[0], out.dtype.type)
 
 
 def mean(node: Node, xs: list, mode: str) -> np.ndarray:

@@ -25,6 +25,7 @@ from qatir.reference_math import (
     quantize_multipliers,
     round_half_away,
 )
+from qatir.target import XNN_CVT_RATIO, XNN_RATIO
 
 I8_MIN, I8_MAX = -128, 127
 
@@ -164,7 +165,8 @@ def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
     a = xs[0].astype(np.int64) - z1
     b = xs[1].astype(np.int64) - z2
     ra, rb = np.float32(s1) / np.float32(so), np.float32(s2) / np.float32(so)
-    if mode == "xnnpack" and all(2.0**-10 <= r < 2.0**8 for r in (ra, rb)):
+    rlo, rhi = XNN_RATIO[node.op]
+    if mode == "xnnpack" and all(rlo <= r < rhi for r in (ra, rb)):
         return xnn_add(a, b, ra, -rb if node.op == "SUB" else rb, zo, lo, hi)
     (m1, e1), (m2, e2), (mo, eo) = _add_params(s1, s2, so)
     sa = mbqm(a << 20, m1, e1)
@@ -190,7 +192,8 @@ def mul(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = _act(node)
     prod = (xs[0].astype(np.int64) - z1) * (xs[1].astype(np.int64) - z2)
     scale = np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)
-    if mode == "xnnpack" and 2.0**-16 <= scale < 2.0**8:
+    rlo, rhi = XNN_RATIO["MUL"]
+    if mode == "xnnpack" and rlo <= scale < rhi:
         return fp32_requant(prod, scale, zo, lo, hi).astype(np.int8)
     qm, sh = quantize_multiplier(float(np.float32(np.float32(s1) * np.float32(s2)) / np.float32(so)))
     return np.clip(mbqm(prod, qm, sh) + zo, lo, hi).astype(np.int8)
@@ -207,7 +210,7 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
         y = round_half_away(xs[0].astype(np.float32) / np.float32(so)).astype(np.int64) + zo
-    elif mode == "xnnpack" and xnn_cvt_ok(si / so):
+    elif mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):
         y = xnn_mul8(xs[0].astype(np.int64) - zi, np.float32(si) / np.float32(so), zo)
     else:
         y = _requant_unary(xs[0], si, zi, so, zo)
@@ -216,7 +219,7 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
 
 def xnn_cvt_ok(ratio: float) -> bool:
     """XNNPACK's qs8 convert/leaky-relu multipliers cover ratios in [2^-8, 2^7]."""
-    return 2.0**-8 <= ratio <= 2.0**7
+    return XNN_CVT_RATIO[0] <= ratio <= XNN_CVT_RATIO[1]
 
 
 def xnn_mul8(v: np.ndarray, ratio: np.float32, zo: int) -> np.ndarray:
@@ -245,7 +248,7 @@ def leaky_relu(node: Node, xs: list, mode: str) -> np.ndarray:
     v = xs[0].astype(np.int64) - zi
     pos = np.float32(si) / np.float32(so)
     neg = np.float32(pos * alpha)
-    if mode == "xnnpack" and xnn_cvt_ok(pos) and 2.0**-8 <= abs(neg) <= 2.0**7:
+    if mode == "xnnpack" and xnn_cvt_ok(pos) and xnn_cvt_ok(abs(neg)):
         y = np.where(v >= 0, xnn_mul8(v, pos, zo), xnn_mul8(v, neg, zo))
         return np.clip(y, I8_MIN, I8_MAX).astype(np.int8)
     y = np.where(v >= 0, mbqm(v, *m_id), mbqm(v, *m_alpha)) + zo

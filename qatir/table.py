@@ -5,7 +5,9 @@ A table is validated twice: structurally against
 exist in the op registry, regexes compile, quantizer names are registered,
 fusions name ops that can take them). Every :class:`~qatir.errors.TableError`
 names the table file and the entry, e.g. ``my.toml: fusions[2].ops: unknown op 'CONVV'``.
-Strings in a table are names or regexes; nothing is evaluated as code.
+Strings in a table are names or regexes; nothing is evaluated as code. Fusion kinds
+are open: a plug-in registers its own with :func:`register_fusion_kind`
+(:mod:`qatir.table_fusions`), with a sub-schema for its fields.
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ from typing import Any
 
 from qatir.errors import QatirError, TableError
 from qatir.ir import FUSED_ACTIVATIONS, Node
-from qatir.ops.registry import get_op, has_op
+from qatir.ops.registry import fact_map, get_op, has_op
+from qatir.table_fusions import register_fusion_kind
+from qatir.target import PER_TENSOR_WEIGHTS
+
+__all__ = ["DEFAULT_TABLE", "Table", "builtin_tables", "load_table", "register_fusion_kind",
+           "validate_table"]
 
 DEFAULT_TABLE = "int8_default"
 
-#: Ops whose weight layout fold_batch_norm knows (output-channel axis of input 1).
-BN_FOLD_AXES = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+#: Ops whose weight layout fold_batch_norm knows (output-channel axis of the weight),
+#: from the ops' channel_axis facts.
+BN_FOLD_AXES = fact_map("channel_axis")
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,9 @@ class Table:
 
     @property
     def fixed_output(self) -> dict[str, tuple[float, int]]:
-        """op -> (scale, zero_point) of its output."""
-        return dict(self._fixed)
+        """op -> (scale, zero_point) of its output: the ops' fixed_output facts (LiteRT
+        fixes them) plus the table's own fixed ranges for other ops."""
+        return {**fact_map("fixed_output"), **self._fixed}
 
     def weight_axis(self, op: str) -> int | None:
         """Per-channel axis of the weights of ``op``; None means per-tensor."""
@@ -175,6 +184,45 @@ def _check_fusion(i: int, f: dict[str, Any], source: str) -> None:
             raise TableError(f"{source}: {where}: min {f['min']} must be below max {f['max']}")
 
 
+def _check_weight_facts(w: Mapping[str, Any], source: str) -> None:
+    """per_channel_axis must be the axis LiteRT's kernel reads (weights.ops is policy)."""
+    for op, axis in w.get("per_channel_axis", {}).items():
+        want = get_op(op).quant_axis
+        if op in PER_TENSOR_WEIGHTS or want is None:
+            raise TableError(f"{source}: weights.per_channel_axis.{op}: qatir exports {op} "
+                             "weights per-tensor only; remove the entry")
+        if int(axis) != want:
+            raise TableError(f"{source}: weights.per_channel_axis.{op}: axis {axis} contradicts "
+                             f"the op's TFLite per-channel axis {want}")
+
+
+def _check_grid_facts(key: str, ops: Any, source: str) -> None:
+    """An op LiteRT fixes cannot share or inherit a range; an op whose output is off its
+    input's grid cannot inherit (its output would be left unquantized)."""
+    for op in ops:
+        role = get_op(op).quant
+        if role == "fixed":
+            raise TableError(f"{source}: constraints.{key}: {op!r} has a fixed output "
+                             f"{get_op(op).fixed_output} (LiteRT fixes it); remove it here")
+        if key == "inherit" and role not in ("same_scale", "inherit"):
+            raise TableError(f"{source}: constraints.inherit: {op!r} does not keep its input's "
+                             "grid, so its output cannot inherit the input's parameters "
+                             "(list it under same_scale, or leave it out)")
+
+
+def _check_fixed_fact(op: str, scale: float, zp: int, source: str) -> None:
+    """A table's fixed output must agree with the op's fact (LiteRT checks it)."""
+    fact = get_op(op).fixed_output
+    role = get_op(op).quant
+    if fact is not None and (zp != fact[1] or abs(scale - fact[0]) > 1e-6 * fact[0]):
+        raise TableError(f"{source}: constraints.fixed_output.{op}: scale {scale:g}, zero point "
+                         f"{zp} contradicts LiteRT's fixed output for {op} (scale {fact[0]:g}, "
+                         f"zero point {fact[1]}); remove the entry or use those values")
+    if role == "same_scale":
+        raise TableError(f"{source}: constraints.fixed_output.{op}: {op}'s int8 kernel needs "
+                         "its output on its input's grid; it cannot have a fixed output")
+
+
 def _compile_selectors(data: dict[str, Any], key: str, source: str) -> tuple[Selector, ...]:
     out = []
     for i, sel in enumerate(data.get(key, [])):
@@ -193,8 +241,11 @@ def _compile_selectors(data: dict[str, Any], key: str, source: str) -> tuple[Sel
 
 def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     """Validate plain table data and return the :class:`Table`; TableError names the entry."""
+    from qatir.table_fusions import validate_fusion
+
     _validate_schema(data, source)
     for i, f in enumerate(data.get("fusions", [])):
+        validate_fusion(i, f, source, _schema())
         _check_fusion(i, f, source)
     act = data["activations"]
     lo, hi = act.get("initial_range", [-6.0, 6.0])
@@ -206,9 +257,11 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     _check_ops(w.get("per_channel_axis", {}).keys(), source, "weights.per_channel_axis")
     for kind, qname in data["calibration"].items():
         _check_quantizer(qname, source, f"calibration.{kind}")
+    _check_weight_facts(w, source)
     cons = data["constraints"]
     for key in ("inherit", "same_scale"):
         _check_ops(cons.get(key, ()), source, f"constraints.{key}")
+        _check_grid_facts(key, cons.get(key, ()), source)
     both = set(cons.get("inherit", ())) & set(cons.get("same_scale", ()))
     if both:
         raise TableError(f"{source}: constraints: {sorted(both)} listed in both inherit and same_scale")
@@ -224,6 +277,7 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(scale * (1 << bits))):
             raise TableError(f"{source}: constraints.fixed_output.{op}.scale: {scale} must be a "
                              "finite positive number")
+        _check_fixed_fact(op, scale, zp, source)
         fixed[op] = (scale, zp)
     return Table(source, data, _compile_selectors(data, "include", source),
                  _compile_selectors(data, "exclude", source), fixed)

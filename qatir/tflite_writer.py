@@ -16,7 +16,6 @@ refused by :func:`check_size` with the size in the message.
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any
 
 import flatbuffers
@@ -26,9 +25,11 @@ from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
-from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, min_runtime_version
+from qatir.lowering.litert import check_dims
+from qatir.target import MAX_FLATBUFFER, min_runtime_version
+from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, emit
 
-MAX_FLATBUFFER = 2**31 - 1
+__all__ = ["MAX_FLATBUFFER", "check_size", "to_tflite"]
 SIGNATURE_KEY = "serving_default"
 _TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6,
           "int16": 7, "int8": 9}
@@ -50,7 +51,8 @@ def check_size(nbytes: int) -> None:
 
 
 def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
-              offset_buffers: bool | None = None, **opts: Any) -> bytes:
+              offset_buffers: bool | None = None, print_ir_after: Any = None,
+              ir_out: Any = None, **opts: Any) -> bytes:
     """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
 
     A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
@@ -59,50 +61,19 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     ``offset_buffers``: put constant data after the flatbuffer, addressed by
     each Buffer's ``offset``/``size`` (the schema's layout for models over 2 GB);
     ``None`` chooses it only when the constants do not fit in 2 GB.
+    ``print_ir_after`` / ``ir_out``: dump the IR after lowering steps (see
+    :func:`qatir.lowering.lower`).
     """
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
     # the lowered clone, its quantized constants and the flatbuffer each hold a copy
     check_fits(graph, copies=3, what="writing a TFLite model")
-    g = lower(graph, io=io) if (is_quantized(graph) or is_lowered(graph)) else lower(graph)
+    dump = {"print_ir_after": print_ir_after, "ir_out": ir_out}
+    g = lower(graph, io=io, **dump) if (is_quantized(graph) or is_lowered(graph)) \
+        else lower(graph, **dump)
     _fix_batch(g, batch_size)
-    _check_dims(g)
+    check_dims(g)
     return _Writer(g).build(offset_buffers)
-
-
-_INT32 = (-(1 << 31), (1 << 31) - 1)
-
-
-def _int_values(value: Any):
-    if isinstance(value, bool):
-        return
-    if isinstance(value, (int, np.integer)):
-        yield int(value)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _int_values(v)
-
-
-def _check_dims(g: Graph) -> None:
-    """TFLite stores dims, indices and integer options as int32: refuse anything larger,
-    and empty activations, which LiteRT's kernels refuse."""
-    lo, hi = _INT32
-    for t in g.tensors.values():
-        where = f" (output of node {t.producer.name!r})" if t.producer else ""
-        if any(d is not None and not lo <= d <= hi for d in t.shape):
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} does not fit "
-                              "TFLite's int32 dimensions")
-        if not t.is_const and 0 in t.shape:
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} is empty; "
-                              "LiteRT's kernels refuse empty inputs and outputs")
-        if not t.is_const and math.prod(d or 1 for d in t.shape) > hi:
-            raise ExportError(f"tensor %{t.name}{where}: shape {list(t.shape)} has more than "
-                              "2^31-1 elements, which LiteRT's kernels cannot index")
-    for node in g.nodes:
-        for key, value in node.attrs.items():
-            if any(not lo <= v <= hi for v in _int_values(value)):
-                raise ExportError(f"node {node.name!r} ({node.op}): attribute {key}={value} "
-                                  "does not fit TFLite's int32 fields")
 
 
 def _align16(n: int) -> int:
@@ -181,7 +152,7 @@ class _Writer:
             self.tensor(t)
         ctx = Ctx(self.tensor, self.const)
         for node in self.g.nodes:
-            self.ops.append(EMITTERS[node.op](node, ctx))
+            self.ops.append(emit(node, ctx))
         for t in self.g.outputs:
             self.tensor(t)
 

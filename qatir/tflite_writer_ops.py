@@ -1,7 +1,8 @@
 """IR node -> TFLite operator: builtin code, version, operand list and builtin options.
 
 Versions follow TF ``tensorflow/lite/tools/versioning/op_version.cc`` for the
-tensor types each op sees (see ``shared/TFLITE_INT8.md`` section 2). IR attrs
+tensor types each op sees (see ``shared/TFLITE_INT8.md`` section 2); every
+version an emitter can produce is declared in :data:`VERSIONS`. IR attrs
 that TFLite passes as operand tensors (reshape shape, reduction axes, pad
 amounts, perm, resize size, strided-slice begin/end/strides, transpose-conv
 output shape) become int32 constants here.
@@ -309,57 +310,31 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     "DEQUANTIZE": _dequantize,
 }
 
-# Minimum runtime per (op, version), from TF tools/versioning/runtime_version.cc.
-RUNTIME_VERSION: dict[tuple[str, int], str] = {
-    ("AVERAGE_POOL_2D", 1): "1.5.0", ("AVERAGE_POOL_2D", 2): "1.14.0",
-    ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0",
-    ("CONV_2D", 1): "1.5.0", ("CONV_2D", 3): "1.14.0",
-    ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
-    ("DEPTHWISE_CONV_2D", 3): "1.14.0",
-    ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0", ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0",
-    ("SUB", 3): "2.3.0", ("DIV", 1): "1.6.0",
-    ("CONCATENATION", 1): "1.5.0", ("CONCATENATION", 2): "1.14.0",
-    ("DEPTH_TO_SPACE", 1): "2.1.0", ("DEPTH_TO_SPACE", 2): "2.5.0",
-    ("FULLY_CONNECTED", 1): "1.5.0", ("FULLY_CONNECTED", 4): "1.14.0",
-    ("FULLY_CONNECTED", 5): "2.0.0", ("FULLY_CONNECTED", 6): "2.1.0",
-    ("GATHER", 1): "1.6.0", ("GATHER", 2): "1.14.0",
-    ("MAX_POOL_2D", 1): "1.5.0", ("MAX_POOL_2D", 2): "1.14.0",
-    ("MAXIMUM", 1): "1.14.0", ("MAXIMUM", 2): "1.14.0",
-    ("MINIMUM", 1): "1.14.0", ("MINIMUM", 2): "1.14.0",
-    ("MUL", 1): "1.5.0", ("MUL", 2): "1.14.0", ("MUL", 3): "1.15.0",
-    ("PAD", 1): "1.5.0", ("PAD", 2): "1.14.0", ("PAD", 4): "2.6.0",
-    ("PADV2", 1): "1.9.0", ("PADV2", 2): "1.14.0", ("PADV2", 4): "2.6.0",
-    ("RESHAPE", 1): "1.5.0",
-    ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0",
-    ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
-    ("TILE", 1): "1.10.1",
-    ("TRANSPOSE", 1): "1.6.0", ("TRANSPOSE", 2): "1.14.0", ("TRANSPOSE", 4): "2.3.0",
-    ("MEAN", 1): "1.6.0", ("MEAN", 2): "1.14.0", ("SUM", 1): "1.10.0", ("SUM", 2): "1.15.0",
-    ("REDUCE_MAX", 1): "1.11.0", ("REDUCE_MAX", 2): "1.14.0",
-    ("RELU6", 1): "1.5.0", ("RELU6", 2): "1.14.0", ("RELU", 1): "1.5.0", ("RELU", 2): "2.1.0",
-    ("RELU_N1_TO_1", 1): "1.5.0", ("RELU_0_TO_1", 1): "2.10.0",
-    ("RESIZE_BILINEAR", 1): "1.7.0", ("RESIZE_BILINEAR", 2): "1.14.0",
-    ("RESIZE_BILINEAR", 3): "2.2.0",
-    ("RESIZE_NEAREST_NEIGHBOR", 1): "1.13.1", ("RESIZE_NEAREST_NEIGHBOR", 2): "1.14.0",
-    ("RESIZE_NEAREST_NEIGHBOR", 3): "2.3.0",
-    ("SQUEEZE", 1): "1.6.0",
-    ("STRIDED_SLICE", 1): "1.6.0", ("STRIDED_SLICE", 2): "1.14.0", ("STRIDED_SLICE", 4): "2.2.0",
-    ("TANH", 1): "1.14.0", ("TANH", 2): "1.14.0", ("LOGISTIC", 1): "1.14.0",
-    ("LOGISTIC", 2): "1.14.0",
-    ("TRANSPOSE_CONV", 1): "1.9.0", ("TRANSPOSE_CONV", 2): "2.2.0", ("TRANSPOSE_CONV", 3): "2.3.0",
-    ("LEAKY_RELU", 1): "1.13.1", ("PRELU", 1): "1.8.0", ("HARD_SWISH", 1): "1.15.0",
-    ("QUANTIZE", 1): "1.14.0", ("QUANTIZE", 3): "2.7.0",
-    ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0", ("DEQUANTIZE", 5): "2.7.0",
-    ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
-    ("ABS", 1): "1.13.0",
+#: Every (builtin, versions) pair an emitter above can produce; the writer refuses any
+#: other, and tests/test_op_coverage.py checks each has a RUNTIME_VERSION entry.
+VERSIONS: dict[str, tuple[int, ...]] = {
+    "CONV_2D": (1, 3), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 4, 5, 6),
+    "TRANSPOSE_CONV": (1, 2, 3, 4), "ADD": (1, 2), "SUB": (1, 2, 3), "MUL": (1, 2, 3),
+    "DIV": (1,), "MAXIMUM": (1, 2), "MINIMUM": (1, 2), "RELU": (1, 2), "RELU6": (1, 2),
+    "RELU_N1_TO_1": (1,), "RELU_0_TO_1": (1,), "LOGISTIC": (1, 2), "TANH": (1, 2),
+    "HARD_SWISH": (1,), "EXP": (1,), "ABS": (1, 2), "NEG": (1,), "SQRT": (1,), "RSQRT": (1, 2),
+    "PRELU": (1,), "LEAKY_RELU": (1,), "SOFTMAX": (1, 2), "MAX_POOL_2D": (1, 2),
+    "AVERAGE_POOL_2D": (1, 2), "MEAN": (1, 2), "SUM": (1, 2), "REDUCE_MAX": (1, 2),
+    "RESHAPE": (1,), "SQUEEZE": (1,), "TRANSPOSE": (1, 2, 4, 6), "TILE": (1,),
+    "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
+    "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
+    "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2), "QUANTIZE": (1, 3),
+    "DEQUANTIZE": (1, 2, 5),
 }
 
 
-def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split("."))
+def emit(node: Node, ctx: Ctx) -> OpSpec:
+    """The TFLite operator for ``node``; its (code, version) must be a declared one."""
+    spec = EMITTERS[node.op](node, ctx)
+    if node.op in _BUILTIN_EMITTERS and spec.version not in VERSIONS.get(spec.code, ()):
+        raise ExportError(f"node {node.name!r}: the writer produced {spec.code} version "
+                          f"{spec.version}, not a declared one {VERSIONS.get(spec.code)}")
+    return spec
 
 
-def min_runtime_version(pairs: set[tuple[str, int]]) -> str:
-    """The highest runtime version any (op, version) pair needs ("" when none is known)."""
-    found = [RUNTIME_VERSION[p] for p in pairs if p in RUNTIME_VERSION]
-    return max(found, key=_vkey) if found else ""
+_BUILTIN_EMITTERS = frozenset(EMITTERS)

@@ -11,41 +11,17 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import qatir
 from qatir.cli import main, parse_input_shapes
 from qatir.demo import digits_cnn_onnx, load_digits_nchw
+from tests.helpers.onnx_models import tiny_onnx
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     rc = main([str(a) for a in args])
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
-
-
-def tiny_onnx(path, batch: str | int = "N") -> str:
-    """Conv(3->4) + BatchNorm + Relu + GlobalAveragePool + Flatten + Gemm(4->3), NCHW."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
-        ("w", rng.standard_normal((4, 3, 3, 3)) * 0.3), ("b", rng.standard_normal(4) * 0.1),
-        ("g", 1 + 0.1 * rng.standard_normal(4)), ("be", 0.1 * rng.standard_normal(4)),
-        ("m", 0.1 * rng.standard_normal(4)), ("v", 1 + 0.1 * rng.random(4)),
-        ("fw", rng.standard_normal((3, 4)) * 0.5), ("fb", np.zeros(3))]]
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["bn"]),
-        helper.make_node("Relu", ["bn"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.save(model, str(path))
-    return str(path)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qatir
 from qatir.errors import DataError
-from tests.test_cli import tiny_onnx
+from tests.helpers.onnx_models import tiny_onnx
 
 NO_TF = """
 import sys
@@ -88,8 +88,8 @@ def test_compile_summary_per_output_and_report_full(capsys, tmp_path):
 
 def test_litert_float_export_matches_tensorflow():
     from qatir.evaluate import FloatRun, evaluate, strip_fake_quant
-    from tests.qbuild import QB
-    from tests.test_reference import CASES
+    from tests.helpers.cases import CASES
+    from tests.helpers.qbuild import QB
 
     qb = QB(seed=3)
     q = qb.output(CASES["graph_residual"](qb))
@@ -113,8 +113,8 @@ def test_float_run_falls_back_to_tensorflow_and_says_why(monkeypatch):
     import qatir.tflite_writer
     from qatir.errors import ExportError
     from qatir.evaluate import FloatRun, strip_fake_quant
-    from tests.qbuild import QB
-    from tests.test_reference import CASES
+    from tests.helpers.cases import CASES
+    from tests.helpers.qbuild import QB
 
     qb = QB(seed=3)
     g = strip_fake_quant(qb.output(CASES["graph_residual"](qb)))
@@ -132,8 +132,8 @@ def test_float_run_falls_back_to_tensorflow_and_says_why(monkeypatch):
 def test_one_feed_validator_one_error_class(tmp_path):
     from qatir.data import load_npz
     from qatir.feeds import check_feeds, order_inputs
-    from tests.qbuild import QB
-    from tests.test_reference import CASES
+    from tests.helpers.cases import CASES
+    from tests.helpers.qbuild import QB
 
     qb = QB(seed=3)
     q = qb.output(CASES["graph_residual"](qb))

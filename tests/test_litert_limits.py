@@ -14,7 +14,7 @@ import pytest
 import qatir
 from qatir.errors import ExportError, ModelFormatError, ShapeError
 from qatir.ir import Graph, QuantParams
-from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT
+from qatir.lower import ADD_MAX_RATIO, XNN_MAX_REQUANT, lower
 from tests.helpers import QB, int8_feed, litert_run
 
 S_IN, S_W = 2 / 255, 1 / 127  # input range [-1, 1]; weights of 1.0 -> symmetric scale 1/127
@@ -216,3 +216,131 @@ def test_activations_beyond_int32_elements_are_refused():
     g.outputs = [g.add_node("RELU", [x], name="r").output]
     with pytest.raises(ExportError, match=r"more than 2\^31-1 elements"):
         qatir.to_tflite(g)
+
+
+# ------------------------------------------------------------- SOFTMAX under BUILTIN_REF
+# reference_ops::Softmax<int8, int8> aborts (TFLITE_CHECK on the reciprocal's exponent) when
+# a row's sum of exps reaches 512.0, and SoftmaxPrepare aborts (QuantizeMultiplierGreaterThanOne)
+# when beta x input scale <= 2^-26; see qatir/target.py and docs/parity-report.md. Wider
+# heads are written as an int16-output SOFTMAX + QUANTIZE (qatir/lowering/softmax.py).
+_RUN_FILE = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+buf = open(sys.argv[1], 'rb').read()
+feeds = dict(np.load(sys.argv[2]))
+kind = OpResolverType.BUILTIN_REF if sys.argv[3] == 'ref' else OpResolverType.AUTO
+it = Interpreter(model_content=buf, experimental_op_resolver_type=kind, num_threads=1)
+it.allocate_tensors()
+for d in it.get_input_details():
+    it.set_tensor(d['index'], feeds[d['name']])
+it.invoke()
+np.savez(sys.argv[4], **{d['name']: it.get_tensor(d['index']) for d in it.get_output_details()})
+"""
+
+
+def run_in_subprocess(tmp_path, buf: bytes, feeds: dict, resolver: str):
+    """Run ``buf`` in a fresh process (an abort must not take pytest down): (rc, outputs)."""
+    import subprocess
+    import sys
+
+    model, data, out = (tmp_path / f"{resolver}.{ext}" for ext in ("tflite", "in.npz", "out.npz"))
+    model.write_bytes(buf)
+    np.savez(data, **feeds)
+    proc = subprocess.run([sys.executable, "-c", _RUN_FILE, str(model), str(data), resolver,
+                           str(out)], capture_output=True, timeout=300)
+    return proc.returncode, (dict(np.load(out)) if proc.returncode == 0 else None)
+
+
+def softmax_head(depth: int, lo: float = -8.0, hi: float = 8.0) -> Graph:
+    qb = QB(0)
+    x = qb.input("x", [1, depth], lo, hi)
+    return qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
+
+
+def softmax_feeds(depth: int) -> list[dict[str, np.ndarray]]:
+    """The worst row for the REF kernel (every entry equal to the row maximum: the sum of
+    exps is the depth), a random row, and a peaked one (outputs well above zero)."""
+    rng = np.random.default_rng(0)
+    peaked = np.full((1, depth), -128, np.int8)
+    peaked[0, rng.integers(0, depth, 8)] = rng.integers(60, 128, 8)
+    return [{"x": np.full((1, depth), 7, np.int8)},
+            {"x": rng.integers(-128, 128, (1, depth)).astype(np.int8)}, {"x": peaked}]
+
+
+def runs_under_both_resolvers_bit_exact(tmp_path, g: Graph) -> None:
+    buf = qatir.to_tflite(g)
+    for feeds in softmax_feeds(g.inputs[0].shape[-1]):
+        for resolver, mode in (("ref", "reference"), ("auto", "xnnpack")):
+            rc, got = run_in_subprocess(tmp_path, buf, feeds, resolver)
+            assert rc == 0, f"{resolver}: exit code {rc}"
+            want = qatir.run_reference(g, feeds, kernels=mode)
+            np.testing.assert_array_equal(got["head_q"], want["head_q"])
+
+
+def test_softmax_at_the_ref_limit_stays_one_int8_op_and_runs_bit_exact(tmp_path):
+    from qatir.target import SOFTMAX_MAX_DEPTH
+
+    g = softmax_head(SOFTMAX_MAX_DEPTH)
+    assert [n.op for n in lower(g).nodes] == ["SOFTMAX"]
+    runs_under_both_resolvers_bit_exact(tmp_path, g)
+
+
+@pytest.mark.parametrize("depth", [512, 1000])
+def test_softmax_past_the_ref_limit_runs_through_int16_bit_exact(tmp_path, depth):
+    lg = lower(softmax_head(depth))
+    assert [(n.op, n.outputs[0].dtype.name) for n in lg.nodes] == [("SOFTMAX", "int16"),
+                                                                   ("QUANTIZE", "int8")]
+    runs_under_both_resolvers_bit_exact(tmp_path, softmax_head(depth))
+
+
+def test_softmax_past_the_int16_limit_is_refused_by_name():
+    from qatir.target import SOFTMAX_INT16_MAX_DEPTH
+
+    with pytest.raises(ExportError, match=r"'head_int16' \(SOFTMAX\).*depth 4096 exceeds 4095"
+                                          r".*BUILTIN_REF"):
+        qatir.to_tflite(softmax_head(SOFTMAX_INT16_MAX_DEPTH + 1))
+
+
+def test_softmax_with_a_tiny_input_scale_is_refused_by_name():
+    with pytest.raises(ExportError, match=r"'head' \(SOFTMAX\).*2\^-26.*prepare"):
+        qatir.to_tflite(softmax_head(8, -1e-6, 1e-6))
+
+
+@pytest.mark.parametrize("case", ["depth", "scale"])
+def test_what_qatir_avoids_does_abort_litert_reference_kernels(tmp_path, monkeypatch, case):
+    """The limits are LiteRT's, not qatir's caution: an int8 SOFTMAX of 512 classes, or one
+    with a tiny input scale, aborts the process under BUILTIN_REF (SIGABRT) and runs on the
+    default resolver."""
+    import qatir.lowering.litert as litert_step
+    import qatir.lowering.softmax as softmax_step
+
+    monkeypatch.setattr(litert_step, "softmax_ref_limit", lambda *a: None)
+    monkeypatch.setattr(softmax_step, "SOFTMAX_MAX_DEPTH", 1 << 20)
+    g = softmax_head(512) if case == "depth" else softmax_head(8, -1e-6, 1e-6)
+    buf = qatir.to_tflite(g)
+    feeds = softmax_feeds(g.inputs[0].shape[-1])[0]
+    rc, _ = run_in_subprocess(tmp_path, buf, feeds, "ref")
+    assert rc != 0, "expected LiteRT's reference SOFTMAX to abort"
+    rc, _ = run_in_subprocess(tmp_path, buf, feeds, "auto")
+    assert rc == 0
+
+
+def hard_swish(ratio: float) -> Graph:
+    """HARD_SWISH of an input in [-1, 1] whose output scale is the input's / ``ratio``."""
+    qb = QB(0)
+    x = qb.input("x", [1, 4, 4, 3], -1.0, 1.0)
+    s = S_IN / ratio
+    return qb.output(qb.op("HARD_SWISH", [x], {}, rng=(-128 * s, 127 * s), name="node"))
+
+
+def test_hard_swish_ratio_litert_cannot_prepare_is_refused():
+    from qatir.target import HARD_SWISH_MAX_RATIO
+
+    g = hard_swish(HARD_SWISH_MAX_RATIO * 0.99)
+    buf = qatir.to_tflite(g)
+    feeds = int8_feed(g)
+    for ref, mode in ((True, "reference"), (False, "xnnpack")):
+        got, _ = litert_run(buf, feeds, ref=ref)
+        np.testing.assert_array_equal(got["node_q"], qatir.run_reference(g, feeds, mode)["node_q"])
+    with pytest.raises(ExportError, match=r"'node' \(HARD_SWISH\).*not below 128"):
+        qatir.to_tflite(hard_swish(HARD_SWISH_MAX_RATIO * 1.01))

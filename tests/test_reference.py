@@ -11,6 +11,7 @@ from qatir.errors import ExportError
 from qatir.reference import run_reference
 from qatir.reference_math import mbqm, quantize_multiplier, srdhm
 from tests.helpers import CASES, QB, compare_all, int8_feed
+from tests.helpers.cases import RANDOM_CASES, rr  # noqa: F401
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -106,102 +107,6 @@ def test_pipeline_quantized_graph_is_bit_exact():
     assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
 
 
-# ------------------------------------------------------------- random parameters
-def rr(rng, pos=False):
-    """A random activation range (sometimes excluding 0 on the negative side)."""
-    a = float(rng.uniform(0.05, 8))
-    lo = 0.0 if pos else -float(rng.uniform(0, a * 1.5))
-    return (lo, a)
-
-
-RANDOM_CASES = {
-    "conv": lambda qb, r: qb.conv(
-        "CONV_2D",
-        qb.input("x", [1, 7, 7, 5], *rr(r)),
-        [4, 3, 3, 5],
-        {
-            "padding": "SAME",
-            "stride": [int(r.integers(1, 3))] * 2,
-            "fused_activation": str(r.choice(["NONE", "RELU", "RELU6"])),
-        },
-        rr(r),
-        wscale=float(r.uniform(0.01, 1)),
-    ),
-    "dw": lambda qb, r: qb.conv(
-        "DEPTHWISE_CONV_2D",
-        qb.input("x", [1, 7, 7, 5], *rr(r)),
-        [1, 3, 3, 5],
-        {"padding": "SAME"},
-        rr(r),
-        wscale=float(r.uniform(0.01, 1)),
-    ),
-    "fc": lambda qb, r: qb.conv(
-        "FULLY_CONNECTED",
-        qb.input("x", [3, 20], *rr(r)),
-        [7, 20],
-        {"fused_activation": str(r.choice(["NONE", "RELU"]))},
-        rr(r),
-        wscale=float(r.uniform(0.01, 1)),
-    ),
-    "tconv": lambda qb, r: qb.conv(
-        "TRANSPOSE_CONV",
-        qb.input("x", [1, 4, 4, 5], *rr(r)),
-        [3, 3, 3, 5],
-        {"padding": "SAME", "stride": [2, 2]},
-        rr(r),
-        wscale=float(r.uniform(0.01, 1)),
-    ),
-    "add": lambda qb, r: qb.op(
-        "ADD",
-        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
-        None,
-        rr(r),
-    ),
-    "sub": lambda qb, r: qb.op(
-        "SUB",
-        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
-        None,
-        rr(r),
-    ),
-    "mul": lambda qb, r: qb.op(
-        "MUL",
-        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 4], *rr(r))],
-        None,
-        rr(r),
-    ),
-    "avg": lambda qb, r: qb.op(
-        "AVERAGE_POOL_2D",
-        [qb.input("x", [1, 7, 7, 4], *rr(r))],
-        {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"},
-    ),
-    "mean": lambda qb, r: qb.op(
-        "MEAN", [qb.input("x", [1, 7, 7, 4], *rr(r))], {"axis": [1, 2], "keep_dims": True}, rr(r)
-    ),
-    "softmax": lambda qb, r: qb.op(
-        "SOFTMAX", [qb.input("x", [4, 10], *rr(r))], {"beta": float(r.uniform(0.5, 2))}, (0, 1)
-    ),
-    "logistic": lambda qb, r: qb.op("LOGISTIC", [qb.input("x", [4, 64], *rr(r))], None, (0, 1)),
-    "tanh": lambda qb, r: qb.op("TANH", [qb.input("x", [4, 64], *rr(r))], None, (-1, 1)),
-    "hswish": lambda qb, r: qb.op("HARD_SWISH", [qb.input("x", [4, 64], *rr(r))], None, rr(r)),
-    "leaky": lambda qb, r: qb.op(
-        "LEAKY_RELU",
-        [qb.input("x", [4, 64], *rr(r))],
-        {"alpha": float(r.uniform(0.01, 0.5))},
-        rr(r),
-    ),
-    "relu": lambda qb, r: qb.op("RELU", [qb.input("x", [4, 64], *rr(r))], None, rr(r, True)),
-    "requant": lambda qb, r: qb.fq(
-        qb.op("RESHAPE", [qb.input("x", [4, 64], *rr(r))], {"new_shape": [256]}), *rr(r)
-    ),
-    "resize": lambda qb, r: qb.op(
-        "RESIZE_BILINEAR",
-        [qb.input("x", [1, 5, 6, 3], *rr(r))],
-        {
-            "size": [int(r.integers(3, 13)), int(r.integers(3, 13))],
-            "half_pixel_centers": bool(r.integers(0, 2)),
-        },
-    ),
-}
 
 
 @pytest.mark.parametrize("name", sorted(RANDOM_CASES))

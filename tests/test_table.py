@@ -138,3 +138,79 @@ def test_plain_data_table():
     data["weights"]["per_channel_axis"]["CONVV"] = 0
     with pytest.raises(TableError, match=r"<table>: weights\.per_channel_axis: unknown op 'CONVV'"):
         load_table(data)
+
+
+# ------------------------------------------------------------ plug-in fusion kinds
+def _plugin_kind():
+    from qatir.table import register_fusion_kind
+
+    def check(i, entry, source):
+        if entry["factor"] <= 0:
+            raise TableError(f"{source}: fusions[{i}].factor: must be positive")
+
+    register_fusion_kind("scale_fold_test", {"ops": {"$ref": "#/$defs/oplist"},
+                                             "factor": {"type": "number"}},
+                         required=["factor"], check=check, replace=True)
+
+
+def _with_fusion(body: str) -> str:
+    return DEFAULT + f'\n[[fusions]]\nname = "mine"\n{body}\n'
+
+
+def test_a_plugin_fusion_kind_with_its_own_fields_loads(tmp_path):
+    _plugin_kind()
+    t = load_table(_write(tmp_path, _with_fusion('kind = "scale_fold_test"\nfactor = 2.0\n'
+                                                 'ops = ["CONV_2D"]')))
+    (_, entry), = t.fusions("scale_fold_test")
+    assert entry["factor"] == 2.0 and entry["ops"] == ["CONV_2D"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('kind = "scale_fold_test"', r"fusions\[\d+\]: 'factor' is a required property"),
+    ('kind = "scale_fold_test"\nfactor = 1\nfactr = 2',
+     r"fusions\[\d+\]: Additional properties.*'factr'.*scale_fold_test"),
+    ('kind = "scale_fold_test"\nfactor = "two"', r"fusions\[\d+\]\.factor: 'two' is not of type"),
+    ('kind = "scale_fold_test"\nfactor = -1', r"fusions\[\d+\]\.factor: must be positive"),
+    ('kind = "no_such_kind"', r"fusions\[\d+\]\.kind: unknown fusion kind 'no_such_kind'.*"
+                              r"register_fusion_kind"),
+    ('kind = "clip"\nfactor = 2.0', r"fusions\[\d+\]: .*'factor'.*fusion kind 'clip'"),
+])
+def test_plugin_and_builtin_fusion_kinds_check_their_fields(tmp_path, body, message):
+    _plugin_kind()
+    with pytest.raises(TableError, match=rf"my\.toml: {message}"):
+        load_table(_write(tmp_path, _with_fusion(body)))
+
+
+def test_fusion_kinds_cannot_be_registered_twice_by_accident():
+    from qatir.errors import QatirError
+    from qatir.table import register_fusion_kind
+
+    with pytest.raises(QatirError, match="already registered"):
+        register_fusion_kind("clip", {})
+    with pytest.raises(QatirError, match="required field"):
+        register_fusion_kind("broken_kind_test", {}, required=["x"])
+
+
+# ------------------------------------------------------------ policy vs op facts
+@pytest.mark.parametrize("old, new, message", [
+    ("SOFTMAX = { scale = 0.00390625, zero_point = -128 }",
+     "SOFTMAX = { scale = 0.0078125, zero_point = -128 }",
+     r"constraints\.fixed_output\.SOFTMAX: scale 0\.0078125.*contradicts LiteRT's fixed output"),
+    ('inherit = ["MAX_POOL_2D",', 'inherit = ["ADD", "MAX_POOL_2D",',
+     r"constraints\.inherit: 'ADD' does not keep its input's grid"),
+    ('same_scale = ["AVERAGE_POOL_2D",', 'same_scale = ["TANH", "AVERAGE_POOL_2D",',
+     r"constraints\.same_scale: 'TANH' has a fixed output"),
+    ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { CONV_2D = 3,",
+     r"weights\.per_channel_axis\.CONV_2D: axis 3 contradicts the op's TFLite per-channel axis 0"),
+    ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { FULLY_CONNECTED = 0, CONV_2D = 0,",
+     r"weights\.per_channel_axis\.FULLY_CONNECTED: qatir exports FULLY_CONNECTED weights "
+     r"per-tensor only"),
+])
+def test_a_table_entry_that_contradicts_an_op_fact_is_refused_by_name(tmp_path, old, new, message):
+    with pytest.raises(TableError, match=rf"my\.toml: {message}"):
+        load_table(_write(tmp_path, _edit(old, new)))
+
+
+def test_fixed_outputs_come_from_the_op_facts_when_a_table_omits_them(tmp_path):
+    text = _edit("LOGISTIC = { scale = 0.00390625, zero_point = -128 }\n", "")
+    assert load_table(_write(tmp_path, text)).fixed_output["LOGISTIC"] == (1 / 256, -128)

@@ -39,10 +39,11 @@ from qatir.frontends.tflite_reader import (
 )
 from qatir.frontends.tflite_sparse import densify
 from qatir.ir import Graph, QuantParams, Tensor
+from qatir.ops import fact_map
 
 MAX_FILE_BYTES = 1 << 33
-# IR weight ops -> output-channel axis of their weights.
-WEIGHT_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 0, "FULLY_CONNECTED": 0}
+# IR weight ops -> output-channel axis of their weights (the ops' channel_axis facts).
+WEIGHT_OPS = fact_map("channel_axis")
 
 
 def load_tflite(path: str | os.PathLike) -> Graph:

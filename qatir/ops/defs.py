@@ -11,363 +11,109 @@ Attribute conventions (shared by frontends, TF execution, reference and writer):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from qatir.ops.registry import check, register_op
+from qatir.ops import infer as shape
+from qatir.ops.infer import conv_out  # noqa: F401  (re-exported)
+from qatir.ops.registry import register_op
 
-F32 = np.float32
 ACT = {"fused_activation": "NONE"}
-
-
-def _in(node, i=0):
-    t = node.inputs[i]
-    check(t is not None, f"input {i} is missing")
-    return t
-
-
-def _same(node):
-    x = _in(node)
-    return [(x.shape, x.dtype)]
-
-
-def _broadcast(a, b):
-    out = []
-    for i in range(max(len(a), len(b))):
-        da = a[len(a) - 1 - i] if i < len(a) else 1
-        db = b[len(b) - 1 - i] if i < len(b) else 1
-        if da == 1:
-            out.append(db)
-        elif db == 1 or db == da:
-            out.append(da)
-        elif da is None or db is None:
-            out.append(da if db is None else db)
-        else:
-            check(False, f"shapes {list(a)} and {list(b)} do not broadcast")
-    return tuple(reversed(out))
-
-
-def _binary(node):
-    a, b = _in(node, 0), _in(node, 1)
-    return [(_broadcast(a.shape, b.shape), a.dtype)]
-
-
-def conv_out(size, k, stride, dilation, padding):
-    """Output length of a TFLite-style SAME/VALID window op along one axis."""
-    if size is None:
-        return None
-    eff = (k - 1) * dilation + 1
-    if padding == "SAME":
-        return -(-size // stride)
-    check(padding == "VALID", f"padding must be SAME or VALID, got {padding!r}")
-    check(size >= eff, f"window {eff} larger than input {size}")
-    return (size - eff) // stride + 1
-
-
-def _window(x, kh, kw, attrs, channels):
-    check(x.rank == 4, f"expected a 4-D NHWC input, got shape {list(x.shape)}")
-    sh, sw = attrs["stride"]
-    dh, dw = attrs.get("dilation", (1, 1))
-    n, h, w, _ = x.shape
-    return (n, conv_out(h, kh, sh, dh, attrs["padding"]), conv_out(w, kw, sw, dw, attrs["padding"]),
-            channels)
-
-
-def _check_bias(node, channels):
-    b = node.inputs[2] if len(node.inputs) > 2 else None
-    if b is not None:
-        check(b.shape == (channels,), f"bias %{b.name} has shape {list(b.shape)}, "
-                                      f"expected [{channels}]")
-
-
-def _conv(node):
-    x, w = _in(node), _in(node, 1)
-    _check_bias(node, w.shape[0])
-    check(w.rank == 4, "CONV_2D weights must be 4-D OHWI")
-    check(x.shape[3] is None or x.shape[3] == w.shape[3],
-          f"input channels {x.shape[3]} != weight channels {w.shape[3]} (OHWI)")
-    return [(_window(x, w.shape[1], w.shape[2], node.attrs, w.shape[0]), x.dtype)]
-
-
-def _dwconv(node):
-    x, w = _in(node), _in(node, 1)
-    _check_bias(node, w.shape[3])
-    check(w.rank == 4 and w.shape[0] == 1, "DEPTHWISE_CONV_2D weights must be 1HWO")
-    m = node.attrs["depth_multiplier"]
-    check(x.shape[3] is None or x.shape[3] * m == w.shape[3],
-          f"channels {x.shape[3]} x multiplier {m} != weight channels {w.shape[3]}")
-    return [(_window(x, w.shape[1], w.shape[2], node.attrs, w.shape[3]), x.dtype)]
-
-
-def _fc(node):
-    x, w = _in(node), _in(node, 1)
-    _check_bias(node, w.shape[0])
-    check(w.rank == 2, "FULLY_CONNECTED weights must be [N, K]")
-    check(x.shape[-1] is None or x.shape[-1] == w.shape[1],
-          f"input depth {x.shape[-1]} != weight depth {w.shape[1]}")
-    if node.attrs["keep_num_dims"]:
-        return [(x.shape[:-1] + (w.shape[0],), x.dtype)]
-    lead = x.shape[:-1]
-    rows = None if any(d is None for d in lead) else int(np.prod(lead, dtype=np.int64))
-    return [((rows, w.shape[0]), x.dtype)]
-
-
-def _tconv(node):
-    x, w = _in(node), _in(node, 1)
-    _check_bias(node, w.shape[0])
-    check(x.rank == 4 and w.rank == 4, "TRANSPOSE_CONV needs 4-D input and OHWI weights")
-    check(x.shape[3] is None or x.shape[3] == w.shape[3],
-          f"input channels {x.shape[3]} != weight channels {w.shape[3]} (OHWI)")
-    sh, sw = node.attrs["stride"]
-    n, h, wd, _ = x.shape
-
-    def size(i, k, s):
-        if i is None:
-            return None
-        return i * s if node.attrs["padding"] == "SAME" else (i - 1) * s + k
-
-    return [((n, size(h, w.shape[1], sh), size(wd, w.shape[2], sw), w.shape[0]), x.dtype)]
-
-
-def _pool(node):
-    x = _in(node)
-    kh, kw = node.attrs["filter"]
-    return [(_window(x, kh, kw, node.attrs, x.shape[3]), x.dtype)]
-
-
-def _axes(node, rank):
-    axes = node.attrs["axis"]
-    axes = [axes] if isinstance(axes, int) else list(axes)
-    return sorted({a % rank for a in axes})
-
-
-def _reduce(node):
-    x = _in(node)
-    axes = _axes(node, x.rank)
-    if node.attrs["keep_dims"]:
-        return [(tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype)]
-    return [(tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype)]
-
-
-def _reshape(node):
-    x = _in(node)
-    new = [int(d) for d in node.attrs["new_shape"]]
-    check(sum(d == -1 for d in new) <= 1, f"new_shape {new} has more than one -1")
-    known = [d for d in x.shape if d is not None]
-    if -1 in new:
-        rest = math.prod(d for d in new if d != -1)
-        if len(known) == x.rank:
-            total = math.prod(known)
-            check(rest > 0 and total % rest == 0, f"cannot reshape {list(x.shape)} to {new}")
-            new = [total // rest if d == -1 else d for d in new]
-        else:
-            return [(tuple(None if d == -1 else d for d in new), x.dtype)]
-    elif len(known) == x.rank:
-        check(math.prod(new) == math.prod(known), f"cannot reshape {list(x.shape)} to {new}")
-    else:  # dynamic dims and no -1: the known dims must divide the new size
-        k, size = math.prod(known), math.prod(new)
-        check(size == 0 if k == 0 else size % k == 0, f"cannot reshape {list(x.shape)} to {new}")
-    return [(tuple(new), x.dtype)]
-
-
-def _squeeze(node):
-    x = _in(node)
-    dims = node.attrs["squeeze_dims"]
-    if not dims:
-        return [(tuple(d for d in x.shape if d != 1), x.dtype)]
-    dims = {d % x.rank for d in dims}
-    for d in dims:
-        check(x.shape[d] in (1, None), f"cannot squeeze dim {d} of size {x.shape[d]}")
-    return [(tuple(s for i, s in enumerate(x.shape) if i not in dims), x.dtype)]
-
-
-def _transpose(node):
-    x = _in(node)
-    perm = list(node.attrs["perm"])
-    check(sorted(perm) == list(range(x.rank)), f"perm {perm} does not fit rank {x.rank}")
-    return [(tuple(x.shape[p] for p in perm), x.dtype)]
-
-
-def _tile(node):
-    x = _in(node)
-    reps = [int(r) for r in node.attrs["multiples"]]
-    check(len(reps) == x.rank and all(r >= 1 for r in reps),
-          f"multiples {reps} must be {x.rank} positive counts")
-    return [(tuple(None if d is None else d * r for d, r in zip(x.shape, reps)), x.dtype)]
-
-
-def _concat(node):
-    xs = [t for t in node.inputs]
-    check(len(xs) >= 1 and all(t is not None for t in xs), "CONCATENATION needs inputs")
-    rank = xs[0].rank
-    axis = node.attrs["axis"] % rank
-    out = list(xs[0].shape)
-    for t in xs[1:]:
-        check(t.rank == rank, "CONCATENATION inputs differ in rank")
-        for i in range(rank):
-            if i == axis:
-                out[i] = None if out[i] is None or t.shape[i] is None else out[i] + t.shape[i]
-            elif out[i] is None:
-                out[i] = t.shape[i]
-            else:
-                check(t.shape[i] in (None, out[i]),
-                      f"CONCATENATION inputs differ in dim {i}: {out[i]} vs {t.shape[i]}")
-    return [(tuple(out), xs[0].dtype)]
-
-
-def _pad(node):
-    x = _in(node)
-    pads = node.attrs["paddings"]
-    check(len(pads) == x.rank, f"paddings {pads} do not fit rank {x.rank}")
-    return [(tuple(None if d is None else d + int(a) + int(b) for d, (a, b) in zip(x.shape, pads)),
-             x.dtype)]
-
-
-def _resize(node):
-    x = _in(node)
-    check(x.rank == 4, "resize needs a 4-D NHWC input")
-    h, w = node.attrs["size"]
-    return [((x.shape[0], int(h), int(w), x.shape[3]), x.dtype)]
-
-
-def _d2s(node):
-    x = _in(node)
-    b = node.attrs["block_size"]
-    n, h, w, c = x.shape
-    check(c is None or c % (b * b) == 0, f"channels {c} not divisible by {b * b}")
-    return [((n, None if h is None else h * b, None if w is None else w * b,
-              None if c is None else c // (b * b)), x.dtype)]
-
-
-def _s2d(node):
-    x = _in(node)
-    b = node.attrs["block_size"]
-    n, h, w, c = x.shape
-    check((h is None or h % b == 0) and (w is None or w % b == 0),
-          f"spatial dims {h}x{w} not divisible by {b}")
-    return [((n, None if h is None else h // b, None if w is None else w // b,
-              None if c is None else c * b * b), x.dtype)]
-
-
-def _strided_slice(node):
-    x = _in(node)
-    begin, end, strides = (node.attrs[k] for k in ("begin", "end", "strides"))
-    check(len(begin) == len(end) == len(strides) == x.rank, "begin/end/strides must cover every dim")
-    out = []
-    for d, b, e, s in zip(x.shape, begin, end, strides):
-        check(s != 0, "stride 0 in STRIDED_SLICE")
-        if d is None:
-            out.append(None)
-            continue
-        out.append(len(range(*slice(b, e, s).indices(d))))
-    shrink = node.attrs.get("shrink_axis", [])
-    return [(tuple(d for i, d in enumerate(out) if i not in shrink), x.dtype)]
-
-
-def _gather(node):
-    x, idx = _in(node), _in(node, 1)
-    axis = node.attrs["axis"] % x.rank
-    dim = x.shape[axis]
-    if idx.data is not None and dim is not None and idx.data.size:
-        lo, hi = int(idx.data.min()), int(idx.data.max())
-        check(-dim <= lo and hi < dim, f"indices %{idx.name} range [{lo}, {hi}] outside "
-                                       f"[{-dim}, {dim}) of axis {axis}")
-    return [(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)]
-
-
-def _batch_matmul(node):
-    a, b = _in(node), _in(node, 1)
-    check(a.rank >= 2 and b.rank >= 2, "BATCH_MATMUL needs rank >= 2")
-    m, k = (a.shape[-1], a.shape[-2]) if node.attrs["adj_x"] else (a.shape[-2], a.shape[-1])
-    k2, n = (b.shape[-1], b.shape[-2]) if node.attrs["adj_y"] else (b.shape[-2], b.shape[-1])
-    check(k is None or k2 is None or k == k2, f"inner dims differ: {k} vs {k2}")
-    lead = _broadcast(a.shape[:-2], b.shape[:-2])
-    return [(lead + (m, n), a.dtype)]
-
-
-def _prelu(node):
-    x, alpha = _in(node), _in(node, 1)
-    _broadcast(x.shape, alpha.shape)
-    return [(x.shape, x.dtype)]
-
-
-def _typed(dtype):
-    def infer(node):
-        return [(_in(node).shape, np.dtype(node.attrs.get("dtype") or dtype))]
-    return infer
-
-
-def _shape_of(node):
-    return [((_in(node).rank,), np.int32)]
-
-
-def _fake_quant(node):
-    x = _in(node)
-    return [(x.shape, x.dtype)]
-
 
 _CONV_ATTRS = {"stride": [1, 1], "dilation": [1, 1], "padding": "VALID", **ACT}
 
-register_op("CONV_2D", _conv, inputs=(2, 3), attrs=_CONV_ATTRS,
-            doc="y = act(conv(x, w) + b); x NHWC, w OHWI")
-register_op("DEPTHWISE_CONV_2D", _dwconv, inputs=(2, 3), attrs={**_CONV_ATTRS, "depth_multiplier": 1},
-            doc="depthwise conv; w 1HWO, O = C * depth_multiplier")
-register_op("FULLY_CONNECTED", _fc, inputs=(2, 3), attrs={"keep_num_dims": False, **ACT},
-            doc="y = act(x @ w.T + b); w [N, K]")
-register_op("TRANSPOSE_CONV", _tconv, inputs=(2, 3), attrs={"stride": [1, 1], "padding": "VALID", **ACT},
-            doc="transposed conv; inputs (x, w OHWI, b?)")
-for _op in ("ADD", "SUB", "MUL", "DIV"):
-    register_op(_op, _binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise")
+# Facts (see OpDef): weight/bias slots, the weight's output-channel axis (channel_axis) and
+# TFLite per-channel axis (quant_axis), the output's quantization role, and LiteRT kernel
+# availability. int8=True: LiteRT has an int8 kernel and qatir's writer and integer
+# reference support it. int16: LiteRT's 16x8 kernels (op_version.cc int16 branches,
+# shared/TFLITE_INT8.md section 6). Same-scale ops: LiteRT's int8 kernel needs the output
+# on the input's grid (quantization_spec.md; concatenation.cc checks it exactly).
+I8 = {"int8": True}
+I816 = {"int8": True, "int16": True}
+SAME = {"quant": "same_scale"}
+_WEIGHTS = {"weight": 1, "bias": 2}
+_OUT_256 = {"quant": "fixed", "fixed_output": (1.0 / 256.0, -128)}
+
+register_op("CONV_2D", shape.conv, inputs=(2, 3), attrs=_CONV_ATTRS,
+            doc="y = act(conv(x, w) + b); x NHWC, w OHWI",
+            **_WEIGHTS, channel_axis=0, quant_axis=0, **I816)
+register_op("DEPTHWISE_CONV_2D", shape.dwconv, inputs=(2, 3), attrs={**_CONV_ATTRS, "depth_multiplier": 1},
+            doc="depthwise conv; w 1HWO, O = C * depth_multiplier",
+            **_WEIGHTS, channel_axis=3, quant_axis=3, **I816)
+register_op("FULLY_CONNECTED", shape.fc, inputs=(2, 3), attrs={"keep_num_dims": False, **ACT},
+            doc="y = act(x @ w.T + b); w [N, K]",
+            **_WEIGHTS, channel_axis=0, quant_axis=0, **I816)
+register_op("TRANSPOSE_CONV", shape.tconv, inputs=(2, 3), attrs={"stride": [1, 1], "padding": "VALID", **ACT},
+            doc="transposed conv; inputs (x, w OHWI, b?)",
+            **_WEIGHTS, channel_axis=0, quant_axis=0, **I816)
+for _op in ("ADD", "SUB", "MUL"):
+    register_op(_op, shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise", **I816)
+register_op("DIV", shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise")
 for _op in ("MAXIMUM", "MINIMUM"):
-    register_op(_op, _binary, inputs=2, doc="broadcasting elementwise")
-for _op in ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "HARD_SWISH",
-            "IDENTITY", "EXP", "ABS", "NEG", "SQRT", "RSQRT"):
-    register_op(_op, _same, doc="elementwise")
-register_op("LEAKY_RELU", _same, attrs={"alpha": 0.2})
-register_op("PRELU", _prelu, inputs=2, doc="y = x if x >= 0 else alpha * x (alpha broadcasts)")
-register_op("SOFTMAX", _same, attrs={"beta": 1.0}, doc="softmax over the last axis")
-register_op("MAX_POOL_2D", _pool, attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT})
-register_op("AVERAGE_POOL_2D", _pool,
+    register_op(_op, shape.binary, inputs=2, doc="broadcasting elementwise", **SAME, **I8)
+for _op in ("RELU6", "RELU_N1_TO_1", "HARD_SWISH"):
+    register_op(_op, shape.same, doc="elementwise", **I8)
+register_op("RELU", shape.same, doc="elementwise", quant="inherit", **I8)
+register_op("IDENTITY", shape.same, doc="elementwise", quant="inherit")
+register_op("LOGISTIC", shape.same, doc="elementwise", **_OUT_256, **I816)
+register_op("TANH", shape.same, doc="elementwise", quant="fixed", fixed_output=(1.0 / 128.0, 0), **I816)
+for _op in ("RELU_0_TO_1", "ABS", "NEG"):
+    register_op(_op, shape.same, doc="elementwise")
+for _op in ("EXP", "SQRT", "RSQRT"):
+    register_op(_op, shape.same, doc="elementwise", int16=True)
+register_op("LEAKY_RELU", shape.same, attrs={"alpha": 0.2}, **I816)
+register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x (alpha broadcasts)",
+            params=((1, "alpha"),), **I8)
+register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},
+            doc="softmax over the last axis (int8 in, int8 or int16 out: attribute dtype)", **_OUT_256,
+            **I816)
+register_op("MAX_POOL_2D", shape.pool, attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT},
+            **SAME, **I816)
+register_op("AVERAGE_POOL_2D", shape.pool,
             attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT},
-            doc="SAME padding averages over in-bounds taps only (TFLite)")
-register_op("MEAN", _reduce, attrs={"axis": [1, 2], "keep_dims": False})
-register_op("SUM", _reduce, attrs={"axis": [1, 2], "keep_dims": False})
-register_op("REDUCE_MAX", _reduce, attrs={"axis": [1, 2], "keep_dims": False})
-register_op("RESHAPE", _reshape, attrs={"new_shape": [-1]})
-register_op("SQUEEZE", _squeeze, attrs={"squeeze_dims": []})
-register_op("TRANSPOSE", _transpose, attrs={"perm": [0]})
-register_op("TILE", _tile, attrs={"multiples": [1]})
-register_op("CONCATENATION", _concat, inputs=(1, 1 << 16), attrs={"axis": -1, **ACT})
-register_op("PAD", _pad, attrs={"paddings": [], "constant_value": 0.0},
-            doc="paddings [[before, after], ...]; constant_value != 0 exports as PADV2")
-register_op("RESIZE_BILINEAR", _resize,
-            attrs={"size": [1, 1], "align_corners": False, "half_pixel_centers": False})
-register_op("RESIZE_NEAREST_NEIGHBOR", _resize,
-            attrs={"size": [1, 1], "align_corners": False, "half_pixel_centers": False})
-register_op("DEPTH_TO_SPACE", _d2s, attrs={"block_size": 2})
-register_op("SPACE_TO_DEPTH", _s2d, attrs={"block_size": 2})
-register_op("STRIDED_SLICE", _strided_slice,
+            doc="SAME padding averages over in-bounds taps only (TFLite)", **SAME, **I816)
+register_op("MEAN", shape.reduce, attrs={"axis": [1, 2], "keep_dims": False}, **I816)
+register_op("SUM", shape.reduce, attrs={"axis": [1, 2], "keep_dims": False}, **I8)
+register_op("REDUCE_MAX", shape.reduce, attrs={"axis": [1, 2], "keep_dims": False}, **SAME, **I8)
+register_op("RESHAPE", shape.reshape, attrs={"new_shape": [-1]}, **SAME, **I816)
+register_op("SQUEEZE", shape.squeeze, attrs={"squeeze_dims": []}, **SAME, **I816)
+register_op("TRANSPOSE", shape.transpose, attrs={"perm": [0]}, **SAME, **I816)
+register_op("TILE", shape.tile, attrs={"multiples": [1]}, **SAME, **I8)
+register_op("CONCATENATION", shape.concat, inputs=(1, 1 << 16), attrs={"axis": -1, **ACT}, **SAME, **I816)
+register_op("PAD", shape.pad, attrs={"paddings": [], "constant_value": 0.0},
+            doc="paddings [[before, after], ...]; constant_value != 0 exports as PADV2",
+            **SAME, **I816)
+register_op("RESIZE_BILINEAR", shape.resize,
+            attrs={"size": [1, 1], "align_corners": False, "half_pixel_centers": False},
+            **SAME, **I816)
+register_op("RESIZE_NEAREST_NEIGHBOR", shape.resize,
+            attrs={"size": [1, 1], "align_corners": False, "half_pixel_centers": False},
+            **SAME, **I816)
+register_op("DEPTH_TO_SPACE", shape.d2s, attrs={"block_size": 2}, **SAME, **I8)
+register_op("SPACE_TO_DEPTH", shape.s2d, attrs={"block_size": 2}, **SAME, **I8)
+register_op("STRIDED_SLICE", shape.strided_slice,
             attrs={"begin": [], "end": [], "strides": [], "shrink_axis": []},
-            doc="python-style slice per dim; begin/end/strides cover every dim")
-register_op("GATHER", _gather, inputs=2, attrs={"axis": 0})
-register_op("BATCH_MATMUL", _batch_matmul, inputs=2, attrs={"adj_x": False, "adj_y": False})
-register_op("QUANTIZE", _typed(np.int8), attrs={"dtype": "int8"},
-            doc="float -> int, or int -> int requantize; params on the output tensor")
-register_op("DEQUANTIZE", _typed(np.float32), attrs={"dtype": "float32"})
-register_op("CAST", _typed(np.float32), attrs={"dtype": "float32"})
-register_op("SHAPE", _shape_of)
+            doc="python-style slice per dim; begin/end/strides cover every dim", **SAME, **I816)
+register_op("GATHER", shape.gather, inputs=2, attrs={"axis": 0}, **SAME, **I816)
+register_op("BATCH_MATMUL", shape.batch_matmul, inputs=2, attrs={"adj_x": False, "adj_y": False},
+            int16=True)
+register_op("QUANTIZE", shape.typed(np.int8), attrs={"dtype": "int8"},
+            doc="float -> int, or int -> int requantize; params on the output tensor", **I816)
+register_op("DEQUANTIZE", shape.typed(np.float32), attrs={"dtype": "float32"}, **I816)
+register_op("CAST", shape.typed(np.float32), attrs={"dtype": "float32"})
+register_op("SHAPE", shape.shape_of)
 
 # IR-only ops: passes remove or lower them before export.
-register_op("BATCH_NORM", _same, inputs=5, attrs={"epsilon": 1e-5, "momentum": 0.9}, ir_only=True,
+register_op("BATCH_NORM", shape.same, inputs=5, attrs={"epsilon": 1e-5, "momentum": 0.9}, ir_only=True,
             doc="y = gamma * (x - mean) / sqrt(var + eps) + beta over the last axis; "
-                "inputs (x, gamma, beta, mean, var)")
-register_op("FAKE_QUANT", _fake_quant, inputs=3,
+                "inputs (x, gamma, beta, mean, var)",
+            params=((1, "gamma"), (2, "beta"), (3, "moving_mean"), (4, "moving_var")))
+register_op("FAKE_QUANT", shape.fake_quant, inputs=3,
             attrs={"bits": 8, "narrow_range": False, "axis": None, "symmetric": False,
                    "quantizer": "minmax", "kind": "activation"},
             ir_only=True,
-            doc="quantize-dequantize x to [min, max] (inputs x, min, max; per-channel when axis set)")
-register_op("CLIP", _same, attrs={"min": None, "max": None}, ir_only=True,
+            doc="quantize-dequantize x to [min, max] (inputs x, min, max; per-channel when axis set)",
+            params=((1, "range"), (2, "range")))
+register_op("CLIP", shape.same, attrs={"min": None, "max": None}, ir_only=True,
             doc="clip(x, min, max); None means unbounded. Lowered to RELU* / MAXIMUM+MINIMUM")
-register_op("HARD_SIGMOID", _same, attrs={"alpha": 0.2, "beta": 0.5}, ir_only=True,
+register_op("HARD_SIGMOID", shape.same, attrs={"alpha": 0.2, "beta": 0.5}, ir_only=True,
             doc="clip(alpha * x + beta, 0, 1)")

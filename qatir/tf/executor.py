@@ -26,18 +26,13 @@ import qatir.tf.fake_quant  # noqa: E402,F401  (registers the FAKE_QUANT kernel)
 from qatir.errors import QatirError  # noqa: E402
 from qatir.feeds import check_feeds  # noqa: E402,F401  (re-exported)
 from qatir.ir import Graph, Tensor  # noqa: E402
+from qatir.ops import all_ops  # noqa: E402
 from qatir.quantizers import get_quantizer  # noqa: E402
 from qatir.tf.kernels import KernelContext, get_kernel  # noqa: E402
 
-# (op, input index) -> role of a float constant in that slot
+# (op, input index) -> role of a float constant in that slot (from the op definitions)
 _PARAM_SLOTS: dict[tuple[str, int], str] = {
-    **{(op, i): role for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-       for i, role in ((1, "weight"), (2, "bias"))},
-    ("BATCH_NORM", 1): "gamma", ("BATCH_NORM", 2): "beta",
-    ("BATCH_NORM", 3): "moving_mean", ("BATCH_NORM", 4): "moving_var",
-    ("PRELU", 1): "alpha",
-    ("FAKE_QUANT", 1): "range", ("FAKE_QUANT", 2): "range",
-}
+    (op, i): role for op, d in all_ops().items() for i, role in d.param_slots().items()}
 _TRAINABLE_ROLES = {"weight", "bias", "gamma", "beta", "alpha"}
 
 

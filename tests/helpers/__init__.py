@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from tests.helpers.cases import CASES, XNNPACK_INT8
 
-# QB & co. still live in tests/qbuild.py (being rewritten elsewhere); they move here at merge.
-from tests.qbuild import QB, WEIGHT_AXIS, compare_all, int8_feed, litert_run
+# QB & co. still live in tests/helpers/qbuild.py (being rewritten elsewhere); they move here at merge.
+from tests.helpers.qbuild import QB, WEIGHT_AXIS, compare_all, int8_feed, litert_run
 
 __all__ = ["CASES", "QB", "WEIGHT_AXIS", "XNNPACK_INT8", "compare_all", "int8_feed", "litert_run"]

@@ -17,8 +17,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qatir.ir import Graph, Tensor  # noqa: E402
-
-WEIGHT_AXIS = {"CONV_2D": 0, "TRANSPOSE_CONV": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": None}
+from qatir.lowering import WEIGHT_OPS as WEIGHT_AXIS  # noqa: E402  (op -> TFLite weight axis)
+from qatir.ops import get_op  # noqa: E402
 
 
 class QB:
@@ -61,7 +61,7 @@ class QB:
     def conv(self, op: str, x: Tensor, w_shape: Sequence[int], attrs: dict | None,
              rng: tuple[float, float], bias: bool = True, wscale: float = 0.3) -> Tensor:
         w = self.rng.normal(0, wscale, size=w_shape).astype(np.float32)
-        out_ch = w_shape[WEIGHT_AXIS[op] or 0]
+        out_ch = w_shape[get_op(op).channel_axis]
         wq = self.weight(w, WEIGHT_AXIS[op], name=f"{op.lower()}_w")
         ins = [x, wq]
         if bias:

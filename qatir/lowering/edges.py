@@ -1,0 +1,86 @@
+"""Step ``edges``: normalise a lowered graph's inputs and outputs to ``io``.
+
+``io="int8"``: the edges are the int8 tensors themselves. ``"float"``: each input is a
+float32 tensor feeding a ``QUANTIZE`` and each output the float32 result of a
+``DEQUANTIZE``. ``"uint8"``: uint8 edges (zero point + 128) converted by ``QUANTIZE``
+nodes. Edge tensors keep the graph's original names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qatir.ir import Graph, QuantParams, Tensor
+from qatir.lowering.common import rename
+
+IO_MODES = ("int8", "float", "uint8")
+
+
+def apply_io(g: Graph, io: str) -> None:
+    """Normalize a lowered graph's edges to ``io`` (see the module docstring)."""
+    _strip_edges(g)
+    if io == "int8":
+        return
+    for i, t in enumerate(list(g.inputs)):
+        if t.dtype != np.int8 or t.quant is None:
+            continue
+        name = t.name
+        rename(g, t, g.unique_name(f"{name}_int8"))
+        dtype, qp = _edge_type(io, t.quant)
+        new = g.add_tensor(Tensor(name, t.shape, dtype, quant=qp, source_layout=t.source_layout))
+        g.inputs[i] = new
+        g.add_node("QUANTIZE", [new], {"dtype": "int8"}, name=f"{name}_quantize", outputs=[t])
+    for i, t in enumerate(list(g.outputs)):
+        if t.dtype != np.int8 or t.quant is None:
+            continue
+        name = t.name
+        rename(g, t, g.unique_name(f"{name}_int8"))
+        dtype, qp = _edge_type(io, t.quant)
+        op = "DEQUANTIZE" if io == "float" else "QUANTIZE"
+        node = g.add_node(op, [t], {"dtype": np.dtype(dtype).name}, name=f"{name}_{op.lower()}",
+                          outputs=[name])
+        node.output.quant = qp
+        g.outputs[i] = node.output
+    g.toposort()
+
+
+def _edge_type(io: str, q: QuantParams) -> tuple[type, QuantParams | None]:
+    if io == "float":
+        return np.float32, None
+    return np.uint8, QuantParams(q.scale, (q.zero_point[0] + 128,), None, 8, False, "uint8")
+
+
+def _strip_edges(g: Graph) -> None:
+    """Turn QUANTIZE-at-input / DEQUANTIZE-at-output edges back into int8 edges."""
+    for i, t in enumerate(list(g.inputs)):
+        users = t.users
+        if t.dtype == np.int8 or not users:
+            continue
+        if not all(u.op == "QUANTIZE" and u.output.dtype == np.int8 for u in users):
+            continue
+        qp = users[0].output.quant
+        if qp is None or any(u.output.quant != qp for u in users[1:]):
+            continue
+        name = t.name
+        new = g.add_tensor(Tensor(g.unique_name(f"{name}_int8"), t.shape, np.int8, quant=qp,
+                                  source_layout=t.source_layout))
+        for u in users:
+            g.replace_all_uses_with(u.output, new)
+        g.erase_many(users)
+        g.inputs[i] = new
+        del g.tensors[name]
+        rename(g, new, name)
+    for i, t in enumerate(list(g.outputs)):
+        p = t.producer
+        if p is None or t.uses or sum(o is t for o in g.outputs) > 1:
+            continue
+        src = p.inputs[0]
+        if src.dtype != np.int8 or src.quant is None:
+            continue
+        if not (p.op == "DEQUANTIZE" or (p.op == "QUANTIZE" and t.dtype == np.uint8)):
+            continue
+        name = t.name
+        g.outputs[i] = src
+        g.erase(p)
+        if src.producer is not None and not any(o is src for j, o in enumerate(g.outputs) if j != i):
+            rename(g, src, name)
