@@ -10,17 +10,16 @@ registry is public: register a kernel for a custom op (see
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from qatir.errors import QatirError
+from qatir.ir import Node, Tensor
+from qatir.tf.env import import_tensorflow
 
-from qatir.errors import QatirError  # noqa: E402
-from qatir.ir import Node, Tensor  # noqa: E402
+tf = import_tensorflow()
 
 Kernel = Callable[["KernelContext", Node, list[Any]], Any]
 _KERNELS: dict[str, Kernel] = {}

@@ -12,25 +12,24 @@ written back into the IR constants.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from qatir.calibration import refresh_weight_ranges
+from qatir.errors import NumericsError, QatirError
+from qatir.ir import Graph
+from qatir.quant import refresh_quant
+from qatir.tf.callbacks import Callbacks
+from qatir.tf.data import as_dataset
+from qatir.tf.env import import_tensorflow
+from qatir.tf.executor import Program, program_for
+from qatir.tf.kernels import KernelContext
 
-from qatir.calibration import refresh_weight_ranges  # noqa: E402
-from qatir.errors import NumericsError, QatirError  # noqa: E402
-from qatir.ir import Graph  # noqa: E402
-from qatir.quant import refresh_quant  # noqa: E402
-from qatir.tf.callbacks import Callbacks  # noqa: E402
-from qatir.tf.data import as_dataset  # noqa: E402
-from qatir.tf.executor import Program, program_for  # noqa: E402
-from qatir.tf.kernels import KernelContext  # noqa: E402
+tf = import_tensorflow()
 
 __all__ = ["fit", "make_train_step"]
 
