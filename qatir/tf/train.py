@@ -66,6 +66,34 @@ def resolve_optimizer(optimizer: Any):
     return optimizer
 
 
+def optimizer_for_strategy(optimizer: Any, strategy: Any):
+    """``optimizer`` usable under ``strategy``: call inside ``strategy.scope()``.
+
+    A Keras optimizer made outside the scope (what one writes first) belongs to
+    another strategy, and Keras refuses it at its first step. An unused one is
+    re-created here from its config (learning rate, schedule and every other
+    hyper-parameter kept); the copy is the one that trains. One that has
+    already taken steps holds state that cannot move, so it is refused.
+    """
+    owner = getattr(optimizer, "_distribution_strategy", None)  # Keras 3 TF backend
+    if owner is None or owner is strategy:
+        return optimizer
+    steps = int(optimizer.iterations.numpy()) if hasattr(optimizer, "iterations") else 0
+    name = type(optimizer).__name__
+    if steps:
+        raise QatirError(
+            f"fit: the {name} optimizer was created outside strategy.scope() and has already "
+            f"taken {steps} steps; create it inside `with strategy.scope():` (or pass a fresh "
+            "one or a name such as 'adam') to train under the strategy")
+    try:
+        return type(optimizer).from_config(optimizer.get_config())
+    except Exception as e:  # a custom optimizer whose config does not round-trip
+        raise QatirError(
+            f"fit: the {name} optimizer was created outside strategy.scope() and could not be "
+            f"re-created from its config ({type(e).__name__}: {e}); create it inside "
+            "`with strategy.scope():`") from None
+
+
 def _loss_value(loss_fn, graph: Graph, y: Any, outs: Sequence[tf.Tensor]) -> tf.Tensor:
     """Mean loss over the (local) batch: first output, or a dict of y by output name."""
     if isinstance(y, dict):
@@ -138,8 +166,10 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
     arrays (batched by ``batch_size``). ``loss``: a Keras loss name/object or a
     callable (default mean squared error). ``optimizer``: a name or Keras
-    optimizer (under a strategy, create an optimizer instance inside
-    ``strategy.scope()``). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
+    optimizer (under a strategy, an unused optimizer made outside
+    ``strategy.scope()`` is re-created inside it from its config, so the copy
+    trains and ``optimizer`` itself stays unused; make it inside the scope to
+    keep using the same object). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
     callables ``cb(epoch, logs)``, objects with ``on_epoch_end(epoch, logs)`` (a true
     return value stops training) or Keras callbacks such as ``EarlyStopping``
     (``qatir.tf.callbacks``). ``validation_data``: the same forms as ``dataset``;
@@ -163,7 +193,7 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     else:
         with strategy.scope():
             prog = Program(graph)
-            opt = resolve_optimizer(optimizer)
+            opt = optimizer_for_strategy(resolve_optimizer(optimizer), strategy)
             opt.build(prog.trainable_params)
         ds = strategy.experimental_distribute_dataset(ds)
     step = make_train_step(prog, loss_fn, opt, strategy, jit_compile, fast_fake_quant)
