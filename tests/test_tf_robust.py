@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-C_IN, C_OUT, SIZE, BATCH = 24, 28, 16, 2
+C_IN, C_OUT, SIZE = 24, 28, 16
 
 
 def blaze_block_onnx(seed: int = 0):
@@ -36,8 +36,8 @@ def blaze_block_onnx(seed: int = 0):
              helper.make_node("ReduceMean", ["a"], ["y"], axes=[2, 3], keepdims=0)]
     graph = helper.make_graph(
         nodes, "blaze_block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, C_IN, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, C_OUT])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C_IN, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C_OUT])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
          numpy_helper.from_array(pads, "pads")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
