@@ -183,13 +183,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--jit", action="store_true", help="also time XLA jit_compile steps")
     args = ap.parse_args()
-    import tensorflow as tf
+    from qatir.tf.env import import_tensorflow, onednn_enabled
 
+    tf = import_tensorflow()  # qatir's settings apply to the tf-keras/tfmot steps too
+    remap = tf.config.optimizer.get_experimental_options().get("remapping", True)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, SIZE, SIZE, 3), dtype=np.float32)
     y = rng.integers(0, CLASSES, args.batch).astype(np.int32)
     print(f"TensorFlow {tf.__version__}, batch {args.batch}, {args.steps} timed steps, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, oneDNN {'on' if onednn_enabled() else 'off'}, "
+          f"grappler remapper {'on' if remap else 'off'}")
     fns = qatir_steps(x, y, args.jit)
     fns.update(keras_steps(x, y))
     res = time_steps(fns, args.steps)
