@@ -85,8 +85,6 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = click.get_current_context(silent=True)
     debug = debug or bool(root and root.find_root().params.get("debug"))
-    import warnings
-
     from qatir.tf.env import import_tensorflow
 
     if debug or "tensorflow" in sys.modules or os.environ.get("QATIR_DEBUG", "") not in ("", "0"):
@@ -97,16 +95,11 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            import_tensorflow()
+        import_tensorflow()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    for w in caught:  # qatir's own warnings (qatir.tf.env) are not start-up chatter
-        if str(w.message).startswith("qatir:"):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of errors.")

@@ -184,6 +184,46 @@ def test_canary_the_crash_is_real(block_path, tmp_path):
     assert proc.returncode == -11, (proc.returncode, proc.stderr[-2000:])
 
 
+class _FakeOptimizerConfig:
+    def __init__(self, options):
+        self.options = dict(options)
+
+    def get_experimental_options(self):
+        return dict(self.options)
+
+    def set_experimental_options(self, options):
+        self.options.update(options)
+
+
+@pytest.mark.parametrize("before, after, warns", [
+    ({}, False, False),                    # unset: qatir switches the remapper off
+    ({"remapping": False}, False, False),  # already off: left so
+    ({"remapping": True}, True, True),     # the user's explicit choice: kept, with a warning
+])
+def test_remapper_policy_under_onednn(before, after, warns, recwarn):
+    from types import SimpleNamespace
+
+    from qatir.tf.env import _disable_remapper
+
+    fake = SimpleNamespace(config=SimpleNamespace(optimizer=_FakeOptimizerConfig(before)))
+    _disable_remapper(fake)
+    assert fake.config.optimizer.options["remapping"] is after
+    msgs = [str(w.message) for w in recwarn if "qatir:" in str(w.message)]
+    assert bool(msgs) == warns
+    if warns:
+        assert "TF_ENABLE_ONEDNN_OPTS=0" in msgs[0] and "segmentation fault" in msgs[0]
+
+
+def test_this_process_runs_without_the_remapper_when_onednn_is_on():
+    import tensorflow as tf
+
+    from qatir.tf.env import import_tensorflow, onednn_enabled
+
+    assert import_tensorflow() is tf
+    if onednn_enabled():
+        assert tf.config.optimizer.get_experimental_options().get("remapping") is False
+
+
 # ------------------------------------------------------------- fit under a strategy
 def _data():
     rng = np.random.default_rng(0)
