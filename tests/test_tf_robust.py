@@ -127,6 +127,46 @@ def test_compile_train_blaze_block_exits_0(block_path, tmp_path):
     assert out.stat().st_size > 0
 
 
+def blaze_block_tflite() -> bytes:
+    """The same block as a float TFLite file, as MediaPipe ships it: CONV_2D, PAD, ADD+RELU."""
+    from qatir.tf.env import import_tensorflow
+
+    tf = import_tensorflow()
+    rng = np.random.default_rng(0)
+    k = tf.constant((rng.standard_normal((1, 1, C_IN, C_OUT)) * 0.2).astype(np.float32))
+    b = tf.constant((rng.standard_normal(C_OUT) * 0.1).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, C_IN], tf.float32)])
+    def block(x):
+        pad = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, C_OUT - C_IN]])
+        return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "VALID"), b) + pad)
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([block.get_concrete_function()], block)
+    return conv.convert()
+
+
+def test_float_tflite_blaze_block_run_and_fit_exit_0(tmp_path):
+    path = tmp_path / "blaze_block.tflite"
+    path.write_bytes(blaze_block_tflite())
+    code = """
+        import sys
+        import numpy as np
+        import qatir
+        g = qatir.load(sys.argv[1])
+        assert [n.op for n in g.nodes] == ["CONV_2D", "PAD", "ADD"], g
+        rng = np.random.default_rng(0)
+        data = [({g.inputs[0].name: rng.random((1, 16, 16, 24), np.float32)},
+                 rng.random((1, 16, 16, 28), np.float32)) for _ in range(2)]
+        qatir.run(g, data[0][0])
+        qatir.fit(g, data, loss="mse", optimizer="adam", verbose=False)
+        q = qatir.quantize(g)
+        qatir.calibrate(q, [d[0] for d in data], progress=False)
+        qatir.fit(q, data, loss="mse", optimizer="adam", verbose=False)
+        print("TFLITE-OK")
+    """
+    _ok(_python(code, tmp_path, str(path)), "TFLITE-OK")
+
+
 def test_tf_imported_first_with_onednn_on(block_path, tmp_path):
     """The user's TF came first (oneDNN on, runtime started): qatir still must not crash."""
     code = """
