@@ -11,10 +11,11 @@ switches grappler's remapper off for the process
 whether TF was imported before qatir or not.
 
 Why this and not ``TF_ENABLE_ONEDNN_OPTS=0``: both avoid the crash, but
-``tools/bench_train.py`` (2 loaded AVX-512 cores, 2026-12-01, ms/step float /
-QAT, two paired rounds) measured TF's default 89.6 / 100.0 and 84.8 / 97.9,
-oneDNN without the remapper 95.2 / 108.6 and 91.6 / 100.0 (0-9% slower), and
-no oneDNN 186.4 / 212.8 and 145.5 / 188.5 (1.6-2.1x). A user who prefers TF's Eigen kernels sets ``TF_ENABLE_ONEDNN_OPTS=0``
+without oneDNN ``tools/bench_train.py`` training steps took 1.6-2.1x as long
+(2 shared AVX-512 cores, 2026-12-01; float / QAT ms/step 145.5 / 188.5 against
+84.8 / 97.9), while the remapper's absence cost nothing above the noise: timed
+interleaved in one process (``--remapper``), off vs on was 84.8 vs 84.9 float
+and 94.1 vs 97.0 QAT. A user who prefers TF's Eigen kernels sets ``TF_ENABLE_ONEDNN_OPTS=0``
 before TF is imported; the remapper then stays on. A user who switched the
 remapper on explicitly is left alone, with a warning naming the risk.
 """
