@@ -69,7 +69,9 @@ def bench_model(model: str | None, input_shapes: Mapping[str, Sequence[int]] | N
         with timer("import tensorflow"):
             if import_tf is not None:
                 import_tf()
-            import tensorflow  # noqa: F401
+            from qatir.tf.env import import_tensorflow
+
+            import_tensorflow()
         with timer("float run (first, traces)"):
             qatir.run(graph, feeds[0])
         with timer("float run (second)"):

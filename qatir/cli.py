@@ -85,14 +85,17 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = click.get_current_context(silent=True)
     debug = debug or bool(root and root.find_root().params.get("debug"))
+    from qatir.tf.env import import_tensorflow
+
     if debug or "tensorflow" in sys.modules or os.environ.get("QATIR_DEBUG", "") not in ("", "0"):
+        import_tensorflow()
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import_tensorflow()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -114,14 +114,16 @@ def accuracy_litert(buf: bytes, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _loss():
-    import tensorflow as tf
+    from qatir.tf.env import import_tensorflow
 
+    tf = import_tensorflow()
     return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _adam(lr: float):
-    import tensorflow as tf
+    from qatir.tf.env import import_tensorflow
 
+    tf = import_tensorflow()
     return tf.keras.optimizers.Adam(lr)
 
 

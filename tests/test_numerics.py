@@ -65,7 +65,7 @@ def test_round_half_away_is_c_round(dtype):
 
 def test_round_half_away_tf_twin_agrees_at_exact_ties():
     from qatir.numerics import round_half_away
-    from qatir.tf.kernels import _round_half_away as tf_round
+    from qatir.tf.kernels import round_half_away as tf_round
 
     x = (np.arange(-300, 300) + 0.5).astype(F32)
     np.testing.assert_array_equal(tf_round(x).numpy(), round_half_away(x))
@@ -73,12 +73,9 @@ def test_round_half_away_tf_twin_agrees_at_exact_ties():
     np.testing.assert_array_equal(tf_round(y).numpy(), round_half_away(y))
 
 
-@pytest.mark.xfail(strict=True, reason="qatir/tf/kernels.py:_round_half_away is floor(|x| + 0.5), "
-                   "which rounds 0.49999997 up and odd floats above 2^23 up by one; switch it to "
-                   "the exact form of qatir.numerics.round_half_away")
 def test_round_half_away_tf_twin_agrees_next_to_ties():
     from qatir.numerics import round_half_away
-    from qatir.tf.kernels import _round_half_away as tf_round
+    from qatir.tf.kernels import round_half_away as tf_round
 
     x = _ties_and_neighbours(np.float32)
     np.testing.assert_array_equal(tf_round(x).numpy(), round_half_away(x))
@@ -232,10 +229,6 @@ def _bias_tie_graph() -> Graph:
     return g
 
 
-@pytest.mark.xfail(strict=True, reason="trained != deployed at a tie: qatir/tf/kernels.py:"
-                   "quantized_bias rounds the bias with tf.round (half to even: 2.5 -> 2), the "
-                   "exporter (qatir/lower.py) with round_half_away (2.5 -> 3); give the TF side "
-                   "the TF twin of qatir.numerics.round_half_away")
 def test_trained_bias_equals_exported_bias_at_a_tie():
     from qatir.lower import lower
 

@@ -11,7 +11,9 @@ One run prints, per step (median of timed steps after warm-up, same batch):
 
 Architecture (NHWC 32x32x3, 10 classes): conv3x3-BN-ReLU, depthwise-BN-ReLU6,
 strided conv-BN-ReLU, depthwise-BN-ReLU6, strided conv-BN-ReLU, global average
-pool, dense. Usage: ``python tools/bench_train.py [--batch 64] [--steps 30]``.
+pool, dense. Usage: ``python tools/bench_train.py [--batch 64] [--steps 30]
+[--jit] [--remapper]``; ``--remapper`` adds the qatir steps with grappler's
+remapper on, timed in the same round-robin: the cost of qatir's oneDNN guard.
 """
 
 from __future__ import annotations
@@ -177,27 +179,57 @@ def keras_steps(x, y) -> dict[str, tuple]:
     return out
 
 
+def with_remapper(tf, fns: dict[str, tuple]) -> dict[str, tuple]:
+    """The same steps, each call run with grappler's remapper on, then back to qatir's setting.
+
+    TF passes the optimizer options with every function call and instantiates a
+    function once per setting, so both variants stay compiled side by side.
+    """
+    opt = tf.config.optimizer
+    current = opt.get_experimental_options().get("remapping", True)
+
+    def remapped(fn):
+        def call(*a):
+            opt.set_experimental_options({"remapping": True})
+            try:
+                return fn(*a)
+            finally:
+                opt.set_experimental_options({"remapping": current})
+        return call
+
+    return {f"{label}, remapper on": (remapped(fn), a) for label, (fn, a) in fns.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--jit", action="store_true", help="also time XLA jit_compile steps")
+    ap.add_argument("--remapper", action="store_true",
+                    help="also time the qatir steps with grappler's remapper on (TF's default, "
+                         "which qatir switches off under oneDNN: qatir/tf/env.py), interleaved")
     args = ap.parse_args()
-    import tensorflow as tf
+    from qatir.tf.env import import_tensorflow, onednn_enabled
 
+    tf = import_tensorflow()  # qatir's settings apply to the tf-keras/tfmot steps too
+    remap = tf.config.optimizer.get_experimental_options().get("remapping", True)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, SIZE, SIZE, 3), dtype=np.float32)
     y = rng.integers(0, CLASSES, args.batch).astype(np.int32)
     print(f"TensorFlow {tf.__version__}, batch {args.batch}, {args.steps} timed steps, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, oneDNN {'on' if onednn_enabled() else 'off'}, "
+          f"grappler remapper {'on' if remap else 'off'}")
     fns = qatir_steps(x, y, args.jit)
+    if args.remapper:
+        fns.update(with_remapper(tf, fns))
     fns.update(keras_steps(x, y))
     res = time_steps(fns, args.steps)
     for label, sec in res.items():
         print(f"  {label:45s} {sec * 1e3:8.2f} ms/step")
     fl, qat = res.get("qatir float (folded graph)"), res.get("qatir QAT")
     if fl and qat:
-        best = min(v for k, v in res.items() if k.startswith("qatir QAT"))
+        best = min(v for k, v in res.items()
+                   if k.startswith("qatir QAT") and not k.endswith("remapper on"))
         print(f"qatir QAT / qatir float: {qat / fl:.2f}x (goal <= 1.3x); best QAT {best * 1e3:.2f} ms")
     if qat and "tfmot quantize_model QAT" in res:
         print(f"tfmot QAT / qatir QAT: {res['tfmot quantize_model QAT'] / qat:.2f}x (goal > 1)")

@@ -7,17 +7,15 @@ reduced inside TensorFlow so no whole activation is copied out.
 
 from __future__ import annotations
 
-import os
+import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from qatir.calibration import Tap
+from qatir.ir import Graph
+from qatir.tf.env import import_tensorflow
+from qatir.tf.executor import program_for
+from qatir.tf.kernels import KernelContext
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from qatir.calibration import Tap  # noqa: E402
-from qatir.ir import Graph  # noqa: E402
-from qatir.tf.executor import program_for  # noqa: E402
-from qatir.tf.kernels import KernelContext  # noqa: E402
+tf = import_tensorflow()
 
 
 def _minmax(x: tf.Tensor, axis: int | None) -> tf.Tensor:

@@ -10,18 +10,17 @@ training step is traced once and can be distributed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from qatir.errors import QatirError
+from qatir.feeds import check_finite, iterate_feeds, order_inputs  # noqa: F401
+from qatir.ir import Graph
+from qatir.tf.env import import_tensorflow
 
-from qatir.errors import QatirError  # noqa: E402
-from qatir.feeds import check_finite, iterate_feeds, order_inputs  # noqa: E402,F401
-from qatir.ir import Graph  # noqa: E402
+tf = import_tensorflow()
 
 
 def _spec(graph: Graph, y: Any) -> tuple[Any, tf.TensorSpec]:

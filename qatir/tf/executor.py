@@ -12,23 +12,22 @@ after editing a constant array *in place*, call :func:`invalidate`.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import qatir.tf.fake_quant  # noqa: F401  (registers the FAKE_QUANT kernel)
+from qatir.errors import QatirError
+from qatir.feeds import check_feeds  # noqa: F401  (re-exported)
+from qatir.ir import Graph, Tensor
+from qatir.ops import all_ops
+from qatir.quantizers import get_quantizer
+from qatir.tf.env import import_tensorflow
+from qatir.tf.kernels import KernelContext, get_kernel
 
-import qatir.tf.fake_quant  # noqa: E402,F401  (registers the FAKE_QUANT kernel)
-from qatir.errors import QatirError  # noqa: E402
-from qatir.feeds import check_feeds  # noqa: E402,F401  (re-exported)
-from qatir.ir import Graph, Tensor  # noqa: E402
-from qatir.ops import all_ops  # noqa: E402
-from qatir.quantizers import get_quantizer  # noqa: E402
-from qatir.tf.kernels import KernelContext, get_kernel  # noqa: E402
+tf = import_tensorflow()
 
 # (op, input index) -> role of a float constant in that slot (from the op definitions)
 _PARAM_SLOTS: dict[tuple[str, int], str] = {

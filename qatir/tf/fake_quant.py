@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from qatir.ir import Node
 from qatir.quantizers import get_quantizer
+from qatir.tf.env import import_tensorflow
 from qatir.tf.kernels import KernelContext, tf_kernel
+
+tf = import_tensorflow()
 
 #: EMA decay of ``moving_average`` ranges during ``fit`` (TF-Lite/TFMOT use 0.999 for long runs)
 DEFAULT_EMA_DECAY = 0.99

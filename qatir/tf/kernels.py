@@ -10,17 +10,16 @@ registry is public: register a kernel for a custom op (see
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from qatir.errors import QatirError
+from qatir.ir import Node, Tensor
+from qatir.tf.env import import_tensorflow
 
-from qatir.errors import QatirError  # noqa: E402
-from qatir.ir import Node, Tensor  # noqa: E402
+tf = import_tensorflow()
 
 Kernel = Callable[["KernelContext", Node, list[Any]], Any]
 _KERNELS: dict[str, Kernel] = {}
@@ -121,8 +120,25 @@ def quantized_bias(ctx: KernelContext, node: Node, bias: tf.Tensor | None) -> tf
     if s_in is None or s_w is None:
         return bias
     scale = s_in * s_w
-    q = tf.clip_by_value(tf.round(bias / scale), -2.0**31, 2.0**31 - 1) * scale
+    # as the exporter does (qatir.lower): the quotient in float64, rounded half away from
+    # zero, clipped to +-(2^31 - 1); then back on the float32 grid the model trains on
+    q64 = round_half_away(tf.cast(bias, tf.float64) / tf.cast(scale, tf.float64))
+    q = tf.cast(tf.clip_by_value(q64, -INT32_MAX, INT32_MAX), bias.dtype) * scale
     return bias + tf.stop_gradient(q - bias)
+
+
+INT32_MAX = float(2**31 - 1)
+
+
+def round_half_away(x: tf.Tensor) -> tf.Tensor:
+    """C ``round()``: ties away from zero; the TF twin of ``qatir.reference_math.round_half_away``.
+
+    Exact for every finite value: the fraction ``x - trunc(x)`` is computed
+    without rounding, so neither 0.49999997 nor odd float32 values above 2^23
+    are pushed to the next integer, which ``floor(|x| + 0.5)`` would do.
+    """
+    whole = tf.where(x < 0, tf.math.ceil(x), tf.math.floor(x))
+    return tf.where(tf.abs(x - whole) >= 0.5, whole + tf.sign(x), whole)
 
 
 def _add_bias(ctx: KernelContext, node: Node, y: tf.Tensor, b: tf.Tensor | None) -> tf.Tensor:
@@ -382,10 +398,6 @@ def _qparams(t: Tensor, node: Node, rank: int) -> tuple[tf.Tensor, tf.Tensor]:
     return scale, zp
 
 
-def _round_half_away(x: tf.Tensor) -> tf.Tensor:
-    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
-
-
 @tf_kernel("DEQUANTIZE")
 def _dequantize(ctx, node, ins):
     scale, zp = _qparams(node.inputs[0], node, node.inputs[0].rank)
@@ -401,7 +413,7 @@ def _quantize(ctx, node, ins):
     scale, zp = _qparams(out, node, out.rank)
     info = np.iinfo(out.dtype)
     lo, hi = out.quant.qrange() if out.quant.dtype == out.dtype.name else (info.min, info.max)
-    q = tf.clip_by_value(_round_half_away(x / scale) + zp, float(lo), float(hi))
+    q = tf.clip_by_value(round_half_away(x / scale) + zp, float(lo), float(hi))
     return tf.cast(q, tf.as_dtype(out.dtype))
 
 

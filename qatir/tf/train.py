@@ -12,25 +12,24 @@ written back into the IR constants.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from qatir.calibration import refresh_weight_ranges
+from qatir.errors import NumericsError, QatirError
+from qatir.ir import Graph
+from qatir.quant import refresh_quant
+from qatir.tf.callbacks import Callbacks
+from qatir.tf.data import as_dataset
+from qatir.tf.env import import_tensorflow
+from qatir.tf.executor import Program, program_for
+from qatir.tf.kernels import KernelContext
 
-from qatir.calibration import refresh_weight_ranges  # noqa: E402
-from qatir.errors import NumericsError, QatirError  # noqa: E402
-from qatir.ir import Graph  # noqa: E402
-from qatir.quant import refresh_quant  # noqa: E402
-from qatir.tf.callbacks import Callbacks  # noqa: E402
-from qatir.tf.data import as_dataset  # noqa: E402
-from qatir.tf.executor import Program, program_for  # noqa: E402
-from qatir.tf.kernels import KernelContext  # noqa: E402
+tf = import_tensorflow()
 
 __all__ = ["fit", "make_train_step"]
 
@@ -65,6 +64,34 @@ def resolve_optimizer(optimizer: Any):
         except ValueError as e:
             raise QatirError(f"fit: unknown optimizer {optimizer!r}: {e}") from None
     return optimizer
+
+
+def optimizer_for_strategy(optimizer: Any, strategy: Any):
+    """``optimizer`` usable under ``strategy``: call inside ``strategy.scope()``.
+
+    A Keras optimizer made outside the scope (what one writes first) belongs to
+    another strategy, and Keras refuses it at its first step. An unused one is
+    re-created here from its config (learning rate, schedule and every other
+    hyper-parameter kept); the copy is the one that trains. One that has
+    already taken steps holds state that cannot move, so it is refused.
+    """
+    owner = getattr(optimizer, "_distribution_strategy", None)  # Keras 3 TF backend
+    if owner is None or owner is strategy:
+        return optimizer
+    steps = int(optimizer.iterations.numpy()) if hasattr(optimizer, "iterations") else 0
+    name = type(optimizer).__name__
+    if steps:
+        raise QatirError(
+            f"fit: the {name} optimizer was created outside strategy.scope() and has already "
+            f"taken {steps} steps; create it inside `with strategy.scope():` (or pass a fresh "
+            "one or a name such as 'adam') to train under the strategy")
+    try:
+        return type(optimizer).from_config(optimizer.get_config())
+    except Exception as e:  # a custom optimizer whose config does not round-trip
+        raise QatirError(
+            f"fit: the {name} optimizer was created outside strategy.scope() and could not be "
+            f"re-created from its config ({type(e).__name__}: {e}); create it inside "
+            "`with strategy.scope():`") from None
 
 
 def _loss_value(loss_fn, graph: Graph, y: Any, outs: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -139,8 +166,10 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     iterable of such batches, or one ``({input_name: X}, Y)`` pair of whole
     arrays (batched by ``batch_size``). ``loss``: a Keras loss name/object or a
     callable (default mean squared error). ``optimizer``: a name or Keras
-    optimizer (under a strategy, create an optimizer instance inside
-    ``strategy.scope()``). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
+    optimizer (under a strategy, an unused optimizer made outside
+    ``strategy.scope()`` is re-created inside it from its config, so the copy
+    trains and ``optimizer`` itself stays unused; make it inside the scope to
+    keep using the same object). ``strategy``: any ``tf.distribute.Strategy``. ``callbacks``:
     callables ``cb(epoch, logs)``, objects with ``on_epoch_end(epoch, logs)`` (a true
     return value stops training) or Keras callbacks such as ``EarlyStopping``
     (``qatir.tf.callbacks``). ``validation_data``: the same forms as ``dataset``;
@@ -164,7 +193,7 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
     else:
         with strategy.scope():
             prog = Program(graph)
-            opt = resolve_optimizer(optimizer)
+            opt = optimizer_for_strategy(resolve_optimizer(optimizer), strategy)
             opt.build(prog.trainable_params)
         ds = strategy.experimental_distribute_dataset(ds)
     step = make_train_step(prog, loss_fn, opt, strategy, jit_compile, fast_fake_quant)
