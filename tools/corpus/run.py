@@ -9,9 +9,10 @@ name to a file, so a child killed by a signal (**CRASH**) or by the time limit
 (**HANG**) still reports where it was.
 
 1. ``load``      ``qatir.load(path, input_shapes=...)``
-2. ``float``     ``qatir.run`` vs onnxruntime (ONNX) / LiteRT (float TFLite) on one random
-                 feed; max abs error and max error relative to max |reference|
-                 (fails above ``FLOAT_TOL``)
+2. ``float``     ``qatir.run`` of the float IR on one random feed
+   ``runtime``   the source model in its own runtime, onnxruntime (ONNX) / LiteRT (float
+                 TFLite), same feed; max abs error and max error relative to max
+                 |runtime| of qatir's float run (fails above ``FLOAT_TOL``)
 3. ``quantize``  ``qatir.quantize(g)`` (float islands are counted, not failed)
 4. ``calibrate`` ``qatir.calibrate(q, 4 batches of 1)`` (random normal; the task's real
                  samples where the model has a task)
@@ -43,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MANIFEST = os.path.join(HERE, "models", "manifest.json")
-STAGES = ["load", "float", "quantize", "calibrate", "export", "litert", "bitexact", "sqnr", "task"]
+STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "bitexact", "sqnr", "task"]
 FLOAT_TOL = 1e-3  # max |qatir - runtime| / max |runtime| above which "float" fails
 
 
@@ -306,19 +307,25 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             json.dump(res, f, indent=1, default=lambda o: repr(o))
         os.replace(tmp, result_path)
 
+    fault = os.environ.get("QATIR_CORPUS_FAULT", "")  # tests only: "crash:STAGE" / "hang:STAGE"
+
     def enter(stage):
         res["stage"] = stage
         with open(stage_path, "w") as f:
             f.write(stage)
         save()
+        if fault == f"crash:{stage}":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if fault == f"hang:{stage}":
+            time.sleep(3600)
         return time.time()
 
     try:
         np = _np()
+        path = os.path.join(models_dir, entry["path"])
+        t0 = enter("load")  # importing qatir counts as loading
         import qatir
 
-        path = os.path.join(models_dir, entry["path"])
-        t0 = enter("load")
         shapes = {s["name"]: s["shape"] for s in entry["inputs"]} if entry["format"] == "onnx" \
             else None
         g = qatir.load(path, input_shapes=shapes)
@@ -334,6 +341,8 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             # names differ (a frontend renamed inputs): match by position
             ir_feed = {t.name: _to_ir(t, src_feed[s]) for t, s in zip(g.inputs, by_src)}
         got = qatir.run(g, ir_feed)
+        res["seconds"]["float"] = round(time.time() - t0, 2)
+        t0 = enter("runtime")  # the model's own runtime (not qatir): a crash here is theirs
         want = _source_run(entry, path, src_feed)
         errs = []
         for k, t in enumerate(g.outputs):
@@ -348,7 +357,7 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             errs.append((d, d / max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-12)))
         res["float_abs_err"] = max(e[0] for e in errs)
         res["float_rel_err"] = max(e[1] for e in errs)
-        res["seconds"]["float"] = round(time.time() - t0, 2)
+        res["seconds"]["runtime"] = round(time.time() - t0, 2)
         if not res["float_rel_err"] <= FLOAT_TOL:
             raise FloatMismatch(f"max |qatir - runtime| = {res['float_abs_err']:.3g} "
                                 f"({res['float_rel_err']:.3g} of max |runtime|)")
@@ -457,6 +466,7 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         res["status"] = "ok"
     except BaseException as e:  # noqa: BLE001 - everything is a result here
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = msg.replace(os.path.join(models_dir, ""), "")  # model paths: names suffice
         res["error"] = f"{type(e).__name__}: {msg[:400]}"
         res["traceback"] = traceback.format_exc()[-3000:]
     save()
@@ -597,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage-file", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.one:
+        import faulthandler
+
+        faulthandler.enable()  # a SIGSEGV/SIGABRT prints the Python stack into the log
         with open(a.manifest) as f:
             man = json.load(f)
         entry = next(e for e in man["models"] if e["name"] == a.one)
