@@ -17,8 +17,8 @@ name to a file, so a child killed by a signal (**CRASH**) or by the time limit
 4. ``calibrate`` ``qatir.calibrate(q, 4 batches of 1)`` (random normal; the task's real
                  samples where the model has a task)
 5. ``export``    ``qatir.to_tflite(q, io="int8")``
-6. ``litert``    LiteRT load + invoke of the file, default resolver (XNNPACK) and
-                 ``OpResolverType.BUILTIN_REF``
+6. ``litert``    LiteRT load + invoke of the file, default resolver (XNNPACK)
+   ``litert_ref``  the same with ``OpResolverType.BUILTIN_REF``
 7. ``bitexact``  LiteRT outputs vs ``qatir.run_reference(q, feeds_int8)`` (REF) and
                  ``kernels="xnnpack"`` (default path): max LSB difference, % equal
 8. ``sqnr``      SQNR (dB) of the int8 file's outputs (XNNPACK, dequantized) vs ``qatir.run``
@@ -33,6 +33,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MANIFEST = os.path.join(HERE, "models", "manifest.json")
-STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "bitexact", "sqnr", "task"]
+STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "litert_ref",
+          "bitexact", "sqnr", "task"]
 FLOAT_TOL = 1e-3  # max |qatir - runtime| / max |runtime| above which "float" fails
 
 
@@ -400,7 +402,6 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         t0 = enter("litert")
         names = [t.name for t in g.inputs]
         it_x = _interp(bytes(buf), ref=False)
-        it_r = _interp(bytes(buf), ref=True)
         ins = it_x.get_input_details()
         det_by = {d["name"]: d for d in ins}
         q_feed = {}
@@ -408,8 +409,11 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             d = det_by.get(t.name, ins[k])
             q_feed[t.name] = _quantize_in(d, ir_feed[t.name])
         out_x = _invoke(it_x, q_feed, names)
-        out_r = _invoke(it_r, q_feed, names)
         res["seconds"]["litert"] = round(time.time() - t0, 2)
+        t0 = enter("litert_ref")
+        it_r = _interp(bytes(buf), ref=True)
+        out_r = _invoke(it_r, q_feed, names)
+        res["seconds"]["litert_ref"] = round(time.time() - t0, 2)
 
         t0 = enter("bitexact")
         ref_ref = qatir.run_reference(q, q_feed)
@@ -533,7 +537,7 @@ def short_error(err: str | None, width: int = 70) -> str:
     return "" if not err else (err if len(err) <= width else err[:width - 3] + "...")
 
 
-HEADER = (f"{'model':<36} {'source':<22} {'nodes':>5} {'stage':<9} {'status':<6} "
+HEADER = (f"{'model':<36} {'source':<22} {'nodes':>5} {'stage':<10} {'status':<6} "
           f"{'float_err':>9} {'LSB ref/xnn':>11} {'SQNR':>6} {'sec':>6}  error")
 
 
@@ -543,7 +547,7 @@ def row(r: dict) -> str:
     if r.get("status") == "ok":
         stage = "done"
     return (f"{r['name'][:36]:<36} {str(r.get('source', '?'))[:22]:<22} "
-            f"{_fmt(r.get('nodes'), 'd'):>5} {stage:<9} {r.get('status', '?'):<6} "
+            f"{_fmt(r.get('nodes'), 'd'):>5} {stage:<10} {r.get('status', '?'):<6} "
             f"{_fmt(r.get('float_rel_err'), '.1e'):>9} {lsb:>11} "
             f"{_fmt(r.get('sqnr_db'), '.1f'):>6} {_fmt(r.get('wall_s'), '.0f'):>6}  "
             f"{short_error(r.get('error'))}")
@@ -563,6 +567,46 @@ def summary(results: list[dict]) -> str:
                    if s in fails) or "none"
     return (f"corpus: {n} models, {exported} through export, {exact} bit-exact, "
             f"{crashes} crashes, {hangs} hangs, fails by stage: {by}")
+
+
+def error_head(err: str | None) -> str:
+    """An error message with names and numbers blanked, so equal causes count together."""
+    if not err:
+        return ""
+    m = re.match(r"(\w+): no int8 kernel .*?for node\(s\) (.*)", err)
+    if m:  # name the op types, not the nodes
+        ops = sorted(set(re.findall(r"'[^']*' \((\w+)\)", m.group(2))))
+        return f"{m.group(1)}: no int8 kernel for {', '.join(ops)}"
+    s = re.sub(r"^(\w+): [^ ]+\.(onnx|tflite): ", r"\1: ", err)
+    s = re.sub(r"'[^']*'", "'.'", s)
+    s = re.sub(r"(?<![A-Za-z_])-?\d+(\.\d+)?(e[-+]?\d+)?", "N", s)
+    s = re.sub(r"('\.' \(\w+\), )+", "'.' (..), ", s)
+    return s[:90]
+
+
+def unsupported_ops(err: str | None) -> list[str]:
+    m = re.search(r"unsupported operator\(s\): (.*?)(;|$)", err or "")
+    return [re.sub(r" \(x\d+\)$", "", o.strip()) for o in m.group(1).split(", ")] if m else []
+
+
+def failure_reasons(results: list[dict]) -> str:
+    heads: dict[str, list[str]] = {}
+    ops: dict[str, list[str]] = {}
+    for r in results:
+        if r.get("status") == "ok":
+            continue
+        heads.setdefault(f"[{r.get('status')} at {r.get('stage')}] {error_head(r.get('error'))}",
+                         []).append(r["name"])
+        for o in unsupported_ops(r.get("error")):
+            ops.setdefault(o, []).append(r["name"])
+    lines = ["failure reasons (by count):"]
+    for h, names in sorted(heads.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"  {len(names):>3}  {h}")
+        lines.append(f"       {', '.join(names)}")
+    if ops:
+        lines.append("unsupported operators (number of models): " + ", ".join(
+            f"{o} {len(n)}" for o, n in sorted(ops.items(), key=lambda kv: (-len(kv[1]), kv[0]))))
+    return "\n".join(lines)
 
 
 def run_corpus(manifest: str, only: str | None = None, jobs: int = 1, timeout: float = 300,
@@ -590,6 +634,8 @@ def run_corpus(manifest: str, only: str | None = None, jobs: int = 1, timeout: f
         if not only or fnmatch.fnmatch(e["name"], only) or only in e["name"]:
             print(f"{e['name'][:36]:<36} (did not build: {short_error(e['error'], 90)})",
                   file=out)
+    if any(r.get("status") != "ok" for r in results):
+        print(failure_reasons(results), file=out)
     print(summary(results), file=out, flush=True)
     return results
 
