@@ -342,6 +342,12 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         if any(v is None for v in ir_feed.values()):
             # names differ (a frontend renamed inputs): match by position
             ir_feed = {t.name: _to_ir(t, src_feed[s]) for t, s in zip(g.inputs, by_src)}
+        data_dir = os.path.join(models_dir, "data")
+        real = task_samples(entry, g, data_dir)
+        if real:  # a model with real data is measured on it: the first sample after calibration's
+            ir_feed = dict(real[4])
+            src_feed = {s: _from_ir_output(t, ir_feed[t.name]) for t, s in zip(g.inputs, by_src)}
+        res["feed"] = "real sample" if real else "standard normal"
         got = qatir.run(g, ir_feed)
         res["seconds"]["float"] = round(time.time() - t0, 2)
         t0 = enter("runtime")  # the model's own runtime (not qatir): a crash here is theirs
@@ -374,8 +380,6 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         res["seconds"]["quantize"] = round(time.time() - t0, 2)
 
         t0 = enter("calibrate")
-        data_dir = os.path.join(models_dir, "data")
-        real = task_samples(entry, g, data_dir)
         if real:
             calib = real[:4]
             res["calibration"] = "4 real task samples"
