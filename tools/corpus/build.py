@@ -70,6 +70,12 @@ WHEEL_MODELS: dict[str, list[tuple[str, str, dict, dict | None]]] = {
          "mp_face_landmark", {}, {"kind": "images", "norm": "01"}),
         ("mediapipe/modules/iris_landmark/iris_landmark.tflite",
          "mp_iris_landmark", {}, {"kind": "images", "norm": "01"}),
+        ("mediapipe/modules/palm_detection/palm_detection_full.tflite",
+         "mp_palm_detection_full", {}, {"kind": "det_scores", "norm": "01"}),
+        ("mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+         "mp_pose_landmark_full", {}, {"kind": "images", "norm": "01"}),
+        ("mediapipe/modules/face_landmark/face_landmark_with_attention.tflite",
+         "mp_face_landmark_with_attention", {}, {"kind": "images", "norm": "01"}),
     ],
     "rapidocr-onnxruntime==1.4.4": [
         ("rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
