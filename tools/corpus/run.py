@@ -18,9 +18,10 @@ name to a file, so a child killed by a signal (**CRASH**) or by the time limit
                  samples where the model has a task)
 5. ``export``    ``qatir.to_tflite(q, io="int8")``
 6. ``litert``    LiteRT load + invoke of the file, default resolver (XNNPACK)
-   ``litert_ref``  the same with ``OpResolverType.BUILTIN_REF``
-7. ``bitexact``  LiteRT outputs vs ``qatir.run_reference(q, feeds_int8)`` (REF) and
-                 ``kernels="xnnpack"`` (default path): max LSB difference, % equal
+   ``bitexact_xnn``  its outputs vs ``qatir.run_reference(q, feeds_int8, kernels="xnnpack")``
+   ``litert_ref``  the same file with ``OpResolverType.BUILTIN_REF``
+7. ``bitexact``  its outputs vs ``qatir.run_reference(q, feeds_int8)`` (REF): max LSB
+                 difference, % equal
 8. ``sqnr``      SQNR (dB) of the int8 file's outputs (XNNPACK, dequantized) vs ``qatir.run``
                  float, on the same random feed
 9. ``task``      (models with a real task only) float vs int8 agreement on real data
@@ -45,8 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MANIFEST = os.path.join(HERE, "models", "manifest.json")
-STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "litert_ref",
-          "bitexact", "sqnr", "task"]
+STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "bitexact_xnn",
+          "litert_ref", "bitexact", "sqnr", "task"]
 FLOAT_TOL = 1e-3  # max |qatir - runtime| / max |runtime| above which "float" fails
 
 
@@ -391,7 +392,10 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         res["seconds"]["calibrate"] = round(time.time() - t0, 2)
 
         t0 = enter("export")
-        buf = qatir.to_tflite(q, io="int8")
+        with warnings.catch_warnings(record=True) as wlist:
+            warnings.simplefilter("always")
+            buf = qatir.to_tflite(q, io="int8")
+        res["export_warnings"] = [str(w.message)[:300] for w in wlist][:5]
         res["tflite_bytes"] = len(buf)
         try:
             from qatir.compile import tflite_op_counts
@@ -414,14 +418,6 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             q_feed[t.name] = _quantize_in(d, ir_feed[t.name])
         out_x = _invoke(it_x, q_feed, names)
         res["seconds"]["litert"] = round(time.time() - t0, 2)
-        t0 = enter("litert_ref")
-        it_r = _interp(bytes(buf), ref=True)
-        out_r = _invoke(it_r, q_feed, names)
-        res["seconds"]["litert_ref"] = round(time.time() - t0, 2)
-
-        t0 = enter("bitexact")
-        ref_ref = qatir.run_reference(q, q_feed)
-        ref_xnn = qatir.run_reference(q, q_feed, kernels="xnnpack")
 
         def compare(lite, want):
             worst, eq, tot = 0, 0, 0
@@ -437,8 +433,19 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
                 tot += diff.size
             return worst, (100.0 * eq / tot if tot else float("nan"))
 
-        res["lsb_ref"], res["equal_pct_ref"] = compare(out_r, ref_ref)
+        t0 = enter("bitexact_xnn")  # before BUILTIN_REF, so a REF crash still leaves this measured
+        ref_xnn = qatir.run_reference(q, q_feed, kernels="xnnpack")
         res["lsb_xnn"], res["equal_pct_xnn"] = compare(out_x, ref_xnn)
+        res["seconds"]["bitexact_xnn"] = round(time.time() - t0, 2)
+
+        t0 = enter("litert_ref")
+        it_r = _interp(bytes(buf), ref=True)
+        out_r = _invoke(it_r, q_feed, names)
+        res["seconds"]["litert_ref"] = round(time.time() - t0, 2)
+
+        t0 = enter("bitexact")
+        ref_ref = qatir.run_reference(q, q_feed)
+        res["lsb_ref"], res["equal_pct_ref"] = compare(out_r, ref_ref)
         res["bit_exact"] = res["lsb_ref"] == 0 and res["lsb_xnn"] == 0
         res["seconds"]["bitexact"] = round(time.time() - t0, 2)
 
@@ -449,6 +456,7 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             outs_f.append(float_out[t.name].ravel())
             outs_q.append(_deq(d, y).ravel())
         res["sqnr_db"] = sqnr_db(np.concatenate(outs_f), np.concatenate(outs_q))
+        res["sqnr_db_per_output"] = [sqnr_db(f, q_) for f, q_ in zip(outs_f, outs_q)]
         res["seconds"]["sqnr"] = round(time.time() - t0, 2)
 
         if real:
@@ -546,7 +554,8 @@ HEADER = (f"{'model':<36} {'source':<22} {'nodes':>5} {'stage':<10} {'status':<6
 
 
 def row(r: dict) -> str:
-    lsb = "-" if r.get("lsb_ref") is None else f"{r['lsb_ref']}/{r.get('lsb_xnn', '-')}"
+    lsb = "-" if r.get("lsb_ref") is None and r.get("lsb_xnn") is None else \
+        f"{_fmt(r.get('lsb_ref'), 'd')}/{_fmt(r.get('lsb_xnn'), 'd')}"
     stage = r.get("stage") or "-"
     if r.get("status") == "ok":
         stage = "done"
@@ -554,7 +563,36 @@ def row(r: dict) -> str:
             f"{_fmt(r.get('nodes'), 'd'):>5} {stage:<10} {r.get('status', '?'):<6} "
             f"{_fmt(r.get('float_rel_err'), '.1e'):>9} {lsb:>11} "
             f"{_fmt(r.get('sqnr_db'), '.1f'):>6} {_fmt(r.get('wall_s'), '.0f'):>6}  "
-            f"{short_error(r.get('error'))}")
+            f"{short_error(r.get('error')) or notes(r)}")
+
+
+def notes(r: dict) -> str:
+    """For a model that went through: what qatir warned about (see the JSON for the text)."""
+    ws = r.get("quantize_warnings", []) + r.get("export_warnings", [])
+    out = []
+    bias = sum(len(re.findall(r"overflows int32", w)) for w in ws)
+    if bias:
+        out.append(f"bias clipped x{bias}")
+    if any("XNNPACK" in w for w in ws):
+        out.append("some ops off XNNPACK")
+    if r.get("float_island_ops"):
+        out.append(f"{r['float_island_ops']} DEQUANTIZE (float islands)")
+    other = [w for w in ws if "overflows int32" not in w and "XNNPACK" not in w]
+    if other:
+        out.append(f"{len(other)} other warning(s)")
+    return ("notes: " + "; ".join(out)) if out else ""
+
+
+def task_lines(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        t = r.get("task")
+        if isinstance(t, dict):
+            lines.append(f"  {r['name']:<36} {t['kind']:<10} {t.get('summary', '')}")
+            for ex in t.get("examples", []):
+                lines.append(f"  {'':<36} {'':<10} truth {ex['truth']!r} float {ex['float']!r} "
+                             f"int8 {ex['int8']!r}")
+    return ("real tasks (float vs int8 on real data):\n" + "\n".join(lines)) if lines else ""
 
 
 def summary(results: list[dict]) -> str:
@@ -583,7 +621,7 @@ def error_head(err: str | None) -> str:
         return f"{m.group(1)}: no int8 kernel for {', '.join(ops)}"
     s = re.sub(r"^(\w+): [^ ]+\.(onnx|tflite): ", r"\1: ", err)
     s = re.sub(r"'[^']*'", "'.'", s)
-    s = re.sub(r"(?<![A-Za-z_])-?\d+(\.\d+)?(e[-+]?\d+)?", "N", s)
+    s = re.sub(r"(?<![A-Za-z_0-9])-?\d+(\.\d+)?(e[-+]?\d+)?", "N", s)
     s = re.sub(r"('\.' \(\w+\), )+", "'.' (..), ", s)
     return s[:90]
 
@@ -638,6 +676,8 @@ def run_corpus(manifest: str, only: str | None = None, jobs: int = 1, timeout: f
         if not only or fnmatch.fnmatch(e["name"], only) or only in e["name"]:
             print(f"{e['name'][:36]:<36} (did not build: {short_error(e['error'], 90)})",
                   file=out)
+    if task_lines(results):
+        print(task_lines(results), file=out)
     if any(r.get("status") != "ok" for r in results):
         print(failure_reasons(results), file=out)
     print(summary(results), file=out, flush=True)
