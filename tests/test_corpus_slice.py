@@ -59,13 +59,19 @@ def residual_block():
     i += [_w("c0", (8, 3, 3, 3)), _w("c1", (8, 8, 3, 3), 0.15), _w("c2", (8, 8, 3, 3), 0.15),
           _w("fc_w", (10, 8)), _w("fc_b", (10,), 0.1)]
     n.append(helper.make_node("Conv", ["input", "c0"], ["a0"], pads=[1, 1, 1, 1], strides=[2, 2]))
-    bn, bi = _bn("bn0", 8, "a0", "a1"); n.append(bn); i += bi
+    bn, bi = _bn("bn0", 8, "a0", "a1")
+    n.append(bn)
+    i += bi
     n.append(helper.make_node("Relu", ["a1"], ["a2"]))
     n.append(helper.make_node("Conv", ["a2", "c1"], ["b0"], pads=[1, 1, 1, 1]))
-    bn, bi = _bn("bn1", 8, "b0", "b1"); n.append(bn); i += bi
+    bn, bi = _bn("bn1", 8, "b0", "b1")
+    n.append(bn)
+    i += bi
     n.append(helper.make_node("Relu", ["b1"], ["b2"]))
     n.append(helper.make_node("Conv", ["b2", "c2"], ["b3"], pads=[1, 1, 1, 1]))
-    bn, bi = _bn("bn2", 8, "b3", "b4"); n.append(bn); i += bi
+    bn, bi = _bn("bn2", 8, "b3", "b4")
+    n.append(bn)
+    i += bi
     n.append(helper.make_node("Add", ["b4", "a2"], ["c0s"]))
     n.append(helper.make_node("Relu", ["c0s"], ["c1s"]))
     n.append(helper.make_node("GlobalAveragePool", ["c1s"], ["p"]))

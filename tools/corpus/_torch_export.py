@@ -113,7 +113,7 @@ def render_data(out_dir: str, sk_images: str) -> None:
     except TypeError:
         font = ImageFont.load_default()
     texts, imgs = [], []
-    for i in range(16):
+    for _ in range(16):
         text = " ".join(rng.choice(words, size=2))
         im = Image.new("RGB", (320, 48), (255, 255, 255))
         ImageDraw.Draw(im).text((6, 6), text, fill=(0, 0, 0), font=font)

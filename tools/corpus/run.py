@@ -48,7 +48,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MANIFEST = os.path.join(HERE, "models", "manifest.json")
 STAGES = ["load", "float", "runtime", "quantize", "calibrate", "export", "litert", "bitexact_xnn",
           "litert_ref", "bitexact", "sqnr", "task"]
-FLOAT_TOL = 1e-3  # max |qatir - runtime| / max |runtime| above which "float" fails
+FLOAT_TOL = 1e-3  # max |qatir - runtime| / max |runtime| above which "runtime" fails
+FEEDS = int(os.environ.get("QATIR_CORPUS_FEEDS", "3"))  # inputs the bit-exact stages compare on
 
 
 class FloatMismatch(Exception):
@@ -142,7 +143,6 @@ def _random_source_feed(entry, seed: int) -> dict:
 
 def _source_run(entry, path, feed) -> list:
     """The model in its own runtime: onnxruntime for ONNX, LiteRT (float) for TFLite."""
-    np = _np()
     if entry["format"] == "onnx":
         import onnxruntime as ort
 
@@ -412,40 +412,49 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
         it_x = _interp(bytes(buf), ref=False)
         ins = it_x.get_input_details()
         det_by = {d["name"]: d for d in ins}
-        q_feed = {}
-        for k, t in enumerate(g.inputs):
-            d = det_by.get(t.name, ins[k])
-            q_feed[t.name] = _quantize_in(d, ir_feed[t.name])
-        out_x = _invoke(it_x, q_feed, names)
+
+        def quant_feed(feed):
+            return {t.name: _quantize_in(det_by.get(t.name, ins[k]), feed[t.name])
+                    for k, t in enumerate(g.inputs)}
+
+        # bit-exactness is checked on FEEDS inputs: the measured feed, then more of the same kind
+        more = real[5:4 + FEEDS] if real else [
+            {t.name: _to_ir(t, f[s]) for t, s in zip(g.inputs, by_src)}
+            for f in (_random_source_feed(entry, seed=200 + i) for i in range(FEEDS - 1))]
+        q_feeds = [quant_feed(f) for f in [ir_feed] + list(more)]
+        outs_x = [_invoke(it_x, qf, names) for qf in q_feeds]
+        out_x = outs_x[0]
+        res["bitexact_feeds"] = len(q_feeds)
         res["seconds"]["litert"] = round(time.time() - t0, 2)
 
-        def compare(lite, want):
+        def compare(lites, wants):
             worst, eq, tot = 0, 0, 0
-            for k, (d, y) in enumerate(lite):
-                key = d["name"] if d["name"] in want else list(want)[k]
-                r = np.asarray(want[key])
-                if y.dtype != np.int8 or r.dtype != np.int8:
-                    res.setdefault("non_int8_outputs", []).append(d["name"])
-                    continue
-                diff = np.abs(y.astype(np.int32) - r.reshape(y.shape).astype(np.int32))
-                worst = max(worst, int(diff.max()) if diff.size else 0)
-                eq += int((diff == 0).sum())
-                tot += diff.size
+            for lite, want in zip(lites, wants):
+                for k, (d, y) in enumerate(lite):
+                    key = d["name"] if d["name"] in want else list(want)[k]
+                    r = np.asarray(want[key])
+                    if y.dtype != np.int8 or r.dtype != np.int8:
+                        res.setdefault("non_int8_outputs", []).append(d["name"])
+                        continue
+                    diff = np.abs(y.astype(np.int32) - r.reshape(y.shape).astype(np.int32))
+                    worst = max(worst, int(diff.max()) if diff.size else 0)
+                    eq += int((diff == 0).sum())
+                    tot += diff.size
             return worst, (100.0 * eq / tot if tot else float("nan"))
 
         t0 = enter("bitexact_xnn")  # before BUILTIN_REF, so a REF crash still leaves this measured
-        ref_xnn = qatir.run_reference(q, q_feed, kernels="xnnpack")
-        res["lsb_xnn"], res["equal_pct_xnn"] = compare(out_x, ref_xnn)
+        refs = [qatir.run_reference(q, qf, kernels="xnnpack") for qf in q_feeds]
+        res["lsb_xnn"], res["equal_pct_xnn"] = compare(outs_x, refs)
         res["seconds"]["bitexact_xnn"] = round(time.time() - t0, 2)
 
         t0 = enter("litert_ref")
         it_r = _interp(bytes(buf), ref=True)
-        out_r = _invoke(it_r, q_feed, names)
+        outs_r = [_invoke(it_r, qf, names) for qf in q_feeds]
         res["seconds"]["litert_ref"] = round(time.time() - t0, 2)
 
         t0 = enter("bitexact")
-        ref_ref = qatir.run_reference(q, q_feed)
-        res["lsb_ref"], res["equal_pct_ref"] = compare(out_r, ref_ref)
+        refs = [qatir.run_reference(q, qf) for qf in q_feeds]
+        res["lsb_ref"], res["equal_pct_ref"] = compare(outs_r, refs)
         res["bit_exact"] = res["lsb_ref"] == 0 and res["lsb_xnn"] == 0
         res["seconds"]["bitexact"] = round(time.time() - t0, 2)
 
@@ -469,9 +478,7 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             f_all, q_all = [], []
             for feed in evals:
                 fo = qatir.run(g, feed)
-                qf = {t.name: _quantize_in(det_by.get(t.name, ins[k]), feed[t.name])
-                      for k, t in enumerate(g.inputs)}
-                qo = _invoke(it_x, qf, names)
+                qo = _invoke(it_x, quant_feed(feed), names)
                 f_all.append([np.asarray(fo[(next((t for t in g.outputs if t.name == d["name"]),
                                                    g.outputs[k])).name]) for k, (d, _) in
                               enumerate(qo)])
