@@ -166,6 +166,7 @@ def test_slice_model_is_ok_and_bit_exact(slice_results, name):
     assert r["equal_pct_ref"] == 100.0
     assert r["lsb_xnn"] == 0, r  # the XNNPACK path vs kernels="xnnpack"
     assert r["bit_exact"] is True
+    assert r["bitexact_feeds"] == 3  # the measured feed and two more
     assert r["tflite_bytes"] > 0 and r["ops"] >= 3
     assert r["sqnr_db"] > 10.0, r["sqnr_db"]  # int8 tracks float (random data, 4 calib batches)
 
