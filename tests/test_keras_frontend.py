@@ -389,6 +389,16 @@ def test_dynamic_batch_runs_at_any_batch(rng):
         check(model, rng, batch=batch)
 
 
+def test_dynamic_spatial_dims(rng):
+    model = functional((None, None, 3), layers.Conv2D(4, 3, strides=2, padding="same"),
+                       layers.GlobalAveragePooling2D(), layers.Dense(2))
+    g = qatir.load(model)
+    assert g.inputs[0].shape == (None, None, None, 3)
+    for hw in (8, 11):
+        x = rng.standard_normal((1, hw, hw, 3)).astype(np.float32)
+        check(model, rng, feeds={"x": x})
+
+
 def test_input_shapes_pins_the_batch(rng):
     model = functional((6, 6, 3), layers.Conv2D(4, 3))
     g = qatir.load(model, input_shapes={"x": [1, 6, 6, 3]})
@@ -473,9 +483,15 @@ def test_subclass_of_a_keras_layer_is_refused():
         qatir.load(functional((3,), MyDense(2, name="md")))
 
 
-def test_not_a_model():
+@pytest.mark.parametrize("obj", [object(), layers.Dense(2)], ids=["object", "bare_layer"])
+def test_not_a_model(obj):
     with pytest.raises(qatir.QatirError, match="keras.Model"):
-        qatir.load(object())
+        qatir.load(obj)
+
+
+def test_unknown_input_shapes_name():
+    with pytest.raises(qatir.ShapeError, match="'nope'"):
+        qatir.load(functional((3,), layers.Dense(2)), input_shapes={"nope": [1, 3]})
 
 
 # ------------------------------------------------------------------ to int8
