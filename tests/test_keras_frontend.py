@@ -522,3 +522,32 @@ def test_keras_model_to_int8_tflite_runs_in_litert(rng, tmp_path):
     ref = np.asarray(model(x, training=False))
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max() + 1e-6
+
+
+# ------------------------------------------------------------------ keras.applications
+APPS = {
+    "MobileNetV2": dict(alpha=0.35, input_shape=(96, 96, 3)),
+    "MobileNetV3Small": dict(input_shape=(96, 96, 3)),
+    "EfficientNetB0": dict(input_shape=(64, 64, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_keras_applications(name, rng):
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, classifier_activation=None,
+                                              **APPS[name])
+    x = rng.uniform(0, 255, (2, *APPS[name]["input_shape"])).astype(np.float32)
+    g = check(model, rng, feeds={model.inputs[0].name: x})
+    layer_names = {layer.name for layer in model.layers}
+    weight_nodes = [n for n in g.nodes if n.op in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert weight_nodes and all(n.name in layer_names for n in weight_nodes)
+    assert any(n.op == "BATCH_NORM" for n in g.nodes)
+
+
+def test_convnext_is_refused_with_its_layers_named():
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
+    with pytest.raises(qatir.UnsupportedOpError) as e:
+        qatir.load(model)
+    assert {"LayerNormalization", "Activation", "LayerScale"} <= set(e.value.ops)
+    assert "gelu" in str(e.value) and "TFLiteConverter" in str(e.value)

@@ -35,11 +35,10 @@ WAY_OUT = ("convert the model to a float TFLite file with tf.lite.TFLiteConverte
 
 
 def is_keras_model(obj: Any) -> bool:
-    """True for a Keras 3 model object (tf-keras models are recognised by their module)."""
-    mod = type(obj).__module__
-    return any(mod == p or mod.startswith(p + ".") for p in ("keras", "tf_keras")) or any(
-        c.__module__.startswith(("keras.", "tf_keras.")) and c.__name__ == "Model"
-        for c in type(obj).__mro__)
+    """True for a Keras 3 model object, or any tf-keras object (refused with the way out)."""
+    if type(obj).__module__.startswith("tf_keras"):
+        return True
+    return _is_model(obj)
 
 
 def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
@@ -128,7 +127,8 @@ def model_kind(model: Any) -> str | None:
 
 
 def _check_supported(model: Any, source: str) -> None:
-    """Raise one UnsupportedOpError naming every layer (by name and class) qatir cannot import."""
+    """Raise one UnsupportedOpError naming every layer (by name and class) qatir cannot import,
+    each with the reason, then the way out."""
     bad: dict[str, list[str]] = {}
     for op in _all_operations(model):
         why = refusal(op)
@@ -136,8 +136,7 @@ def _check_supported(model: Any, source: str) -> None:
             bad.setdefault(type(op).__name__, []).append(f"{op.name!r} ({why})")
     if bad:
         counts = {k: len(v) for k, v in bad.items()}
-        detail = "; ".join(f"{k}: {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
-                           for k, v in sorted(bad.items()))
+        detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(bad.items()))
         raise UnsupportedOpError(source, counts, f"{detail}. Way out: {WAY_OUT}")
 
 
@@ -146,10 +145,8 @@ def _all_operations(model: Any) -> list[Any]:
     for op in _operations(model):
         if model_kind(op) is not None:
             out += _all_operations(op)
-        elif _is_model(op):
-            out.append(op)   # subclassed inner model: refusal() names it
         else:
-            out.append(op)
+            out.append(op)   # a layer, a keras.ops operation, or a subclassed inner model
     return out
 
 

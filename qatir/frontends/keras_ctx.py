@@ -84,7 +84,7 @@ class Ctx:
         self.g = graph
         self.source = source
         self.layer = ""                   # name of the layer being converted (for messages)
-        self._calls: dict[str, int] = {}  # layer name -> calls converted so far
+        self._calls: dict[int, int] = {}  # id(layer) -> calls converted so far
         self._named: set[str] = set()     # layer names already given to a node
 
     # ------------------------------------------------------------ building
@@ -170,8 +170,8 @@ class Ctx:
                 list(x.values()) if isinstance(x, dict) else [x])
             return self.apply_model(op, ins)
         conv = CONVERTERS[key_of(op)]
-        k = self._calls.get(op.name, 0)
-        self._calls[op.name] = k + 1
+        k = self._calls.get(id(op), 0)
+        self._calls[id(op)] = k + 1
         outer, self.layer = self.layer, op.name if k == 0 else f"{op.name}_call{k}"
         try:
             out = conv.fn(self, op, args, kwargs)
