@@ -551,3 +551,26 @@ def test_convnext_is_refused_with_its_layers_named():
         qatir.load(model)
     assert {"LayerNormalization", "Activation", "LayerScale"} <= set(e.value.ops)
     assert "gelu" in str(e.value) and "TFLiteConverter" in str(e.value)
+
+
+def test_unbuilt_sequential_is_refused():
+    with pytest.raises(qatir.QatirError, match="no inputs yet"):
+        qatir.load(keras.Sequential([layers.Dense(2)]))
+
+
+def test_sequential_in_sequential(rng):
+    inner = keras.Sequential([layers.Dense(4, activation="relu"), layers.Dense(3)], name="inner")
+    model = keras.Sequential([keras.Input((5,), name="x"), inner, layers.Softmax()])
+    g = check(model, rng)
+    assert ops_of(g) == ["FULLY_CONNECTED", "RELU", "FULLY_CONNECTED", "SOFTMAX"]
+
+
+def test_cli_dump_of_a_keras_file(tmp_path, capsys):
+    from qatir.cli import main
+
+    model = functional((6, 6, 3), layers.Conv2D(4, 3, name="stem"), layers.Flatten(),
+                       layers.Dense(2, name="logits"))
+    model.save(tmp_path / "m.keras")
+    assert main(["dump", str(tmp_path / "m.keras")]) == 0
+    out = capsys.readouterr().out
+    assert "= CONV_2D(" in out and "# stem" in out and "# logits" in out
