@@ -574,3 +574,10 @@ def test_cli_dump_of_a_keras_file(tmp_path, capsys):
     assert main(["dump", str(tmp_path / "m.keras")]) == 0
     out = capsys.readouterr().out
     assert "= CONV_2D(" in out and "# stem" in out and "# logits" in out
+
+
+def test_shape_error_names_the_layer():
+    x = keras.Input((None, 3), name="x")   # Flatten needs the dynamic length
+    model = keras.Model(x, layers.Flatten(name="flat")(x))
+    with pytest.raises(qatir.QatirError, match="'flat'.*dynamic"):
+        qatir.load(model)

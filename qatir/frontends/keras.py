@@ -66,7 +66,7 @@ def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = No
     try:
         outs = ctx.apply_model(model, ins)
     except ShapeError as e:
-        raise ShapeError(f"{source}: layer {ctx.layer!r}: {e}") from None
+        raise ShapeError(f"{source}: {e}") from None
     seen: set[int] = set()
     graph.outputs = []
     for t in outs:
@@ -76,7 +76,7 @@ def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = No
         graph.outputs.append(t)
     graph.eliminate_dead_code()
     graph.metadata["source"] = {"format": "keras", "model": model.name,
-                                "keras": _keras_version(model)}
+                                "keras": _keras_version()}
     graph.verify()
     return graph
 
@@ -174,7 +174,7 @@ def _graph_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-." else "_" for c in name) or "main"
 
 
-def _keras_version(model: Any) -> str:
+def _keras_version() -> str:
     try:
         import keras
 

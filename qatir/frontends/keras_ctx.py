@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qatir.errors import ShapeError, UnsupportedOpError
+from qatir.errors import ModelFormatError, ShapeError, UnsupportedOpError
 from qatir.ir import Graph, Node, Tensor
 
 
@@ -26,6 +26,8 @@ class Converter:
 
 
 CONVERTERS: dict[str, Converter] = {}
+# What a converter may raise on a layer whose configuration it did not expect.
+_LAYER_FAULTS = (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError)
 
 
 def converter(*class_names: str, check: Callable[[Any], str | None] | None = None,
@@ -174,7 +176,13 @@ class Ctx:
         self._calls[id(op)] = k + 1
         outer, self.layer = self.layer, op.name if k == 0 else f"{op.name}_call{k}"
         try:
-            out = conv.fn(self, op, args, kwargs)
+            try:
+                out = conv.fn(self, op, args, kwargs)
+            except ShapeError as e:
+                raise ShapeError(f"layer {op.name!r} ({type(op).__name__}): {e}") from None
+            except _LAYER_FAULTS as e:
+                raise ModelFormatError(f"{self.source}: layer {op.name!r} ({type(op).__name__}): "
+                                       f"cannot import it: {type(e).__name__}: {e}") from None
             outs = [out] if isinstance(out, Tensor) else list(out)
             if len(outs) == 1:
                 self._name_output(outs[0])
