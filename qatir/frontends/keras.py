@@ -8,6 +8,9 @@ the layer's output tensor carries the layer's name. Weights are float
 constants; BatchNormalization stays a BATCH_NORM node, so ``qatir.fit`` on the
 float graph trains it and ``qatir.quantize`` folds it. Activations fused in a
 Conv/Dense layer become their own node (the fuse pass fuses them back).
+A shared layer (one layer object called more than once) gets one set of nodes
+per call, named ``layer``, ``layer_call1``, ...; each call has its own copy of
+the weights, so ``qatir.fit`` trains the copies apart.
 
 Layers (``keras_layers``, ``keras_misc``) and the ``keras.ops`` operations a
 functional model may call (``keras_ops``) are converted by class; the class
