@@ -8,20 +8,17 @@ Keras-imported graph (layer names are node names).
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from pathlib import Path
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import qatir
+from qatir.table import builtin_tables
 
 keras = pytest.importorskip("keras")
-
-import qatir  # noqa: E402
-from qatir.table import builtin_tables  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGE = DOCS / "from-tfmot.md"

@@ -7,17 +7,13 @@ the largest reference value), with no transposes (Keras is NHWC already).
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import qatir
 
 keras = pytest.importorskip("keras")
 from keras import layers, ops  # noqa: E402
-
-import qatir  # noqa: E402
 
 RTOL = 1e-5
 

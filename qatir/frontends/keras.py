@@ -46,6 +46,9 @@ def is_keras_model(obj: Any) -> bool:
 
 def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
     """Import a ``keras.Model`` or a ``.keras`` / ``.h5`` file; returns a verified graph."""
+    from qatir.tf.env import import_tensorflow
+
+    import_tensorflow()   # qatir's TF settings before Keras (its backend) runs anything
     source = "keras model"
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
