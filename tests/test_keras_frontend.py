@@ -435,16 +435,18 @@ def test_unsupported_layers_are_all_named():
     x = layers.Dense(8, activation="gelu", name="fc_gelu")(x)
     x = Custom(name="mine")(x)
     x = layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    x = layers.Lambda(lambda t: t + 1.0, name="lam")(x)
     x = layers.Dense(8, name="ok")(x)
     with pytest.raises(qatir.UnsupportedOpError) as e:
         qatir.load(keras.Model(inp, x))
     msg = str(e.value)
     for part in ("LayerNormalization", "'ln'", "Dense", "'fc_gelu'", "gelu", "Custom", "'mine'",
-                 "MultiHeadAttention", "'mha'", "TFLiteConverter", "qatir.load"):
+                 "MultiHeadAttention", "'mha'", "Lambda", "'lam'", "Python code",
+                 "TFLiteConverter", "qatir.load"):
         assert part in msg, (part, msg)
     assert "'ok'" not in msg
     assert e.value.ops == {"LayerNormalization": 1, "Dense": 1, "Custom": 1,
-                           "MultiHeadAttention": 1}
+                           "MultiHeadAttention": 1, "Lambda": 1}
 
 
 def test_unsupported_option_is_named():

@@ -63,6 +63,8 @@ def refusal(op: Any) -> str | None:
     if conv is None:
         if any(c.__name__ == "Model" for c in type(op).__mro__):
             return "a subclassed model whose call qatir cannot see"
+        if type(op).__name__ == "Lambda":
+            return "a Lambda layer runs Python code qatir cannot see"
         return "no qatir op for this layer"
     return conv.check(op) if conv.check else None
 
