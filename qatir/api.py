@@ -17,12 +17,25 @@ def _suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
-def load(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Import a model (.onnx, .tflite) or reload a saved IR (.qatir, .json)."""
+def load(path: str | os.PathLike | Any,
+         input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Import a model (.onnx, .tflite, a keras.Model, .keras, .h5) or reload a saved IR
+    (.qatir, .json)."""
+    if not isinstance(path, (str, os.PathLike)):
+        from qatir.frontends.keras import is_keras_model, load_keras
+
+        if is_keras_model(path):
+            return load_keras(path, input_shapes=input_shapes)
+        raise ModelFormatError(f"qatir.load: expected a path or a keras.Model, got "
+                               f"{type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFormatError(f"{path}: no such file")
     suffix = _suffix(path)
+    if suffix in (".keras", ".h5"):
+        from qatir.frontends.keras import load_keras
+
+        return load_keras(path, input_shapes=input_shapes)
     if suffix == ".onnx":
         from qatir.frontends.onnx import load_onnx
 
@@ -43,7 +56,7 @@ def load(path: str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] | No
 
         return load_json(path)
     raise ModelFormatError(f"{path}: unknown model suffix {suffix!r} "
-                           "(expected .onnx, .tflite, .qatir or .json)")
+                           "(expected .onnx, .tflite, .keras, .h5, .qatir or .json)")
 
 
 def fix_input_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]], source: str) -> None:
