@@ -18,6 +18,7 @@ from qatir import reference_kernels as K
 from qatir.errors import ExportError, UnsupportedOpError
 from qatir.ir import Graph, Node
 from qatir.lower import is_lowered, is_quantized, lower
+from qatir.numerics import normalize_axis, round_half_away
 
 Kernel = Callable[[Node, list, str], np.ndarray]
 MODES = ("reference", "xnnpack")
@@ -45,7 +46,7 @@ def _tile(node: Node, xs: list) -> np.ndarray:
 
 
 def _concat(node: Node, xs: list) -> np.ndarray:
-    return np.concatenate(xs, axis=int(node.attrs["axis"]) % xs[0].ndim)
+    return np.concatenate(xs, axis=normalize_axis(node.attrs["axis"], xs[0].ndim))
 
 
 def _pad(node: Node, xs: list) -> np.ndarray:
@@ -56,7 +57,7 @@ def _pad(node: Node, xs: list) -> np.ndarray:
     if q is not None:
         value = q.zero_point[0]
         if cv != 0.0:
-            value = int(np.clip(np.round(cv / q.scale[0]) + q.zero_point[0], -128, 127))
+            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0], -128, 127))
     elif cv != 0.0:
         value = cv
     return np.pad(x, [tuple(int(v) for v in p) for p in node.attrs["paddings"]],
@@ -99,7 +100,7 @@ def _resize_nearest(node: Node, xs: list) -> np.ndarray:
         pos = np.arange(out, dtype=np.float32)
         offset = np.float32(0.5) if half else np.float32(0.0)
         v = (pos + offset) * scale
-        v = np.round(v) if align else np.floor(v)
+        v = round_half_away(v) if align else np.floor(v)
         return np.minimum(v.astype(np.int64), size - 1)
 
     return x[:, index(oh, h)][:, :, index(ow, w)]
