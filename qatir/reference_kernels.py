@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.ir import Node, QuantParams
+from qatir.numerics import same_padding
 from qatir.ops.defs import conv_out
 from qatir.reference_math import (
     act_range,
@@ -40,12 +41,11 @@ def _act(node: Node) -> tuple[int, int]:
     return act_range(node.attrs.get("fused_activation", "NONE"), s, z)
 
 
-def same_padding(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+def _window(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
     """(output size, padding before) exactly as TFLite ComputePaddingHeightWidth."""
-    out = conv_out(size, k, stride, dilation, padding)
-    eff = (k - 1) * dilation + 1
-    total = max((out - 1) * stride + eff - size, 0) if padding == "SAME" else 0
-    return out, total // 2
+    if padding == "SAME":
+        return same_padding(size, k, stride, dilation)[:2]
+    return conv_out(size, k, stride, dilation, padding), 0
 
 
 def patches(x: np.ndarray, kh: int, kw: int, attrs: dict, fill: int
@@ -54,8 +54,8 @@ def patches(x: np.ndarray, kh: int, kw: int, attrs: dict, fill: int
     n, h, w, c = x.shape
     sh, sw = attrs["stride"]
     dh, dw = attrs.get("dilation", (1, 1))
-    oh, pt = same_padding(h, kh, sh, dh, attrs["padding"])
-    ow, pl = same_padding(w, kw, sw, dw, attrs["padding"])
+    oh, pt = _window(h, kh, sh, dh, attrs["padding"])
+    ow, pl = _window(w, kw, sw, dw, attrs["padding"])
     ih = np.arange(oh)[:, None] * sh + np.arange(kh)[None, :] * dh - pt
     iw = np.arange(ow)[:, None] * sw + np.arange(kw)[None, :] * dw - pl
     mh = (ih >= 0) & (ih < h)
@@ -137,8 +137,8 @@ def transpose_conv(node: Node, xs: list, mode: str) -> np.ndarray:
     o, kh, kw, _ = w.shape
     oh, ow = node.outputs[0].shape[1:3]
     sh, sw = node.attrs["stride"]
-    _, pt = same_padding(oh, kh, sh, 1, node.attrs["padding"])
-    _, pl = same_padding(ow, kw, sw, 1, node.attrs["padding"])
+    _, pt = _window(oh, kh, sh, 1, node.attrs["padding"])
+    _, pl = _window(ow, kw, sw, 1, node.attrs["padding"])
     # contrib[n, y, x, i, j, o] scattered to out[y*s - pt + i, x*s - pl + j]
     contrib = np.einsum("nyxc,oijc->nyxijo", x.astype(np.int64) - zp, w.astype(np.int64))
     full = np.zeros((n, (h - 1) * sh + kh, (wd - 1) * sw + kw, o), np.int64)
