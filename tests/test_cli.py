@@ -358,3 +358,20 @@ def test_plugin_example_found_through_its_entry_point(capsys, tiny, tmp_path, mo
     assert rc == 0, err
     after = stdout.split("// IR after pass 0: relu_to_relu6")[1].split("\n}")[0]
     assert "RELU6(" in after and "RELU(" not in after
+
+
+def test_compile_print_ir_after_reaches_lowering_steps(capsys, tiny, tmp_path):
+    """``--print-ir-after`` names passes and lowering steps alike; ``all`` dumps both."""
+    out = tmp_path / "l.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib-random", "2",
+                              "--print-ir-after", "fold_batch_norm,lower.bias,edges",
+                              "--no-progress")
+    assert rc == 0, err
+    assert "// IR after pass" in stdout and "fold_batch_norm" in stdout
+    steps = [line for line in stdout.splitlines() if line.startswith("// IR after lowering step")]
+    assert [s.rsplit(": ", 1)[1] for s in steps] == ["lower.bias", "lower.edges"]
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib-random", "2",
+                              "--print-ir-after", "all", "--no-progress")
+    assert rc == 0, err
+    assert "// IR after pass" in stdout and "// IR after lowering step" in stdout
+    assert "lower.limits" in stdout
