@@ -1,13 +1,17 @@
-"""The integer reference: runs a lowered int8 graph with numpy integer kernels.
+"""The integer reference: runs a quantized int8 graph with numpy integer kernels.
 
-``run_reference(graph, feeds, kernels="reference")`` matches LiteRT's
-``OpResolverType.BUILTIN_REF`` kernels bit for bit; ``kernels="xnnpack"``
-matches the default resolver (XNNPACK delegate with fp32 requantization for
-the ops it takes, LiteRT's optimized kernels for the rest). The rules of each
-path are in ``shared/TFLITE_INT8.md`` section 4; the kernels live in
-:mod:`qatir.reference_kernels` and :mod:`qatir.reference_softmax`.
+``run_reference(graph, feeds, kernels="reference")`` takes a quantized
+(FAKE_QUANT) or already lowered graph, lowers a copy with int8 edges and runs
+it on int8 feeds, matching LiteRT's ``OpResolverType.BUILTIN_REF`` kernels bit
+for bit; ``kernels="xnnpack"`` matches the default resolver (XNNPACK delegate
+with fp32 requantization for the ops it takes, LiteRT's optimized kernels for
+the rest). The rules of each path are in ``shared/TFLITE_INT8.md`` section 4.
+The data-movement kernels (reshape, pad, concat, gather, resize-nearest, ...)
+are here; the arithmetic ones in :mod:`qatir.reference_kernels`; SOFTMAX, MEAN,
+SUM, REDUCE_MAX, HARD_SWISH and RESIZE_BILINEAR, with their own fixed-point
+algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
+:mod:`qatir.reference_math`.
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

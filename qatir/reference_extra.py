@@ -1,4 +1,5 @@
-"""Integer kernels with their own fixed-point algorithms: SOFTMAX, MEAN, HARD_SWISH, RESIZE_BILINEAR.
+"""Integer kernels with their own fixed-point algorithms: SOFTMAX, MEAN, SUM, REDUCE_MAX,
+HARD_SWISH, RESIZE_BILINEAR.
 
 SOFTMAX under ``BUILTIN_REF`` is the gemmlowp fixed-point algorithm
 (PreprocessSoftmaxScaling with 5 integer bits for the scaled difference, 12
