@@ -12,6 +12,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 import qatir  # noqa: E402
 from qatir.frontends.tflite_reader import read_model  # noqa: E402
+from qatir.litert_run import interpreter  # noqa: E402
 from qatir.lower import is_lowered  # noqa: E402
 from qatir.numerics import round_half_away  # noqa: E402
 
@@ -80,7 +81,7 @@ def test_quant_params_match_the_interpreter(models, which):
     g = qatir.load(path)
     g.verify()
     m, ir = _by_index(path, g)
-    interp = Interpreter(model_path=str(path))
+    interp = interpreter(path.read_bytes())
     checked = 0
     for d in interp.get_tensor_details():
         qp = d["quantization_parameters"]
@@ -146,8 +147,7 @@ def test_dump_and_roundtrip(tmp_path, models):
 def test_reference_matches_litert_builtin_ref(models, which):
     path = models[which]
     g = qatir.load(path)
-    interp = Interpreter(model_path=str(path),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp = interpreter(path.read_bytes(), "ref")
     runner = interp.get_signature_runner()
     rng = np.random.default_rng(4)
     edge_in = g.inputs[0] if which == "int8_io" else g.inputs[0].users[0].output
