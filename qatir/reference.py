@@ -14,6 +14,7 @@ algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -164,6 +165,17 @@ def _bind_dynamic_dims(g: Graph, values: dict[int, np.ndarray]) -> None:
             t.shape = tuple(batch if d is None else d for d in t.shape)
 
 
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS on one thread while the kernels run: their GEMMs are small, and waking a
+    thread pool costs more than it saves (a 36x192 @ 192x192 float32 product: 0.12 ms
+    on one thread, 22 ms on two busy cores; tools/bench_compile.py's model)."""
+    try:
+        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
                   keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
@@ -196,10 +208,10 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     for t in g.tensors.values():
         if t.is_const:
             values[id(t)] = t.data
-    for node in g.nodes:
-        xs = [None if t is None else values[id(t)] for t in node.inputs]
-        y = table[node.op](node, xs, kernels)
-        values[id(node.outputs[0])] = y
+    with _one_blas_thread():
+        for node in g.nodes:
+            xs = [None if t is None else values[id(t)] for t in node.inputs]
+            values[id(node.outputs[0])] = table[node.op](node, xs, kernels)
     if keep_all:
         return {t.name: values[id(t)] for t in g.tensors.values()
                 if id(t) in values and not t.is_const}
