@@ -40,6 +40,7 @@ from qatir.frontends.tflite_reader import (
 from qatir.frontends.tflite_sparse import densify
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.ops import fact_map
+from qatir.target import SOFTMAX_INT16_OUTPUT
 
 MAX_FILE_BYTES = 1 << 33
 # IR weight ops -> output-channel axis of their weights (the ops' channel_axis facts).
@@ -194,21 +195,24 @@ class _Importer:
             name = f"{base}_{k}"
         return name
 
-    def quant_of(self, t: TTensor, dtype: np.dtype) -> QuantParams | None:
+    def quant_of(self, t: TTensor, dtype: np.dtype, producer: str | None = None
+                 ) -> QuantParams | None:
+        """``t``'s parameters as the IR holds them; ``producer``: the IR op writing ``t``."""
         if t.quant is None or dtype.kind not in "iu":
             return None
         q = t.quant
         per_channel = q.scale.size > 1
-        self._check_quant(t, dtype, q.scale, q.zero_point, per_channel)
+        self._check_quant(t, dtype, q.scale, q.zero_point, per_channel, producer)
         return QuantParams(tuple(q.scale.tolist()), tuple(q.zero_point.tolist()),
                            q.axis if per_channel else None, bits=dtype.itemsize * 8,
                            dtype=dtype.name)
 
     def _check_quant(self, t: TTensor, dtype: np.dtype, scale: np.ndarray, zp: np.ndarray,
-                     per_channel: bool) -> None:
+                     per_channel: bool, producer: str | None = None) -> None:
         """The TFLite quantization spec's rules LiteRT enforces at load (XNNPACK refuses
         the whole model otherwise): positive normal scales, zero points in the type's
-        range, and zero for per-channel, int16 and int32 tensors."""
+        range, and zero for per-channel, int16 and int32 tensors, except the int16
+        output of an int8 SOFTMAX, which LiteRT fixes at zero point -32768."""
         def bad(why: str) -> ModelFormatError:
             return ModelFormatError(f"{self.path}: tensor {t.name!r} ({dtype.name}): {why}")
 
@@ -218,6 +222,9 @@ class _Importer:
             raise bad(f"quantization scale {float(scale.flat[np.argmin(scale)]):.4g} is not a "
                       "positive normal float32")
         zp = np.asarray(zp, np.int64)
+        if (producer == "SOFTMAX" and dtype == np.int16 and not per_channel
+                and zp.tolist() == [SOFTMAX_INT16_OUTPUT[1]]):
+            return
         if per_channel or dtype.itemsize > 1:
             if zp.size and np.any(zp != 0):
                 kind = "per-channel" if per_channel else dtype.name
@@ -353,7 +360,7 @@ class _Importer:
                                 f"{len(node.outputs)}")
         for o, t in zip(op.outputs, node.outputs):
             self._check_output(op, o, t)
-            t.quant = self.quant_of(self.m.tensors[o], t.dtype)
+            t.quant = self.quant_of(self.m.tensors[o], t.dtype, producer=emit.op)
             self.values[o] = t
         if expect is not None and list(node.outputs[0].shape) != expect:
             raise self.unsupported(op, f"output_shape {expect} differs from the "

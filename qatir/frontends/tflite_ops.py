@@ -207,7 +207,10 @@ def _leaky(ctx: Any, op: TOp) -> Emit:
 def _softmax(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)
     o = ctx.opts(op, "SoftmaxOptions")
-    return Emit("SOFTMAX", list(op.inputs), {"beta": f32(o.Beta()) if o else 0.0})
+    attrs: dict[str, Any] = {"beta": f32(o.Beta()) if o else 0.0}
+    if ctx.tensor(op.outputs[0]).dtype == np.int16:  # qatir's wide head (lowering/softmax.py)
+        attrs["dtype"] = "int16"
+    return Emit("SOFTMAX", list(op.inputs), attrs)
 
 
 @converter("QUANTIZE", "DEQUANTIZE", "CAST")
