@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
+from qatir.frontends import tflite_fold as tfold
 from qatir.frontends import tflite_ops as tops
+from qatir.frontends import tflite_shape_ops as _shape_ops  # noqa: F401  (registers converters)
 from qatir.frontends.tflite_reader import (
     LOW_LEVEL_ERRORS,
     TModel,
@@ -411,13 +413,13 @@ class _Importer:
             raise self.fail(op, "a required input is absent (-1)")
         ins = list(op.inputs)
         all_const = bool(ins) and all(i in self.consts for i in ins)
-        if not all_const and op.name not in tops.FOLD_ANY_INPUT:
+        if not all_const and op.name not in tfold.FOLD_ANY_INPUT:
             return False
         if any(self.m.tensors[i].sparsity is not None for i in ins) and op.name != "DENSIFY":
             raise self.fail(op, "reads a sparse tensor directly (only DENSIFY may)")
         symbolic = any(i in self.symbolic for i in ins) or (
             op.name == "SHAPE" and None in self.shape(ins[0]))
-        if symbolic and op.name not in tops.SYMBOLIC_OK:
+        if symbolic and op.name not in tfold.SYMBOLIC_OK:
             raise self.unsupported(op, "computes on the shape of a tensor with a dynamic dim")
         vals = [self.consts.get(i) for i in op.inputs if i >= 0]
         results = fold(self, op, vals)
