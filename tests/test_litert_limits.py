@@ -318,6 +318,19 @@ def test_wide_softmax_file_reimports_and_runs_like_litert(tmp_path):
             np.testing.assert_array_equal(got_again[out], got["head_q"])
 
 
+def test_int16_zero_point_minus_32768_is_accepted_on_a_softmax_output_only():
+    from qatir.errors import ModelFormatError
+    from qatir.frontends.tflite_quant import quant_params
+    from qatir.frontends.tflite_reader import TQuant, TTensor
+
+    t = TTensor(0, "y", (1, 1000), None, np.dtype(np.int16), 0,
+                TQuant(np.array([1 / 65536]), np.array([-32768]), 0), None, False)
+    assert quant_params("m.tflite", t, t.dtype, producer="SOFTMAX").zero_point == (-32768,)
+    for producer in (None, "QUANTIZE", "ADD"):
+        with pytest.raises(ModelFormatError, match="int16 zero points must be 0, got -32768"):
+            quant_params("m.tflite", t, t.dtype, producer=producer)
+
+
 def test_softmax_past_the_int16_limit_is_refused_by_name():
     from qatir.target import SOFTMAX_INT16_MAX_DEPTH
 
