@@ -16,12 +16,13 @@ from qatir.errors import (
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.ops.registry import register_op
 from qatir.pipeline import register_pass
+from qatir.table_fusions import register_fusion_kind
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExportError", "Graph", "ModelFormatError", "Node", "NumericsError", "PassError",
     "QatirError", "QuantParams", "ShapeError", "TableError", "Tensor", "UnsupportedOpError",
-    "VerifyError", "calibrate", "fit", "load", "quantize", "register_op", "register_pass", "run",
-    "run_reference", "save", "to_tflite",
+    "VerifyError", "calibrate", "fit", "load", "quantize", "register_fusion_kind", "register_op",
+    "register_pass", "run", "run_reference", "save", "to_tflite",
 ]

@@ -34,6 +34,7 @@ import numpy as np
 from qatir.errors import NumericsError, QatirError
 from qatir.feeds import iterate_feeds
 from qatir.ir import Graph, Node
+from qatir.numerics import normalize_axis
 from qatir.quant import refresh_quant
 from qatir.quantizers import Quantizer, get_quantizer, include_zero, symmetric_range
 
@@ -62,7 +63,7 @@ def as_rows(x: np.ndarray, axis: int | None) -> np.ndarray:
     """[rows, channels] view of a captured activation (one column when per-tensor)."""
     if axis is None:
         return x.reshape(-1, 1)
-    return np.moveaxis(x, axis % x.ndim, -1).reshape(-1, x.shape[axis])
+    return np.moveaxis(x, normalize_axis(axis, x.ndim), -1).reshape(-1, x.shape[axis])
 
 
 def minmax(x: np.ndarray, axis: int | None) -> np.ndarray:

@@ -185,7 +185,7 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 @click.option("--io", "io_type", type=click.Choice(["int8", "float"]), default="int8",
               show_default=True, help="Type of the model's inputs and outputs.")
 @click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",
-              help="Print the IR after these passes (or all).")
+              help="Print the IR after these passes or lowering steps (lower.bias), or all.")
 @click.option("--report", "report", type=click.Choice(["litert", "full"]), is_flag=False,
               flag_value="litert", default=None,
               help="Print the parity report. --report (or =litert) needs no TensorFlow; "

@@ -215,7 +215,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
                       optimizer=_adam(opts.learning_rate),
                       epochs=opts.epochs, verbose=opts.progress)
     with timer("write"):
-        buf = qatir.to_tflite(q, io=opts.io)
+        buf = qatir.to_tflite(q, io=opts.io, print_ir_after=_ir_selection(opts.print_ir_after))
         atomic_write(output, buf)
         files = [output]
         if opts.save_ir:
@@ -250,7 +250,8 @@ def expand_passes(names: Sequence[str] | None) -> list[str] | None:
 
 
 def _ir_selection(names: list[str] | None) -> str | list[str] | None:
-    """``--print-ir-after all`` means every pass; otherwise the listed pass names."""
+    """``--print-ir-after all`` means every pass and lowering step; otherwise the listed
+    pass and step names (a step as ``lower.bias`` or ``bias``)."""
     if names and "all" in names:
         return "all"
     return names

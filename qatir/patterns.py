@@ -299,12 +299,15 @@ def replace_tensor(graph: Graph, old: Tensor, new: Tensor) -> None:
 
 
 def swap_names(graph: Graph, a: Tensor, b: Tensor) -> None:
-    """Exchange the names of two registered tensors."""
-    del graph.tensors[a.name]
-    del graph.tensors[b.name]
-    a.name, b.name = b.name, a.name
-    graph.tensors[a.name] = a
-    graph.tensors[b.name] = b
+    """Exchange the names of two registered tensors (both end up last in
+    ``graph.tensors``, ``a`` before ``b``)."""
+    name_a, name_b = a.name, b.name
+    tmp = f"{name_a}<->{name_b}"  # not unique_name: that would advance the name counter
+    while tmp in graph.tensors:
+        tmp += "'"
+    graph.rename_tensor(b, tmp)
+    graph.rename_tensor(a, name_b)
+    graph.rename_tensor(b, name_a)
 
 
 def index_by_op(graph: Graph, ops: Iterable[str] | None = None) -> dict[str, list[Node]]:

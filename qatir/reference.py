@@ -1,15 +1,20 @@
-"""The integer reference: runs a lowered int8 graph with numpy integer kernels.
+"""The integer reference: runs a quantized int8 graph with numpy integer kernels.
 
-``run_reference(graph, feeds, kernels="reference")`` matches LiteRT's
-``OpResolverType.BUILTIN_REF`` kernels bit for bit; ``kernels="xnnpack"``
-matches the default resolver (XNNPACK delegate with fp32 requantization for
-the ops it takes, LiteRT's optimized kernels for the rest). The rules of each
-path are in ``shared/TFLITE_INT8.md`` section 4; the kernels live in
-:mod:`qatir.reference_kernels` and :mod:`qatir.reference_softmax`.
+``run_reference(graph, feeds, kernels="reference")`` takes a quantized
+(FAKE_QUANT) or already lowered graph, lowers a copy with int8 edges and runs
+it on int8 feeds, matching LiteRT's ``OpResolverType.BUILTIN_REF`` kernels bit
+for bit; ``kernels="xnnpack"`` matches the default resolver (XNNPACK delegate
+with fp32 requantization for the ops it takes, LiteRT's optimized kernels for
+the rest). The rules of each path are in ``shared/TFLITE_INT8.md`` section 4.
+The data-movement kernels (reshape, pad, concat, gather, resize-nearest, ...)
+are here; the arithmetic ones in :mod:`qatir.reference_kernels`; SOFTMAX, MEAN,
+SUM, REDUCE_MAX, HARD_SWISH and RESIZE_BILINEAR, with their own fixed-point
+algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
+:mod:`qatir.reference_math`.
 """
-
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -18,6 +23,7 @@ from qatir import reference_kernels as K
 from qatir.errors import ExportError, UnsupportedOpError
 from qatir.ir import Graph, Node
 from qatir.lower import is_lowered, is_quantized, lower
+from qatir.numerics import normalize_axis, round_half_away
 
 Kernel = Callable[[Node, list, str], np.ndarray]
 MODES = ("reference", "xnnpack")
@@ -45,7 +51,7 @@ def _tile(node: Node, xs: list) -> np.ndarray:
 
 
 def _concat(node: Node, xs: list) -> np.ndarray:
-    return np.concatenate(xs, axis=int(node.attrs["axis"]) % xs[0].ndim)
+    return np.concatenate(xs, axis=normalize_axis(node.attrs["axis"], xs[0].ndim))
 
 
 def _pad(node: Node, xs: list) -> np.ndarray:
@@ -56,7 +62,7 @@ def _pad(node: Node, xs: list) -> np.ndarray:
     if q is not None:
         value = q.zero_point[0]
         if cv != 0.0:
-            value = int(np.clip(np.round(cv / q.scale[0]) + q.zero_point[0], -128, 127))
+            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0], -128, 127))
     elif cv != 0.0:
         value = cv
     return np.pad(x, [tuple(int(v) for v in p) for p in node.attrs["paddings"]],
@@ -99,7 +105,7 @@ def _resize_nearest(node: Node, xs: list) -> np.ndarray:
         pos = np.arange(out, dtype=np.float32)
         offset = np.float32(0.5) if half else np.float32(0.0)
         v = (pos + offset) * scale
-        v = np.round(v) if align else np.floor(v)
+        v = round_half_away(v) if align else np.floor(v)
         return np.minimum(v.astype(np.int64), size - 1)
 
     return x[:, index(oh, h)][:, :, index(ow, w)]
@@ -159,6 +165,17 @@ def _bind_dynamic_dims(g: Graph, values: dict[int, np.ndarray]) -> None:
             t.shape = tuple(batch if d is None else d for d in t.shape)
 
 
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS on one thread while the kernels run: their GEMMs are small, and waking a
+    thread pool costs more than it saves (a 36x192 @ 192x192 float32 product: 0.12 ms
+    on one thread, 22 ms on two busy cores; tools/bench_compile.py's model)."""
+    try:
+        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
                   keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
@@ -191,10 +208,10 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     for t in g.tensors.values():
         if t.is_const:
             values[id(t)] = t.data
-    for node in g.nodes:
-        xs = [None if t is None else values[id(t)] for t in node.inputs]
-        y = table[node.op](node, xs, kernels)
-        values[id(node.outputs[0])] = y
+    with _one_blas_thread():
+        for node in g.nodes:
+            xs = [None if t is None else values[id(t)] for t in node.inputs]
+            values[id(node.outputs[0])] = table[node.op](node, xs, kernels)
     if keep_all:
         return {t.name: values[id(t)] for t in g.tensors.values()
                 if id(t) in values and not t.is_const}

@@ -1,4 +1,5 @@
-"""Integer kernels with their own fixed-point algorithms: SOFTMAX, MEAN, HARD_SWISH, RESIZE_BILINEAR.
+"""Integer kernels with their own fixed-point algorithms: SOFTMAX, MEAN, SUM, REDUCE_MAX,
+HARD_SWISH, RESIZE_BILINEAR.
 
 SOFTMAX under ``BUILTIN_REF`` is the gemmlowp fixed-point algorithm
 (PreprocessSoftmaxScaling with 5 integer bits for the scaled difference, 12
@@ -14,6 +15,7 @@ import math
 import numpy as np
 
 from qatir.ir import Node
+from qatir.numerics import normalize_axes
 from qatir.reference_math import (
     INT32_MAX,
     libm,
@@ -128,7 +130,7 @@ def mean(node: Node, xs: list, mode: str) -> np.ndarray:
     """MEAN: reference_ops::QuantizedMeanOrSum (REF) or XNNPACK's fp32 mean."""
     x = xs[0].astype(np.int64)
     axes = node.attrs["axis"]
-    axes = tuple(sorted({int(a) % x.ndim for a in ([axes] if isinstance(axes, int) else axes)}))
+    axes = tuple(normalize_axes([axes] if isinstance(axes, int) else axes, x.ndim))
     keep = bool(node.attrs["keep_dims"])
     (si, zi), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
                           for t in (node.inputs[0], node.outputs[0]))
@@ -150,7 +152,7 @@ def reduce_sum_max(node: Node, xs: list, mode: str) -> np.ndarray:
     """SUM (QuantizedMeanOrSum with compute_sum) and REDUCE_MAX (same params in and out)."""
     x = xs[0].astype(np.int64)
     axes = node.attrs["axis"]
-    axes = tuple(sorted({int(a) % x.ndim for a in ([axes] if isinstance(axes, int) else axes)}))
+    axes = tuple(normalize_axes([axes] if isinstance(axes, int) else axes, x.ndim))
     keep = bool(node.attrs["keep_dims"])
     if node.op == "REDUCE_MAX":
         return x.max(axis=axes, keepdims=keep).astype(np.int8)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.ir import Node, QuantParams
+from qatir.numerics import same_padding
 from qatir.ops.defs import conv_out
 from qatir.reference_math import (
     act_range,
@@ -40,12 +41,11 @@ def _act(node: Node) -> tuple[int, int]:
     return act_range(node.attrs.get("fused_activation", "NONE"), s, z)
 
 
-def same_padding(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+def _window(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
     """(output size, padding before) exactly as TFLite ComputePaddingHeightWidth."""
-    out = conv_out(size, k, stride, dilation, padding)
-    eff = (k - 1) * dilation + 1
-    total = max((out - 1) * stride + eff - size, 0) if padding == "SAME" else 0
-    return out, total // 2
+    if padding == "SAME":
+        return same_padding(size, k, stride, dilation)[:2]
+    return conv_out(size, k, stride, dilation, padding), 0
 
 
 def patches(x: np.ndarray, kh: int, kw: int, attrs: dict, fill: int
@@ -54,8 +54,8 @@ def patches(x: np.ndarray, kh: int, kw: int, attrs: dict, fill: int
     n, h, w, c = x.shape
     sh, sw = attrs["stride"]
     dh, dw = attrs.get("dilation", (1, 1))
-    oh, pt = same_padding(h, kh, sh, dh, attrs["padding"])
-    ow, pl = same_padding(w, kw, sw, dw, attrs["padding"])
+    oh, pt = _window(h, kh, sh, dh, attrs["padding"])
+    ow, pl = _window(w, kw, sw, dw, attrs["padding"])
     ih = np.arange(oh)[:, None] * sh + np.arange(kh)[None, :] * dh - pt
     iw = np.arange(ow)[:, None] * sw + np.arange(kw)[None, :] * dw - pl
     mh = (ih >= 0) & (ih < h)
@@ -99,13 +99,51 @@ def _bias(xs: list, n: int) -> np.ndarray:
     return np.zeros(n, np.int64) if b is None else b.astype(np.int64)
 
 
+def _exact_dtype(x: np.ndarray, w: np.ndarray, zp: int, taps: int) -> type:
+    """The narrowest float type whose sums of ``taps`` products ``(x - zp) * w`` are exact.
+
+    Every product and partial sum is an integer below the bound, so a float
+    accumulator of that many mantissa bits gets each one exactly, in any order
+    (BLAS blocking and FMA included). int64 only past 2^53.
+    """
+    xm = max(abs(int(x.max()) - zp), abs(int(x.min()) - zp)) if x.size else 0
+    wm = max(abs(int(w.max())), abs(int(w.min()))) if w.size else 0
+    bound = taps * xm * wm
+    if bound < 1 << 24:
+        return np.float32
+    return np.float64 if bound < 1 << 53 else np.int64
+
+
+def _taps(x: np.ndarray, kh: int, kw: int, attrs: dict, zp: int, dtype: type
+          ) -> tuple[np.ndarray, int, int]:
+    """im2col: ``[n, oh, ow, kh * kw, c]`` of ``x - zp`` (padding reads 0), oh, ow."""
+    n, h, w, c = x.shape
+    sh, sw = attrs["stride"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh, pt = _window(h, kh, sh, dh, attrs["padding"])
+    ow, pl = _window(w, kw, sw, dw, attrs["padding"])
+    need_h, need_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    xz = x.astype(dtype) - dtype(zp)
+    xp = np.zeros((n, max(need_h, pt + h), max(need_w, pl + w), c), dtype)
+    xp[:, pt:pt + h, pl:pl + w] = xz
+    cols = np.empty((n, oh, ow, kh * kw, c), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dh, j * dw
+            cols[:, :, :, i * kw + j] = xp[:, y0:y0 + (oh - 1) * sh + 1:sh,
+                                           x0:x0 + (ow - 1) * sw + 1:sw]
+    return cols, oh, ow
+
+
 def conv2d(node: Node, xs: list, mode: str) -> np.ndarray:
+    """One GEMM over an im2col, in float32/float64 where that is exact (see _exact_dtype)."""
     x, w = xs[0], xs[1]
     _, zp = _qp(node.inputs[0])
-    p, _ = patches(x, w.shape[1], w.shape[2], node.attrs, zp)
-    p = p.astype(np.float64) - zp
-    acc = np.einsum("nhiwjc,oijc->nhwo", p, w.astype(np.float64), optimize=True)
-    acc = np.rint(acc).astype(np.int64) + _bias(xs, w.shape[0])
+    o, kh, kw, c = w.shape
+    dtype = _exact_dtype(x, w, zp, kh * kw * c)
+    cols, oh, ow = _taps(x, kh, kw, node.attrs, zp, dtype)
+    acc = cols.reshape(-1, kh * kw * c) @ w.reshape(o, -1).astype(dtype).T
+    acc = acc.astype(np.int64).reshape(x.shape[0], oh, ow, o) + _bias(xs, o)
     return _requant(acc, node, _scales(node, mode), mode)
 
 
@@ -113,11 +151,16 @@ def depthwise_conv2d(node: Node, xs: list, mode: str) -> np.ndarray:
     x, w = xs[0], xs[1]
     _, zp = _qp(node.inputs[0])
     m = int(node.attrs["depth_multiplier"])
-    p, _ = patches(x, w.shape[1], w.shape[2], node.attrs, zp)
-    p = p.astype(np.int64) - zp
+    _, kh, kw, o = w.shape
+    dtype = _exact_dtype(x, w, zp, kh * kw)
+    cols, oh, ow = _taps(x, kh, kw, node.attrs, zp, dtype)
     if m > 1:
-        p = np.repeat(p, m, axis=-1)
-    acc = np.einsum("nhiwjo,ijo->nhwo", p, w[0].astype(np.int64)) + _bias(xs, w.shape[3])
+        cols = np.repeat(cols, m, axis=-1)
+    wt = w[0].reshape(kh * kw, o).astype(dtype)
+    acc = cols[:, :, :, 0] * wt[0]
+    for t in range(1, kh * kw):
+        acc += cols[:, :, :, t] * wt[t]
+    acc = acc.astype(np.int64) + _bias(xs, o)
     return _requant(acc, node, _scales(node, mode), mode)
 
 
@@ -137,8 +180,8 @@ def transpose_conv(node: Node, xs: list, mode: str) -> np.ndarray:
     o, kh, kw, _ = w.shape
     oh, ow = node.outputs[0].shape[1:3]
     sh, sw = node.attrs["stride"]
-    _, pt = same_padding(oh, kh, sh, 1, node.attrs["padding"])
-    _, pl = same_padding(ow, kw, sw, 1, node.attrs["padding"])
+    _, pt = _window(oh, kh, sh, 1, node.attrs["padding"])
+    _, pl = _window(ow, kw, sw, 1, node.attrs["padding"])
     # contrib[n, y, x, i, j, o] scattered to out[y*s - pt + i, x*s - pl + j]
     contrib = np.einsum("nyxc,oijc->nyxijo", x.astype(np.int64) - zp, w.astype(np.int64))
     full = np.zeros((n, (h - 1) * sh + kh, (wd - 1) * sw + kw, o), np.int64)

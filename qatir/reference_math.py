@@ -40,29 +40,35 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
 
 
 def quantize_multipliers(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [quantize_multiplier(float(m)) for m in np.ravel(ms)]
-    return (np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.int64))
+    """:func:`quantize_multiplier` of each value (flattened), vectorized."""
+    ms = np.ravel(np.asarray(ms, np.float64))
+    q, shift = np.frexp(ms)
+    q_fixed = round_half_away(q * float(1 << 31)).astype(np.int64)
+    carry = q_fixed == (1 << 31)
+    q_fixed = np.where(carry, q_fixed // 2, q_fixed)
+    shift = np.where(carry, shift + 1, shift).astype(np.int64)
+    zero = (ms == 0.0) | (shift < -31)
+    return np.where(zero, 0, q_fixed), np.where(zero, 0, shift)
 
 
 def wrap32(x: np.ndarray) -> np.ndarray:
     """Two's-complement int32 wrap of int64 values (what C int32 arithmetic does)."""
-    return ((np.asarray(x, np.int64) + 2**31) % 2**32) - 2**31
-
-
-def _trunc_div_pow2(x: np.ndarray, e: int) -> np.ndarray:
-    """C integer division by 2^e (truncating toward zero)."""
-    return np.where(x >= 0, x >> e, -((-x) >> e))
+    return np.asarray(x, np.int64).astype(np.int32).astype(np.int64)  # numpy casts wrap
 
 
 def srdhm(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64."""
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values held in int64.
+
+    gemmlowp's ``(ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31`` (C division, toward
+    zero) equals ``floor((ab + 2^30) / 2^31)`` for every integer ``ab``: for
+    ``ab < 0`` truncation adds ``2^31 - 1`` before flooring. One shift, no branch.
+    """
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    res = _trunc_div_pow2(ab + nudge, 31)
-    overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    return np.where(overflow, INT32_MAX, res)
+    res = (a * b + (1 << 30)) >> 31
+    if np.any(a == INT32_MIN) and np.any(b == INT32_MIN):
+        res = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, res)
+    return res
 
 
 def rdbpot(x: np.ndarray, e: np.ndarray | int) -> np.ndarray:

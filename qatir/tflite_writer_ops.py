@@ -18,6 +18,7 @@ import numpy as np
 
 from qatir.errors import ExportError
 from qatir.ir import Node, Tensor
+from qatir.numerics import normalize_axes, normalize_axis, round_half_away
 
 PADDING = {"SAME": 0, "VALID": 1}
 ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3, "TANH": 4}
@@ -149,7 +150,7 @@ def _reduce(node: Node, ctx: Ctx) -> OpSpec:
     x = node.inputs[0]
     axes = node.attrs["axis"]
     axes = [axes] if isinstance(axes, int) else list(axes)
-    axes = sorted({int(a) % x.rank for a in axes})
+    axes = normalize_axes(axes, x.rank)
     ins = [ctx.tensor(x), ctx.i32(axes, f"{node.name}_axes")]
     return OpSpec(node.op, 2 if _q(x) else 1, ins, [ctx.tensor(node.outputs[0])],
                   "ReducerOptions", {"KeepDims": bool(node.attrs["keep_dims"])})
@@ -165,7 +166,7 @@ def _reshape(node: Node, ctx: Ctx) -> OpSpec:
 def _squeeze(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     x = node.inputs[0]
-    dims = [int(d) % x.rank for d in node.attrs["squeeze_dims"]]
+    dims = [normalize_axis(d, x.rank) for d in node.attrs["squeeze_dims"]]
     return OpSpec("SQUEEZE", 1, ins, outs, "SqueezeOptions", {"SqueezeDims": dims})
 
 
@@ -190,7 +191,7 @@ def _tile(node: Node, ctx: Ctx) -> OpSpec:
 
 def _concat(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
-    axis = int(node.attrs["axis"]) % node.outputs[0].rank
+    axis = normalize_axis(node.attrs["axis"], node.outputs[0].rank)
     return OpSpec("CONCATENATION", 2 if _q(node.inputs[0]) else 1, ins, outs,
                   "ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": _act(node)})
 
@@ -207,7 +208,7 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
         return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
     if _q(x):
         q = x.quant
-        cv = np.clip(np.round(value / q.scale[0]) + q.zero_point[0], -128, 127)
+        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], -128, 127)
         ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
     else:
         ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))

@@ -15,6 +15,7 @@ import pytest
 import qatir
 from qatir.cli import main, parse_input_shapes
 from qatir.demo import digits_cnn_onnx, load_digits_nchw
+from qatir.litert_run import interpreter, run_litert
 from tests.helpers.onnx_models import tiny_onnx
 
 
@@ -27,14 +28,6 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def tiny(tmp_path) -> str:
     return tiny_onnx(tmp_path / "tiny.onnx")
-
-
-def litert_run(path: str, x: np.ndarray) -> np.ndarray:
-    """Run a .tflite file in LiteRT on one float NHWC sample (quantizing int8 edges)."""
-    from qatir.litert_run import run_litert
-
-    with open(path, "rb") as f:
-        return run_litert(f.read(), [{"x": x}])[0][0]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -178,7 +171,7 @@ def test_compile_onnx_end_to_end_runs_in_litert(capsys, tiny, tmp_path):
     assert sqnr > 15.0, stdout
     x = calib[:1].transpose(0, 2, 3, 1)
     want = qatir.run(qatir.load(tiny), {"x": x})["y"]
-    got = litert_run(str(out), x)
+    got = run_litert(out.read_bytes(), [{"x": x}])[0][0]  # int8 edges quantized for us
     assert got.shape == (1, 3)
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 0.05
     q = qatir.load(tmp_path / "tiny.qatir")
@@ -203,16 +196,11 @@ def test_compile_float_io_and_print_ir_after(capsys, tiny, tmp_path):
     assert rc == 0, err
     assert "real samples" in err  # the random-calibration warning
     assert "// IR after pass" in stdout and "fold_batch_norm" in stdout
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(out))
-    interp.allocate_tensors()
+    interp = interpreter(out.read_bytes())
     assert interp.get_input_details()[0]["dtype"] == np.float32
     assert interp.get_output_details()[0]["dtype"] == np.float32
     x = np.random.default_rng(2).standard_normal((1, 8, 8, 3)).astype(np.float32)
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    assert np.isfinite(interp.get_tensor(interp.get_output_details()[0]["index"])).all()
+    assert np.isfinite(run_litert(out.read_bytes(), [{"x": x}])[0][0]).all()
 
 
 def test_compile_with_qat_on_digits(capsys, tmp_path):
@@ -229,8 +217,6 @@ def test_compile_with_qat_on_digits(capsys, tmp_path):
                               "--loss", "sparse_categorical_crossentropy", "--no-progress")
     assert rc == 0, err
     assert "qat " in stdout
-    from qatir.litert_run import run_litert
-
     outs = run_litert(out.read_bytes(), [{"image": x_test[i:i + 1].transpose(0, 2, 3, 1)}
                                          for i in range(100)])
     acc = np.mean([np.argmax(o[0]) for o in outs] == y_test[:100])
@@ -261,11 +247,7 @@ def test_compile_float_tflite_model(capsys, tmp_path):
     rc, stdout, err = run_cli(capsys, "compile", src, "-o", out, "--calib",
                               tmp_path / "calib.npz", "--no-progress")
     assert rc == 0, err
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(out))
-    interp.allocate_tensors()
-    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter(out.read_bytes()).get_input_details()[0]["dtype"] == np.int8
     float_sqnr = float(stdout.split("int8 in LiteRT ")[1].split(" dB")[0])
     assert float_sqnr > 15.0, stdout
 
@@ -358,3 +340,20 @@ def test_plugin_example_found_through_its_entry_point(capsys, tiny, tmp_path, mo
     assert rc == 0, err
     after = stdout.split("// IR after pass 0: relu_to_relu6")[1].split("\n}")[0]
     assert "RELU6(" in after and "RELU(" not in after
+
+
+def test_compile_print_ir_after_reaches_lowering_steps(capsys, tiny, tmp_path):
+    """``--print-ir-after`` names passes and lowering steps alike; ``all`` dumps both."""
+    out = tmp_path / "l.tflite"
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib-random", "2",
+                              "--print-ir-after", "fold_batch_norm,lower.bias,edges",
+                              "--no-progress")
+    assert rc == 0, err
+    assert "// IR after pass" in stdout and "fold_batch_norm" in stdout
+    steps = [line for line in stdout.splitlines() if line.startswith("// IR after lowering step")]
+    assert [s.rsplit(": ", 1)[1] for s in steps] == ["lower.bias", "lower.edges"]
+    rc, stdout, err = run_cli(capsys, "compile", tiny, "-o", out, "--calib-random", "2",
+                              "--print-ir-after", "all", "--no-progress")
+    assert rc == 0, err
+    assert "// IR after pass" in stdout and "// IR after lowering step" in stdout
+    assert "lower.limits" in stdout

@@ -44,10 +44,9 @@ def test_demo_cli_fast_end_to_end(tmp_path, capsys):
     for name in sorted(written):
         assert str(out / name) in text  # every file written is reported
     # the int8 file is really int8 and runs in LiteRT on its own
-    from ai_edge_litert.interpreter import Interpreter
+    from qatir.litert_run import interpreter
 
-    interp = Interpreter(model_path=str(out / "digits_int8.tflite"))
-    interp.allocate_tensors()
+    interp = interpreter((out / "digits_int8.tflite").read_bytes())
     assert interp.get_input_details()[0]["dtype"] == np.int8
     assert interp.get_output_details()[0]["dtype"] == np.int8
     q = qatir.load(out / "digits_qat.qatir")

@@ -114,16 +114,10 @@ def test_digits_float_then_qat_within_half_a_point(tmp_path):
     print(f"float {float_acc:.2f}  ptq {ptq_acc:.2f}  qat {qat_acc:.2f}")
     assert qat_acc >= float_acc - 0.5, (float_acc, ptq_acc, qat_acc)
 
-    from ai_edge_litert.interpreter import Interpreter
+    from qatir.litert_run import run_litert
 
-    interp = Interpreter(model_content=qatir.to_tflite(q, io="float"))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    preds = []
-    for i in range(len(xte)):
-        interp.set_tensor(inp["index"], xte[i:i + 1])
-        interp.invoke()
-        preds.append(interp.get_tensor(out["index"]).argmax())
+    outs = run_litert(qatir.to_tflite(q, io="float"), [[xte[i:i + 1]] for i in range(len(xte))])
+    preds = [o[0].argmax() for o in outs]
     int8_acc = 100.0 * float(np.mean(np.array(preds) == yte))
     print(f"int8 tflite {int8_acc:.2f}")
     assert int8_acc >= float_acc - 0.5, (float_acc, qat_acc, int8_acc)

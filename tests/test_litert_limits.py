@@ -293,6 +293,44 @@ def test_softmax_past_the_ref_limit_runs_through_int16_bit_exact(tmp_path, depth
     runs_under_both_resolvers_bit_exact(tmp_path, softmax_head(depth))
 
 
+def test_wide_softmax_file_reimports_and_runs_like_litert(tmp_path):
+    """A qatir file with a 1000-class head (SOFTMAX int8 -> int16 on (1/65536, -32768), then
+    QUANTIZE int16 -> int8) imports again; the integer reference of the import, and a
+    re-export of it, compute what LiteRT computes from the file."""
+    from qatir.frontends.tflite import load_tflite_bytes
+
+    buf = qatir.to_tflite(softmax_head(1000))
+    h = load_tflite_bytes(buf, "wide_softmax.tflite")
+    assert [(n.op, n.outputs[0].dtype.name) for n in h.nodes] == [("SOFTMAX", "int16"),
+                                                                  ("QUANTIZE", "int8")]
+    wide = h.nodes[0].outputs[0].quant
+    assert (wide.scale, wide.zero_point, wide.dtype) == ((1 / 65536,), (-32768,), "int16")
+    again = qatir.to_tflite(h)
+    out = h.outputs[0].name
+    for feeds in softmax_feeds(1000):
+        for resolver, mode in (("ref", "reference"), ("auto", "xnnpack")):
+            rc, got = run_in_subprocess(tmp_path, buf, feeds, resolver)
+            assert rc == 0, f"{resolver}: exit code {rc}"
+            np.testing.assert_array_equal(qatir.run_reference(h, feeds, kernels=mode)[out],
+                                          got["head_q"])
+            rc, got_again = run_in_subprocess(tmp_path, again, feeds, resolver)
+            assert rc == 0, f"{resolver} (re-export): exit code {rc}"
+            np.testing.assert_array_equal(got_again[out], got["head_q"])
+
+
+def test_int16_zero_point_minus_32768_is_accepted_on_a_softmax_output_only():
+    from qatir.errors import ModelFormatError
+    from qatir.frontends.tflite_quant import quant_params
+    from qatir.frontends.tflite_reader import TQuant, TTensor
+
+    t = TTensor(0, "y", (1, 1000), None, np.dtype(np.int16), 0,
+                TQuant(np.array([1 / 65536]), np.array([-32768]), 0), None, False)
+    assert quant_params("m.tflite", t, t.dtype, producer="SOFTMAX").zero_point == (-32768,)
+    for producer in (None, "QUANTIZE", "ADD"):
+        with pytest.raises(ModelFormatError, match="int16 zero points must be 0, got -32768"):
+            quant_params("m.tflite", t, t.dtype, producer=producer)
+
+
 def test_softmax_past_the_int16_limit_is_refused_by_name():
     from qatir.target import SOFTMAX_INT16_MAX_DEPTH
 

@@ -195,9 +195,6 @@ def test_resize_nearest_align_corners_rounds_ties_away_in_tf():
     np.testing.assert_array_equal(y[0, :, :, 0], xv[0, rows][:, rows, 0])
 
 
-@pytest.mark.xfail(strict=True, reason="qatir/reference.py:_resize_nearest rounds align_corners "
-                   "positions with np.round (half to even); LiteRT uses TfLiteRound (half away): "
-                   "switch it to qatir.numerics.round_half_away")
 def test_reference_resize_nearest_align_corners_matches_litert_at_ties():
     from tests.helpers import compare_all
 
@@ -517,3 +514,30 @@ def test_effective_scale_litert_cannot_check_is_refused():
 def test_ordinary_weights_with_the_default_range_run_like_the_reference():
     w = np.random.default_rng(4).normal(0, 0.1, (4, 16)).astype(np.float32)
     runs_like_reference(single("FULLY_CONNECTED", [1, 16], [(w, "w")]))
+
+
+def test_pad_constant_at_a_tie_rounds_half_away_in_reference_and_file():
+    """PADV2's int8 fill value: 0.078125 on scale 2^-5 is 2.5 steps; both the reference and
+    the written constant take 3 (C round), as LiteRT's own quantizer would."""
+    from qatir.lower import lower
+    from qatir.reference import run_reference
+    from tests.helpers import QB, compare_all, litert_run
+
+    def graph() -> Graph:
+        qb = QB(seed=5)
+        x = qb.input("x", [1, 2, 2, 1], -4.0, 3.96875)  # scale exactly 2^-5, zero point 0
+        return qb.output(qb.op("PAD", [x], {"paddings": [[0, 0], [1, 0], [0, 0], [0, 0]],
+                                           "constant_value": 0.078125}))
+
+    g = graph()
+    lowered = lower(graph())
+    out = lowered.outputs[0]
+    assert float(out.quant.scale[0]) == 2.0 ** -5 and int(out.quant.zero_point[0]) == 0
+    feed = {"x": np.zeros((1, 2, 2, 1), np.int8)}
+    y = run_reference(lowered, feed)[out.name]
+    assert y[0, 0].ravel().tolist() == [3, 3]
+    got = next(iter(litert_run(qatir.to_tflite(g), feed, ref=True)[0].values()))
+    assert got[0, 0].ravel().tolist() == [3, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert compare_all(graph(), seeds=(1,)) == {"reference": 0, "xnnpack": 0}

@@ -139,3 +139,32 @@ def test_dynamic_batch_binds_to_feed():
     assert all(np.array_equal(got[k], want[k]) for k in got)
     with pytest.raises(ExportError, match="shape"):
         run_reference(g, {"x": feeds["x"][:, :2]})
+
+
+def test_fast_primitives_equal_gemmlowp_written_out():
+    """srdhm's one shift, quantize_multipliers' vectorized frexp and the float GEMMs of
+    conv2d/depthwise agree with the C formulas they replace, at the edges."""
+    from qatir.reference_kernels import _exact_dtype
+    from qatir.reference_math import quantize_multipliers
+
+    def srdhm_c(a, b):  # gemmlowp, with C's truncating division
+        ab = int(a) * int(b)
+        nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+        q = abs(ab + nudge) >> 31
+        return 2**31 - 1 if a == b == -2**31 else (q if ab + nudge >= 0 else -q)
+
+    rng = np.random.default_rng(0)
+    edges = [-2**31, -2**31 + 1, -2**30, -1, 0, 1, 2**30, 2**31 - 1]
+    a = np.array(edges + rng.integers(-2**31, 2**31, 200).tolist(), np.int64)
+    b = np.array(edges + rng.integers(-2**31, 2**31, 200).tolist(), np.int64)
+    for bb in (b, np.roll(b, 3), np.int64(-2**31), np.int64(1 << 30)):
+        want = [srdhm_c(x, y) for x, y in zip(a, np.broadcast_to(bb, a.shape))]
+        assert srdhm(a, bb).tolist() == want
+    ms = np.array([0.0, 1e-12, 2.0**-40, 0.5, 1.0 - 2**-40, 1.0, 3.0, 1e-5, 0.999999999999,
+                   *rng.uniform(1e-6, 4.0, 100)])
+    qm, sh = quantize_multipliers(ms)
+    assert list(zip(qm.tolist(), sh.tolist())) == [quantize_multiplier(float(m)) for m in ms]
+    x = np.array([-128, 127], np.int8)
+    w = np.array([-127, 127], np.int8)
+    assert _exact_dtype(x, w, -128, 9) == np.float32  # 9 * 255 * 127 < 2^24
+    assert _exact_dtype(x, w, -128, 600) == np.float64  # 600 * 255 * 127 > 2^24

@@ -214,3 +214,11 @@ def test_a_table_entry_that_contradicts_an_op_fact_is_refused_by_name(tmp_path, 
 def test_fixed_outputs_come_from_the_op_facts_when_a_table_omits_them(tmp_path):
     text = _edit("LOGISTIC = { scale = 0.00390625, zero_point = -128 }\n", "")
     assert load_table(_write(tmp_path, text)).fixed_output["LOGISTIC"] == (1 / 256, -128)
+
+
+def test_register_fusion_kind_is_exported_beside_register_pass():
+    import qatir
+    from qatir.table import register_fusion_kind
+
+    assert qatir.register_fusion_kind is register_fusion_kind
+    assert {"register_fusion_kind", "register_pass"} <= set(qatir.__all__)

@@ -8,10 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import qatir  # noqa: E402
 from qatir.frontends.tflite_reader import read_model  # noqa: E402
+from qatir.litert_run import interpreter  # noqa: E402
 from tests.helpers.keras_models import convert, mobilenet_like  # noqa: E402
 
 L = tf.keras.layers
@@ -34,7 +34,7 @@ def graphs(models):
 
 
 def _litert(path, feeds):
-    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    runner = interpreter(path.read_bytes()).get_signature_runner()
     return runner(**feeds)
 
 
@@ -249,7 +249,7 @@ def test_hand_built_models_via_writer(case):
     h = load_tflite_bytes(buf, f"{case}.tflite")
     assert [(n.op, n.attrs) for n in h.nodes] == [(n.op, n.attrs) for n in g.nodes]
     xv = np.random.default_rng(3).normal(size=(1, 6, 6, 4)).astype(np.float32)
-    (want,) = Interpreter(model_content=buf).get_signature_runner()(x=xv).values()
+    (want,) = interpreter(buf).get_signature_runner()(x=xv).values()
     got = qatir.run(h, {"x": xv})[h.outputs[0].name]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -267,7 +267,7 @@ def test_fused_tanh_imports_as_litert_runs_it():
         h = load_tflite_bytes(buf, "tanh.tflite")
     assert h.nodes[0].attrs["fused_activation"] == "NONE"
     xv = np.random.default_rng(3).normal(size=(1, 6, 6, 4)).astype(np.float32)
-    (want,) = Interpreter(model_content=buf).get_signature_runner()(x=xv).values()
+    (want,) = interpreter(buf).get_signature_runner()(x=xv).values()
     np.testing.assert_allclose(qatir.run(h, {"x": xv})[h.outputs[0].name], want, rtol=1e-5,
                                atol=1e-5)
 

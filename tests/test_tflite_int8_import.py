@@ -12,7 +12,9 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 import qatir  # noqa: E402
 from qatir.frontends.tflite_reader import read_model  # noqa: E402
+from qatir.litert_run import interpreter  # noqa: E402
 from qatir.lower import is_lowered  # noqa: E402
+from qatir.numerics import round_half_away  # noqa: E402
 
 L = tf.keras.layers
 
@@ -79,7 +81,7 @@ def test_quant_params_match_the_interpreter(models, which):
     g = qatir.load(path)
     g.verify()
     m, ir = _by_index(path, g)
-    interp = Interpreter(model_path=str(path))
+    interp = interpreter(path.read_bytes())
     checked = 0
     for d in interp.get_tensor_details():
         qp = d["quantization_parameters"]
@@ -145,8 +147,7 @@ def test_dump_and_roundtrip(tmp_path, models):
 def test_reference_matches_litert_builtin_ref(models, which):
     path = models[which]
     g = qatir.load(path)
-    interp = Interpreter(model_path=str(path),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp = interpreter(path.read_bytes(), "ref")
     runner = interp.get_signature_runner()
     rng = np.random.default_rng(4)
     edge_in = g.inputs[0] if which == "int8_io" else g.inputs[0].users[0].output
@@ -155,7 +156,7 @@ def test_reference_matches_litert_builtin_ref(models, which):
     for _ in range(3):
         x = rng.uniform(-1, 1, (1, 12, 12, 3)).astype(np.float32)
         v = x / np.float32(qi.scale[0])  # TFLite rounds half away from zero
-        x8 = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + qi.zero_point[0], -128, 127)
+        x8 = np.clip(round_half_away(v) + qi.zero_point[0], -128, 127)
         x8 = x8.astype(np.int8)
         (want,) = runner(image=x8 if which == "int8_io" else x).values()
         got = qatir.run_reference(g, {"image": x8})[g.outputs[0].name]

@@ -95,10 +95,10 @@ def test_min_runtime_version_and_signature():
 
 
 def test_signature_runner_float_edges():
-    from ai_edge_litert.interpreter import Interpreter
+    from qatir.litert_run import interpreter
 
     g = _graph()
-    it = Interpreter(model_content=to_tflite(g, io="float"))
+    it = interpreter(to_tflite(g, io="float"))
     runner = it.get_signature_runner("serving_default")
     out = runner(x=np.random.default_rng(0).uniform(-1, 1, (1, 12, 12, 3)).astype(np.float32))
     probs = out[g.outputs[0].name]

@@ -30,7 +30,12 @@ from qatir.errors import (
     UnsupportedOpError,
     VerifyError,
 )
-from qatir.frontends import onnx_nn, onnx_ops, onnx_pool  # noqa: F401  (register the converters)
+from qatir.frontends import (  # noqa: F401  (register the converters)
+    onnx_nn,
+    onnx_ops,
+    onnx_pool,
+    onnx_shape_ops,
+)
 from qatir.frontends.onnx_ctx import (
     BATCH,
     CONVERTERS,

@@ -249,6 +249,7 @@ def _unary(fn):
     return fold
 
 
+# ONNX Round rounds half to even, as np.round does (not numerics.round_half_away).
 for _op, _fn in {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt,
                  "Abs": np.abs, "Relu": lambda x: np.maximum(x, 0), "Exp": np.exp,
                  "Reciprocal": lambda x: 1 / x, "Round": np.round}.items():

@@ -1,7 +1,7 @@
 """Import a .tflite model (float, fp16-weight, dynamic-range or full int8) into the IR.
 
 Subgraph 0 becomes a :class:`qatir.Graph`. Operators map one to one onto IR
-ops (``tflite_ops``); constant plumbing the converter leaves behind is folded
+ops (``tflite_ops``, ``tflite_shape_ops``); constant plumbing the converter leaves behind is folded
 here: fp16 weights behind DEQUANTIZE become float32 constants, sparse weights
 behind DENSIFY are densified, int8 weights of dynamic-range ("hybrid") models
 are dequantized exactly, ``(q - zp) * scale`` per channel, and shape plumbing
@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
+from qatir.frontends import tflite_fold as tfold
 from qatir.frontends import tflite_ops as tops
+from qatir.frontends import tflite_shape_ops as _shape_ops  # noqa: F401  (registers converters)
+from qatir.frontends.tflite_quant import dequantize, lowered_weights, quant_params
 from qatir.frontends.tflite_reader import (
     LOW_LEVEL_ERRORS,
     TModel,
@@ -181,11 +184,11 @@ class _Importer:
         else:
             quant = self.quant_of(t, arr.dtype)
         base = self.names[idx] if (idx, "raw") not in self.ir_consts else self.names[idx] + "_deq"
-        tensor = self.g.const(arr, name=self._fresh(base), quant=quant)
+        tensor = self.g.const(arr, name=self.fresh(base), quant=quant)
         self.ir_consts[key] = tensor
         return tensor
 
-    def _fresh(self, base: str) -> str:
+    def fresh(self, base: str) -> str:
         """``base``, or ``base_k``, free in the graph and among the reserved tensor names."""
         reserved = self.reserved
         name, k = base, 0
@@ -194,55 +197,14 @@ class _Importer:
             name = f"{base}_{k}"
         return name
 
-    def quant_of(self, t: TTensor, dtype: np.dtype) -> QuantParams | None:
-        if t.quant is None or dtype.kind not in "iu":
-            return None
-        q = t.quant
-        per_channel = q.scale.size > 1
-        self._check_quant(t, dtype, q.scale, q.zero_point, per_channel)
-        return QuantParams(tuple(q.scale.tolist()), tuple(q.zero_point.tolist()),
-                           q.axis if per_channel else None, bits=dtype.itemsize * 8,
-                           dtype=dtype.name)
-
-    def _check_quant(self, t: TTensor, dtype: np.dtype, scale: np.ndarray, zp: np.ndarray,
-                     per_channel: bool) -> None:
-        """The TFLite quantization spec's rules LiteRT enforces at load (XNNPACK refuses
-        the whole model otherwise): positive normal scales, zero points in the type's
-        range, and zero for per-channel, int16 and int32 tensors."""
-        def bad(why: str) -> ModelFormatError:
-            return ModelFormatError(f"{self.path}: tensor {t.name!r} ({dtype.name}): {why}")
-
-        scale = np.asarray(scale, np.float64)
-        tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
-        if scale.size and not np.all((scale >= tiny) & (scale <= big)):
-            raise bad(f"quantization scale {float(scale.flat[np.argmin(scale)]):.4g} is not a "
-                      "positive normal float32")
-        zp = np.asarray(zp, np.int64)
-        if per_channel or dtype.itemsize > 1:
-            if zp.size and np.any(zp != 0):
-                kind = "per-channel" if per_channel else dtype.name
-                raise bad(f"{kind} zero points must be 0, got {int(zp[np.flatnonzero(zp)[0]])}")
-        elif zp.size:
-            info = np.iinfo(dtype)
-            if zp.min() < info.min or zp.max() > info.max:
-                raise bad(f"zero point {int(zp[np.argmax(np.abs(zp))])} is outside "
-                          f"[{info.min}, {info.max}]")
+    def quant_of(self, t: TTensor, dtype: np.dtype, producer: str | None = None
+                 ) -> QuantParams | None:
+        """``t``'s parameters as the IR holds them; ``producer``: the IR op writing ``t``."""
+        return quant_params(self.path, t, dtype, producer)
 
     def dequantized(self, idx: int, arr: np.ndarray) -> np.ndarray:
         """Float32 value of a constant: fp16 widened; int8/int16 as ``(q - zp) * scale``."""
-        t = self.m.tensors[idx]
-        if arr.dtype.kind == "f":
-            return arr.astype(np.float32)
-        if t.quant is None:
-            raise ModelFormatError(f"{self.path}: {self.where}: integer constant {idx} "
-                                   f"({t.name!r}) has no quantization parameters to dequantize")
-        scale = t.quant.scale.astype(np.float64)
-        zp = t.quant.zero_point.astype(np.float64)
-        if scale.size > 1:
-            shape = [1] * arr.ndim
-            shape[t.quant.axis] = scale.size
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        return ((arr.astype(np.float64) - zp) * scale).astype(np.float32)
+        return dequantize(f"{self.path}: {self.where}", idx, self.m.tensors[idx], arr)
 
     def real_value(self, idx: int, arr: np.ndarray) -> float:
         """A scalar constant as a real number (dequantized when it is quantized)."""
@@ -341,7 +303,7 @@ class _Importer:
         float_consumer = first is not None and first.dtype.kind == "f"
         ins = [self._value(op, i, float_consumer) for i in inputs]
         if emit.op in WEIGHT_OPS and not float_consumer:
-            ins = self._lowered_weights(op, emit.op, ins)
+            ins = lowered_weights(self, op, emit.op, ins)
         outs = [self.names[o] for o in op.outputs]
         try:
             node = self.g.add_node(emit.op, ins, emit.attrs, name=f"{emit.op.lower()}_{op.index}",
@@ -353,35 +315,12 @@ class _Importer:
                                 f"{len(node.outputs)}")
         for o, t in zip(op.outputs, node.outputs):
             self._check_output(op, o, t)
-            t.quant = self.quant_of(self.m.tensors[o], t.dtype)
+            t.quant = self.quant_of(self.m.tensors[o], t.dtype, producer=emit.op)
             self.values[o] = t
         if expect is not None and list(node.outputs[0].shape) != expect:
             raise self.unsupported(op, f"output_shape {expect} differs from the "
                                        f"{emit.attrs['padding']} shape "
                                        f"{list(node.outputs[0].shape)} (output padding)")
-
-    def _lowered_weights(self, op: TOp, emit_op: str, ins: list[Tensor]) -> list[Tensor]:
-        """Match qatir.lower's int8 form: symmetric int8 weights are ``narrow_range``, and
-        a missing bias becomes int32 zeros with scale ``float32(in_scale * w_scale)``."""
-        x, w = ins[0], ins[1]
-        if x.quant is None or w.quant is None or w.dtype != np.int8 or not w.is_const:
-            return ins
-        q = w.quant
-        if all(z == 0 for z in q.zero_point) and (w.data.size == 0 or w.data.min() >= -127):
-            w.quant = QuantParams(q.scale, q.zero_point, q.axis, q.bits, True, q.dtype)
-        if len(ins) == 2:
-            out_ch = w.shape[WEIGHT_OPS[emit_op]]
-            if out_ch is None or w.data.size == 0:
-                raise self.fail(op, f"weights %{w.name} of shape {list(w.shape)} are empty")
-            w_s = np.asarray(q.scale, np.float32)
-            b_s = (np.float32(x.quant.scale[0]) * w_s).astype(np.float32)
-            per_ch = q.axis is not None
-            bq = QuantParams(tuple(b_s.tolist()), (0,) * b_s.size, 0 if per_ch else None, 32,
-                             False, "int32")
-            bias = self.g.const(np.zeros(out_ch or 0, np.int32),
-                                name=self._fresh(f"{self.names[op.outputs[0]]}_bias"), quant=bq)
-            ins = [*ins, bias]
-        return ins
 
     def _check_output(self, op: TOp, idx: int, t: Tensor) -> None:
         decl = self.m.tensors[idx]
@@ -404,13 +343,13 @@ class _Importer:
             raise self.fail(op, "a required input is absent (-1)")
         ins = list(op.inputs)
         all_const = bool(ins) and all(i in self.consts for i in ins)
-        if not all_const and op.name not in tops.FOLD_ANY_INPUT:
+        if not all_const and op.name not in tfold.FOLD_ANY_INPUT:
             return False
         if any(self.m.tensors[i].sparsity is not None for i in ins) and op.name != "DENSIFY":
             raise self.fail(op, "reads a sparse tensor directly (only DENSIFY may)")
         symbolic = any(i in self.symbolic for i in ins) or (
             op.name == "SHAPE" and None in self.shape(ins[0]))
-        if symbolic and op.name not in tops.SYMBOLIC_OK:
+        if symbolic and op.name not in tfold.SYMBOLIC_OK:
             raise self.unsupported(op, "computes on the shape of a tensor with a dynamic dim")
         vals = [self.consts.get(i) for i in op.inputs if i >= 0]
         results = fold(self, op, vals)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from qatir.numerics import normalize_axes, normalize_axis, same_padding
 from qatir.ops.registry import check
 
 
@@ -49,9 +50,9 @@ def conv_out(size, k, stride, dilation, padding):
     """Output length of a TFLite-style SAME/VALID window op along one axis."""
     if size is None:
         return None
-    eff = (k - 1) * dilation + 1
     if padding == "SAME":
-        return -(-size // stride)
+        return same_padding(size, k, stride, dilation)[0]
+    eff = (k - 1) * dilation + 1
     check(padding == "VALID", f"padding must be SAME or VALID, got {padding!r}")
     check(size >= eff, f"window {eff} larger than input {size}")
     return (size - eff) // stride + 1
@@ -131,7 +132,7 @@ def pool(node):
 def _axes(node, rank):
     axes = node.attrs["axis"]
     axes = [axes] if isinstance(axes, int) else list(axes)
-    return sorted({a % rank for a in axes})
+    return normalize_axes(axes, rank)
 
 
 def reduce(node):
@@ -168,7 +169,7 @@ def squeeze(node):
     dims = node.attrs["squeeze_dims"]
     if not dims:
         return [(tuple(d for d in x.shape if d != 1), x.dtype)]
-    dims = {d % x.rank for d in dims}
+    dims = set(normalize_axes(dims, x.rank, "squeeze_dims"))
     for d in dims:
         check(x.shape[d] in (1, None), f"cannot squeeze dim {d} of size {x.shape[d]}")
     return [(tuple(s for i, s in enumerate(x.shape) if i not in dims), x.dtype)]
@@ -193,7 +194,7 @@ def concat(node):
     xs = [t for t in node.inputs]
     check(len(xs) >= 1 and all(t is not None for t in xs), "CONCATENATION needs inputs")
     rank = xs[0].rank
-    axis = node.attrs["axis"] % rank
+    axis = normalize_axis(node.attrs["axis"], rank)
     out = list(xs[0].shape)
     for t in xs[1:]:
         check(t.rank == rank, "CONCATENATION inputs differ in rank")
@@ -259,7 +260,7 @@ def strided_slice(node):
 
 def gather(node):
     x, idx = _in(node), _in(node, 1)
-    axis = node.attrs["axis"] % x.rank
+    axis = normalize_axis(node.attrs["axis"], x.rank)
     dim = x.shape[axis]
     if idx.data is not None and dim is not None and idx.data.size:
         lo, hi = int(idx.data.min()), int(idx.data.max())
