@@ -17,6 +17,7 @@ import numpy as np
 from qatir.frontends.keras_act import activate, activation_refusal
 from qatir.frontends.keras_ctx import Ctx, converter, to_numpy
 from qatir.ir import Tensor
+from qatir.numerics import normalize_axis
 
 CONV_1D = {"Conv1D", "DepthwiseConv1D", "SeparableConv1D", "Conv1DTranspose",
            "MaxPooling1D", "AveragePooling1D"}
@@ -177,7 +178,7 @@ def _check_bn(layer: Any) -> str | None:
 def _batch_norm(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
     x = args[0]
     axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
-    if axis % x.rank != x.rank - 1:
+    if normalize_axis(axis, x.rank) != x.rank - 1:
         raise ctx.unsupported(layer, f"axis={layer.axis} on a rank-{x.rank} input (only the "
                                      "last axis, channels_last)")
     mean, var = to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)

@@ -13,6 +13,7 @@ from qatir.frontends.keras_act import SIMPLE, softmax
 from qatir.frontends.keras_ctx import Ctx, converter
 from qatir.frontends.keras_misc import BIG
 from qatir.ir import Tensor
+from qatir.numerics import normalize_axes, normalize_axis
 
 BINARY = {"Add": "ADD", "Subtract": "SUB", "Multiply": "MUL", "TrueDivide": "DIV",
           "Divide": "DIV", "Maximum": "MAXIMUM", "Minimum": "MINIMUM"}
@@ -89,7 +90,7 @@ def _reshape(ctx: Ctx, op: Any, args: list, kwargs: dict) -> Tensor:
 @converter("Transpose", op=True)
 def _transpose(ctx: Ctx, op: Any, args: list, kwargs: dict) -> Tensor:
     x = args[0]
-    perm = list(range(x.rank))[::-1] if op.axes is None else [int(a) % x.rank for a in op.axes]
+    perm = list(range(x.rank))[::-1] if op.axes is None else [normalize_axis(a, x.rank) for a in op.axes]
     return ctx.node("TRANSPOSE", [x], {"perm": perm})
 
 
@@ -130,7 +131,7 @@ def _reduce(ctx: Ctx, op: Any, args: list, kwargs: dict) -> Tensor:
     axis = list(range(x.rank)) if op.axis is None else (
         list(op.axis) if isinstance(op.axis, (list, tuple)) else [op.axis])
     name = {"Mean": "MEAN", "Max": "REDUCE_MAX", "Sum": "SUM"}[type(op).__name__]
-    return ctx.node(name, [x], {"axis": [int(a) % x.rank for a in axis],
+    return ctx.node(name, [x], {"axis": normalize_axes(axis, x.rank),
                                 "keep_dims": bool(op.keepdims)})
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from qatir.calibration import Tap
 from qatir.ir import Graph
+from qatir.numerics import normalize_axis
 from qatir.tf.env import import_tensorflow
 from qatir.tf.executor import program_for
 from qatir.tf.kernels import KernelContext
@@ -23,7 +24,7 @@ def _minmax(x: tf.Tensor, axis: int | None) -> tf.Tensor:
     if axis is None:
         return tf.stack([tf.reshape(tf.reduce_min(x), [1]), tf.reshape(tf.reduce_max(x), [1])])
     rank = x.shape.rank
-    others = [d for d in range(rank) if d != axis % rank]
+    others = [d for d in range(rank) if d != normalize_axis(axis, rank)]
     return tf.stack([tf.reduce_min(x, axis=others), tf.reduce_max(x, axis=others)])
 
 

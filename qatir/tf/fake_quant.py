@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 from qatir.ir import Node
+from qatir.numerics import normalize_axis
 from qatir.quantizers import get_quantizer
 from qatir.tf.env import import_tensorflow
-from qatir.tf.kernels import KernelContext, tf_kernel
+from qatir.tf.kernels import KernelContext, round_half_away, tf_kernel
 
 tf = import_tensorflow()
 
@@ -28,7 +29,7 @@ def _reduce_axes(node: Node) -> list[int]:
     axis = node.attrs.get("axis")
     if axis is None:
         return list(range(rank))
-    axis = int(axis) % rank
+    axis = normalize_axis(axis, rank)
     return [i for i in range(rank) if i != axis]
 
 
@@ -84,7 +85,7 @@ def fake_quant(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bo
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, tf.reshape(lo, []), tf.reshape(hi, []), num_bits=bits, narrow_range=narrow)
-    axis = axis % rank
+    axis = normalize_axis(axis, rank)
     if axis == rank - 1:
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             x, lo, hi, num_bits=bits, narrow_range=narrow)
@@ -101,7 +102,7 @@ def _nudged_bounds(lo: tf.Tensor, hi: tf.Tensor, bits: int, narrow: bool):
     qmax = float((1 << bits) - 1)
     scale = (hi - lo) / (qmax - qmin)
     zp = qmin - lo / scale
-    zp = tf.clip_by_value(tf.sign(zp) * tf.floor(tf.abs(zp) + 0.5), qmin, qmax)
+    zp = tf.clip_by_value(round_half_away(zp), qmin, qmax)
     return (qmin - zp) * scale, (qmax - zp) * scale
 
 
