@@ -257,8 +257,13 @@ def test_writer_versions_and_options():
     f = qatir.Graph("f")
     x = f.add_input("x", [1, 8])
     f.outputs = [f.add_node("GELU", [x], outputs=["y"]).output]
-    m = Model.GetRootAs(to_tflite(f), 0)
+    buf = to_tflite(f)
+    m = Model.GetRootAs(buf, 0)
     assert [m.OperatorCodes(i).Version() for i in range(m.OperatorCodesLength())] == [1]
+    v = np.linspace(-6, 6, 8, dtype=np.float32).reshape(1, 8)
+    for ref in (True, False):  # float GELU: builtin kernel, and XNNPACK (which takes it)
+        (got,) = litert_run(buf, {"x": v}, ref)[0].values()
+        np.testing.assert_allclose(got, qatir.run(f, {"x": v})["y"], rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------ TFLite import
