@@ -132,6 +132,7 @@ def kernels() -> dict[str, Kernel]:
         "RELU": K.relu_like, "RELU6": K.relu_like, "RELU_N1_TO_1": K.relu_like,
         "LEAKY_RELU": K.leaky_relu, "PRELU": K.prelu,
         "LOGISTIC": K.logistic_tanh, "TANH": K.logistic_tanh,
+        "GELU": K.gelu,
         "QUANTIZE": K.quantize, "DEQUANTIZE": K.dequantize,
         "SOFTMAX": E.softmax, "MEAN": E.mean, "SUM": E.reduce_sum_max,
         "REDUCE_MAX": E.reduce_sum_max, "HARD_SWISH": E.hard_swish,

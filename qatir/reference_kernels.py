@@ -332,6 +332,41 @@ def logistic_tanh(node: Node, xs: list, mode: str) -> np.ndarray:
     return table[xs[0].astype(np.int64) + 128].astype(np.int8)
 
 
+#: LiteRT's GELU transforms (``reference/gelu.h``, as ai-edge-litert 2.3.0 builds them; told
+#: apart from the ``1 + erf`` spellings on rounding ties): exact ``0.5f·x·erfcf(x·c)`` with
+#: c = float(-1/√2); approximate ``0.5f·x·(1 + tanhf(k·(x + 0.044715f·x·x·x)))`` with
+#: k = float(√(2/π)), all in float without fused multiply-adds.
+_GELU_C = np.float32(-0.70710678118654752440)
+_GELU_K = np.float32(1.12837916709551257390 * 0.70710678118654752440)
+
+
+def _gelu_fn(approximate: bool):
+    import ctypes
+
+    m = libm()
+    erfcf = m.erfcf
+    erfcf.restype, erfcf.argtypes = ctypes.c_float, [ctypes.c_float]
+    f32 = np.float32
+
+    if approximate:
+        def fn(x: float) -> float:
+            v = f32(x)
+            inner = f32(_GELU_K * f32(v + f32(f32(f32(f32(0.044715) * v) * v) * v)))
+            return float(f32(f32(f32(0.5) * v) * f32(f32(1.0) + f32(m.tanhf(inner)))))
+    else:
+        def fn(x: float) -> float:
+            v = f32(x)
+            return float(f32(f32(f32(0.5) * v) * f32(erfcf(f32(v * _GELU_C)))))
+    return fn
+
+
+def gelu(node: Node, xs: list, mode: str) -> np.ndarray:
+    """int8 GELU: LiteRT's 256-entry table (GeluPrepare, LUTPopulate), on both resolvers:
+    XNNPACK does not take int8 GELU (measured), so the default path runs the same table."""
+    table = _lut(node, _gelu_fn(bool(node.attrs.get("approximate", False))))
+    return table[xs[0].astype(np.int64) + 128].astype(np.int8)
+
+
 def max_pool(node: Node, xs: list, mode: str) -> np.ndarray:
     kh, kw = node.attrs["filter"]
     p, mask = patches(xs[0], kh, kw, node.attrs, I8_MIN)

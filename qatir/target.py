@@ -131,6 +131,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0", ("DEQUANTIZE", 5): "2.7.0",
     ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
     ("RSQRT", 2): "2.5.0", ("ABS", 1): "1.13.0", ("ABS", 2): "2.4.0",
+    ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
 }
 
 

@@ -131,6 +131,13 @@ def _leaky(node: Node, ctx: Ctx) -> OpSpec:
                   {"Alpha": float(node.attrs["alpha"])})
 
 
+def _gelu(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    # op_version.cc: GELU is version 2 for int8/uint8 inputs, 1 for float
+    return OpSpec("GELU", 2 if _q(node.inputs[0]) else 1, ins, outs, "GeluOptions",
+                  {"Approximate": bool(node.attrs["approximate"])})
+
+
 def _softmax(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     return OpSpec("SOFTMAX", 2 if _q(node.inputs[0]) else 1, ins, outs, "SoftmaxOptions",
@@ -293,6 +300,7 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     "EXP": _simple(1), "ABS": _simple(2), "NEG": _simple(1), "SQRT": _simple(1),
     "RSQRT": _simple(2), "PRELU": _simple(1),
     "LEAKY_RELU": _leaky,
+    "GELU": _gelu,
     "SOFTMAX": _softmax,
     "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
     "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
@@ -325,7 +333,7 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
     "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
     "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2), "QUANTIZE": (1, 3),
-    "DEQUANTIZE": (1, 2, 5),
+    "DEQUANTIZE": (1, 2, 5), "GELU": (1, 2),
 }
 
 

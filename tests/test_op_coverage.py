@@ -2,8 +2,9 @@
 
 Walks ``all_ops()``: a TF kernel (execution, calibration, QAT), an integer reference
 kernel and a TFLite emitter for every op with an int8 kernel, a minimum-runtime entry
-for every (builtin, version) the emitters can produce, and a bit-exact LiteRT case
-(tests/test_reference.py) for every int8 op. A missing piece is a failure naming the op.
+for every (builtin, version) the emitters can produce, a TFLite frontend converter for every
+builtin the writer emits, and a bit-exact LiteRT case (``CASES`` in tests/helpers/cases.py, run
+by tests/test_reference.py) for every int8 op. A missing piece is a failure naming the op.
 """
 
 from __future__ import annotations
@@ -94,7 +95,15 @@ def test_every_int8_op_has_a_bit_exact_case():
     for case in RANDOM_CASES.values():
         covered |= _ops_in(lambda qb, c=case: c(qb, np.random.default_rng(100)))
     missing = sorted(ops_where(int8=True) - covered - set(NO_BIT_EXACT_CASE))
-    assert not missing, f"int8 ops without a bit-exact case in tests/test_reference.py: {missing}"
+    assert not missing, f"int8 ops without a bit-exact case in tests/helpers/cases.py: {missing}"
+
+
+def test_every_emitted_builtin_reads_back():
+    """What the writer emits, the TFLite frontend imports (qatir.load of qatir's own files)."""
+    from qatir.frontends.tflite_ops import CONVERTERS
+
+    missing = sorted(set(VERSIONS) - set(CONVERTERS))
+    assert not missing, f"builtins without a TFLite frontend converter: {missing}"
 
 
 def test_facts_are_consistent():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,7 @@ UNARY = {
     "HARD_SWISH": lambda x: x * np.clip(x + 3, 0, 6) / 6, "IDENTITY": lambda x: x,
     "EXP": np.exp, "ABS": np.abs, "NEG": np.negative,
     "SQRT": lambda x: np.sqrt(np.abs(x)), "RSQRT": lambda x: 1 / np.sqrt(np.abs(x)),
+    "GELU": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))),
 }
 
 

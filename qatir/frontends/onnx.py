@@ -6,7 +6,7 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
-Exp, Abs, Neg, Sqrt, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
+Exp, Abs, Neg, Sqrt, Gelu, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
 DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
@@ -46,6 +46,7 @@ from qatir.frontends.onnx_ctx import (
     ident,
 )
 from qatir.frontends.onnx_fold import FOLDERS, fold_node
+from qatir.frontends.onnx_gelu import fuse_gelu, is_fused
 from qatir.frontends.onnx_io import (
     apply_input_shapes,
     opset_of,
@@ -68,6 +69,7 @@ def load_onnx(path: str | os.PathLike,
     model = read_model(path)
     opset = opset_of(model, path)
     onnx_graph = model.graph
+    fuse_gelu(onnx_graph)  # exporters' Erf/Tanh spellings of GELU -> Gelu
     _check_supported(onnx_graph, path)
 
     graph = Graph(onnx_graph.name or os.path.splitext(os.path.basename(path))[0])
@@ -197,6 +199,8 @@ def _schema_facts(ctx: Ctx, op_type: str) -> tuple:
 
 def _check_schema(ctx: Ctx, node: Any) -> None:
     """Input/output counts and attribute types must fit the op's schema at the model's opset."""
+    if is_fused(node):  # written by fuse_gelu (opset 20's Gelu, at any opset)
+        return
     min_in, max_in, min_out, max_out, attr_types = _schema_facts(ctx, node.op_type)
     n_in, n_out = len(node.input), len(node.output)
     if not min_in <= n_in <= max_in:

@@ -45,6 +45,15 @@ def _leaky_relu(ctx: Ctx) -> None:
     _unary_out(ctx, "LEAKY_RELU", {"alpha": float(onnx_attrs(ctx.node).get("alpha", 0.01))})
 
 
+@converter("Gelu")
+def _gelu(ctx: Ctx) -> None:
+    # opset 20's Gelu, and the exporters' erf/tanh spellings (qatir/frontends/onnx_gelu.py)
+    approximate = str(onnx_attrs(ctx.node).get("approximate", "none"))
+    if approximate not in ("none", "tanh"):
+        raise ctx.unsupported(f"approximate={approximate!r} (only 'none' and 'tanh')")
+    _unary_out(ctx, "GELU", {"approximate": approximate == "tanh"})
+
+
 @converter("HardSigmoid")
 def _hard_sigmoid(ctx: Ctx) -> None:
     a = onnx_attrs(ctx.node)

@@ -204,6 +204,13 @@ def _leaky(ctx: Any, op: TOp) -> Emit:
     return Emit("LEAKY_RELU", list(op.inputs), {"alpha": f32(o.Alpha()) if o else 0.0})
 
 
+@converter("GELU")
+def _gelu(ctx: Any, op: TOp) -> Emit:
+    need_inputs(ctx, op, 1, 1)
+    o = ctx.opts(op, "GeluOptions")
+    return Emit("GELU", list(op.inputs), {"approximate": bool(o.Approximate()) if o else False})
+
+
 @converter("SOFTMAX")
 def _softmax(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)

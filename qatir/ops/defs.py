@@ -61,6 +61,11 @@ for _op in ("RELU_0_TO_1", "ABS", "NEG"):
 for _op in ("EXP", "SQRT", "RSQRT"):
     register_op(_op, shape.same, doc="elementwise", int16=True)
 register_op("LEAKY_RELU", shape.same, attrs={"alpha": 0.2}, **I816)
+# GELU: LiteRT's int8 kernel is a 256-entry table computed in float from the input and
+# output quantization (gelu.cc, LUTPopulate); its int16 table has no op version yet.
+register_op("GELU", shape.same, attrs={"approximate": False},
+            doc="0.5·x·(1 + erf(x/√2)); approximate: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))",
+            **I8)
 register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x (alpha broadcasts)",
             params=((1, "alpha"),), **I8)
 register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},

@@ -242,6 +242,11 @@ for _name, _fn in _UNARY.items():
     tf_kernel(_name)(lambda ctx, node, ins, _fn=_fn: _fn(ins[0]))
 
 
+@tf_kernel("GELU")
+def _gelu(ctx, node, ins):
+    return tf.nn.gelu(ins[0], approximate=bool(node.attrs["approximate"]))
+
+
 @tf_kernel("LEAKY_RELU")
 def _leaky(ctx, node, ins):
     x = ins[0]

@@ -128,6 +128,8 @@ CASES = {
     "logistic": lambda qb: qb.op("LOGISTIC", [_x(qb)], None, (0, 1)),
     "tanh": lambda qb: qb.op("TANH", [_x(qb)], None, (-1, 1)),
     "hard_swish": lambda qb: qb.op("HARD_SWISH", [_x(qb)], None, (-0.4, 2.2)),
+    "gelu": lambda qb: qb.op("GELU", [_x(qb, lo=-4, hi=3)], None, (-0.2, 3)),
+    "gelu_tanh": lambda qb: qb.op("GELU", [_x(qb, lo=-3, hi=5)], {"approximate": True}, (-0.2, 5)),
     "relu": lambda qb: qb.op("RELU", [_x(qb)], None, (0, 2.2)),
     "relu6": lambda qb: qb.op("RELU6", [_x(qb, lo=-4, hi=8)], None, (0, 6)),
     "leaky_relu": lambda qb: qb.op("LEAKY_RELU", [_x(qb)], {"alpha": 0.1}, (-0.2, 2.2)),
@@ -261,6 +263,9 @@ RANDOM_CASES = {
     "logistic": lambda qb, r: qb.op("LOGISTIC", [qb.input("x", [4, 64], *rr(r))], None, (0, 1)),
     "tanh": lambda qb, r: qb.op("TANH", [qb.input("x", [4, 64], *rr(r))], None, (-1, 1)),
     "hswish": lambda qb, r: qb.op("HARD_SWISH", [qb.input("x", [4, 64], *rr(r))], None, rr(r)),
+    "gelu": lambda qb, r: qb.op(
+        "GELU", [qb.input("x", [4, 64], *rr(r))], {"approximate": bool(r.integers(0, 2))}, rr(r)
+    ),
     "leaky": lambda qb, r: qb.op(
         "LEAKY_RELU",
         [qb.input("x", [4, 64], *rr(r))],
