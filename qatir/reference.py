@@ -5,7 +5,11 @@
 matches the default resolver (XNNPACK delegate with fp32 requantization for
 the ops it takes, LiteRT's optimized kernels for the rest). The rules of each
 path are in ``shared/TFLITE_INT8.md`` section 4; the kernels live in
-:mod:`qatir.reference_kernels` and :mod:`qatir.reference_softmax`.
+:mod:`qatir.reference_kernels` and :mod:`qatir.reference_extra`.
+
+A mixed graph (float islands between DEQUANTIZE and QUANTIZE) runs its float nodes
+with the float32 kernels of :mod:`qatir.reference_float`; those tensors match LiteRT
+within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit.
 """
 
 from __future__ import annotations
@@ -159,11 +163,25 @@ def _bind_dynamic_dims(g: Graph, values: dict[int, np.ndarray]) -> None:
             t.shape = tuple(batch if d is None else d for d in t.shape)
 
 
+def _is_float(node: Node) -> bool:
+    """A float-island node: it computes float32 (DEQUANTIZE is an integer kernel)."""
+    return node.op != "DEQUANTIZE" and node.outputs[0].dtype == np.float32
+
+
+def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Kernel | None:
+    if not _is_float(node):
+        return table.get(node.op)
+    if node.op in ftable:
+        return _same(ftable[node.op])
+    return table.get(node.op) if node.op in layout else None
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
                   keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
 
-    Returns ``{output name: int8 array}``; with ``keep_all`` every tensor the
+    Returns ``{output name: int8 array}`` (float32 for an output a float island
+    computes; such an input is fed float32 too); with ``keep_all`` every tensor the
     graph computes (for the parity report).
     """
     if kernels not in MODES:
@@ -171,12 +189,19 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     if not (is_quantized(graph) or is_lowered(graph)):
         raise ExportError(f"graph {graph.name!r} is a float graph; the integer reference needs "
                           "a quantized (FAKE_QUANT) or lowered int8 graph")
+    from qatir.reference_float import LAYOUT_OPS, float_kernels
+
     g = lower(graph, io="int8")
     table = globals()["kernels"]()
+    ftable = float_kernels()
+    chosen: list[Kernel] = []
     missing: dict[str, int] = {}
     for node in g.nodes:
-        if node.op not in table:
-            missing[node.op] = missing.get(node.op, 0) + 1
+        fn = _kernel_for(node, table, ftable, LAYOUT_OPS)
+        if fn is None:
+            key = node.op if not _is_float(node) else f"{node.op} (float)"
+            missing[key] = missing.get(key, 0) + 1
+        chosen.append(fn)
     if missing:
         raise UnsupportedOpError(f"graph {g.name!r} (integer reference)", missing)
     values: dict[int, np.ndarray] = {}
@@ -191,10 +216,9 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     for t in g.tensors.values():
         if t.is_const:
             values[id(t)] = t.data
-    for node in g.nodes:
+    for node, fn in zip(g.nodes, chosen):
         xs = [None if t is None else values[id(t)] for t in node.inputs]
-        y = table[node.op](node, xs, kernels)
-        values[id(node.outputs[0])] = y
+        values[id(node.outputs[0])] = fn(node, xs, kernels)
     if keep_all:
         return {t.name: values[id(t)] for t in g.tensors.values()
                 if id(t) in values and not t.is_const}
