@@ -152,8 +152,9 @@ def node_macs(node: Node) -> int:
 
 
 def summary(g: Graph) -> dict:
-    """How much of a lowered graph runs in int8: node counts, MAC shares, the float nodes."""
-    floats = set(g.metadata.get(META) or ())
+    """How much of a graph (quantized or lowered) runs in int8: node counts (FAKE_QUANT,
+    QUANTIZE and DEQUANTIZE not counted), MAC shares, the float nodes."""
+    floats = set(g.metadata[META] if META in g.metadata else float_node_names(g))
     compute = [n for n in g.nodes if n.op not in _EDGE_OPS]
     macs = {n.name: node_macs(n) for n in compute}
     total = sum(macs.values())
