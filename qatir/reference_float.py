@@ -8,8 +8,15 @@ give LiteRT's values bit for bit on both resolvers), accumulations (conv, FC, ME
 pooling) in float64 and rounded once, transcendental ops through float64. LiteRT
 accumulates in float32 in its own order and XNNPACK uses polynomial approximations
 of exp/sigmoid/tanh, so those agree within :data:`FLOAT_RTOL` / :data:`FLOAT_ATOL`
-(``|a - b| <= FLOAT_ATOL + FLOAT_RTOL * |b|``), the tolerance
-``tests/test_float_islands.py`` measures against both resolvers.
+(``|a - b| <= FLOAT_ATOL + FLOAT_RTOL * |b|``), checked against both resolvers by
+``tests/test_float_islands.py``.
+
+Measured (2026-12-01, ai_edge_litert on x86, 5 random int8 feeds of a [1,8,8,16] island):
+bit-exact on both resolvers for DIV and RSQRT, and under BUILTIN_REF for EXP and SQRT;
+worst relative error 4.7e-7 (EXP, XNNPACK), 4.4e-6 (HARD_SWISH near 0, XNNPACK), 1e-6
+(MEAN); worst absolute error 3.3e-6 for a 3x3x16 float CONV_2D (float32 accumulation
+order). The error of an accumulation grows with its length (about sqrt(K)); the
+tolerance is 10x the worst case measured.
 """
 
 from __future__ import annotations
