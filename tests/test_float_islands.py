@@ -207,3 +207,15 @@ def test_qat_with_an_excluded_layer_trains_and_exports():
     assert num.inputs[1].producer is None
     assert not any(u.op == "FAKE_QUANT" for u in num.output.users)
     assert _check(q, seeds=(1,))["float"] > 0
+
+
+def test_parity_report_marks_float_tensors():
+    from qatir.parity import format_report, parity_report
+
+    q = _calibrated(yolo_head())
+    rows = parity_report(_export(q), q, n=2, resolver="ref", fake_quant=False)
+    by_name = {r.tensor: r for r in rows}
+    assert by_name["decode"].precision == "float" and by_name["decode"].max_abs <= 1e-5
+    assert by_name["num"].precision == "int8" and by_name["num"].max_lsb == 0
+    line = next(x for x in format_report(rows).splitlines() if x.startswith("decode "))
+    assert " f32 " in line
