@@ -219,3 +219,31 @@ def test_parity_report_marks_float_tensors():
     assert by_name["num"].precision == "int8" and by_name["num"].max_lsb == 0
     line = next(x for x in format_report(rows).splitlines() if x.startswith("decode "))
     assert " f32 " in line
+
+
+def test_compile_prints_the_int8_share_and_strict_refuses(capsys, tmp_path):
+    import onnx
+
+    from qatir.cli import main
+    from tests.helpers.onnx_models import OnnxBuilder
+
+    b = OnnxBuilder(opset=13, seed=4)
+    x = b.input("x", [1, 3, 8, 8])
+    num, den = b.conv(x, 3, 4), b.node("Relu", [b.conv(x, 3, 4)])
+    den = b.node("Add", [den, b.init(np.float32(1.0), "one")])
+    b.node("Div", [num, den], out="y", name="box_decode")
+    b.output("y", [1, 4, 8, 8])
+    path = tmp_path / "head.onnx"
+    onnx.save(b.model(), path)
+    out = tmp_path / "head.tflite"
+    rc = main(["compile", str(path), "-o", str(out), "--calib-random", "2", "--no-progress"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "int8: 3 of 4 nodes (100.0% of MACs); float: 'box_decode' (DIV, 0.0% of MACs)" \
+        in text.out
+    assert "DEQUANTIZE" in text.out and "DIV 1" in text.out
+    rc = main(["compile", str(path), "-o", str(tmp_path / "strict.tflite"), "--calib-random",
+               "2", "--no-progress", "--strict-int8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'box_decode' (DIV)" in err and "strict_int8" in err
+    assert not (tmp_path / "strict.tflite").exists()
