@@ -247,3 +247,23 @@ def test_compile_prints_the_int8_share_and_strict_refuses(capsys, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2 and "'box_decode' (DIV)" in err and "strict_int8" in err
     assert not (tmp_path / "strict.tflite").exists()
+
+
+def test_include_only_the_dense_layer_gives_a_float_input_and_an_int8_dense():
+    rng = np.random.default_rng(0)
+    g = Graph("dense_only")
+    x = g.add_input("image", [1, 8, 8, 1])
+    c = _conv(g, x, 1, 12, "conv", rng, act="RELU")
+    p = g.add_node("MAX_POOL_2D", [c], {"filter": [2, 2], "stride": [2, 2]}, name="pool").output
+    f = g.add_node("RESHAPE", [p], {"new_shape": [1, 192]}, name="flatten").output
+    w = g.const(rng.normal(0, 0.1, (10, 192)).astype(np.float32), "dw")
+    g.outputs = [g.add_node("FULLY_CONNECTED", [f, w], name="dense", outputs=["dense"]).output]
+    q = _calibrated(g, table=_table(include=[{"name": "^dense$"}]))
+    assert q.metadata["float_nodes"] == ["conv", "pool", "flatten"]
+    buf = _export(q, io="int8")
+    assert _ops(buf) == ["CONV_2D", "MAX_POOL_2D", "RESHAPE", "QUANTIZE", "FULLY_CONNECTED"]
+    feeds = {"image": rng.normal(0, 1, (1, 8, 8, 1)).astype(np.float32)}  # a float input
+    for mode, ref in (("reference", True), ("xnnpack", False)):
+        got, _ = litert_run(buf, feeds, ref)
+        want = run_reference(q, feeds, kernels=mode)
+        assert want["dense"].dtype == np.int8 and np.array_equal(got["dense"], want["dense"])
