@@ -16,7 +16,6 @@ refused by :func:`check_size` with the size in the message.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 import flatbuffers
@@ -26,6 +25,7 @@ from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
+from qatir.lowering.islands import FloatIslandWarning, report_islands
 from qatir.lowering.litert import check_dims
 from qatir.target import MAX_FLATBUFFER, min_runtime_version
 from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, emit
@@ -81,26 +81,6 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     _fix_batch(g, batch_size)
     check_dims(g)
     return _Writer(g).build(offset_buffers)
-
-
-class FloatIslandWarning(UserWarning):
-    """A quantized graph was exported with float islands (see ``strict_int8``)."""
-
-
-def report_islands(g: Graph, strict: bool) -> None:
-    """Refuse (``strict``) or warn once about the float islands of a lowered graph."""
-    from qatir.lowering.islands import format_summary, summary
-
-    if not g.metadata.get("float_islands"):
-        return
-    s = summary(g)
-    if strict:
-        nodes = ", ".join(f"{r['node']!r} ({r['op']})" for r in s["float"])
-        raise ExportError(f"no int8 kernel, or kept float by the table, for node(s) {nodes}; "
-                          "strict_int8 refuses float islands (drop it to export them as "
-                          "float ops between DEQUANTIZE and QUANTIZE)")
-    warnings.warn(f"graph {g.name!r} exported with float islands: {format_summary(s)}",
-                  FloatIslandWarning, stacklevel=3)
 
 
 def _align16(n: int) -> int:

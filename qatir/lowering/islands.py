@@ -12,11 +12,14 @@ crashes without one). The island's node names go to ``metadata["float_islands"]`
 
 ``islands`` runs before the activation params are assigned (it turns the exit
 FAKE_QUANTs into QUANTIZE), ``island_edges`` right after them (entry DEQUANTIZEs).
+:func:`summary` / :func:`format_summary` give the "int8: N of M nodes (P% of MACs)"
+line; :func:`report_islands` is the writer's warning (or, strict, refusal).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -176,3 +179,21 @@ def format_summary(s: dict) -> str:
     rows = ", ".join(f"{r['node']!r} ({r['op']}, {100.0 * r['mac_share']:.1f}% of MACs)"
                      for r in s["float"])
     return f"{head}; float: {rows}"
+
+
+class FloatIslandWarning(UserWarning):
+    """A quantized graph was exported with float islands (see ``strict_int8``)."""
+
+
+def report_islands(g: Graph, strict: bool) -> None:
+    """Refuse (``strict``) or warn once about the float islands of a lowered graph."""
+    if not g.metadata.get("float_islands"):
+        return
+    s = summary(g)
+    if strict:
+        nodes = ", ".join(f"{r['node']!r} ({r['op']})" for r in s["float"])
+        raise ExportError(f"no int8 kernel, or kept float by the table, for node(s) {nodes}; "
+                          "strict_int8 refuses float islands (drop it to export them as "
+                          "float ops between DEQUANTIZE and QUANTIZE)")
+    warnings.warn(f"graph {g.name!r} exported with float islands: {format_summary(s)}",
+                  FloatIslandWarning, stacklevel=4)
