@@ -172,7 +172,9 @@ def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Ker
     if not _is_float(node):
         return table.get(node.op)
     if node.op in ftable:
-        return _same(ftable[node.op])
+        from qatir.reference_float import MODE_KERNELS
+
+        return ftable[node.op] if node.op in MODE_KERNELS else _same(ftable[node.op])
     return table.get(node.op) if node.op in layout else None
 
 

@@ -209,7 +209,12 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     so, zo = _qp(node.outputs[0])
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
-        y = round_half_away(xs[0].astype(np.float32) / np.float32(so)).astype(np.int64) + zo
+        x = xs[0].astype(np.float32)
+        if mode == "xnnpack" and node.outputs[0].dtype == np.int8:
+            # XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even
+            y = np.rint(x * (np.float32(1.0) / np.float32(so))).astype(np.int64) + zo
+        else:  # LiteRT's builtin QUANTIZE: x / scale, rounded half away from zero
+            y = round_half_away(x / np.float32(so)).astype(np.int64) + zo
         return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
     si, zi = _qp(node.inputs[0])
     if mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):

@@ -267,3 +267,21 @@ def test_include_only_the_dense_layer_gives_a_float_input_and_an_int8_dense():
         got, _ = litert_run(buf, feeds, ref)
         want = run_reference(q, feeds, kernels=mode)
         assert want["dense"].dtype == np.int8 and np.array_equal(got["dense"], want["dense"])
+
+
+@pytest.mark.parametrize("attrs", [{"align_corners": False, "half_pixel_centers": True},
+                                   {"align_corners": True, "half_pixel_centers": False},
+                                   {"align_corners": False, "half_pixel_centers": False}])
+def test_excluded_resize_bilinear_matches_litert_float(attrs):
+    """Bilinear averages of dequantized values land exactly on rounding ties of the
+    QUANTIZE leaving the island: XNNPACK rounds those half to even (x·(1/s)), LiteRT's
+    builtin QUANTIZE half away (x/s); XNNPACK's float lerp has no FMA."""
+    rng = np.random.default_rng(2)
+    g = Graph("up")
+    x = g.add_input("x", [1, 5, 6, 3])
+    c = _conv(g, x, 3, 4, "c", rng)
+    up = g.add_node("RESIZE_BILINEAR", [c], {"size": [10, 9], **attrs}, name="up").output
+    g.outputs = [_conv(g, up, 4, 4, "out", rng, k=1)]
+    q = _calibrated(g, table=_table(exclude=[{"ops": ["RESIZE_BILINEAR"]}]))
+    assert q.metadata["float_nodes"] == ["up"]
+    assert _check(q, seeds=(1, 2))["float"] > 0
