@@ -8,13 +8,16 @@ produce is documented in :mod:`qatir.passes.insert_fake_quant`.
 """
 
 from qatir.passes import (  # noqa: F401  (imported for their registrations)
+    div_to_mul,
     eliminate_dead_code,
     fold_batch_norm,
     fold_constants,
     fuse_activations,
     fuse_hard_swish,
+    fuse_hard_swish_spelled,
     insert_fake_quant,
     lower_clip,
+    lower_relu_0_to_1,
     propagate_quant_constraints,
     remove_identities,
 )

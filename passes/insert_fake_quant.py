@@ -38,9 +38,14 @@ default table's (``int8_default``); the pass reads them from the table.
   then makes it and the input FAKE_QUANT(s) share the same ``min``/``max`` tensors.
 - A value already read only by a FAKE_QUANT is left as it is, so a second run
   adds nothing.
-- Nodes the table's include/exclude rules keep float get no FAKE_QUANT on their
-  outputs; their names are listed in ``graph.metadata["float_nodes"]`` (the
-  writer adds QUANTIZE/DEQUANTIZE at those boundaries). ``metadata["quant_table"]``
+- Nodes the table's include/exclude rules keep float, and nodes whose op has no
+  int8 kernel (the ``int8`` op fact), get no FAKE_QUANT on their outputs or
+  constants: they are *float islands*. The activations entering them are the
+  fake-quantized values of their producers, and a quantized node reading an
+  island's output gets a FAKE_QUANT on that edge, so QAT sees fake-quant exactly
+  at the island edges. Their names are listed in ``graph.metadata["float_nodes"]``;
+  the writer emits them as float ops between DEQUANTIZE and QUANTIZE with those
+  edges' parameters (:mod:`qatir.lowering.islands`). ``metadata["quant_table"]``
   names the table.
 - Every FAKE_QUANT this pass creates carries ``tensor.quant``
   (:func:`qatir.quant.params_for`, as :func:`qatir.quant.refresh_quant` sets it).
@@ -57,6 +62,7 @@ import numpy as np
 
 from qatir.errors import NumericsError, TableError
 from qatir.ir import Graph, Node, QuantParams, Tensor
+from qatir.ops import get_op, has_op
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
 from qatir.quant import params_for, range_for
@@ -207,6 +213,14 @@ def _needs_quant(node: Node) -> bool:
     return node.op not in SKIP_OPS and any(_is_float(t) for t in node.outputs)
 
 
+def _has_int8_kernel(node: Node) -> bool:
+    """LiteRT has an int8 kernel for the op (IR-only ops are lowered before export)."""
+    if not has_op(node.op):
+        return True  # an op of the user's: left for the writer to name
+    op = get_op(node.op)
+    return op.int8 or op.ir_only
+
+
 @register_pass("insert_fake_quant")
 def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
     """Insert FAKE_QUANT on activations, weights and constants as the table's policy says."""
@@ -224,7 +238,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             if node.op not in SKIP_OPS and table.is_quantized(node):
                 check_table_dtypes(table, node)
             continue
-        if not table.is_quantized(node):
+        if not table.is_quantized(node) or not _has_int8_kernel(node):
             float_nodes.append(node.name)
             continue
         check_table_dtypes(table, node)

@@ -131,11 +131,17 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
                 **options)
 
 
-def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, **options: Any) -> bytes:
-    """Write the graph as a TFLite flatbuffer (int8 when quantized, float otherwise)."""
+def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, strict_int8: bool = False,
+              **options: Any) -> bytes:
+    """Write the graph as a TFLite flatbuffer (int8 when quantized, float otherwise).
+
+    Nodes kept float by the table, or without an int8 kernel, are exported as float
+    islands between DEQUANTIZE and QUANTIZE, with one warning listing them;
+    ``strict_int8=True`` refuses them instead.
+    """
     from qatir.tflite_writer import to_tflite as _to_tflite
 
-    return _to_tflite(graph, io=io, batch_size=batch_size, **options)
+    return _to_tflite(graph, io=io, batch_size=batch_size, strict_int8=strict_int8, **options)
 
 
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray],

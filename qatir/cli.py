@@ -186,6 +186,9 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
               show_default=True, help="Type of the model's inputs and outputs.")
 @click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",
               help="Print the IR after these passes or lowering steps (lower.bias), or all.")
+@click.option("--strict-int8", "strict_int8", is_flag=True, default=False,
+              help="Refuse float islands (nodes kept float by the table or without an int8 "
+                   "kernel) instead of exporting them as float ops.")
 @click.option("--report", "report", type=click.Choice(["litert", "full"]), is_flag=False,
               flag_value="litert", default=None,
               help="Print the parity report. --report (or =litert) needs no TensorFlow; "
@@ -197,8 +200,9 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
                 loss: str, from_logits: bool | None, batch_size: int, learning_rate: float, table: str | None,
-                passes: str | None, io_type: str, print_ir_after: str | None, report: str | None,
-                save_ir: str | None, progress: bool | None, debug: bool) -> None:
+                passes: str | None, io_type: str, print_ir_after: str | None, strict_int8: bool,
+                report: str | None, save_ir: str | None, progress: bool | None,
+                debug: bool) -> None:
     """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file.
 
     Post-training (no --train) needs no TensorFlow: calibration and the SQNR
@@ -230,7 +234,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
         io=io_type, print_ir_after=_split_names(print_ir_after), report=report or False,
-        save_ir=save_ir, progress=progress)
+        save_ir=save_ir, progress=progress, strict_int8=strict_int8)
     summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary.format())
 

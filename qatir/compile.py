@@ -14,6 +14,7 @@ their names used to live here and are still importable from here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,7 @@ class CompileOptions:
     table: str | None = None
     passes: list[str] | None = None
     io: str = "int8"
+    strict_int8: bool = False
     print_ir_after: list[str] | None = None
     report: bool | str = False
     save_ir: str | None = None
@@ -101,6 +103,7 @@ class CompileSummary:
     files: list[str] = field(default_factory=list)
     report: str | None = None
     evaluation: Evaluation | None = None
+    int8_line: str | None = None
 
     def format(self) -> str:
         """A short human summary (the last thing ``qatir compile`` prints)."""
@@ -108,6 +111,7 @@ class CompileSummary:
         lines = [
             f"wrote {self.output}",
             f"  ops:    {sum(self.ops.values())} ({ops})",
+            *([f"  {self.int8_line}"] if self.int8_line else []),
             f"  size:   float32 weights {format_size(self.float_bytes)} -> int8 .tflite "
             f"{format_size(self.tflite_bytes)} ({_ratio(self.float_bytes, self.tflite_bytes)})",
             *_sqnr_lines(self),
@@ -215,7 +219,14 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
                       optimizer=_adam(opts.learning_rate),
                       epochs=opts.epochs, verbose=opts.progress)
     with timer("write"):
-        buf = qatir.to_tflite(q, io=opts.io, print_ir_after=_ir_selection(opts.print_ir_after))
+        from qatir.lowering.islands import format_summary, summary
+        from qatir.tflite_writer import FloatIslandWarning
+
+        int8_line = format_summary(summary(q))  # printed below, so not warned as well
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FloatIslandWarning)
+            buf = qatir.to_tflite(q, io=opts.io, strict_int8=opts.strict_int8,
+                                  print_ir_after=_ir_selection(opts.print_ir_after))
         atomic_write(output, buf)
         files = [output]
         if opts.save_ir:
@@ -233,7 +244,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
             report = parity_report(q, buf, samples, fake_quant=kind == "full")
     return CompileSummary(output, tflite_op_counts(buf), float_param_bytes(graph), len(buf),
                           ev.fake_quant_db if ev else None, ev.int8_all_db if ev else None,
-                          timer.seconds, len(samples), files, report, ev)
+                          timer.seconds, len(samples), files, report, ev, int8_line)
 
 
 def expand_passes(names: Sequence[str] | None) -> list[str] | None:

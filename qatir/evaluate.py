@@ -160,6 +160,9 @@ def _reference(quantized: Graph, samples: Sequence[Mapping[str, np.ndarray]],
         ints = run_reference(lowered, q_feed, kernels="xnnpack")
         row = []
         for t, lrt in zip(lowered.outputs, got):
+            if t.quant is None:  # a float island's output: float32 already, no LSB
+                row.append(np.asarray(ints[t.name], np.float32))
+                continue
             s, z = np.float32(t.quant.scale[0]), int(t.quant.zero_point[0])
             row.append((ints[t.name].astype(np.float32) - z) * s)
             diff = np.abs(np.asarray(lrt, np.float64) - row[-1]) / float(s)
@@ -169,9 +172,12 @@ def _reference(quantized: Graph, samples: Sequence[Mapping[str, np.ndarray]],
 
 
 def quantize_float(t, x: np.ndarray) -> np.ndarray:
-    """A float feed as the int8 input ``t`` of a lowered graph (rounded half away)."""
+    """A float feed as the int8 input ``t`` of a lowered graph (rounded half away); a float
+    input (read only by a float island) is passed as float32."""
     from qatir.reference_math import round_half_away
 
+    if t.quant is None:
+        return np.asarray(x, np.float32)
     s, z = np.float32(t.quant.scale[0]), int(t.quant.zero_point[0])
     q = round_half_away(np.asarray(x, np.float32) / s) + z
     return np.clip(q, -128, 127).astype(np.int8)

@@ -18,7 +18,11 @@ through up to four executions and compares them tensor by tensor:
 One row per graph output and per intermediate int8 tensor that exists in both
 the lowered graph and the flatbuffer (matched by tensor name): SQNR of the
 LiteRT values (dequantized) against float, and the max LSB difference between
-LiteRT and the integer reference. Rows come worst first (lowest SQNR).
+LiteRT and the integer reference. Tensors a float island computes get rows too,
+marked ``precision="float"`` (``f32`` in the table): their SQNR is of LiteRT's
+float values, and instead of an LSB count ``max_abs`` is the largest
+|LiteRT - reference| (within ``qatir.reference_float``'s tolerance when they agree).
+Rows come worst first (lowest SQNR).
 :func:`format_report` prints them as a table.
 
 :func:`xnnpack_coverage` tells which operators the XNNPACK delegate took.
@@ -54,6 +58,8 @@ class ParityRow:
     max_lsb: int  # max |LiteRT - reference| in int8 steps
     scale: float
     zero_point: int
+    precision: str = "int8"  # "int8", or "float" for a float island's tensor
+    max_abs: float = 0.0  # float tensors: max |LiteRT - reference|
 
 
 def _load_bytes(model: bytes | str | os.PathLike) -> bytes:
@@ -158,6 +164,9 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
             it.set_tensor(d["index"], np.asarray(x).astype(d["dtype"]))
         it.invoke()
         for t in lowered.tensors.values():
+            if t.dtype == np.float32:
+                _float_row(acc, t, tdetails.get(t.name), f_out, fq_out, ref, it)
+                continue
             d = tdetails.get(f"{t.name}_int8", tdetails.get(t.name))
             if d is None or t.name not in f_out or d["dtype"] != np.int8 or t.is_const:
                 continue
@@ -172,10 +181,17 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
                 entry["lrt_ref"].append(lrt)
     outputs = {t.name for t in lowered.outputs}
     rows = []
+    cat = lambda xs: np.concatenate([a.ravel() for a in xs]) if xs else np.zeros(0)  # noqa: E731
     for name, e in acc.items():
+        if lowered.tensors[name].dtype == np.float32:
+            lrt, flt, fq = cat(e["lrt"]), cat(e["float"]), cat(e["fq"])
+            diff = np.abs(cat(e["lrt_ref"]).astype(np.float64) - cat(e["ref"]))
+            rows.append(ParityRow(name, "output" if name in outputs else "intermediate",
+                                  sqnr_db(flt, lrt), sqnr_db(flt, fq) if fake_quant else math.nan,
+                                  0, math.nan, 0, "float", float(diff.max()) if diff.size else 0.0))
+            continue
         q = lowered.tensors[name].quant
         s, z = q.scale[0], q.zero_point[0]
-        cat = lambda xs: np.concatenate([a.ravel() for a in xs]) if xs else np.zeros(0)  # noqa: E731
         lrt, flt, fq = cat(e["lrt"]).astype(np.int32), cat(e["float"]), cat(e["fq"])
         lsb = np.abs(cat(e["lrt_ref"]).astype(np.int32) - cat(e["ref"]).astype(np.int32))
         rows.append(ParityRow(name, "output" if name in outputs else "intermediate",
@@ -187,6 +203,21 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
         raise QatirError("parity report: no tensor of the graph was found in the model "
                          "(names differ?)")
     return rows
+
+
+def _float_row(acc: dict, t, d: dict | None, f_out: dict, fq_out: dict, ref: dict, it) -> None:
+    """Collect a float island's tensor (computed, in the float run and in the file)."""
+    if d is None or d["dtype"] != np.float32 or t.is_const or t.producer is None \
+            or t.name not in f_out:
+        return
+    entry = acc.setdefault(t.name, {"float": [], "fq": [], "ref": [], "lrt": [], "lrt_ref": []})
+    lrt = it.get_tensor(d["index"])
+    entry["float"].append(f_out[t.name])
+    entry["fq"].append(fq_out.get(t.name, np.full_like(f_out[t.name], np.nan)))
+    entry["lrt"].append(lrt)
+    if t.name in ref:
+        entry["ref"].append(ref[t.name])
+        entry["lrt_ref"].append(lrt)
 
 
 def _fq_pairs(graph: Graph) -> list[tuple[str, str]]:
@@ -227,11 +258,16 @@ def _run_ir_all(g: Graph, feed: Mapping[str, np.ndarray],
 
 
 def format_report(rows: Sequence[ParityRow]) -> str:
-    """A fixed-width table of :func:`parity_report` rows."""
+    """A fixed-width table of :func:`parity_report` rows; a float island's tensor shows
+    ``f32`` in the LSB column and no scale or zero point."""
     head = f"{'tensor':<40} {'kind':<12} {'SQNR dB':>9} {'FQ SQNR':>9} {'LSB':>4} {'scale':>10} {'zp':>5}"
     lines = [head, "-" * len(head)]
     for r in rows:
         fq = "n/a" if math.isnan(r.fq_sqnr_db) else f"{r.fq_sqnr_db:.2f}"
+        if r.precision == "float":
+            lines.append(f"{r.tensor[:40]:<40} {r.kind:<12} {r.sqnr_db:>9.2f} {fq:>9} "
+                         f"{'f32':>4} {'-':>10} {'-':>5}")
+            continue
         lines.append(f"{r.tensor[:40]:<40} {r.kind:<12} {r.sqnr_db:>9.2f} {fq:>9} "
                      f"{r.max_lsb:>4d} {r.scale:>10.4g} {r.zero_point:>5d}")
     return "\n".join(lines)

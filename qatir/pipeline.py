@@ -40,8 +40,11 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "fold_constants",
     "remove_identities",
     "fold_batch_norm",
+    "div_to_mul",
     "lower_clip",
+    "lower_relu_0_to_1",
     "fuse_hard_swish",
+    "fuse_hard_swish_spelled",
     "fuse_activations",
     "eliminate_dead_code",
 )

@@ -11,7 +11,12 @@ are here; the arithmetic ones in :mod:`qatir.reference_kernels`; SOFTMAX, MEAN,
 SUM, REDUCE_MAX, HARD_SWISH and RESIZE_BILINEAR, with their own fixed-point
 algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
 :mod:`qatir.reference_math`.
+
+A mixed graph (float islands between DEQUANTIZE and QUANTIZE) runs its float nodes
+with the float32 kernels of :mod:`qatir.reference_float`; those tensors match LiteRT
+within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -177,11 +182,27 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
     return threadpool_limits(1, user_api="blas")
 
 
+def _is_float(node: Node) -> bool:
+    """A float-island node: it computes float32 (DEQUANTIZE is an integer kernel)."""
+    return node.op != "DEQUANTIZE" and node.outputs[0].dtype == np.float32
+
+
+def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Kernel | None:
+    if not _is_float(node):
+        return table.get(node.op)
+    if node.op in ftable:
+        from qatir.reference_float import MODE_KERNELS
+
+        return ftable[node.op] if node.op in MODE_KERNELS else _same(ftable[node.op])
+    return table.get(node.op) if node.op in layout else None
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
                   keep_all: bool = False) -> dict[str, np.ndarray]:
     """Run ``graph`` (lowered on the fly with int8 edges) on int8 ``feeds``.
 
-    Returns ``{output name: int8 array}``; with ``keep_all`` every tensor the
+    Returns ``{output name: int8 array}`` (float32 for an output a float island
+    computes; such an input is fed float32 too); with ``keep_all`` every tensor the
     graph computes (for the parity report).
     """
     if kernels not in MODES:
@@ -189,12 +210,19 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     if not (is_quantized(graph) or is_lowered(graph)):
         raise ExportError(f"graph {graph.name!r} is a float graph; the integer reference needs "
                           "a quantized (FAKE_QUANT) or lowered int8 graph")
+    from qatir.reference_float import LAYOUT_OPS, float_kernels
+
     g = lower(graph, io="int8")
     table = globals()["kernels"]()
+    ftable = float_kernels()
+    chosen: list[Kernel] = []
     missing: dict[str, int] = {}
     for node in g.nodes:
-        if node.op not in table:
-            missing[node.op] = missing.get(node.op, 0) + 1
+        fn = _kernel_for(node, table, ftable, LAYOUT_OPS)
+        if fn is None:
+            key = node.op if not _is_float(node) else f"{node.op} (float)"
+            missing[key] = missing.get(key, 0) + 1
+        chosen.append(fn)
     if missing:
         raise UnsupportedOpError(f"graph {g.name!r} (integer reference)", missing)
     values: dict[int, np.ndarray] = {}
@@ -210,9 +238,9 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
         if t.is_const:
             values[id(t)] = t.data
     with _one_blas_thread():
-        for node in g.nodes:
+        for node, fn in zip(g.nodes, chosen):
             xs = [None if t is None else values[id(t)] for t in node.inputs]
-            values[id(node.outputs[0])] = table[node.op](node, xs, kernels)
+            values[id(node.outputs[0])] = fn(node, xs, kernels)
     if keep_all:
         return {t.name: values[id(t)] for t in g.tensors.values()
                 if id(t) in values and not t.is_const}

@@ -249,11 +249,18 @@ def _requant_unary(x: np.ndarray, s_in: float, z_in: int, s_out: float, z_out: i
 
 
 def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
-    (si, zi), (so, zo) = _qp(node.inputs[0]), _qp(node.outputs[0])
+    so, zo = _qp(node.outputs[0])
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
-        y = round_half_away(xs[0].astype(np.float32) / np.float32(so)).astype(np.int64) + zo
-    elif mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):
+        x = xs[0].astype(np.float32)
+        if mode == "xnnpack" and node.outputs[0].dtype == np.int8:
+            # XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even
+            y = np.rint(x * (np.float32(1.0) / np.float32(so))).astype(np.int64) + zo
+        else:  # LiteRT's builtin QUANTIZE: x / scale, rounded half away from zero
+            y = round_half_away(x / np.float32(so)).astype(np.int64) + zo
+        return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+    si, zi = _qp(node.inputs[0])
+    if mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):
         y = xnn_mul8(xs[0].astype(np.int64) - zi, np.float32(si) / np.float32(so), zo)
     else:
         y = _requant_unary(xs[0], si, zi, so, zo)

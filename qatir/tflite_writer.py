@@ -25,11 +25,12 @@ from qatir.errors import ExportError, QatirError, UnsupportedOpError
 from qatir.ir import Graph, QuantParams, Tensor
 from qatir.limits import check_fits
 from qatir.lower import is_lowered, is_quantized, lower
+from qatir.lowering.islands import FloatIslandWarning, report_islands
 from qatir.lowering.litert import check_dims
 from qatir.target import MAX_FLATBUFFER, min_runtime_version
 from qatir.tflite_writer_ops import EMITTERS, Ctx, OpSpec, emit
 
-__all__ = ["MAX_FLATBUFFER", "check_size", "to_tflite"]
+__all__ = ["MAX_FLATBUFFER", "FloatIslandWarning", "check_size", "report_islands", "to_tflite"]
 SIGNATURE_KEY = "serving_default"
 _TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6,
           "int16": 7, "int8": 9}
@@ -52,7 +53,7 @@ def check_size(nbytes: int) -> None:
 
 def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
               offset_buffers: bool | None = None, print_ir_after: Any = None,
-              ir_out: Any = None, **opts: Any) -> bytes:
+              ir_out: Any = None, strict_int8: bool = False, **opts: Any) -> bytes:
     """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
 
     A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
@@ -63,6 +64,11 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     ``None`` chooses it only when the constants do not fit in 2 GB.
     ``print_ir_after`` / ``ir_out``: dump the IR after lowering steps (see
     :func:`qatir.lowering.lower`).
+
+    Nodes of a quantized graph that the table keeps float, or that have no int8
+    kernel, become float islands (float ops between DEQUANTIZE and QUANTIZE): one
+    :class:`FloatIslandWarning` lists them with their op and MAC share.
+    ``strict_int8=True`` refuses such a graph instead (``ExportError`` naming them).
     """
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
@@ -71,6 +77,7 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     dump = {"print_ir_after": print_ir_after, "ir_out": ir_out}
     g = lower(graph, io=io, **dump) if (is_quantized(graph) or is_lowered(graph)) \
         else lower(graph, **dump)
+    report_islands(g, strict_int8)
     _fix_batch(g, batch_size)
     check_dims(g)
     return _Writer(g).build(offset_buffers)

@@ -181,12 +181,15 @@ def test_clip_becomes_relu6_and_batch_norm_is_refused():
         lower(g)
 
 
-def test_refuses_op_without_int8_kernel():
+def test_op_without_int8_kernel_is_a_float_island_strict_refuses_it():
     qb = QB()
     x = qb.input("x", [1, 4], -1, 1)
     g = qb.output(qb.op("EXP", [x], None, (0, 3)))
-    with pytest.raises(ExportError, match=r"'exp' \(EXP\)"):
-        lower(g)
+    assert [n.op for n in lower(g).nodes] == ["DEQUANTIZE", "EXP", "QUANTIZE"]
+    from qatir.tflite_writer import to_tflite
+
+    with pytest.raises(ExportError, match=r"'exp' \(EXP\).*strict_int8"):
+        to_tflite(g, strict_int8=True)
 
 
 def test_saturated_relu6_bound_is_dropped():

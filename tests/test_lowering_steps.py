@@ -22,8 +22,9 @@ def _graph():
 
 
 def test_step_names_are_in_the_documented_order():
-    assert step_names() == ["lower.legalise", "lower.float_bias", "lower.constants",
-                            "lower.activations", "lower.bias", "lower.same_scale",
+    assert step_names() == ["lower.legalise", "lower.float_bias", "lower.islands",
+                            "lower.constants", "lower.activations", "lower.island_edges",
+                            "lower.bias", "lower.same_scale",
                             "lower.wide_softmax", "lower.checks", "lower.edges", "lower.limits"]
     assert all(s.doc for s in STEPS)
 
@@ -45,13 +46,13 @@ def test_every_step_verifies_and_dumps():
 
 def test_selected_steps_dump_to_a_folder(tmp_path):
     lower(_graph(), print_ir_after=["bias", "lower.edges"], ir_out=tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lower_04_bias.txt",
-                                                         "lower_08_edges.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lower_06_bias.txt",
+                                                         "lower_10_edges.txt"]
 
 
 def test_to_tflite_passes_the_dump_through(capsys):
     qatir.to_tflite(_graph(), print_ir_after="same_scale")
-    assert "// IR after lowering step 5: lower.same_scale" in capsys.readouterr().out
+    assert "// IR after lowering step 7: lower.same_scale" in capsys.readouterr().out
 
 
 def test_a_float_graph_runs_only_the_float_steps():

@@ -5,7 +5,7 @@ TFLite frontend imports an already-int8 ``.tflite`` into the same form. Its cont
 
 - No FAKE_QUANT and no other IR-only op (CLIP with 0/6, 0/inf or -1/1 bounds becomes
   RELU6 / RELU / RELU_N1_TO_1; BATCH_NORM is refused).
-- Activations inside the int8 region are int8 with per-tensor params (zero point in
+- Float islands aside (see below), activations inside the int8 region are int8 with per-tensor params (zero point in
   [-128, 127]); weights are symmetric int8 constants on the axis their op's TFLite
   kernel reads (the ``quant_axis`` op fact; FULLY_CONNECTED per-tensor); biases are
   int32 with scale float32(in_scale · w_scale[i]); other constant operands int8.
@@ -19,8 +19,11 @@ Anything LiteRT cannot run, or would abort on under either resolver, is refused 
 :class:`ExportError` naming the node; NaN/Inf constants raise ``NumericsError``.
 
 The steps (:data:`STEPS`), each a module of this package, run in order:
-``legalise`` (→ ``float_bias`` for a float graph) → ``constants`` → ``activations`` →
-``bias`` → ``same_scale`` → ``wide_softmax`` → ``checks`` → ``edges`` → ``limits``. ``lower(..., print_ir_after="all")`` dumps the IR
+``legalise`` (→ ``float_bias`` for a float graph) → ``islands`` → ``constants`` →
+``activations`` → ``island_edges`` → ``bias`` → ``same_scale`` → ``wide_softmax`` →
+``checks`` → ``edges`` → ``limits``. Float islands (nodes the table keeps float, or
+without an int8 kernel) are emitted as float ops between DEQUANTIZE and QUANTIZE
+(:mod:`qatir.lowering.islands`); their names are in ``metadata["float_islands"]``. ``lower(..., print_ir_after="all")`` dumps the IR
 after each (names ``lower.<step>``), ``verify=True`` runs the verifier after each.
 """
 
@@ -52,6 +55,7 @@ from qatir.lowering.common import (
 )
 from qatir.lowering.constants import lower_constants
 from qatir.lowering.edges import IO_MODES, apply_io
+from qatir.lowering.islands import enter_islands, mark_islands
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
 from qatir.lowering.same_scale import unify_same_scale
@@ -100,9 +104,13 @@ STEPS: tuple[Step, ...] = (
          "NaN/Inf refused; CLIP -> RELU*; other IR-only ops refused"),
     Step("float_bias", lambda g, io: add_float_bias(g), frozenset({"float"}),
          "a float graph's conv-like ops get a zero bias"),
+    Step("islands", lambda g, io: mark_islands(g), _Q,
+         "float nodes found; FAKE_QUANTs leaving them -> QUANTIZE; float convs get a bias"),
     Step("constants", lambda g, io: lower_constants(g), _Q, "constant FAKE_QUANTs -> int8"),
     Step("activations", lambda g, io: lower_activations(g), _Q,
          "activation FAKE_QUANTs -> int8 params; fixed / inherited outputs"),
+    Step("island_edges", lambda g, io: enter_islands(g), _Q,
+         "int8 tensors entering a float node -> one shared DEQUANTIZE"),
     Step("bias", lambda g, io: lower_biases(g), _Q, "float biases -> int32"),
     Step("same_scale", lambda g, io: unify_same_scale(g), _Q,
          "requantize inputs of same-scale ops onto the output grid"),

@@ -4,7 +4,7 @@ Walking in topological order, a FAKE_QUANT on a float tensor gives it its params
 on an already-int8 tensor whose params differ becomes a requantizing ``QUANTIZE``
 (after a fixed-output op a range within 1 % / one zero-point step is dropped instead).
 Outputs without a FAKE_QUANT take the fixed params (LOGISTIC, SOFTMAX, TANH) or inherit
-their input's (grid-preserving ops, RELU).
+their input's (grid-preserving ops, RELU). Float-island nodes keep float outputs.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from qatir.quant import params_for
 
 
 def lower_activations(g: Graph) -> None:
+    floats = set(g.metadata.get("float_islands") or ())
     for node in list(g.nodes):
-        if node.graph is not g:
+        if node.graph is not g or node.name in floats:
             continue
         if node.op == "FAKE_QUANT":
             _lower_act_fq(g, node)

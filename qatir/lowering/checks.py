@@ -2,7 +2,8 @@
 
 ``check_int8_region`` (graphs lowered from FAKE_QUANT): every op touching int8 has an
 int8 kernel (``int8`` op fact), no fused activation LiteRT ignores, no float tensor
-inside the region. ``check_spec`` (every lowered graph, imported ones too): quantized
+inside the region; float-island nodes (``metadata["float_islands"]``) touch float
+tensors only (the island steps put DEQUANTIZE / QUANTIZE at their edges). ``check_spec`` (every lowered graph, imported ones too): quantized
 int8 activations, int32 biases, one grid through same-scale ops, the fixed outputs.
 """
 
@@ -29,6 +30,12 @@ def _touches_int8(node) -> bool:
 
 
 def check_int8_region(g: Graph) -> None:
+    floats = set(g.metadata.get("float_islands") or ())
+    leaky = [f"{n.name!r} ({n.op})" for n in g.nodes if n.name in floats and any(
+        t is not None and not t.is_const and t.quant is not None for t in [*n.inputs, *n.outputs])]
+    if leaky:
+        raise ExportError(f"float node(s) {', '.join(leaky)} read or write a quantized tensor "
+                          "(an island edge without DEQUANTIZE/QUANTIZE)")
     no_kernel = [f"{n.name!r} ({n.op})" for n in g.nodes if n.op not in INT8_OPS
                  and _touches_int8(n)]
     if no_kernel:
@@ -43,7 +50,11 @@ def check_int8_region(g: Graph) -> None:
                           "use a separate activation op")
     bad: list[str] = []
     for node in g.nodes:
+        if node.name in floats:
+            continue
         ins = list(node.inputs)
+        if node.op == "QUANTIZE" and ins[0].dtype == np.float32:
+            ins = []  # an island's exit
         if node.op in WEIGHT_OPS:
             ins = ins[:1]
         skip = _AUX_INPUTS.get(node.op, ())

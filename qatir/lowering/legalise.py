@@ -1,5 +1,5 @@
 """Step ``legalise``: refuse NaN/Inf constants, rewrite the IR-only ops TFLite has a builtin
-for (CLIP with 0/6, 0/inf, -1/1 bounds), refuse the rest (BATCH_NORM, HARD_SIGMOID)."""
+for (CLIP with 0/6, 0/inf, -1/1, 0/1 bounds), refuse the rest (BATCH_NORM, HARD_SIGMOID)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from qatir.errors import ExportError, NumericsError
 from qatir.ir import Graph
 from qatir.lowering.common import WEIGHT_OPS, channels
 
-_CLIP_AS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1"}
+_CLIP_AS = {(0.0, 6.0): "RELU6", (0.0, None): "RELU", (-1.0, 1.0): "RELU_N1_TO_1",
+            (0.0, 1.0): "RELU_0_TO_1"}
 
 
 def legalise(g: Graph) -> None:
@@ -20,7 +21,7 @@ def legalise(g: Graph) -> None:
             key = (None if lo is None else float(lo), None if hi is None else float(hi))
             if key not in _CLIP_AS:
                 raise ExportError(f"node {node.name!r}: CLIP({lo}, {hi}) has no TFLite builtin "
-                                  "(only 0..6, 0..inf, -1..1)")
+                                  "(only 0..6, 0..inf, -1..1, 0..1)")
             node.op = _CLIP_AS[key]
             node.attrs = {}
         elif node.op in ("BATCH_NORM", "HARD_SIGMOID"):

@@ -1,0 +1,242 @@
+"""Float32 numpy kernels for the float islands of a mixed graph.
+
+The integer reference (:mod:`qatir.reference`) runs a node with these kernels when it
+computes a float32 tensor (a float island; DEQUANTIZE is the integer kernel's). They
+follow LiteRT's float kernels: float32 results, elementwise ops computed in float32
+(IEEE-exact ops such as ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, RELU*, ABS, NEG give
+LiteRT's values bit for bit on both resolvers; XNNPACK's SQRT can be 1 ulp off), accumulations (conv, FC, MEAN,
+pooling) in float64 and rounded once, transcendental ops through float64. LiteRT
+accumulates in float32 in its own order and XNNPACK uses polynomial approximations
+of exp/sigmoid/tanh, so those agree within :data:`FLOAT_RTOL` / :data:`FLOAT_ATOL`
+(``|a - b| <= FLOAT_ATOL + FLOAT_RTOL * |b|``), checked against both resolvers by
+``tests/test_float_islands.py``.
+
+Measured (2026-12-01, ai_edge_litert on x86, 5 random int8 feeds of a [1,8,8,16] island):
+bit-exact on both resolvers for DIV, RSQRT and RESIZE_BILINEAR (each resolver's own
+formula), and under BUILTIN_REF for EXP and SQRT;
+worst relative error 4.7e-7 (EXP, XNNPACK), 4.4e-6 (HARD_SWISH near 0, XNNPACK), 1e-6
+(MEAN); worst absolute error 3.3e-6 for a 3x3x16 float CONV_2D (float32 accumulation
+order). The error of an accumulation grows with its length (about sqrt(K)), so a long
+float conv can exceed the tolerance, which covers every case measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from qatir.ir import Node
+from qatir.reference_kernels import patches
+
+#: Tolerance of a float-island tensor against LiteRT (either resolver).
+FLOAT_RTOL = 1e-5
+FLOAT_ATOL = 1e-5
+
+FloatKernel = Callable[[Node, list], np.ndarray]
+#: float kernels whose result depends on the resolver: ``(node, xs, mode)``.
+MODE_KERNELS = ("RESIZE_BILINEAR",)
+_F = np.float32
+
+
+def _act(node: Node, y: np.ndarray) -> np.ndarray:
+    act = node.attrs.get("fused_activation", "NONE")
+    if act == "RELU":
+        y = np.maximum(y, _F(0))
+    elif act == "RELU6":
+        y = np.clip(y, _F(0), _F(6))
+    elif act == "RELU_N1_TO_1":
+        y = np.clip(y, _F(-1), _F(1))
+    elif act == "TANH":
+        y = np.tanh(y.astype(np.float64))
+    return np.asarray(y).astype(np.float32)
+
+
+def _f32(xs: list) -> list:
+    return [None if x is None else np.asarray(x).astype(np.float32, copy=False) for x in xs]
+
+
+_BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide,
+           "MAXIMUM": np.maximum, "MINIMUM": np.minimum}
+#: ops whose integer-reference kernel is dtype-generic (moves values, computes nothing).
+LAYOUT_OPS = frozenset({"RESHAPE", "SQUEEZE", "TRANSPOSE", "TILE", "CONCATENATION", "PAD",
+                        "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "GATHER",
+                        "RESIZE_NEAREST_NEIGHBOR"})
+
+
+def _binary(node: Node, xs: list) -> np.ndarray:
+    a, b = _f32(xs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _act(node, _BINARY[node.op](a, b))
+
+
+def _unary(fn: Callable[[np.ndarray], np.ndarray], wide: bool = False) -> FloatKernel:
+    def kernel(node: Node, xs: list) -> np.ndarray:
+        x = _f32(xs)[0]
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(x.astype(np.float64) if wide else x)).astype(np.float32)
+    return kernel
+
+
+def _hard_swish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _leaky(node: Node, xs: list) -> np.ndarray:
+    x = _f32(xs)[0]
+    return np.where(x >= 0, x, x * _F(node.attrs["alpha"])).astype(np.float32)
+
+
+def _prelu(node: Node, xs: list) -> np.ndarray:
+    x, a = _f32(xs)
+    return np.where(x >= 0, x, x * a).astype(np.float32)
+
+
+def _softmax(node: Node, xs: list) -> np.ndarray:
+    x = _f32(xs)[0].astype(np.float64) * float(node.attrs.get("beta", 1.0))
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _bias(xs: list, n: int) -> np.ndarray:
+    b = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    return np.zeros(n) if b is None else b.astype(np.float64)
+
+
+def _conv(node: Node, xs: list) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    p, _ = patches(x.astype(np.float64), w.shape[1], w.shape[2], node.attrs, 0.0)
+    acc = np.einsum("nhiwjc,oijc->nhwo", p, w.astype(np.float64), optimize=True)
+    return _act(node, acc + _bias(xs, w.shape[0]))
+
+
+def _dwconv(node: Node, xs: list) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    mult = int(node.attrs.get("depth_multiplier", 1))
+    p, _ = patches(x.astype(np.float64), w.shape[1], w.shape[2], node.attrs, 0.0)
+    p = np.repeat(p, mult, axis=-1) if mult > 1 else p
+    acc = np.einsum("nhiwjc,ijc->nhwc", p, w[0].astype(np.float64), optimize=True)
+    return _act(node, acc + _bias(xs, w.shape[3]))
+
+
+def _fc(node: Node, xs: list) -> np.ndarray:
+    x, w = xs[0], xs[1]
+    k = w.shape[1]
+    acc = x.astype(np.float64).reshape(-1, k) @ w.astype(np.float64).T + _bias(xs, w.shape[0])
+    return _act(node, acc.reshape(node.outputs[0].shape))
+
+
+def _pool(node: Node, xs: list) -> np.ndarray:
+    kh, kw = node.attrs["filter"]
+    if node.op == "MAX_POOL_2D":
+        p, _ = patches(xs[0].astype(np.float32), kh, kw, node.attrs, -np.inf)
+        return _act(node, p.max(axis=(2, 4)))
+    p, mask = patches(xs[0].astype(np.float64), kh, kw, node.attrs, 0.0)
+    cnt = mask.sum(axis=(1, 3))[None, :, :, None]
+    return _act(node, p.sum(axis=(2, 4)) / cnt)
+
+
+def _reduce(node: Node, xs: list) -> np.ndarray:
+    fn = {"MEAN": np.mean, "SUM": np.sum, "REDUCE_MAX": np.max}[node.op]
+    axis = tuple(int(a) % xs[0].ndim for a in node.attrs["axis"])
+    y = fn(xs[0].astype(np.float64), axis=axis, keepdims=bool(node.attrs["keep_dims"]))
+    return np.asarray(y).astype(np.float32).reshape(node.outputs[0].shape)
+
+
+def _batch_matmul(node: Node, xs: list) -> np.ndarray:
+    a, b = (x.astype(np.float64) for x in xs)
+    if node.attrs.get("adj_x"):
+        a = np.swapaxes(a, -1, -2)
+    if node.attrs.get("adj_y"):
+        b = np.swapaxes(b, -1, -2)
+    return (a @ b).astype(np.float32)
+
+
+def _resize_bilinear(node: Node, xs: list, mode: str) -> np.ndarray:
+    """reference_ops::ResizeBilinear (float; weights from the unclamped position), or
+    XNNPACK's f32 ibilinear (positions clamped, lerp horizontally then vertically)."""
+    x = xs[0].astype(np.float32)
+    _, h, w, _ = x.shape
+    oh, ow = node.attrs["size"]
+    align, half = bool(node.attrs["align_corners"]), bool(node.attrs["half_pixel_centers"])
+    if mode == "xnnpack":
+        return _xnn_resize_f32(x, oh, ow, align, half)
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scale = _F((n_in - 1) / (n_out - 1) if align and n_out > 1 else n_in / n_out)
+        v = np.arange(n_out, dtype=np.float32)
+        pos = (v + _F(0.5)) * scale - _F(0.5) if half else v * scale
+        lo = np.maximum(np.floor(pos), 0).astype(np.int64)
+        up = np.minimum(np.ceil(pos).astype(np.int64), n_in - 1)
+        return lo, up, (pos - lo.astype(np.float32)).astype(np.float32)
+
+    y0, y1, dy = axis(oh, h)
+    x0, x1, dx = axis(ow, w)
+    dy, dx = dy[None, :, None, None], dx[None, None, :, None]
+    one = _F(1)
+    return (x[:, y0][:, :, x0] * (one - dy) * (one - dx) + x[:, y1][:, :, x0] * dy * (one - dx)
+            + x[:, y0][:, :, x1] * (one - dy) * dx + x[:, y1][:, :, x1] * dy * dx
+            ).astype(np.float32)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """a + (b − a)·t in float32, product and sum rounded separately (no FMA: measured
+    bit-exact with XNNPACK's f32 ibilinear on x86)."""
+    return (a + (b - a) * t).astype(np.float32)
+
+
+def _xnn_resize_f32(x: np.ndarray, oh: int, ow: int, align: bool, half: bool) -> np.ndarray:
+    from qatir.reference_extra import _xnn_interp
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lo, up, _ = _xnn_interp(n_out, n_in, align, half)
+        adj = 1 if align else 0
+        scale = _F(n_in - adj) / _F(n_out - adj) if n_out - adj > 0 else _F(0)
+        v = np.arange(n_out, dtype=np.float32)
+        if half and not align:
+            off = _F(_F(0.5) * scale - _F(0.5))
+            pos = np.clip((v * scale + off).astype(np.float32), _F(0), _F(n_in - 1))
+        else:
+            pos = (v * scale).astype(np.float32)
+        return lo, up, (pos - lo.astype(np.float32)).astype(np.float32)
+
+    _, h, w, _ = x.shape
+    y0, y1, av = axis(oh, h)
+    x0, x1, ah = axis(ow, w)
+    ah, av = ah[None, None, :, None], av[None, :, None, None]
+    tl, tr = x[:, y0][:, :, x0], x[:, y0][:, :, x1]
+    bl, br = x[:, y1][:, :, x0], x[:, y1][:, :, x1]
+    return _lerp(_lerp(tl, tr, ah), _lerp(bl, br, ah), av)
+
+
+def _cast(node: Node, xs: list) -> np.ndarray:
+    return np.asarray(xs[0]).astype(node.outputs[0].dtype)
+
+
+def float_kernels() -> dict[str, FloatKernel]:
+    """op -> float32 kernel; layout ops (RESHAPE, PAD, ...) use the dtype-generic ones of
+    :func:`qatir.reference.kernels`."""
+    table: dict[str, FloatKernel] = dict.fromkeys(_BINARY, _binary)
+    table.update({
+        "RELU": _unary(lambda x: np.maximum(x, _F(0))),
+        "RELU6": _unary(lambda x: np.clip(x, _F(0), _F(6))),
+        "RELU_N1_TO_1": _unary(lambda x: np.clip(x, _F(-1), _F(1))),
+        "RELU_0_TO_1": _unary(lambda x: np.clip(x, _F(0), _F(1))),
+        "ABS": _unary(np.abs), "NEG": _unary(np.negative), "SQRT": _unary(np.sqrt),
+        "RSQRT": _unary(lambda x: 1.0 / np.sqrt(x), wide=True),
+        "EXP": _unary(np.exp, wide=True), "TANH": _unary(np.tanh, wide=True),
+        "LOGISTIC": _unary(lambda x: 1.0 / (1.0 + np.exp(-x)), wide=True),
+        "HARD_SWISH": _unary(_hard_swish, wide=True),
+        "LEAKY_RELU": _leaky, "PRELU": _prelu, "SOFTMAX": _softmax,
+        "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _dwconv, "FULLY_CONNECTED": _fc,
+        "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
+        "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
+        "BATCH_MATMUL": _batch_matmul, "CAST": _cast, "RESIZE_BILINEAR": _resize_bilinear,
+    })
+    return table
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` within the float-island tolerance of ``b``."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return bool(np.all(np.abs(a64 - b64) <= FLOAT_ATOL + FLOAT_RTOL * np.abs(b64)))
