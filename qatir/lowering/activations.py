@@ -20,7 +20,6 @@ from qatir.lowering.common import (
     act_params,
     close,
     fq_consumers,
-    rename,
     requantize,
 )
 from qatir.quant import params_for
@@ -60,7 +59,7 @@ def _lower_act_fq(g: Graph, node: Node) -> None:
     g.replace_all_uses_with(out, src)
     g.erase(node)
     if any(t is src for t in g.outputs) and src.producer is not None:
-        rename(g, src, out_name)
+        g.rename_tensor(src, out_name)
 
 
 def _fixed(t: Tensor) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatir.errors import ExportError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.ops import fact_map, get_op, ops_where
 from qatir.target import PER_TENSOR_WEIGHTS
@@ -60,16 +59,6 @@ def close(a: QuantParams, b: QuantParams, rtol: float = 0.0) -> bool:
 def act_params(scale: float, zp: int) -> QuantParams:
     """Per-tensor int8 activation parameters."""
     return QuantParams((float(np.float32(scale)),), (int(zp),), None, 8, False, "int8")
-
-
-def rename(g: Graph, t: Tensor, name: str) -> None:
-    if t.name == name:
-        return
-    if name in g.tensors:
-        raise ExportError(f"cannot rename %{t.name} to %{name}: name in use")
-    del g.tensors[t.name]
-    t.name = name
-    g.tensors[name] = t
 
 
 def fq_consumers(t: Tensor) -> list[Node]:

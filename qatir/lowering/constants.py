@@ -13,7 +13,7 @@ import numpy as np
 
 from qatir.errors import ExportError
 from qatir.ir import Graph, Node, QuantParams, Tensor
-from qatir.lowering.common import WEIGHT_OPS, rename
+from qatir.lowering.common import WEIGHT_OPS
 from qatir.ops import get_op
 from qatir.quant import nudged_params, params_for
 
@@ -69,7 +69,7 @@ def _lower_const_fq(g: Graph, node: Node) -> None:
     g.replace_all_uses_with(out, new)
     g.erase(node)
     if out.name not in g.tensors and new.name != out.name:
-        rename(g, new, out.name)
+        g.rename_tensor(new, out.name)
 
 
 def _zero_channels_symmetric(node: Node, const: Tensor, q: np.ndarray, p: QuantParams

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.ir import Graph, QuantParams, Tensor
-from qatir.lowering.common import rename
 
 IO_MODES = ("int8", "float", "uint8")
 
@@ -25,7 +24,7 @@ def apply_io(g: Graph, io: str) -> None:
         if t.dtype != np.int8 or t.quant is None:
             continue
         name = t.name
-        rename(g, t, g.unique_name(f"{name}_int8"))
+        g.rename_tensor(t, g.unique_name(f"{name}_int8"))
         dtype, qp = _edge_type(io, t.quant)
         new = g.add_tensor(Tensor(name, t.shape, dtype, quant=qp, source_layout=t.source_layout))
         g.inputs[i] = new
@@ -34,7 +33,7 @@ def apply_io(g: Graph, io: str) -> None:
         if t.dtype != np.int8 or t.quant is None:
             continue
         name = t.name
-        rename(g, t, g.unique_name(f"{name}_int8"))
+        g.rename_tensor(t, g.unique_name(f"{name}_int8"))
         dtype, qp = _edge_type(io, t.quant)
         op = "DEQUANTIZE" if io == "float" else "QUANTIZE"
         node = g.add_node(op, [t], {"dtype": np.dtype(dtype).name}, name=f"{name}_{op.lower()}",
@@ -69,7 +68,7 @@ def _strip_edges(g: Graph) -> None:
         g.erase_many(users)
         g.inputs[i] = new
         del g.tensors[name]
-        rename(g, new, name)
+        g.rename_tensor(new, name)
     for i, t in enumerate(list(g.outputs)):
         p = t.producer
         if p is None or t.uses or sum(o is t for o in g.outputs) > 1:
@@ -83,4 +82,4 @@ def _strip_edges(g: Graph) -> None:
         g.outputs[i] = src
         g.erase(p)
         if src.producer is not None and not any(o is src for j, o in enumerate(g.outputs) if j != i):
-            rename(g, src, name)
+            g.rename_tensor(src, name)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.ir import Graph, QuantParams
-from qatir.lowering.common import rename
 from qatir.target import SOFTMAX_INT16_OUTPUT, SOFTMAX_MAX_DEPTH
 
 
@@ -38,5 +37,5 @@ def widen_softmax(g: Graph) -> None:
         name = out.name
         g.erase(node)
         if name not in g.tensors:
-            rename(g, narrow.output, name)
+            g.rename_tensor(narrow.output, name)
     g.toposort()
