@@ -151,13 +151,13 @@ def _reference(quantized: Graph, samples: Sequence[Mapping[str, np.ndarray]],
     """Dequantized integer-reference outputs (XNNPACK mode, as LiteRT's default kernels),
     and their largest difference from LiteRT's, in int8 steps."""
     from qatir.lower import lower
-    from qatir.reference import run_reference
+    from qatir.reference import run_lowered
 
     lowered = lower(quantized, io="int8")
     out, lsb = [], 0
     for feed, got in zip(samples, litert):
         q_feed = {t.name: quantize_float(t, feed[t.name]) for t in lowered.inputs}
-        ints = run_reference(lowered, q_feed, kernels="xnnpack")
+        ints = run_lowered(lowered, q_feed, kernels="xnnpack")
         row = []
         for t, lrt in zip(lowered.outputs, got):
             if t.quant is None:  # a float island's output: float32 already, no LSB

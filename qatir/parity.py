@@ -136,7 +136,7 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
         raise QatirError(f"resolver must be 'default' or 'ref', got {resolver!r}")
     mode = "reference" if resolver == "ref" else "xnnpack"
     from qatir.lower import is_lowered, is_quantized, lower
-    from qatir.reference import run_reference
+    from qatir.reference import run_lowered
 
     if not (is_quantized(graph) or is_lowered(graph)):
         raise QatirError(f"parity report: graph {graph.name!r} is a float graph; pass the "
@@ -158,7 +158,7 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
         f_out = _aliased(floats.run(feed), pairs, quantized=False)
         fq_out = {} if fq_all is None else _run_ir_all(fq_all, feed, pairs)
         q_feed = {t.name: quantize_float(t, feed[t.name]) for t in lowered.inputs}
-        ref = run_reference(lowered, q_feed, kernels=mode, keep_all=True) if i < k else {}
+        ref = run_lowered(lowered, q_feed, kernels=mode, keep_all=True) if i < k else {}
         for d in in_details:
             x = feed[d["name"]] if d["dtype"] == np.float32 else q_feed[d["name"]]
             it.set_tensor(d["index"], np.asarray(x).astype(d["dtype"]))

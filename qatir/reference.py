@@ -210,9 +210,18 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], kernels: str = 
     if not (is_quantized(graph) or is_lowered(graph)):
         raise ExportError(f"graph {graph.name!r} is a float graph; the integer reference needs "
                           "a quantized (FAKE_QUANT) or lowered int8 graph")
+    return run_lowered(lower(graph, io="int8"), feeds, kernels, keep_all)
+
+
+def run_lowered(g: Graph, feeds: Mapping[str, np.ndarray], kernels: str = "reference",
+                keep_all: bool = False) -> dict[str, np.ndarray]:
+    """:func:`run_reference` on ``g``, the result of ``lower(graph, io="int8")``, without
+    lowering it again (the parity report and compile's check run many feeds through one
+    lowering). A dynamic batch is bound to the feeds' in place."""
+    if kernels not in MODES:
+        raise ExportError(f"kernels must be one of {MODES}, got {kernels!r}")
     from qatir.reference_float import LAYOUT_OPS, float_kernels
 
-    g = lower(graph, io="int8")
     table = globals()["kernels"]()
     ftable = float_kernels()
     chosen: list[Kernel] = []
