@@ -72,16 +72,18 @@ def nudged_params(lo: np.ndarray, hi: np.ndarray, bits: int = 8, narrow_range: b
     return scale, zero_point, nudged_min, nudged_max
 
 
-def fake_quant(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int = 8,
-               narrow_range: bool = False, axis: int | None = None) -> np.ndarray:
-    """TF's fake-quant forward pass in numpy, bit for bit (float32, TF 2.x kernels).
+def fake_quant_steps(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int = 8,
+                     narrow_range: bool = False, axis: int | None = None) -> np.ndarray:
+    """The integer ``k`` (int64) such that TF's fake-quant of ``x`` is ``k * scale``: the
+    step from the zero point. An exporter that stores ``k + zero_point`` deploys exactly
+    what training computed (:func:`fake_quant` is ``k * scale``).
 
-    Clamp to the nudged range, then ``floor(shifted / scale - qz + 0.5) * scale``
-    per tensor (``fake_quant_with_min_max_vars``) or ``floor(shifted * inv - qz + 0.5)
-    * scale`` per channel (``..._per_channel``, ``inv = (qmax - qmin) / (hi - lo)``),
-    with ``qz = floor(-nudged_min * inv + 0.5)``. The two ops round differently
-    next to a tie, so ``axis`` (None: per tensor) picks the op. ``lo == hi == 0``
-    gives zeros, as TF does.
+    TF's kernels, bit for bit (float32, TF 2.x): clamp to the nudged range, then
+    ``floor(shifted / scale - qz + 0.5)`` per tensor (``fake_quant_with_min_max_vars``)
+    or ``floor(shifted * inv - qz + 0.5)`` per channel (``..._per_channel``, ``inv =
+    (qmax - qmin) / (hi - lo)``), with ``qz = floor(-nudged_min * inv + 0.5)``. The two
+    ops round differently next to a tie, so ``axis`` (None: per tensor) picks the op.
+    ``lo == hi == 0`` gives 0, as TF gives zeros.
     """
     x = np.asarray(x, np.float32)
     lo = np.asarray(lo, np.float32)
@@ -99,8 +101,22 @@ def fake_quant(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int = 8,
                                            for v in (scale, nmin, nmax, inv, qz, zero))
     shifted = (np.clip(x, nmin, nmax) - nmin).astype(np.float32)
     grid = shifted / scale if axis is None else shifted * inv
-    q = np.floor((grid - qz) + np.float32(0.5))
-    return np.where(zero, np.float32(0), q * scale).astype(np.float32)
+    k = np.floor((grid - qz) + np.float32(0.5))
+    return np.where(zero, np.float32(0), k).astype(np.int64)
+
+
+def fake_quant(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int = 8,
+               narrow_range: bool = False, axis: int | None = None) -> np.ndarray:
+    """TF's fake-quant forward pass in numpy, bit for bit (see :func:`fake_quant_steps`)."""
+    scale = nudged_params(np.asarray(lo, np.float32), np.asarray(hi, np.float32), bits,
+                          narrow_range)[0]
+    x = np.asarray(x, np.float32)
+    if axis is not None:
+        shape = [1] * x.ndim
+        shape[normalize_axis(axis, x.ndim)] = -1
+        scale = np.reshape(scale, shape)
+    k = fake_quant_steps(x, lo, hi, bits, narrow_range, axis)
+    return (k.astype(np.float32) * scale).astype(np.float32)
 
 
 # ---------------------------------------------------------------- padding

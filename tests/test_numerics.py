@@ -541,3 +541,48 @@ def test_pad_constant_at_a_tie_rounds_half_away_in_reference_and_file():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert compare_all(graph(), seeds=(1,)) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("op", ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"])
+def test_exported_weights_are_what_tf_fake_quant_trained_next_to_ties(op):
+    """Trained = deployed for weights: the int8 weights the lowering writes, dequantized,
+    equal TF's fake-quant of the float weights bit for bit, also on and next to the grid's
+    half-way points (where dividing by the scale and multiplying by its inverse differ)."""
+    import tensorflow as tf
+
+    from qatir.lower import lower
+    from qatir.numerics import nudged_params
+    from tests.helpers import QB
+
+    qb = QB(seed=3)
+    shapes = {"CONV_2D": ([1, 4, 4, 3], [5, 3, 3, 3]), "DEPTHWISE_CONV_2D": ([1, 4, 4, 5], [1, 3, 3, 5]),
+              "FULLY_CONNECTED": ([2, 6], [5, 6])}
+    x_shape, w_shape = shapes[op]
+    x = qb.input("x", x_shape, -1.0, 1.0)
+    attrs = {} if op == "FULLY_CONNECTED" else {"padding": "SAME"}
+    g = qb.output(qb.conv(op, x, w_shape, attrs, (-4.0, 4.0)))
+    wfq = next(n for n in g.nodes if n.op == "FAKE_QUANT" and n.inputs[0].is_const)
+    lo, hi = wfq.inputs[1].data, wfq.inputs[2].data
+    axis, bits, narrow = wfq.attrs["axis"], int(wfq.attrs["bits"]), bool(wfq.attrs["narrow_range"])
+    scale, _, nmin, _ = nudged_params(lo, hi, bits, narrow)
+    w = wfq.inputs[0].data
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    s, m = np.reshape(scale, shape), np.reshape(nmin, shape)
+    r = np.random.default_rng(0)
+    k = r.integers(0, (1 << bits) - 2, w.shape).astype(F32)
+    t = (m + (k + F32(0.5)) * s).astype(F32)  # half-way points, and the floats beside them
+    w[...] = np.where(r.random(w.shape) < 0.5, t, np.nextafter(t, F32(np.inf * r.choice([-1, 1]))))
+    lw = next(n for n in lower(g, io="int8").nodes if n.op == op).inputs[1]
+    zp = np.reshape(np.asarray(lw.quant.zero_point), shape if axis is not None else [])
+    deployed = ((lw.data.astype(np.int64) - zp) * np.reshape(lw.quant.scale, shape)).astype(F32)
+    if axis is None:
+        trained = tf.quantization.fake_quant_with_min_max_vars(
+            w, float(lo), float(hi), num_bits=bits, narrow_range=narrow).numpy()
+    else:
+        perm = [i for i in range(w.ndim) if i != axis] + [axis]
+        trained = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            np.transpose(w, perm), lo, hi, num_bits=bits, narrow_range=narrow).numpy()
+        trained = np.transpose(trained, np.argsort(perm))
+    np.testing.assert_array_equal(deployed, trained)

@@ -14,8 +14,9 @@ import numpy as np
 from qatir.errors import ExportError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.lowering.common import WEIGHT_OPS
+from qatir.numerics import fake_quant_steps
 from qatir.ops import get_op
-from qatir.quant import nudged_params, params_for
+from qatir.quant import params_for
 
 
 def lower_constants(g: Graph) -> None:
@@ -30,17 +31,13 @@ def fq_int_values(node: Node, data: np.ndarray) -> tuple[np.ndarray, QuantParams
     p = params_for(node)
     lo, hi = node.inputs[1].data, node.inputs[2].data
     bits, narrow = int(node.attrs["bits"]), bool(node.attrs["narrow_range"])
-    scale, _, nmin, nmax = nudged_params(lo, hi, bits, narrow)
-    axis = p.axis
-    x = data.astype(np.float32)
-    if axis is not None:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, nmin, nmax = (np.reshape(v, shape) for v in (scale, nmin, nmax))
-    clamped = np.clip(x, nmin, nmax)
-    inv = np.float32(1.0) / scale
-    q = np.floor((clamped - nmin) * inv + np.float32(0.5)).astype(np.int64)
-    q += (1 if narrow else 0) - (1 << (bits - 1))
+    k = fake_quant_steps(data, lo, hi, bits, narrow, p.axis)
+    zp = np.asarray(p.zero_point, np.int64)
+    if p.axis is not None:
+        shape = [1] * k.ndim
+        shape[p.axis] = -1
+        zp = zp.reshape(shape)
+    q = k + zp
     return q, p
 
 
