@@ -339,9 +339,25 @@ def test_softmax_past_the_int16_limit_is_refused_by_name():
         qatir.to_tflite(softmax_head(SOFTMAX_INT16_MAX_DEPTH + 1))
 
 
-def test_softmax_with_a_tiny_input_scale_is_refused_by_name():
+@pytest.mark.parametrize("depth", [8, 1000])
+def test_softmax_with_a_tiny_input_scale_is_requantized_and_runs_bit_exact(tmp_path, depth):
+    """beta x input scale <= 2^-26 aborts LiteRT's SoftmaxPrepare; such logits (here 2e-6
+    wide) have a flat softmax, so qatir requantizes the input onto 2^-25 / beta, where the
+    row is exactly flat, and the output is the uniform 1/depth the float softmax rounds to."""
+    g = softmax_head(depth, -1e-6, 1e-6)
+    ops = [n.op for n in lower(g).nodes]
+    assert ops[:2] == ["QUANTIZE", "SOFTMAX"], ops
+    runs_under_both_resolvers_bit_exact(tmp_path, g)
+    for feeds in softmax_feeds(depth):
+        got = qatir.run_reference(g, feeds)["head_q"]
+        np.testing.assert_array_equal(got, np.round(256 / depth) - 128)
+
+
+def test_softmax_far_below_the_scale_floor_is_refused_by_name():
+    """An input scale so small that even the requantize onto the floor would need a shift
+    past 31 is refused, naming the node and LiteRT's limit."""
     with pytest.raises(ExportError, match=r"'head' \(SOFTMAX\).*2\^-26.*prepare"):
-        qatir.to_tflite(softmax_head(8, -1e-6, 1e-6))
+        qatir.to_tflite(softmax_head(8, -1e-15, 1e-15))
 
 
 @pytest.mark.parametrize("case", ["depth", "scale"])
@@ -354,6 +370,7 @@ def test_what_qatir_avoids_does_abort_litert_reference_kernels(tmp_path, monkeyp
 
     monkeypatch.setattr(litert_step, "softmax_ref_limit", lambda *a: None)
     monkeypatch.setattr(softmax_step, "SOFTMAX_MAX_DEPTH", 1 << 20)
+    monkeypatch.setattr(softmax_step, "SOFTMAX_MIN_BETA_SCALE", 0.0)
     g = softmax_head(512) if case == "depth" else softmax_head(8, -1e-6, 1e-6)
     buf = qatir.to_tflite(g)
     feeds = softmax_feeds(g.inputs[0].shape[-1])[0]

@@ -6,14 +6,36 @@ reaches 512 with an int8 output, which a nearly flat row of 512+ classes does
 for 4095 classes. So a wider int8 SOFTMAX is written as SOFTMAX(int8 -> int16 on LiteRT's
 fixed grid 1/65536, -32768) followed by a QUANTIZE (int16 -> int8) onto the original
 output params; both resolvers run it and the integer reference models both kernels.
+
+SoftmaxPrepare aborts too when beta x input scale is at most 2^-26
+(:data:`qatir.target.SOFTMAX_MIN_BETA_SCALE`). Such an input spans less than 2^-18 in
+logits, so its softmax is flat to within 4e-6, below half an output step; the step
+requantizes it (an int8 QUANTIZE) onto the scale 2^-25 / beta, which the kernel takes and
+on which the row is exactly flat: the output is what the float softmax rounds to.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from qatir.ir import Graph, QuantParams
-from qatir.target import SOFTMAX_INT16_OUTPUT, SOFTMAX_MAX_DEPTH
+from qatir.ir import Graph, Node, QuantParams
+from qatir.lowering.common import requantize
+from qatir.target import SOFTMAX_INT16_OUTPUT, SOFTMAX_MAX_DEPTH, SOFTMAX_MIN_BETA_SCALE
+
+#: Below this input/floor ratio LiteRT's requantize multiplier would need a shift past 31.
+_MIN_RATIO = 2.0**-30
+
+
+def _floor_input_scale(g: Graph, node: Node) -> None:
+    x = node.inputs[0]
+    beta = float(node.attrs.get("beta", 1.0))
+    if x.quant is None or not beta > 0 or beta * x.quant.scale[0] > SOFTMAX_MIN_BETA_SCALE:
+        return
+    floor = 2.0 * SOFTMAX_MIN_BETA_SCALE / beta
+    if x.quant.scale[0] / floor < _MIN_RATIO:
+        return  # left to the limits step, which refuses it by name
+    qp = QuantParams((floor,), (0,), None, 8, False, "int8")
+    node.set_input(0, requantize(g, x, qp, f"{node.name}_input_floor", f"{x.name}_floor"))
 
 
 def widen_softmax(g: Graph) -> None:
@@ -23,6 +45,8 @@ def widen_softmax(g: Graph) -> None:
         x, out = node.inputs[0], node.outputs[0]
         if x.dtype != np.int8 or out.dtype != np.int8 or out.quant is None:
             continue
+        _floor_input_scale(g, node)
+        x = node.inputs[0]
         depth = x.shape[-1] if x.rank else 1
         if depth is not None and depth <= SOFTMAX_MAX_DEPTH:
             continue
