@@ -380,12 +380,14 @@ def test_constant_activation_gets_valid_scale(value):
 
 
 # ------------------------------------------------------------------ tiny and huge scales
-def test_bias_beyond_int32_is_clipped_with_a_warning_naming_it():
-    """Tiny weight and input scales with a normal bias: bias / (s_in * s_w) > 2^31."""
+def test_bias_beyond_int32_widens_the_weight_scale_with_a_warning_naming_it():
+    """Tiny weight and input scales with a normal bias: bias / (s_in * s_w) > 2^31; the
+    weight scale is widened (not the bias clipped; tests/test_bias_fit.py)."""
     w0 = (np.random.default_rng(5).normal(0, 1, (4, 3, 3, 3)) * 1e-7).astype(np.float32)
     q = qatir.quantize(conv_net(w0=w0, b0=np.array([1.0, -1.0, 0.5, 0.0], np.float32)))
     qatir.calibrate(q, batches(scale=1e-3))
-    with pytest.warns(UserWarning, match=r"%b0\b.*int32"):
+    with pytest.warns(UserWarning, match=r"weight scale of channel.*widened so the bias %b0\b "
+                      "fits int32"):
         export_and_run(q)
 
 

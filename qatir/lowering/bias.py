@@ -3,6 +3,15 @@
 scale = float32(in_scale · w_scale[i]) (per-channel on axis 0 when the weight is),
 zero point 0, values round_half_away(b / scale); zeros are inserted where the float
 graph had none. All-zero weight channels get a scale that keeps their bias in int32.
+A channel whose bias would overflow int32 at ``in_scale · w_scale`` gets a wider weight
+scale and its int8 weights are requantized onto it (symmetric, [-127, 127]), as TFLite's
+converter does (``AdjustWeightsForBiasScale`` in
+``tensorflow/lite/tools/optimize/quantization_utils.cc``, aiming at 2^31 - 1); qatir aims at
+``|b| / (in_scale · 2^30) · (1 + margin)``, leaving half of int32 to the accumulator.
+Per-tensor weights widen their one scale. The widening stops short of XNNPACK's
+requantization limit (in·w/out below 256, checked by the ``litert`` step): past it the
+bias is clipped instead, which still saturates the output as the float bias does. A bias
+is also clipped where LiteRT's requantization (a left shift in int32) would wrap it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,13 @@ from qatir.errors import ExportError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.lowering.common import MIN_SCALE, WEIGHT_OPS, channels
 from qatir.reference_math import round_half_away
-from qatir.target import INT32_MAX
+from qatir.target import INT32_MAX, XNN_MAX_REQUANT
+
+#: relative head-room on a widened weight scale (covers float32 rounding of the scales)
+BIAS_FIT_MARGIN = 2.0**-16
+#: a widened channel's |int32 bias| stays below this, leaving the other half of int32 to
+#: the accumulator that LiteRT adds it to (an int32 sum that would otherwise wrap)
+BIAS_FIT_LIMIT = 2**30
 
 
 def lower_biases(g: Graph) -> None:
@@ -40,6 +55,8 @@ def _lower_weight_op(g: Graph, node: Node) -> None:
     in_s = np.float32(x.quant.scale[0])
     w_s = np.asarray(w.quant.scale, np.float32)
     w_s = _fix_zero_channels(node, w, w_s, bias, in_s)
+    w_s = _widen_for_bias(g, node, w, w_s, bias, in_s, "zeros" if b is None else b.name)
+    w = node.inputs[1]
     b_s = (in_s * w_s).astype(np.float32)
     if np.any(b_s < MIN_SCALE):
         warnings.warn(f"node {node.name!r}: bias scale of %{w.name} below {MIN_SCALE}; clamped",
@@ -54,10 +71,11 @@ def _lower_weight_op(g: Graph, node: Node) -> None:
                 f"by {gap.max():.3g}, over 2% of the output scale {out_q.scale[0]:.3g} that "
                 "LiteRT accepts (weights far too large for the output range; calibrate first)")
     qb = round_half_away(bias.astype(np.float64) / b_s.astype(np.float64))
-    if np.any(np.abs(qb) > INT32_MAX):
+    bad, lim = _clip_limits(qb, b_s, out_q)
+    if np.any(bad):
         warnings.warn(f"node {node.name!r}: bias %{'zeros' if b is None else b.name} "
-                      "overflows int32; clipped", stacklevel=5)
-        qb = np.clip(qb, -INT32_MAX, INT32_MAX)
+                      "overflows int32 (or LiteRT's requantization shift); clipped", stacklevel=5)
+        qb = np.where(bad, np.sign(qb) * lim, qb)
     per_ch = w.quant.axis is not None
     qp = QuantParams(tuple(b_s.tolist()), (0,) * b_s.size, 0 if per_ch else None, 32, False,
                      "int32")
@@ -88,3 +106,62 @@ def _fix_zero_channels(node: Node, w: Tensor, w_s: np.ndarray, bias: np.ndarray,
         w.quant = QuantParams(tuple(fixed.tolist()), w.quant.zero_point, axis, w.quant.bits,
                               w.quant.narrow_range, w.quant.dtype)
     return fixed
+
+
+def _widen_for_bias(g: Graph, node: Node, w: Tensor, w_s: np.ndarray, bias: np.ndarray,
+                    in_s: np.float32, b_name: str) -> np.ndarray:
+    """Widen weight scales whose bias overflows int32; requantize those channels' weights."""
+    b64 = np.abs(bias.astype(np.float64))
+    per_ch = w.quant.axis is not None
+    if not per_ch:
+        b64 = np.asarray([b64.max()]) if b64.size else np.zeros(1)
+    cur = (in_s * w_s).astype(np.float32).astype(np.float64)
+    over = b64 / np.maximum(cur, MIN_SCALE) > INT32_MAX
+    if not np.any(over):
+        return w_s
+    need = b64 / (float(in_s) * BIAS_FIT_LIMIT) * (1 + BIAS_FIT_MARGIN)
+    out_q = node.outputs[0].quant
+    if out_q is not None:  # stay inside the limit the litert step checks after us
+        cap = XNN_MAX_REQUANT * float(out_q.scale[0]) / float(in_s) * (1 - BIAS_FIT_MARGIN)
+        need = np.minimum(need, cap)
+    new = np.where(over, np.maximum(w_s.astype(np.float64), need), w_s).astype(np.float32)
+    new = np.where(np.isfinite(new), new, w_s).astype(np.float32)
+    changed = new != w_s
+    if not np.any(changed):
+        return w_s
+    idx = np.flatnonzero(changed)
+    shown = ", ".join(map(str, idx[:8].tolist())) + (", ..." if idx.size > 8 else "")
+    warnings.warn(f"node {node.name!r}: weight scale of channel(s) {shown} of %{w.name} "
+                  f"widened so the bias %{b_name} fits int32", stacklevel=6)
+    if len(w.users) > 1:  # shared weight: this node gets its own copy
+        w = g.const(w.data.copy(), name=f"{w.name}_{node.name}", quant=w.quant)
+        node.set_input(1, w)
+    ratio = w_s.astype(np.float64) / new.astype(np.float64)  # <= 1 on widened channels
+    if per_ch:
+        shape = [1] * w.data.ndim
+        shape[w.quant.axis] = -1
+        ratio = ratio.reshape(shape)
+    q = round_half_away(w.data.astype(np.float64) * ratio)
+    w.data = np.clip(q, -127, 127).astype(np.int8)
+    w.quant = QuantParams(tuple(new.tolist()), w.quant.zero_point, w.quant.axis, w.quant.bits,
+                          w.quant.narrow_range, w.quant.dtype)
+    return new
+
+
+def _clip_limits(qb: np.ndarray, b_s: np.ndarray,
+                 out_q: QuantParams | None) -> tuple[np.ndarray, np.ndarray]:
+    """Channels whose int32 bias must be clipped, and the magnitude they are clipped to.
+
+    Clipped: a bias beyond int32, or one that LiteRT's requantization would wrap (its
+    kernels shift the int32 sum left by the multiplier's exponent before the high
+    multiply, in int32). The clipped value keeps the bias at 2^24 output steps (still far
+    past saturation) within int32 head-room, so the output saturates as the float one does.
+    """
+    a = np.abs(qb)
+    if out_q is None:
+        return a > INT32_MAX, np.full(qb.shape, float(BIAS_FIT_LIMIT))
+    ratio = b_s.astype(np.float64) / float(out_q.scale[0])
+    left = np.maximum(np.frexp(ratio)[1], 0).astype(np.float64)
+    bad = (a > INT32_MAX) | (a * 2.0**left > BIAS_FIT_LIMIT)
+    lim = np.floor(np.minimum(float(BIAS_FIT_LIMIT), 2.0**24 / ratio))
+    return bad, lim
