@@ -331,12 +331,27 @@ def test_int16_zero_point_minus_32768_is_accepted_on_a_softmax_output_only():
             quant_params("m.tflite", t, t.dtype, producer=producer)
 
 
-def test_softmax_past_the_int16_limit_is_refused_by_name():
+def test_softmax_past_the_int16_limit_becomes_a_float_island(tmp_path):
+    """Over 4095 classes no int8 SOFTMAX runs under BUILTIN_REF: it is written as
+    DEQUANTIZE, float SOFTMAX, QUANTIZE (warned as a float island; strict_int8 refuses it),
+    runs under both resolvers, and the int8 output is the reference's within one step."""
+    from qatir.lowering.islands import FloatIslandWarning
     from qatir.target import SOFTMAX_INT16_MAX_DEPTH
 
-    with pytest.raises(ExportError, match=r"'head_int16' \(SOFTMAX\).*depth 4096 exceeds 4095"
-                                          r".*BUILTIN_REF"):
-        qatir.to_tflite(softmax_head(SOFTMAX_INT16_MAX_DEPTH + 1))
+    depth = SOFTMAX_INT16_MAX_DEPTH + 1
+    g = softmax_head(depth)
+    assert [(n.op, n.outputs[0].dtype.name) for n in lower(g).nodes] == [
+        ("DEQUANTIZE", "float32"), ("SOFTMAX", "float32"), ("QUANTIZE", "int8")]
+    with pytest.warns(FloatIslandWarning, match="head_float"):
+        buf = qatir.to_tflite(g)
+    with pytest.raises(ExportError, match="head_float.*strict_int8"):
+        qatir.to_tflite(g, strict_int8=True)
+    for feeds in softmax_feeds(depth):
+        for resolver, mode in (("ref", "reference"), ("auto", "xnnpack")):
+            rc, got = run_in_subprocess(tmp_path, buf, feeds, resolver)
+            assert rc == 0, f"{resolver}: exit code {rc}"
+            want = qatir.run_reference(g, feeds, kernels=mode)["head_q"]
+            assert np.abs(got["head_q"].astype(int) - want.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("depth", [8, 1000])

@@ -6,6 +6,10 @@ reaches 512 with an int8 output, which a nearly flat row of 512+ classes does
 for 4095 classes. So a wider int8 SOFTMAX is written as SOFTMAX(int8 -> int16 on LiteRT's
 fixed grid 1/65536, -32768) followed by a QUANTIZE (int16 -> int8) onto the original
 output params; both resolvers run it and the integer reference models both kernels.
+Wider still (PP-OCR's recognizer: 6625 characters), no int8 kernel runs it under
+BUILTIN_REF, so it becomes a float island: DEQUANTIZE, a float SOFTMAX, and a QUANTIZE
+onto the same output params (what the FAKE_QUANT after it trained), listed in
+``metadata["float_islands"]``.
 
 SoftmaxPrepare aborts too when beta x input scale is at most 2^-26
 (:data:`qatir.target.SOFTMAX_MIN_BETA_SCALE`). Such an input spans less than 2^-18 in
@@ -20,7 +24,12 @@ import numpy as np
 
 from qatir.ir import Graph, Node, QuantParams
 from qatir.lowering.common import requantize
-from qatir.target import SOFTMAX_INT16_OUTPUT, SOFTMAX_MAX_DEPTH, SOFTMAX_MIN_BETA_SCALE
+from qatir.target import (
+    SOFTMAX_INT16_MAX_DEPTH,
+    SOFTMAX_INT16_OUTPUT,
+    SOFTMAX_MAX_DEPTH,
+    SOFTMAX_MIN_BETA_SCALE,
+)
 
 #: Below this input/floor ratio LiteRT's requantize multiplier would need a shift past 31.
 _MIN_RATIO = 2.0**-30
@@ -38,6 +47,23 @@ def _floor_input_scale(g: Graph, node: Node) -> None:
     node.set_input(0, requantize(g, x, qp, f"{node.name}_input_floor", f"{x.name}_floor"))
 
 
+def _float_softmax(g: Graph, node: Node) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    deq = g.add_node("DEQUANTIZE", [x], {"dtype": "float32"}, name=f"{node.name}_dequantize",
+                     outputs=[g.unique_name(f"{x.name}_float")])
+    soft = g.add_node("SOFTMAX", [deq.output], dict(node.attrs), name=f"{node.name}_float",
+                      outputs=[g.unique_name(f"{out.name}_float")])
+    back = g.add_node("QUANTIZE", [soft.output], {"dtype": "int8"}, name=f"{node.name}_quantize",
+                      outputs=[g.unique_name(f"{out.name}_q8")])
+    back.output.quant = out.quant
+    g.replace_all_uses_with(out, back.output)
+    name = out.name
+    g.erase(node)
+    if name not in g.tensors:
+        g.rename_tensor(back.output, name)
+    g.metadata["float_islands"] = [*(g.metadata.get("float_islands") or ()), soft.name]
+
+
 def widen_softmax(g: Graph) -> None:
     for node in list(g.nodes):
         if node.op != "SOFTMAX":
@@ -49,6 +75,9 @@ def widen_softmax(g: Graph) -> None:
         x = node.inputs[0]
         depth = x.shape[-1] if x.rank else 1
         if depth is not None and depth <= SOFTMAX_MAX_DEPTH:
+            continue
+        if depth is None or depth > SOFTMAX_INT16_MAX_DEPTH:
+            _float_softmax(g, node)
             continue
         scale, zp = SOFTMAX_INT16_OUTPUT
         wide = g.add_node("SOFTMAX", [x], {**node.attrs, "dtype": "int16"}, name=f"{node.name}_int16",
