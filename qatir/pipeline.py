@@ -255,7 +255,12 @@ def _wanted(selection: str | Iterable[str] | None, name: str) -> bool:
 
 
 def _emit_dump(graph: Graph, index: int, name: str, out: TextIO | str | os.PathLike | None) -> None:
-    text = f"// IR after pass {index}: {name}\n{graph}\n"
+    write_dump(f"// IR after pass {index}: {name}\n{graph}\n", out, f"{index:02d}_{name}.txt")
+
+
+def write_dump(text: str, out: TextIO | str | os.PathLike | None, filename: str) -> None:
+    """An IR dump to stdout (``out`` None), a stream, or ``filename`` in the folder ``out``
+    (the pass manager's and lowering's ``--print-ir-after``)."""
     if out is None:
         sys.stdout.write(text)
     elif hasattr(out, "write"):
@@ -263,7 +268,7 @@ def _emit_dump(graph: Graph, index: int, name: str, out: TextIO | str | os.PathL
     else:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{index:02d}_{name}.txt").write_text(text)
+        (folder / filename).write_text(text)
 
 
 def _modified(result: Any) -> bool:

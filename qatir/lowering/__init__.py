@@ -30,10 +30,8 @@ after each (names ``lower.<step>``), ``verify=True`` runs the verifier after eac
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from qatir.errors import ExportError, QatirError
@@ -143,15 +141,10 @@ def _wanted(selection: str | Iterable[str] | None, name: str) -> bool:
 
 
 def _dump(g: Graph, index: int, name: str, out: TextIO | str | os.PathLike | None) -> None:
-    text = f"// IR after lowering step {index}: {name}\n{g}\n"
-    if out is None:
-        sys.stdout.write(text)
-    elif hasattr(out, "write"):
-        out.write(text)  # type: ignore[union-attr]
-    else:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"lower_{index:02d}_{name.removeprefix('lower.')}.txt").write_text(text)
+    from qatir.pipeline import write_dump
+
+    write_dump(f"// IR after lowering step {index}: {name}\n{g}\n", out,
+               f"lower_{index:02d}_{name.removeprefix('lower.')}.txt")
 
 
 def lower(graph: Graph, io: str = "int8", *, print_ir_after: str | Iterable[str] | None = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatir.ir import Graph, Node, QuantParams
+from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.lowering.common import requantize
 from qatir.target import (
     SOFTMAX_INT16_MAX_DEPTH,
@@ -47,6 +47,16 @@ def _floor_input_scale(g: Graph, node: Node) -> None:
     node.set_input(0, requantize(g, x, qp, f"{node.name}_input_floor", f"{x.name}_floor"))
 
 
+def _take_over(g: Graph, node: Node, new: Tensor) -> None:
+    """``new`` replaces ``node``'s output (uses and name); ``node`` is erased."""
+    out = node.outputs[0]
+    g.replace_all_uses_with(out, new)
+    name = out.name
+    g.erase(node)
+    if name not in g.tensors:
+        g.rename_tensor(new, name)
+
+
 def _float_softmax(g: Graph, node: Node) -> None:
     x, out = node.inputs[0], node.outputs[0]
     deq = g.add_node("DEQUANTIZE", [x], {"dtype": "float32"}, name=f"{node.name}_dequantize",
@@ -56,11 +66,7 @@ def _float_softmax(g: Graph, node: Node) -> None:
     back = g.add_node("QUANTIZE", [soft.output], {"dtype": "int8"}, name=f"{node.name}_quantize",
                       outputs=[g.unique_name(f"{out.name}_q8")])
     back.output.quant = out.quant
-    g.replace_all_uses_with(out, back.output)
-    name = out.name
-    g.erase(node)
-    if name not in g.tensors:
-        g.rename_tensor(back.output, name)
+    _take_over(g, node, back.output)
     g.metadata["float_islands"] = [*(g.metadata.get("float_islands") or ()), soft.name]
 
 
@@ -86,9 +92,5 @@ def widen_softmax(g: Graph) -> None:
         narrow = g.add_node("QUANTIZE", [wide.output], {"dtype": "int8"},
                             name=f"{node.name}_to_int8", outputs=[g.unique_name(f"{out.name}_q8")])
         narrow.output.quant = out.quant
-        g.replace_all_uses_with(out, narrow.output)
-        name = out.name
-        g.erase(node)
-        if name not in g.tensors:
-            g.rename_tensor(narrow.output, name)
+        _take_over(g, node, narrow.output)
     g.toposort()
