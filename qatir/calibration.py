@@ -26,52 +26,20 @@ import itertools
 import logging
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from qatir.calibration_taps import CaptureEngine, Tap, as_rows, minmax  # noqa: F401  (re-exported)
 from qatir.errors import NumericsError, QatirError
 from qatir.feeds import iterate_feeds
 from qatir.ir import Graph, Node
-from qatir.numerics import normalize_axis
 from qatir.quant import refresh_quant
 from qatir.quantizers import Quantizer, get_quantizer, include_zero, symmetric_range
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "litert", "tf")
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A calibrated FAKE_QUANT input: which node, its channel axis, whether rows are needed."""
-
-    node: str
-    axis: int | None
-    rows: bool
-
-
-class CaptureEngine(Protocol):
-    """Runs the float graph on one batch; returns, by FAKE_QUANT name, the input's rows
-    (``tap.rows``: the whole activation) or its ``[2, channels]`` per-channel min and max."""
-
-    def run(self, xs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]: ...
-
-
-def as_rows(x: np.ndarray, axis: int | None) -> np.ndarray:
-    """[rows, channels] view of a captured activation (one column when per-tensor)."""
-    if axis is None:
-        return x.reshape(-1, 1)
-    return np.moveaxis(x, normalize_axis(axis, x.ndim), -1).reshape(-1, x.shape[axis])
-
-
-def minmax(x: np.ndarray, axis: int | None) -> np.ndarray:
-    """``[2, channels]``: per-channel min and max of ``x`` (NaN propagates)."""
-    if axis is None:
-        return np.array([[x.min()], [x.max()]], np.float32)
-    rows = as_rows(x, axis)
-    return np.stack([rows.min(axis=0), rows.max(axis=0)]).astype(np.float32, copy=False)
 
 
 def range_groups(graph: Graph) -> dict[tuple[int, int], list[Node]]:

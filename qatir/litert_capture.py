@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from qatir.calibration import Tap, minmax
+from qatir.calibration_taps import Tap, minmax
 from qatir.errors import QatirError
 from qatir.ir import Graph, Tensor
 from qatir.litert_run import all_threads, interpreter

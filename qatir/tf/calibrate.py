@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qatir.calibration import Tap
+from qatir.calibration_taps import Tap
 from qatir.ir import Graph
 from qatir.numerics import normalize_axis
 from qatir.tf.env import import_tensorflow
