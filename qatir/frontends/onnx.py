@@ -6,7 +6,7 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
-Exp, Abs, Neg, Sqrt, Gelu, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
+Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
 DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
@@ -32,6 +32,7 @@ from qatir.errors import (
 )
 from qatir.frontends import (  # noqa: F401  (register the converters)
     onnx_nn,
+    onnx_norm,
     onnx_ops,
     onnx_pool,
     onnx_shape_ops,

@@ -48,6 +48,9 @@ register_op("TRANSPOSE_CONV", shape.tconv, inputs=(2, 3), attrs={"stride": [1, 1
 for _op in ("ADD", "SUB", "MUL"):
     register_op(_op, shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise", **I816)
 register_op("DIV", shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise")
+# SQUARED_DIFFERENCE: LiteRT's int8 kernel rescales both inputs onto 2·max(s1, s2) with a
+# left shift of 7, squares the difference and requantizes (squared_difference.cc); no int16.
+register_op("SQUARED_DIFFERENCE", shape.binary, inputs=2, doc="y = (a - b)² (broadcasting)")
 for _op in ("MAXIMUM", "MINIMUM"):
     register_op(_op, shape.binary, inputs=2, doc="broadcasting elementwise", **SAME, **I8)
 for _op in ("RELU6", "RELU_N1_TO_1", "HARD_SWISH"):
