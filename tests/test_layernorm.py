@@ -60,7 +60,7 @@ def _instance_norm_model(c=6, seed=0):
     return b.model()
 
 
-def _group_norm1_model(c=6, seed=0):
+def _group_norm1_model(c=6, seed=0, back=None):
     """PoolFormer's GroupNorm(1, C): Reshape [N, 1, -1] -> InstanceNorm(1) -> Reshape back
     -> per-channel Mul/Add (what torch.onnx writes for nn.GroupNorm)."""
     b = OnnxBuilder(17, seed=seed)
@@ -68,7 +68,10 @@ def _group_norm1_model(c=6, seed=0):
     r = b.node("Reshape", [x, b.ints([1, 1, -1])])
     n = b.node("InstanceNormalization", [r, b.init(np.ones(1, np.float32)),
                                          b.init(np.zeros(1, np.float32))], epsilon=1e-5)
-    r2 = b.node("Reshape", [n, b.ints([1, c, 6, 6])])
+    r2 = b.node("Reshape", [n, b.ints(back or [1, c, 6, 6])])
+    if back is not None:  # another shape: no per-channel affine
+        b.output(b.node("Relu", [r2], out="y"))
+        return b.model()
     m = b.node("Mul", [r2, b.init((1 + 0.3 * b.randn(c)).reshape(c, 1, 1))])
     b.output(b.node("Add", [m, b.init(b.randn(c).reshape(c, 1, 1))], out="y"))
     return b.model()
@@ -100,7 +103,17 @@ def test_instance_norm_matches_onnxruntime(tmp_path):
 
 
 def test_group_norm_spelling_matches_onnxruntime(tmp_path):
-    compare_with_ort(_group_norm1_model(), {"x": rnd(1, 3, 6, 6, seed=4, scale=2.0)}, tmp_path)
+    g = compare_with_ort(_group_norm1_model(), {"x": rnd(1, 3, 6, 6, seed=4, scale=2.0)},
+                         tmp_path)
+    # fused: one normalization over H, W, C of the NHWC tensor, no TRANSPOSE or RESHAPE
+    assert "TRANSPOSE" not in ops_of(g) and "RESHAPE" not in ops_of(g)
+    assert [n.attrs["axis"] for n in g.nodes if n.op == "MEAN"] == [[1, 2, 3]] * 2
+
+
+def test_group_norm_spelling_reshaped_elsewhere_runs_as_written(tmp_path):
+    g = compare_with_ort(_group_norm1_model(back=[1, 36, 6]),
+                         {"x": rnd(1, 3, 6, 6, seed=5, scale=2.0)}, tmp_path)
+    assert [n.attrs["axis"] for n in g.nodes if n.op == "MEAN"] == [[2], [2]]
 
 
 def test_layer_norm_statistics_outputs_are_refused(tmp_path):
