@@ -262,24 +262,20 @@ def test_xnnpack_leaves_int8_rsqrt_and_squared_difference_to_builtin_kernels():
 
 
 # ------------------------------------------------------------------ TFLite import
-def _keras_ln_model():
+def _keras_ln_model(batch=1, center=True):
     import keras
 
-    inp = keras.Input((6, 6, 3), batch_size=1, name="x")
+    inp = keras.Input((6, 6, 3), batch_size=batch, name="x")
     y = keras.layers.Conv2D(8, 3, padding="same")(inp)
-    y = keras.layers.LayerNormalization(epsilon=1e-6)(y)
+    y = keras.layers.LayerNormalization(epsilon=1e-6, center=center)(y)
     y = keras.layers.Conv2D(8, 3, padding="same", groups=8)(y)  # converted as grouped CONV_2D
     y = keras.layers.Reshape((-1, 8))(y)
     return keras.Model(inp, keras.layers.Dense(4)(y))
 
 
-def test_tflite_layer_norm_from_the_converter(tmp_path):
-    """The converter's chain (MEAN, SQUARED_DIFFERENCE, RSQRT, NEG, MUL, ADD), its grouped
-    CONV_2D and its shape plumbing (SHAPE, REDUCE_PROD, PACK) import and match LiteRT."""
+def _converted(model, tmp_path):
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
 
-    model = _keras_ln_model()
     rng = np.random.default_rng(3)
     for layer in model.layers:
         if layer.weights and "normalization" in layer.name:
@@ -290,9 +286,38 @@ def test_tflite_layer_norm_from_the_converter(tmp_path):
         buf = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     path = tmp_path / "f.tflite"
     path.write_bytes(buf)
+    return path
+
+
+@pytest.mark.parametrize("batch,center", [(1, True), (None, False)])
+def test_converter_layer_norm_is_canonicalized_and_bit_exact(tmp_path, batch, center):
+    """x·(r·γ) + (β − μ·r·γ) / + NEG(μ)·r·γ become the centred chain (no NEG float island),
+    and the int8 export (a dynamic batch, flattened by RESHAPE [-1, C]) is bit-exact."""
+    g = qatir.load(_converted(_keras_ln_model(batch, center), tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _quantized(g, (1, 6, 6, 3))
+        ops = ops_of(q)
+        assert "NEG" not in ops and ops.count("SUB") == 1 and "RSQRT" in ops
+        assert "DEQUANTIZE" not in ops_of(lower(q, io="int8"))
+        assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
+
+
+def test_tflite_layer_norm_from_the_converter(tmp_path):
+    """The converter's chain (MEAN, SQUARED_DIFFERENCE, RSQRT, NEG, MUL, ADD), its grouped
+    CONV_2D and its shape plumbing (SHAPE, REDUCE_PROD, PACK) import and match LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = _converted(_keras_ln_model(), tmp_path)
     g = qatir.load(path)
-    assert {"SQUARED_DIFFERENCE", "RSQRT", "DEPTHWISE_CONV_2D"} <= set(ops_of(g))
-    x = rng.uniform(-2, 2, (1, 6, 6, 3)).astype(np.float32)
+    assert {"SQUARED_DIFFERENCE", "RSQRT", "NEG", "DEPTHWISE_CONV_2D"} <= set(ops_of(g))
+    x = np.random.default_rng(4).uniform(-2, 2, (1, 6, 6, 3)).astype(np.float32)
     (want,) = Interpreter(model_path=str(path)).get_signature_runner()(x=x).values()
     (got,) = qatir.run(g, {g.inputs[0].name: x}).values()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    from qatir.pipeline import FLOAT_PIPELINE
+
+    canonical = qatir.quantize(g, passes=list(FLOAT_PIPELINE))
+    assert "NEG" not in ops_of(canonical)
+    (canon,) = qatir.run(canonical, {g.inputs[0].name: x}).values()
+    np.testing.assert_allclose(canon, want, rtol=1e-4, atol=1e-4)  # the rewrite is exact
