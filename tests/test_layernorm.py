@@ -150,6 +150,10 @@ def test_keras_layer_norm_matches_keras():
     x = (2 * rng.standard_normal((1, 5, 12)) + 1).astype(np.float32)
     (got,) = qatir.run(g, {g.inputs[0].name: x}).values()
     np.testing.assert_allclose(got, m(x).numpy(), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _quantized(g, (1, 5, 12))
+        assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
 
 
 # ------------------------------------------------------------------ int8
@@ -321,3 +325,31 @@ def test_tflite_layer_norm_from_the_converter(tmp_path):
     assert "NEG" not in ops_of(canonical)
     (canon,) = qatir.run(canonical, {g.inputs[0].name: x}).values()
     np.testing.assert_allclose(canon, want, rtol=1e-4, atol=1e-4)  # the rewrite is exact
+
+
+# ------------------------------------------------------------------ limits
+def _sqdiff_graph(out_hi: float):
+    qb = QB(seed=0)
+    x, y = qb.input("x", [1, 8], -100, 100), qb.input("y", [1, 8], -100, 100)
+    return qb.output(qb.op("SQUARED_DIFFERENCE", [x, y], None, (0, out_hi)))
+
+
+def test_squared_difference_output_too_narrow_is_refused_not_aborted():
+    """LiteRT's prepare aborts (SIGABRT, measured) when (2·max s_in)² / (2^14·s_out) >= 1."""
+    from qatir.errors import ExportError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ExportError, match="SQUARED_DIFFERENCE.*not below 1"):
+            to_tflite(_sqdiff_graph(0.001))
+        # just inside the limit (multiplier ~0.77): runs, bit-exact on both resolvers
+        assert compare_all(_sqdiff_graph(0.05)) == {"reference": 0, "xnnpack": 0}
+
+
+def test_rsqrt_of_a_negative_int8_value_is_a_clear_error():
+    from qatir.errors import ExportError
+
+    lg = _lowered_rsqrt(0.01, 0, 0.01, -128)
+    feed = {"x": np.full((1, 256), -3, np.int8)}
+    with pytest.raises(ExportError, match="RSQRT.*below its zero point"):
+        run_reference(lg, feed)
