@@ -8,6 +8,11 @@ float islands. The same value is ``(x − μ)·RSQRT(σ² + ε)·γ + β``, the 
 frontends emit (:mod:`qatir.frontends.norm_chain`): the rewrite keeps MEAN,
 SQUARED_DIFFERENCE, MEAN, ADD ε and RSQRT and replaces the tail by SUB, MUL, MUL γ, ADD β.
 The old tail is left for ``eliminate_dead_code``.
+
+Exporters below opset 17 (torch's TorchScript exporter) spell LayerNorm out:
+``(x − μ) / SQRT(MEAN((x − μ)²) + ε)·γ + β``. SQRT and a DIV by a tensor have no int8
+kernel (two float islands per norm); ``DIV(a, SQRT(b)) = MUL(a, RSQRT(b))`` makes the
+whole spelling int8 (the square stays MUL(d, d)).
 """
 
 from __future__ import annotations
@@ -70,15 +75,31 @@ def _rewrite(rw: Rewriter, m: Match) -> None:
     rw.remove(m.root)
 
 
+_DIV_BY_SQRT = Op("DIV", inputs=(AnyValue("a"), Op("SQRT", inputs=(AnyValue("b"),),
+                                                    single_use=True, capture="sqrt")),
+                  attrs=_NONE)
+
+
+def _rewrite_div(rw: Rewriter, m: Match) -> None:
+    inv = rw.add_node("RSQRT", [m["b"]], name=f"{m['sqrt'].name}__rsqrt").output
+    y = rw.add_node("MUL", [m["a"], inv], name=f"{m.root.name}__mul").output
+    rw.replace(m.root.output, y)
+    rw.remove(m.root)
+    rw.remove(m["sqrt"])
+
+
 def rules_from_table(table: Table) -> RuleTable:
     rules = []
     for _, f in table.fusions("layer_norm_spelled"):
         rules += [Rule(f"{f['name']}[{i}]", pat, _check, _rewrite, f.get("note", ""))
                   for i, pat in enumerate(_patterns())]
+        rules.append(Rule(f"{f['name']}[div_by_sqrt]", _DIV_BY_SQRT, None, _rewrite_div,
+                          "a / √b = a · (1/√b)"))
     return RuleTable(rules)
 
 
 @register_pass("canonicalize_layer_norm")
 def canonicalize_layer_norm(graph: Graph, ctx: PassContext) -> bool:
-    """x·(r·γ) + (β − μ·r·γ) (TF's converter) → (x − μ)·r·γ + β, r = 1/√(σ² + ε)."""
+    """x·(r·γ) + (β − μ·r·γ) (TF's converter) → (x − μ)·r·γ + β, r = 1/√(σ² + ε);
+    a / √b → a · RSQRT(b) (the spelled-out LayerNorm of older exporters)."""
     return apply_rules(graph, rules_from_table(ctx.table), ctx.trace, ctx.pass_name)

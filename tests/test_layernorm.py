@@ -353,3 +353,30 @@ def test_rsqrt_of_a_negative_int8_value_is_a_clear_error():
     feed = {"x": np.full((1, 256), -3, np.int8)}
     with pytest.raises(ExportError, match="RSQRT.*below its zero point"):
         run_reference(lg, feed)
+
+
+def _decomposed_ln_model(c=16):
+    """TorchScript's LayerNorm below opset 17: ReduceMean, Sub, Pow 2, ReduceMean, Add ε,
+    Sqrt, Div, Mul γ, Add β."""
+    b = OnnxBuilder(13, seed=2)
+    x = b.input("x", [1, 10, c])
+    mean = b.node("ReduceMean", [x], axes=[-1], keepdims=1)
+    d = b.node("Sub", [x, mean])
+    var = b.node("ReduceMean", [b.node("Pow", [d, b.init(np.float32(2.0))])], axes=[-1],
+                 keepdims=1)
+    std = b.node("Sqrt", [b.node("Add", [var, b.init(np.float32(1e-5))])])
+    y = b.node("Mul", [b.node("Div", [d, std]), b.init(1 + 0.3 * b.randn(c))])
+    b.output(b.node("Add", [y, b.init(b.randn(c))], out="y"))
+    return b.model()
+
+
+def test_decomposed_layer_norm_becomes_int8(tmp_path):
+    model = _decomposed_ln_model()
+    g = compare_with_ort(model, {"x": rnd(1, 10, 16, seed=6, scale=2.0)}, tmp_path)
+    assert {"SQRT", "DIV"} <= set(ops_of(g))  # as written; no int8 kernel for either
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = _quantized(g, (1, 10, 16))
+        assert not {"SQRT", "DIV"} & set(ops_of(q)) and "RSQRT" in ops_of(q)
+        assert "DEQUANTIZE" not in ops_of(lower(q, io="int8"))
+        assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
