@@ -116,6 +116,27 @@ def test_group_norm_spelling_reshaped_elsewhere_runs_as_written(tmp_path):
     assert [n.attrs["axis"] for n in g.nodes if n.op == "MEAN"] == [[2], [2]]
 
 
+@pytest.mark.parametrize("opset,groups", [(21, 1), (21, 6), (18, 1), (18, 6)])
+def test_onnx_group_normalization_matches_onnxruntime(tmp_path, opset, groups):
+    b = OnnxBuilder(opset, seed=7)
+    x = b.conv(b.input("x", [1, 3, 5, 5]), 3, 6)
+    n = 6 if opset == 21 else groups
+    b.output(b.node("GroupNormalization", [x, b.init(1 + 0.3 * b.randn(n)), b.init(b.randn(n))],
+                    out="y", num_groups=groups, epsilon=1e-5))
+    g = compare_with_ort(b.model(), {"x": rnd(1, 3, 5, 5, seed=8, scale=2.0)}, tmp_path)
+    assert "TRANSPOSE" not in ops_of(g)
+
+
+def test_group_normalization_with_other_group_counts_is_refused(tmp_path):
+    b = OnnxBuilder(21)
+    x = b.input("x", [1, 6, 4, 4])
+    b.output(b.node("GroupNormalization", [x, b.init(np.ones(6, np.float32)),
+                                           b.init(np.zeros(6, np.float32))], out="y",
+                    num_groups=3))
+    with pytest.raises(UnsupportedOpError, match="num_groups=3 with 6 channels"):
+        qatir.load(save(b.model(), tmp_path / "m.onnx"))
+
+
 def test_layer_norm_statistics_outputs_are_refused(tmp_path):
     b = OnnxBuilder(17)
     x = b.input("x", [1, 4, 8])

@@ -1,4 +1,5 @@
-"""ONNX LayerNormalization (opset 17), InstanceNormalization and the fused GroupNorm(1)
+"""ONNX LayerNormalization (opset 17), InstanceNormalization, GroupNormalization (1 or C
+groups) and the fused GroupNorm(1)
 spelling (:mod:`qatir.frontends.onnx_groupnorm`) -> the int8-runnable chain
 of :mod:`qatir.frontends.norm_chain` (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL,
 MUL, ADD), over the IR axes that hold the normalized ONNX axes (no TRANSPOSE: the
@@ -123,3 +124,30 @@ def _group_norm1(ctx: Ctx) -> None:
     flat_val = ctx.act(t)
     y = _chain(ctx, flat_val, [2], eps, *(p.reshape(1, 1, 1) for p in params), "__normed_flat")
     ctx.set_out(ctx.act(ctx.reshape(y, out, name=ctx.out_name())))
+
+
+@converter("GroupNormalization")
+def _group_norm(ctx: Ctx) -> None:
+    # opset 18/21: groups of C/G channels normalized over (C/G, spatial), then scale and bias
+    # per channel (opset 21; opset 18's are per group). num_groups = 1 (a LayerNorm over C and
+    # the spatial axes) and = C (an InstanceNorm) are the chain; other counts need a rank-5
+    # reshape and are refused.
+    x = ctx.need(0)
+    if x.is_const:
+        raise ctx.unsupported("a constant input")
+    a = onnx_attrs(ctx.node)
+    groups, c = int(a["num_groups"]), x.shape[1] if x.rank >= 3 else None
+    if c is None or groups not in (1, c):
+        raise ctx.unsupported(f"num_groups={groups} with {c} channels (only 1 or the channel "
+                              "count)")
+    chan_shape = tuple(c if i == 1 else 1 for i in range(x.rank))
+    params = []
+    for i, what in ((1, "scale"), (2, "bias")):
+        arr = np.asarray(ctx.const_in(i, what), np.float32).reshape(-1)
+        if arr.size not in (c, groups):
+            raise ctx.shape_error(f"{what} has {arr.size} values for {c} channels in {groups} "
+                                  "groups")
+        arr = np.repeat(arr, c // arr.size)  # per group (opset 18) -> per channel
+        params.append(broadcast_const(arr.reshape(chan_shape), x.rank, x.perm))
+    axes = list(range(1 if groups == 1 else 2, x.rank))
+    _chain(ctx, x, axes, float(a.get("epsilon", 1e-5)), *params)
