@@ -6,8 +6,8 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
-Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, GroupNormalization (1 or C groups),
-Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
+Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, GroupNormalization
+(1 or C groups), Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
 DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
