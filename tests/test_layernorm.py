@@ -401,3 +401,38 @@ def test_decomposed_layer_norm_becomes_int8(tmp_path):
         assert not {"SQRT", "DIV"} & set(ops_of(q)) and "RSQRT" in ops_of(q)
         assert "DEQUANTIZE" not in ops_of(lower(q, io="int8"))
         assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
+
+
+def test_converter_int8_layer_norm_runs_bit_exact_in_the_reference(tmp_path):
+    """TF's converter's own int8 LayerNorm (its int8 MEAN, SQUARED_DIFFERENCE, RSQRT, MUL,
+    ADD; it keeps NEG float between DEQUANTIZE and QUANTIZE), read back by qatir: the
+    integer reference predicts LiteRT on both resolvers."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    inp = keras.Input((6, 6, 3), batch_size=1, name="x")
+    y = keras.layers.LayerNormalization(epsilon=1e-6)(keras.layers.Conv2D(8, 3, padding="same")(inp))
+    model = keras.Model(inp, keras.layers.Dense(4)(y))
+    rng = np.random.default_rng(0)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: (
+        [rng.uniform(-2, 2, (1, 6, 6, 3)).astype(np.float32)] for _ in range(8))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    path = tmp_path / "q.tflite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path.write_bytes(conv.convert())
+    g = qatir.load(path)
+    assert {"SQUARED_DIFFERENCE", "RSQRT", "MEAN"} <= set(ops_of(g))
+    for _ in range(2):
+        x8 = rng.integers(-128, 128, (1, 6, 6, 3)).astype(np.int8)
+        for mode, kind in (("reference", OpResolverType.BUILTIN_REF),
+                           ("xnnpack", OpResolverType.AUTO)):
+            it = Interpreter(model_path=str(path), experimental_op_resolver_type=kind,
+                             num_threads=1)
+            (got,) = it.get_signature_runner()(x=x8).values()
+            (want,) = run_reference(g, {g.inputs[0].name: x8}, kernels=mode).values()
+            np.testing.assert_array_equal(got, want, err_msg=mode)
