@@ -12,7 +12,9 @@ Activations, [1, tokens, channels]:
 - ``channel_stats``: each channel its own mean (N(0, 1)) and scale (e^{N(0, 0.5)}), as after
   a convolution (ConvNeXt's LayerNorm input);
 - ``outliers``: iid N(0, 1) plus two channels scaled by 20 (the outlier channels of
-  trained transformers), which stretch the shared per-tensor grids of the chain.
+  trained transformers), which stretch the shared per-tensor grids of the chain;
+- ``flat_token``: ``iid`` except one token of standard deviation 0.02 (a class token
+  near its initial value): its 1/σ sets the top of RSQRT's per-tensor range.
 
 Also printed: the SQNR of the int8 input itself (what any int8 consumer starts from),
 and the "variance path" alone, i.e. the SQNR of the int8 RSQRT output (1/σ per
@@ -67,6 +69,9 @@ def _sampler(kind: str, tokens: int, channels: int, seed: int):
             x = 0.5 + 2.0 * z
         elif kind == "channel_stats":
             x = mean + scale * z
+        elif kind == "flat_token":
+            x = 0.5 + 2.0 * z
+            x[:, 0] = 0.5 + 0.02 * z[:, 0]
         else:
             x = z * boost
         return x.astype(np.float32)
@@ -131,7 +136,7 @@ def main() -> None:
           f"{'1/sigma dB':>10}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for kind in ("iid", "channel_stats", "outliers"):
+        for kind in ("iid", "channel_stats", "outliers", "flat_token"):
             for tokens, channels in ((16, 64), (49, 192), (196, 384)):
                 x_db, out, inv = measure(kind, tokens, channels, args.calib, args.eval)
                 print(f"{kind:<14} {f'{tokens}x{channels}':>12} {x_db:8.1f} {out:8.1f} "
