@@ -173,6 +173,35 @@ def fully_connected(node: Node, xs: list, mode: str) -> np.ndarray:
     return y.reshape(node.outputs[0].shape)
 
 
+def batch_matmul(node: Node, xs: list, mode: str) -> np.ndarray:
+    """int8 BATCH_MATMUL of two activations (batch_matmul.cc EvalInt8Int8,
+    reference_ops::BatchMatMul): acc = sum((a - za)(b - zb)) exactly, batch dims
+    broadcast, requantized by MBQM with multiplier double(float32(sa·sb)) / double(so)
+    (GetQuantizedConvolutionMultipler without a bias); no fused activation. Where
+    XNNPACK takes the op (the right-hand zero point is 0) it requantizes in fp32."""
+    (sa, za), (sb, zb), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
+    a = xs[0].astype(np.int64) - za
+    b = xs[1].astype(np.int64) - zb
+    if node.attrs.get("adj_x"):
+        a = np.swapaxes(a, -1, -2)
+    if node.attrs.get("adj_y"):
+        b = np.swapaxes(b, -1, -2)
+    # float64 sums of int8 products are exact below 2^53 / 2^16 = 2^37 terms
+    acc = np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    if mode == "xnnpack" and xnn_batch_matmul(node):
+        scale = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(so)
+        return fp32_requant(acc, scale, zo, I8_MIN, I8_MAX).astype(np.int8)
+    qm, sh = quantize_multiplier(float(np.float64(np.float32(sa) * np.float32(sb)) / np.float64(so)))
+    return np.clip(mbqm(acc, qm, sh) + zo, I8_MIN, I8_MAX).astype(np.int8)
+
+
+def xnn_batch_matmul(node: Node) -> bool:
+    """XNNPACK takes an int8 BATCH_MATMUL (see :data:`qatir.target.XNN_BATCH_MATMUL`)."""
+    from qatir.target import xnn_takes_batch_matmul
+
+    return xnn_takes_batch_matmul(node)
+
+
 def transpose_conv(node: Node, xs: list, mode: str) -> np.ndarray:
     x, w = xs[0], xs[1]
     _, zp = _qp(node.inputs[0])

@@ -42,6 +42,14 @@ XNN_RATIO: dict[str, tuple[float, float]] = {
 XNN_CVT_RATIO = (2.0**-8, 2.0**7)
 
 
+
+def xnn_takes_batch_matmul(node) -> bool:
+    """XNNPACK delegates an int8 BATCH_MATMUL only when the right-hand input's zero point
+    is 0 (xnnpack_delegate.cc VisitBatchMatMulNode); otherwise LiteRT's reference kernel
+    (the only int8 BATCH_MATMUL it registers) runs it."""
+    rhs = node.inputs[1].quant
+    return rhs is not None and int(rhs.zero_point[0]) == 0
+
 # --------------------------------------------------------------------- SOFTMAX
 #: reference_ops::Softmax (int8 in, int8 out; ``internal/reference/softmax.h``) keeps
 #: the scaled input difference in Q5.26 and the sum of exps in Q12.19. SoftmaxPrepare

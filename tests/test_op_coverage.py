@@ -28,7 +28,6 @@ EXPORTED = sorted(n for n, d in all_ops().items() if not d.ir_only)
 #: ops without an int8 export, and why (all are float-only in qatir's writer/reference).
 NO_INT8 = {
     "ABS": "no int8 reference kernel yet (LiteRT has one); exported in float only",
-    "BATCH_MATMUL": "no int8 reference kernel yet; exported in float only",
     "CAST": "frontend plumbing; folded or kept float, never emitted",
     "DIV": "LiteRT has no int8 DIV kernel",
     "EXP": "no int8 reference kernel yet; exported in float only",

@@ -100,7 +100,9 @@ register_op("STRIDED_SLICE", shape.strided_slice,
             doc="python-style slice per dim; begin/end/strides cover every dim", **SAME, **I816)
 register_op("GATHER", shape.gather, inputs=2, attrs={"axis": 0}, **SAME, **I816)
 register_op("BATCH_MATMUL", shape.batch_matmul, inputs=2, attrs={"adj_x": False, "adj_y": False},
-            int16=True)
+            doc="x @ y over the last two axes (adj_*: transposed), batch dims broadcast; "
+                "int8 with a zero-point-0 right-hand input is what XNNPACK delegates",
+            **I8)
 register_op("QUANTIZE", shape.typed(np.int8), attrs={"dtype": "int8"},
             doc="float -> int, or int -> int requantize; params on the output tensor", **I816)
 register_op("DEQUANTIZE", shape.typed(np.float32), attrs={"dtype": "float32"}, **I816)
