@@ -38,7 +38,8 @@ def _act(node: Node, y: np.ndarray) -> np.ndarray:
 
 
 _BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide,
-           "MAXIMUM": np.maximum, "MINIMUM": np.minimum}
+           "MAXIMUM": np.maximum, "MINIMUM": np.minimum,
+           "SQUARED_DIFFERENCE": lambda a, b: np.square(a - b)}
 _UNARY: dict[str, Callable[[np.ndarray], Any]] = {
     "RELU": _ACT["RELU"], "RELU6": _ACT["RELU6"], "RELU_N1_TO_1": _ACT["RELU_N1_TO_1"],
     "RELU_0_TO_1": lambda x: np.clip(x, 0, 1), "TANH": np.tanh,

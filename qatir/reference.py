@@ -143,6 +143,7 @@ def kernels() -> dict[str, Kernel]:
         "SOFTMAX": E.softmax, "MEAN": E.mean, "SUM": E.reduce_sum_max,
         "REDUCE_MAX": E.reduce_sum_max, "HARD_SWISH": E.hard_swish,
         "RESIZE_BILINEAR": E.resize_bilinear,
+        "SQUARED_DIFFERENCE": E.squared_difference, "RSQRT": E.rsqrt,
         "RESHAPE": _same(_reshape), "SQUEEZE": _same(_squeeze), "TRANSPOSE": _same(_transpose),
         "TILE": _same(_tile),
         "CONCATENATION": _same(_concat), "PAD": _same(_pad),

@@ -1,5 +1,5 @@
 """Integer kernels with their own fixed-point algorithms: SOFTMAX, MEAN, SUM, REDUCE_MAX,
-HARD_SWISH, RESIZE_BILINEAR.
+HARD_SWISH, RESIZE_BILINEAR, SQUARED_DIFFERENCE, RSQRT.
 
 SOFTMAX under ``BUILTIN_REF`` is the gemmlowp fixed-point algorithm
 (PreprocessSoftmaxScaling with 5 integer bits for the scaled difference, 12
@@ -25,6 +25,7 @@ from qatir.reference_math import (
     round_half_away,
     sat_shift_left,
     srdhm,
+    wrap32,
 )
 
 _EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
@@ -285,3 +286,71 @@ def resize_bilinear(node: Node, xs: list, mode: str) -> np.ndarray:
     num = acc + rnd
     y = np.where(num >= 0, num >> 20, -((-num) >> 20))
     return np.clip(y, -128, 127).astype(np.int8)
+
+
+# ------------------------------------------------------- SQUARED_DIFFERENCE, RSQRT
+def squared_difference(node: Node, xs: list, mode: str) -> np.ndarray:
+    """int8 SQUARED_DIFFERENCE (``squared_difference.cc``): both inputs, shifted left by 7,
+    are rescaled onto ``2·max(s1, s2)``, the difference is squared in int32 and requantized
+    with ``(2·max)² / (2^14·s_out)``; every multiplier is below one (double rounding)."""
+    (s1, z1), (s2, z2), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
+                                    for t in (*node.inputs, node.outputs[0]))
+    tw = 2.0 * max(float(np.float32(s1)), float(np.float32(s2)))
+    (m1, e1), (m2, e2), (mo, eo) = (quantize_multiplier(m) for m in (
+        float(np.float32(s1)) / tw, float(np.float32(s2)) / tw,
+        tw * tw / ((1 << 14) * float(np.float32(so)))))
+    a = mbqm((xs[0].astype(np.int64) - z1) << 7, m1, e1)
+    b = mbqm((xs[1].astype(np.int64) - z2) << 7, m2, e2)
+    diff = a - b
+    return np.clip(mbqm(diff * diff, mo, eo) + zo, -128, 127).astype(np.int8)
+
+
+_F3_ONE = 1 << 28
+_HALF_THREE_F3 = (1 << 28) + (1 << 27)
+_HALF_SQRT2_F0 = 1518500250
+
+
+def inv_sqrt_multiplier(value: int) -> tuple[int, int]:
+    """GetInvSqrtQuantizedMultiplierExp(value, kReverseShift = -1) (``common.h``):
+    1/√value as (multiplier, left shift), five Newton-Raphson steps in gemmlowp F3."""
+    if value <= 1:
+        return INT32_MAX, 0
+    shift = 11
+    while value >= (1 << 29):
+        value //= 4
+        shift += 1
+    pairs = ((32 - value.bit_length()) - 1) // 2 - 1
+    shift -= pairs
+    value <<= 2 * pairs
+    half_input = int(rdbpot(np.int64(value >> 1), 1))
+    x = _F3_ONE
+    for _ in range(5):
+        x3 = int(sat_shift_left(srdhm(srdhm(x, x), x), 6))
+        step = int(srdhm(_HALF_THREE_F3, x)) - int(srdhm(half_input, x3))
+        x = int(sat_shift_left(wrap32(np.int64(step)), 3))
+    inv = int(srdhm(x, _HALF_SQRT2_F0))
+    if shift < 0:
+        inv <<= -shift
+        shift = 0
+    return inv, -shift
+
+
+def rsqrt(node: Node, xs: list, mode: str) -> np.ndarray:
+    """int8 RSQRT (``elementwise.cc`` RsqrtEvalQuantizedInt8, on both resolvers: XNNPACK
+    takes RSQRT only in float): per input value v = q - zp_in, 1/√v in fixed point
+    (:func:`inv_sqrt_multiplier`) shifted up by 20, then times
+    ``1/(sqrtf(s_in)·s_out)``; v = 0 gives 127. Values below the zero point make
+    LiteRT's Invoke fail ("Rsqrt is only defined for positive values")."""
+    (si, zi), (so, zo) = ((t.quant.scale[0], t.quant.zero_point[0])
+                          for t in (node.inputs[0], node.outputs[0]))
+    denom = np.float32(np.sqrt(np.float32(si)) * np.float32(so))
+    qm, sh = quantize_multiplier(1.0 / float(denom))
+    table = np.full(256, 127, np.int64)
+    for q in range(max(zi, -128) + 1, 128):
+        inv, inv_shift = inv_sqrt_multiplier(q - zi)
+        data = int(mbqm(np.int64(1), inv, inv_shift + 20))
+        table[q + 128] = int(np.clip(int(mbqm(np.int64(data), qm, sh - 20)) + zo, -128, 127))
+    v = xs[0].astype(np.int64)
+    if np.any(v < zi):
+        raise ValueError(f"RSQRT {node.name!r}: input below its zero point {zi} (LiteRT fails)")
+    return table[v + 128].astype(np.int8)

@@ -57,7 +57,8 @@ def _f32(xs: list) -> list:
 
 
 _BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide,
-           "MAXIMUM": np.maximum, "MINIMUM": np.minimum}
+           "MAXIMUM": np.maximum, "MINIMUM": np.minimum,
+           "SQUARED_DIFFERENCE": lambda a, b: np.square(a - b)}
 #: ops whose integer-reference kernel is dtype-generic (moves values, computes nothing).
 LAYOUT_OPS = frozenset({"RESHAPE", "SQUEEZE", "TRANSPOSE", "TILE", "CONCATENATION", "PAD",
                         "STRIDED_SLICE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "GATHER",

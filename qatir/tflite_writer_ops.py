@@ -299,6 +299,8 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     "LOGISTIC": _simple(2), "TANH": _simple(2), "HARD_SWISH": _simple(1),
     "EXP": _simple(1), "ABS": _simple(2), "NEG": _simple(1), "SQRT": _simple(1),
     "RSQRT": _simple(2), "PRELU": _simple(1),
+    # op_version.cc: SQUARED_DIFFERENCE is version 2 for int8 inputs, 1 for float
+    "SQUARED_DIFFERENCE": _simple(2, 1, "SquaredDifferenceOptions"),
     "LEAKY_RELU": _leaky,
     "GELU": _gelu,
     "SOFTMAX": _softmax,
@@ -333,7 +335,7 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
     "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
     "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2), "QUANTIZE": (1, 3),
-    "DEQUANTIZE": (1, 2, 5), "GELU": (1, 2),
+    "DEQUANTIZE": (1, 2, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2),
 }
 
 

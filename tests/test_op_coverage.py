@@ -34,7 +34,6 @@ NO_INT8 = {
     "IDENTITY": "removed by the remove_identities pass before export",
     "NEG": "no int8 reference kernel yet; exported in float only",
     "RELU_0_TO_1": "no int8 reference kernel yet; exported in float only",
-    "RSQRT": "no int8 reference kernel yet; exported in float only",
     "SHAPE": "folded to a constant by the frontends; never emitted",
     "SQRT": "LiteRT has no int8 SQRT kernel",
 }

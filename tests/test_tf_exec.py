@@ -154,7 +154,8 @@ def test_transpose_conv(rng, padding, s):
 # ------------------------------------------------------------------ elementwise
 @pytest.mark.parametrize("op,fn", [("ADD", np.add), ("SUB", np.subtract), ("MUL", np.multiply),
                                    ("DIV", np.divide), ("MAXIMUM", np.maximum),
-                                   ("MINIMUM", np.minimum)])
+                                   ("MINIMUM", np.minimum),
+                                   ("SQUARED_DIFFERENCE", lambda a, b: (a - b) ** 2)])
 def test_binary(rng, op, fn):
     a, b = rand(rng, 2, 3, 4), rand(rng, 4) + 3.0
     np.testing.assert_allclose(run1(op, [a, b]), fn(a, b), rtol=1e-6)

@@ -1,5 +1,5 @@
 """Keras weight layers and pooling: Conv, DepthwiseConv, SeparableConv, ConvTranspose,
-Dense, BatchNormalization, pooling and global pooling.
+Dense, BatchNormalization, LayerNormalization, pooling and global pooling.
 
 Keras stores kernels HWIO (conv), HW-I-M (depthwise), HW-O-I (transposed conv) and
 [K, N] (dense); the IR wants OHWI, 1HWO, OHWI and [N, K]. 1-D layers run as their
@@ -16,6 +16,7 @@ import numpy as np
 
 from qatir.frontends.keras_act import activate, activation_refusal
 from qatir.frontends.keras_ctx import Ctx, converter, to_numpy
+from qatir.frontends.norm_chain import normalize
 from qatir.ir import Tensor
 from qatir.numerics import normalize_axis
 
@@ -188,6 +189,34 @@ def _batch_norm(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
            ctx.const(mean, "moving_mean"), ctx.const(var, "moving_variance")]
     return ctx.node("BATCH_NORM", ins, {"epsilon": float(layer.epsilon),
                                         "momentum": float(layer.momentum)})
+
+
+def _check_ln(layer: Any) -> str | None:
+    if getattr(layer, "rms_scaling", False):
+        return "rms_scaling=True"
+    return None
+
+
+@converter("LayerNormalization", check=_check_ln)
+def _layer_norm(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
+    """The chain of :mod:`qatir.frontends.norm_chain` over ``layer.axis``; γ and β have
+    the normalized dims' shape and broadcast over the others."""
+    x = args[0]
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    axes = sorted(normalize_axis(int(a), x.rank) for a in axes)
+    if any(x.shape[a] is None for a in axes):
+        raise ctx.unsupported(layer, "a normalized dimension of unknown size")
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.rank)]
+    gamma = to_numpy(layer.gamma).reshape(shape) if layer.scale else None
+    beta = to_numpy(layer.beta).reshape(shape) if layer.center else None
+
+    def emit(op: str, ins: list, attrs: dict, suffix: str) -> Tensor:
+        return ctx.node(op, ins, attrs, name=ctx.g.unique_name(ctx.layer + suffix))
+
+    def const(arr: np.ndarray, suffix: str) -> Tensor:
+        return ctx.const(arr, suffix.strip("_"))
+
+    return normalize(emit, const, x, axes, float(layer.epsilon), gamma, beta)
 
 
 def _check_pool(layer: Any) -> str | None:

@@ -6,8 +6,9 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
-Exp, Abs, Neg, Sqrt, Gelu, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, Einsum
-(two-operand products, :mod:`qatir.frontends.onnx_einsum`), MaxPool,
+Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, Softmax, Add, Sub,
+Mul, Div, Sum, Max, Min, Gemm, MatMul, Einsum (two-operand products,
+:mod:`qatir.frontends.onnx_einsum`), MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
 DepthToSpace, SpaceToDepth, Tile, Expand (RESHAPE + TILE), Identity, Dropout, Cast. Ops folded
@@ -36,6 +37,7 @@ from qatir.errors import (
 from qatir.frontends import (  # noqa: F401  (register the converters)
     onnx_einsum,
     onnx_nn,
+    onnx_norm,
     onnx_ops,
     onnx_pool,
     onnx_shape_ops,

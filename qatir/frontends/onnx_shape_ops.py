@@ -229,12 +229,24 @@ def _clamp32(v: int) -> int:
     return max(-INT_END, min(INT_END, v))
 
 
+def _gather_is_reshape(x, idx: np.ndarray, axis: int) -> bool:
+    """Indices 0, 1, ..., n-1 in order over the whole gathered axis."""
+    n = x.shape[axis]
+    return n is not None and idx.size == n and bool(np.all(idx.reshape(-1) == np.arange(n)))
+
+
 @converter("Gather")
 def _gather(ctx: Ctx) -> None:
     x = ctx.need(0)
     idx = np.asarray(ctx.const_in(1, "indices"))
     axis = int(onnx_attrs(ctx.node).get("axis", 0))
     axis = ctx.axis(axis, x.rank, "Gather axis")
+    if idx.ndim > 1 and _gather_is_reshape(x, idx, axis):
+        # torch's as_strided on a flat vector: every element once, in order (a reshape)
+        shape = [*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]]
+        flat = ctx.as_tensor(x, tuple(range(x.rank)))
+        ctx.set_out(ctx.act(ctx.reshape(flat, shape, name=ctx.out_name())))
+        return
     if idx.ndim > 1:
         raise ctx.unsupported("Gather with multi-dimensional indices on an activation")
     n = x.shape[axis]

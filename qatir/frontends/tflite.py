@@ -302,6 +302,11 @@ class _Importer:
         first = self.values.get(inputs[0]) if inputs else None
         float_consumer = first is not None and first.dtype.kind == "f"
         ins = [self._value(op, i, float_consumer) for i in inputs]
+        perm = emit.attrs.pop("_weight_perm", None)
+        if perm is not None:  # a weight read in another layout (grouped CONV_2D -> depthwise)
+            w = ins[1]
+            ins[1] = self.g.const(np.ascontiguousarray(w.data.transpose(perm)),
+                                  name=self.fresh(w.name + "_dw"))
         if emit.op in WEIGHT_OPS and not float_consumer:
             ins = lowered_weights(self, op, emit.op, ins)
         outs = [self.names[o] for o in op.outputs]

@@ -92,6 +92,24 @@ def _fold_gather(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
     return [np.take(x, idx, axis=emit.attrs["axis"])]
 
 
+@folder("REDUCE_PROD")
+def _fold_reduce_prod(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
+    # The converter's shape plumbing (Keras ConvNeXt: the product of a SHAPE's dims)
+    need_inputs(ctx, op, 2, 2)
+    o = ctx.opts(op, "ReducerOptions")
+    axes = tuple(sorted({axis_in(ctx, op, a, vals[0].ndim) for a in int_list(ctx, op, 1, "axis")}))
+    keep = bool(o.KeepDims()) if o else False
+    out = np.prod(vals[0], axis=axes, keepdims=keep)
+    if op.inputs[0] in ctx.symbolic:
+        # A dynamic dim is -1 in a symbolic shape vector; a product holding one of them is
+        # unknown too (-1, still symbolic: it may only become "the rest" of a RESHAPE).
+        dynamic = np.sum(vals[0] == -1, axis=axes, keepdims=keep)
+        if np.any(dynamic > 1):
+            raise ctx.unsupported(op, "multiplies two dynamic dimensions")
+        out = np.where(dynamic == 1, -1, out)
+    return [np.asarray(out, dtype=ctx.tensor(op.outputs[0]).dtype)]
+
+
 @folder("CAST")
 def _fold_cast(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
     return [vals[0].astype(ctx.tensor(op.outputs[0]).dtype)]
@@ -100,7 +118,7 @@ def _fold_cast(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
 FOLD_ANY_INPUT = {"SHAPE"}  # folded whatever the input (dynamic dims become -1)
 # Folders through which a symbolic shape vector (from SHAPE of a dynamic tensor) may flow.
 SYMBOLIC_OK = {"SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "GATHER", "RESHAPE", "SQUEEZE",
-               "EXPAND_DIMS", "CAST"}
+               "EXPAND_DIMS", "CAST", "REDUCE_PROD"}
 
 
 @folder("SHAPE")
@@ -113,4 +131,4 @@ def _fold_shape(ctx: Any, op: TOp, vals: list[Any]) -> list[np.ndarray]:
 
 
 # Ops that exist only as converter plumbing: there is no IR op to fall back on.
-FOLD_ONLY = {"DENSIFY", "PACK", "EXPAND_DIMS"}
+FOLD_ONLY = {"DENSIFY", "PACK", "EXPAND_DIMS", "REDUCE_PROD"}

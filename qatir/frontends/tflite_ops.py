@@ -129,9 +129,25 @@ def _conv(ctx: Any, op: TOp) -> Emit:
     o = ctx.opts(op, "Conv2DOptions")
     stride = positive(ctx, op, "stride", *((o.StrideH(), o.StrideW()) if o else (0, 0)))
     dil = positive(ctx, op, "dilation", *((o.DilationHFactor(), o.DilationWFactor()) if o else (1, 1)))
-    return Emit("CONV_2D", list(op.inputs), {"stride": stride, "dilation": dil,
-                                             "padding": padding(ctx, op, o),
-                                             "fused_activation": act(ctx, op, o)})
+    attrs = {"stride": stride, "dilation": dil, "padding": padding(ctx, op, o),
+             "fused_activation": act(ctx, op, o)}
+    c_in, w = ctx.shape(op.inputs[0])[-1:] or (None,), ctx.shape(op.inputs[1])
+    if len(w) == 4 and c_in[0] is not None and w[3] != c_in[0]:
+        return _grouped_conv(ctx, op, c_in[0], w, attrs)
+    return Emit("CONV_2D", list(op.inputs), attrs)
+
+
+def _grouped_conv(ctx: Any, op: TOp, c_in: int, w: tuple, attrs: dict) -> Emit:
+    """A grouped CONV_2D (v6) with one input channel per group and as many outputs as
+    inputs (the converter's spelling of Keras ``DepthwiseConv2D`` via ``groups``) is a
+    DEPTHWISE_CONV_2D whose OHWI weight [C, kh, kw, 1] is read as 1HWO [1, kh, kw, C]."""
+    weight = op.inputs[1]
+    float_weight = weight in ctx.consts and ctx.consts[weight].dtype.kind == "f"
+    if w[3] != 1 or w[0] != c_in or not float_weight:
+        raise ctx.unsupported(op, f"grouped CONV_2D ({c_in} input channels, weight "
+                                  f"{list(w)}): only the depthwise form with float weights")
+    return Emit("DEPTHWISE_CONV_2D", list(op.inputs),
+                {**attrs, "depth_multiplier": 1, "_weight_perm": (3, 1, 2, 0)})
 
 
 @converter("DEPTHWISE_CONV_2D")
@@ -184,7 +200,7 @@ def _binary_act(ctx: Any, op: TOp) -> Emit:
     return Emit(op.name, list(op.inputs), {"fused_activation": act(ctx, op, o)})
 
 
-@converter("MAXIMUM", "MINIMUM", "PRELU")
+@converter("MAXIMUM", "MINIMUM", "PRELU", "SQUARED_DIFFERENCE")
 def _binary(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 2, 2)
     return Emit(op.name, list(op.inputs), {})

@@ -48,6 +48,9 @@ register_op("TRANSPOSE_CONV", shape.tconv, inputs=(2, 3), attrs={"stride": [1, 1
 for _op in ("ADD", "SUB", "MUL"):
     register_op(_op, shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise", **I816)
 register_op("DIV", shape.binary, inputs=2, attrs=dict(ACT), doc="broadcasting elementwise")
+# SQUARED_DIFFERENCE: LiteRT's int8 kernel rescales both inputs onto 2·max(s1, s2) with a
+# left shift of 7, squares the difference and requantizes (squared_difference.cc); no int16.
+register_op("SQUARED_DIFFERENCE", shape.binary, inputs=2, doc="y = (a - b)² (broadcasting)", **I8)
 for _op in ("MAXIMUM", "MINIMUM"):
     register_op(_op, shape.binary, inputs=2, doc="broadcasting elementwise", **SAME, **I8)
 for _op in ("RELU6", "RELU_N1_TO_1", "HARD_SWISH"):
@@ -58,8 +61,10 @@ register_op("LOGISTIC", shape.same, doc="elementwise", **_OUT_256, **I816)
 register_op("TANH", shape.same, doc="elementwise", quant="fixed", fixed_output=(1.0 / 128.0, 0), **I816)
 for _op in ("RELU_0_TO_1", "ABS", "NEG"):
     register_op(_op, shape.same, doc="elementwise")
-for _op in ("EXP", "SQRT", "RSQRT"):
+for _op in ("EXP", "SQRT"):
     register_op(_op, shape.same, doc="elementwise", int16=True)
+# RSQRT int8: a fixed-point 1/√v per input value (elementwise.cc RsqrtEvalQuantizedInt8)
+register_op("RSQRT", shape.same, doc="elementwise", **I816)
 register_op("LEAKY_RELU", shape.same, attrs={"alpha": 0.2}, **I816)
 # GELU: LiteRT's int8 kernel is a 256-entry table computed in float from the input and
 # output quantization (gelu.cc, LUTPopulate); its int16 table has no op version yet.

@@ -219,7 +219,8 @@ def _tconv(ctx, node, ins):
 
 # ------------------------------------------------------------- elementwise
 _BINARY = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply, "DIV": tf.divide,
-           "MAXIMUM": tf.maximum, "MINIMUM": tf.minimum}
+           "MAXIMUM": tf.maximum, "MINIMUM": tf.minimum,
+           "SQUARED_DIFFERENCE": tf.math.squared_difference}
 for _name, _fn in _BINARY.items():
     tf_kernel(_name)(lambda ctx, node, ins, _fn=_fn: _act(node, _fn(ins[0], ins[1])))
 

@@ -81,6 +81,21 @@ def _attention(qb):
     return qb.op("BATCH_MATMUL", [p, _rhs(qb, (1, 2, 6, 8), 2.0, name="v")], None, (-2, 2))
 
 
+def _layer_norm(qb):
+    """LayerNorm over the channels as qatir's frontends emit it (norm_chain)."""
+    x = _x(qb, (1, 6, 5, 16), -3, 4)
+    mean = qb.op("MEAN", [x], {"axis": [3], "keep_dims": True}, (-0.8, 1.5))
+    sq = qb.op("SQUARED_DIFFERENCE", [x, mean], None, (0, 9))
+    var = qb.op("MEAN", [sq], {"axis": [3], "keep_dims": True}, (0, 3))
+    eps = qb.fq(qb.g.const(np.full((1, 1, 1, 1), 1e-5, np.float32), name="eps"), 0, 1e-5)
+    inv = qb.op("RSQRT", [qb.op("ADD", [var, eps], None, (0, 3))], None, (0, 4))
+    centred = qb.op("SUB", [x, mean], None, (-4, 4))
+    gamma = qb.fq(qb.g.const(np.linspace(0.5, 1.5, 16).astype(np.float32).reshape(1, 1, 1, 16),
+                             name="gamma"), -1.5, 1.5, narrow=True, kind="weight")
+    y = qb.op("MUL", [qb.op("MUL", [centred, inv], None, (-3, 3)), gamma], None, (-4, 4))
+    return y
+
+
 CASES = {
     "conv_same_s2": lambda qb: qb.conv(
         "CONV_2D", _x(qb), [6, 3, 3, 8], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
@@ -181,6 +196,18 @@ CASES = {
     "minimum": lambda qb: qb.op("MINIMUM", [_x(qb), _x(qb, name="y")], None),
     "relu_n1_to_1": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb)], None, (-1, 1)),
     "requantize": lambda qb: qb.fq(qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}), -2, 3),
+    "squared_difference": lambda qb: qb.op(
+        "SQUARED_DIFFERENCE", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (0, 12)
+    ),
+    "squared_difference_broadcast": lambda qb: qb.op(
+        "SQUARED_DIFFERENCE", [_x(qb), _x(qb, (1, 9, 9, 1), -0.3, 0.9, "y")], None, (0, 5)
+    ),
+    "rsqrt": lambda qb: qb.op("RSQRT", [_x(qb, lo=0, hi=3)], None, (0, 9)),
+    "rsqrt_small": lambda qb: qb.op("RSQRT", [_x(qb, lo=0, hi=0.05)], None, (0, 40)),
+    "mean_last_keep": lambda qb: qb.op(
+        "MEAN", [_x(qb, (1, 10, 16))], {"axis": [2], "keep_dims": True}, (-1, 1.5)
+    ),
+    "graph_layer_norm": _layer_norm,
     "add_const_operand": _add_const,
     "mul_const_scalar": _mul_scalar,
     "batch_matmul": lambda qb: qb.op(
@@ -281,6 +308,17 @@ RANDOM_CASES = {
     "mean": lambda qb, r: qb.op(
         "MEAN", [qb.input("x", [1, 7, 7, 4], *rr(r))], {"axis": [1, 2], "keep_dims": True}, rr(r)
     ),
+    "mean_last": lambda qb, r: qb.op(
+        "MEAN", [qb.input("x", [1, 9, 24], *rr(r))], {"axis": [2], "keep_dims": True}, rr(r)
+    ),
+    "sqdiff": lambda qb, r: qb.op(
+        "SQUARED_DIFFERENCE",
+        [qb.input("x", [1, 5, 5, 4], *rr(r)), qb.input("y", [1, 5, 5, 1], *rr(r))],
+        None,
+        rr(r, pos=True),
+    ),
+    "rsqrt": lambda qb, r: qb.op("RSQRT", [qb.input("x", [4, 64], *rr(r, pos=True))], None,
+                                 rr(r, pos=True)),
     "softmax": lambda qb, r: qb.op(
         "SOFTMAX", [qb.input("x", [4, 10], *rr(r))], {"beta": float(r.uniform(0.5, 2))}, (0, 1)
     ),
