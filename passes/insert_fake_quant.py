@@ -154,6 +154,7 @@ class _Inserter:
         requantize at export)."""
         slots = self.table.symmetric_inputs()
         mine = {id(n) for n in self.created}
+        tied = self.table.constraint_ops("same_scale")
         for node in list(self.graph.nodes):
             for i in slots.get(node.op, ()):
                 if i >= len(node.inputs) or not _is_float(node.inputs[i]) \
@@ -162,7 +163,7 @@ class _Inserter:
                 root = _inherited_fq(node.inputs[i], inherit)
                 if root is not None and root.attrs.get("symmetric") and root.attrs["narrow_range"]:
                     continue
-                if root is not None and id(root) in mine and _own_range(root) \
+                if root is not None and id(root) in mine and _own_range(root, tied) \
                         and root.attrs["quantizer"] == self.cal["activation"]:
                     _make_symmetric(root)
                     continue
@@ -190,8 +191,14 @@ def _inherited_fq(t: Tensor, inherit: frozenset[str]) -> Node | None:
         else None
 
 
-def _own_range(fq: Node) -> bool:
-    """The FAKE_QUANT's min/max constants are read by it alone (not a tied range)."""
+def _own_range(fq: Node, tied: frozenset[str]) -> bool:
+    """The FAKE_QUANT's range is its own: its min/max are read by it alone, and neither its
+    producer nor a reader is an op whose ranges ``propagate_quant_constraints`` ties."""
+    x = fq.inputs[0]
+    if x.producer is not None and x.producer.op in tied:
+        return False
+    if any(n.op in tied for n, _ in fq.outputs[0].uses):
+        return False
     return all(len(t.uses) == 1 for t in fq.inputs[1:3])
 
 
