@@ -115,6 +115,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("PAD", 1): "1.5.0", ("PAD", 2): "1.14.0", ("PAD", 3): "2.4.0", ("PAD", 4): "2.6.0",
     ("PADV2", 1): "1.9.0", ("PADV2", 2): "1.14.0", ("PADV2", 3): "2.4.0", ("PADV2", 4): "2.6.0",
     ("RESHAPE", 1): "1.5.0",
+    ("LOG_SOFTMAX", 1): "1.5.0", ("LOG_SOFTMAX", 2): "1.14.0",
     ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0", ("SOFTMAX", 3): "2.3.0",
     ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
     ("TILE", 1): "1.10.1",

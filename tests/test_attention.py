@@ -20,7 +20,7 @@ from qatir.lower import lower  # noqa: E402
 from qatir.lowering.islands import summary  # noqa: E402
 from qatir.parity import xnnpack_coverage  # noqa: E402
 from qatir.tflite_writer import to_tflite  # noqa: E402
-from tests.helpers import compare_all  # noqa: E402
+from tests.helpers import compare_all, litert_run  # noqa: E402
 from tests.helpers.onnx_attention import attention_block, qkv_block  # noqa: E402
 from tests.helpers.onnx_models import (  # noqa: E402
     OnnxBuilder,
@@ -242,3 +242,23 @@ def test_expand_of_an_activation_is_a_tile(tmp_path):
     b.output("y")
     g = compare_with_ort(b.model(), {"x": rnd(3, 1, seed=1)}, tmp_path, rtol=1e-6)
     assert ops_of(g) == ["RESHAPE", "TILE"]
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 7), -1), ((1, 4, 6), 1)])
+def test_log_softmax_any_axis_float_and_in_litert(tmp_path, shape, axis):
+    """LogSoftmax imports on any axis (LOG_SOFTMAX over the last IR axis); the float file
+    runs in LiteRT on both resolvers; in a quantized graph it is a float island."""
+    b = OnnxBuilder(13)
+    h = b.node("Mul", [b.input("x", list(shape)), b.init(np.float32(1.5), "k")])
+    b.node("Mul", [b.node("LogSoftmax", [h], axis=axis), b.init(np.float32(0.5), "k")], out="y")
+    b.output("y")
+    x = rnd(*shape, seed=1, scale=3)
+    g = compare_with_ort(b.model(), {"x": x}, tmp_path, rtol=1e-5)
+    assert "LOG_SOFTMAX" in ops_of(g)
+    want = qatir.run(g, {"x": x})["y"]
+    for ref in (True, False):
+        got, _ = litert_run(to_tflite(g), {"x": x}, ref)
+        np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-5)
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [{"x": x}], progress=False)
+    assert [r["op"] for r in summary(lower(q))["float"]] == ["LOG_SOFTMAX"]

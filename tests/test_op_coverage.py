@@ -32,6 +32,8 @@ NO_INT8 = {
     "DIV": "LiteRT has no int8 DIV kernel",
     "EXP": "no int8 reference kernel yet; exported in float only",
     "IDENTITY": "removed by the remove_identities pass before export",
+    "LOG_SOFTMAX": "no int8 reference kernel yet (LiteRT's is fixed point, output (16/256, 127)); "
+                   "a float island in int8 graphs",
     "NEG": "no int8 reference kernel yet; exported in float only",
     "RELU_0_TO_1": "no int8 reference kernel yet; exported in float only",
     "SHAPE": "folded to a constant by the frontends; never emitted",

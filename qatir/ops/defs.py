@@ -76,6 +76,9 @@ register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x 
 register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},
             doc="softmax over the last axis (int8 in, int8 or int16 out: attribute dtype)", **_OUT_256,
             **I816)
+# LOG_SOFTMAX: LiteRT's int8 kernel writes (16/256, 127); qatir has no integer model of it
+# (reference_ops::LogSoftmax's fixed point), so in a quantized graph it is a float island.
+register_op("LOG_SOFTMAX", shape.same, doc="log(softmax(x)) over the last axis")
 register_op("MAX_POOL_2D", shape.pool, attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT},
             **SAME, **I816)
 register_op("AVERAGE_POOL_2D", shape.pool,

@@ -220,6 +220,10 @@ CASES = {
     "batch_matmul_asym_rhs": lambda qb: qb.op(  # zero point != 0: LiteRT's reference kernel
         "BATCH_MATMUL", [_x(qb, (1, 4, 8)), _x(qb, (1, 8, 6), -0.5, 2.5, name="y")], None, (-4, 9)
     ),
+    "concat_const": lambda qb: qb.op(  # ViT's class token: the constant goes on the output grid
+        "CONCATENATION", [_x(qb, (1, 5, 8)), qb.weight(np.linspace(-2, 2, 8).reshape(1, 1, 8), None,
+                                                        name="cls")], {"axis": 1}, (-1.3, 2.1)
+    ),
     "graph_attention": _attention,
     "graph_residual": _residual,
     "graph_unet": _unet,
