@@ -282,11 +282,20 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
         x = xs[0].astype(np.float32)
-        if mode == "xnnpack" and node.outputs[0].dtype == np.int8:
+        xnn = mode == "xnnpack" and node.outputs[0].dtype == np.int8
+        # NaN/inf (a float island's 0/0 or x/0, e.g. EfficientViT's attention normalizer):
+        # XNNPACK clamps in float (+inf -> top, -inf -> bottom) and writes the top for NaN;
+        # the builtin kernel's float -> int32 cast gives x86's INT32_MIN for all three, so
+        # the bottom of the range (measured)
+        nan = np.isnan(x) if xnn else ~np.isfinite(x)
+        x = np.where(nan, np.float32(0), x)
+        if xnn:
             # XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even
-            y = np.rint(x * (np.float32(1.0) / np.float32(so))).astype(np.int64) + zo
+            y = np.rint(x * (np.float32(1.0) / np.float32(so)))
         else:  # LiteRT's builtin QUANTIZE: x / scale, rounded half away from zero
-            y = round_half_away(x / np.float32(so)).astype(np.int64) + zo
+            y = round_half_away(x / np.float32(so))
+        y = np.clip(y, lo - zo, hi - zo).astype(np.int64) + zo  # +-inf saturate
+        y = np.where(nan, hi if xnn else lo, y)
         return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
     si, zi = _qp(node.inputs[0])
     if mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):

@@ -262,3 +262,30 @@ def test_log_softmax_any_axis_float_and_in_litert(tmp_path, shape, axis):
     q = qatir.quantize(g)
     qatir.calibrate(q, [{"x": x}], progress=False)
     assert [r["op"] for r in summary(lower(q))["float"]] == ["LOG_SOFTMAX"]
+
+
+def test_nan_from_a_float_island_quantizes_as_litert_does():
+    """EfficientViT's linear attention divides by a sum that int8 can make exactly 0: 0/0 in
+    the float DIV island, then QUANTIZE. XNNPACK writes 127 for NaN and +inf, the builtin
+    kernel -128 for both; the reference predicts each (bit-exact on feeds making NaN, inf)."""
+    import warnings
+
+    from tests.helpers import QB
+
+    qb = QB(seed=0)
+    x, y = qb.input("x", [1, 8], -1, 1), qb.input("y", [1, 8], 0, 2)
+    g = qb.output(qb.op("DIV", [x, y], None, (-3, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lg = lower(g, io="int8")
+        buf = to_tflite(g, io="int8")
+    zx, zy = (t.quant.zero_point[0] for t in lg.inputs)
+    feeds = {"x": np.full((1, 8), zx, np.int8), "y": np.full((1, 8), zy, np.int8)}
+    feeds["x"][0, :4] = zx + 10  # finite lanes too
+    feeds["y"][0, :2] = zy + 50
+    for ref, mode in ((True, "reference"), (False, "xnnpack")):
+        got, _ = litert_run(buf, feeds, ref)
+        want = qatir.run_reference(g, feeds, kernels=mode)
+        out = lg.outputs[0].name
+        np.testing.assert_array_equal(got[out], want[out])
+        assert want[out][0, -1] == (-128 if ref else 127)
