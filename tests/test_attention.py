@@ -289,3 +289,27 @@ def test_nan_from_a_float_island_quantizes_as_litert_does():
         out = lg.outputs[0].name
         np.testing.assert_array_equal(got[out], want[out])
         assert want[out][0, -1] == (-128 if ref else 127)
+
+
+def test_default_table_places_fake_quant_for_attention_and_training_sees_deployment(tmp_path):
+    """FAKE_QUANT after Q·Kᵀ, softmax (fixed 1/256, -128), ·V and the residual ADD, the
+    right-hand inputs symmetric: the fake-quant TF execution (what QAT trains) is within
+    1 LSB of the int8 integer reference (what LiteRT runs) on a fresh input."""
+    g = qatir.load(save(attention_block(2, "matmul"), tmp_path / "a.onnx"))
+    q = _quantized(g, (1, 6, 8), n=8)
+    after = {n.name: n.outputs[0].uses for n in q.nodes
+             if n.op in ("BATCH_MATMUL", "SOFTMAX", "ADD")}
+    assert all(len(u) == 1 and u[0][0].op == "FAKE_QUANT" for u in after.values()), after
+    sm = next(n for n in q.nodes if n.op == "SOFTMAX").outputs[0].uses[0][0]
+    assert sm.attrs["quantizer"] == "fixed"
+    assert (sm.outputs[0].quant.scale, sm.outputs[0].quant.zero_point) == ((1 / 256,), (-128,))
+    lg = lower(q, io="int8")
+    for n in (n for n in lg.nodes if n.op == "BATCH_MATMUL"):
+        assert n.inputs[1].quant.zero_point == (0,)
+    x = np.random.default_rng(9).standard_normal((1, 6, 8)).astype(np.float32)
+    trained = qatir.run(q, {"x": x})["y"]
+    (si,), (zi,) = lg.inputs[0].quant.scale, lg.inputs[0].quant.zero_point
+    xi = np.clip(np.round(x / si) + zi, -128, 127).astype(np.int8)
+    deployed = qatir.run_reference(q, {"x": xi})["y"].astype(np.float64)
+    (so,), (zo,) = lg.outputs[0].quant.scale, lg.outputs[0].quant.zero_point
+    assert np.abs(np.round(trained / so) + zo - deployed).max() <= 1
