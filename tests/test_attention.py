@@ -64,6 +64,17 @@ def test_einsum_of_two_activations_matches_onnxruntime(tmp_path, eq, sa, sb):
     assert ops_of(g).count("BATCH_MATMUL") == 1, ops_of(g)
 
 
+@pytest.mark.parametrize("eq,sa,sb", [("ij,ij->ij", (2, 3), (2, 3)), ("bi,bj->bij", (2, 3), (2, 4)),
+                                      ("ij,j->ji", (2, 3), (3,))])
+def test_einsum_without_contraction_is_a_mul(tmp_path, eq, sa, sb):
+    b = OnnxBuilder(13)
+    b.node("Einsum", [b.input("a", list(sa)), b.input("b", list(sb))], equation=eq, out="y")
+    b.output("y")
+    g = compare_with_ort(b.model(), {"a": rnd(*sa, seed=1), "b": rnd(*sb, seed=2)}, tmp_path,
+                         rtol=1e-5)
+    assert "MUL" in ops_of(g) and "BATCH_MATMUL" not in ops_of(g)
+
+
 @pytest.mark.parametrize("eq,wshape,const_first", [
     ("bid,jd->bij", (3, 4), False), ("jd,bid->bij", (3, 4), True),
     ("bid,dj->bij", (4, 3), False)])
@@ -313,3 +324,20 @@ def test_default_table_places_fake_quant_for_attention_and_training_sees_deploym
     deployed = qatir.run_reference(q, {"x": xi})["y"].astype(np.float64)
     (so,), (zo,) = lg.outputs[0].quant.scale, lg.outputs[0].quant.zero_point
     assert np.abs(np.round(trained / so) + zo - deployed).max() <= 1
+
+
+def test_matmul_plus_bias_becomes_one_fully_connected(tmp_path):
+    """The exporters' MatMul + Add(bias) of every projection folds into the FC's bias
+    (fold_bias_add): one requantization, no ADD that XNNPACK refuses for its scale ratio."""
+    g = qatir.load(save(attention_block(2, "matmul"), tmp_path / "a.onnx"))
+    q = qatir.quantize(g)
+    fcs = [n for n in q.nodes if n.op == "FULLY_CONNECTED"]
+    assert len(fcs) == 4 and all(len(n.inputs) == 3 and n.inputs[2].is_const for n in fcs)
+    assert [n.op for n in q.nodes].count("ADD") == 1  # the residual
+    x = rnd(1, 6, 8, seed=3)
+    from qatir.pipeline import FLOAT_PIPELINE
+
+    folded = qatir.quantize(g, passes=list(FLOAT_PIPELINE))
+    assert [n.op for n in folded.nodes].count("ADD") == 1
+    np.testing.assert_allclose(qatir.run(folded, {"x": x})["y"], qatir.run(g, {"x": x})["y"],
+                               rtol=1e-5, atol=1e-6)

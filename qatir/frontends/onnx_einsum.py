@@ -8,7 +8,8 @@ the result ``[batch..., m..., n...]`` is handed on in that layout (the ONNX orde
 layout permutation, so no TRANSPOSE is written for it). A constant operand with no
 batch letters becomes the weight of a ``FULLY_CONNECTED`` (``bid,jd->bij``).
 ``bhid,bhjd->bhij``, ``bhij,bhjd->bhid``, ``bid,jd->bij`` and ``...ij,...jk->...ik`` are
-such products. Anything else (one operand, three, a repeated letter as in a trace or
+such products. Without a contracted letter (``ij,ij->ij``, an outer product) it is a
+broadcasting ``MUL``. Anything else (one operand, three, a repeated letter as in a trace or
 diagonal, a letter summed out of one operand alone) is refused with an
 :class:`~qatir.errors.UnsupportedOpError` naming the node and the equation.
 """
@@ -89,11 +90,25 @@ def _einsum(ctx: Ctx) -> None:
         a, b, sa, sb = b, a, sb, sa
         roles = (roles[0], roles[2], roles[1], roles[3])
     batch, m, n, k = roles
+    if not k:
+        ctx.set_out(_product(ctx, a, b, sa, sb, so))
+        return
     if b.is_const and not batch:
         y, letters = _fully_connected(ctx, a, b, sa, sb, m, n, k)
     else:
         y, letters = _batch_matmul(ctx, a, b, sa, sb, batch, m, n, k)
     ctx.set_out(ctx.act(y, tuple(so.index(c) for c in letters)))
+
+
+def _product(ctx: Ctx, a: Val, b: Val, sa: str, sb: str, so: str) -> Val:
+    """No contracted letter (``ij,ij->ij``, ``bi,bj->bij``): a broadcasting MUL, each
+    operand laid out in the output's order with size-1 axes for its missing letters."""
+    def aligned(v: Val, subs: str) -> Tensor:
+        t = ctx.as_tensor(v, tuple(subs.index(c) for c in so if c in subs))
+        shape = [v.shape[subs.index(c)] if c in subs else 1 for c in so]
+        return t if list(t.shape) == shape else ctx.reshape(t, shape, suffix=f"__{subs}")
+
+    return ctx.act(ctx.emit("MUL", [aligned(a, sa), aligned(b, sb)]))
 
 
 def _roles(sa: str, sb: str, so: str) -> tuple[str, str, str, str]:
