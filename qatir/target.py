@@ -38,6 +38,8 @@ XNN_RATIO: dict[str, tuple[float, float]] = {
     "ADD": (2.0**-10, 2.0**8), "SUB": (2.0**-10, 2.0**8), "MUL": (2.0**-16, 2.0**8),
     "LEAKY_RELU": (2.0**-8, 2.0**7),
 }
+#: LiteRT's BATCH_MATMUL takes operands of rank 2 to 5 (batch_matmul.cc Prepare).
+BATCH_MATMUL_MAX_RANK = 5
 #: XNNPACK's int8 convert/requantize (QUANTIZE int8 -> int8) accepts in/out in [2^-8, 2^7].
 XNN_CVT_RATIO = (2.0**-8, 2.0**7)
 

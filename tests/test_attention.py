@@ -341,3 +341,14 @@ def test_matmul_plus_bias_becomes_one_fully_connected(tmp_path):
     assert [n.op for n in folded.nodes].count("ADD") == 1
     np.testing.assert_allclose(qatir.run(folded, {"x": x})["y"], qatir.run(g, {"x": x})["y"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_batch_matmul_above_rank_5_is_refused_naming_the_node():
+    from tests.helpers import QB
+
+    qb = QB(seed=0)
+    a = qb.input("a", [1, 2, 2, 2, 3, 4], -1, 1)
+    b = qb.fq(qb.g.add_input("b", [1, 2, 2, 2, 4, 3]), -1, 1, narrow=True)
+    g = qb.output(qb.op("BATCH_MATMUL", [a, b], None, (-4, 4), name="big_bmm"))
+    with pytest.raises(QatirError, match="big_bmm.*ranks 2 to 5"):
+        to_tflite(g)
