@@ -25,6 +25,7 @@ from qatir.reference_math import (
     quantize_multiplier,
     quantize_multipliers,
     round_half_away,
+    wrap32,
 )
 from qatir.target import XNN_CVT_RATIO, XNN_RATIO
 
@@ -282,27 +283,38 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     lo, hi = node.outputs[0].quant.qrange()
     if xs[0].dtype.kind == "f":
         x = xs[0].astype(np.float32)
-        xnn = mode == "xnnpack" and node.outputs[0].dtype == np.int8
-        # NaN/inf (a float island's 0/0 or x/0, e.g. EfficientViT's attention normalizer):
-        # XNNPACK clamps in float (+inf -> top, -inf -> bottom) and writes the top for NaN;
-        # the builtin kernel's float -> int32 cast gives x86's INT32_MIN for all three, so
-        # the bottom of the range (measured)
-        nan = np.isnan(x) if xnn else ~np.isfinite(x)
-        x = np.where(nan, np.float32(0), x)
-        if xnn:
-            # XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even
-            y = np.rint(x * (np.float32(1.0) / np.float32(so)))
-        else:  # LiteRT's builtin QUANTIZE: x / scale, rounded half away from zero
-            y = round_half_away(x / np.float32(so))
-        y = np.clip(y, lo - zo, hi - zo).astype(np.int64) + zo  # +-inf saturate
-        y = np.where(nan, hi if xnn else lo, y)
-        return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+        if mode == "xnnpack" and node.outputs[0].dtype == np.int8:
+            return _xnn_quantize(x, so, zo, lo, hi)
+        return _builtin_quantize(x, so, zo, lo, hi).astype(node.outputs[0].dtype)
     si, zi = _qp(node.inputs[0])
     if mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):
         y = xnn_mul8(xs[0].astype(np.int64) - zi, np.float32(si) / np.float32(so), zo)
     else:
         y = _requant_unary(xs[0], si, zi, so, zo)
     return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+
+
+def _xnn_quantize(x: np.ndarray, so: float, zo: int, lo: int, hi: int) -> np.ndarray:
+    """XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even, clamped in
+    float (+-inf saturate); NaN writes the top of the range (measured)."""
+    nan = np.isnan(x)
+    y = np.rint(np.where(nan, np.float32(0), x) * (np.float32(1.0) / np.float32(so)))
+    y = np.clip(y, lo - zo, hi - zo).astype(np.int64) + zo
+    return np.where(nan, hi, y).astype(np.int8)
+
+
+def _builtin_quantize(x: np.ndarray, so: float, zo: int, lo: int, hi: int) -> np.ndarray:
+    """LiteRT's AffineQuantize: static_cast<int32>(round_half_away(x / scale)) + zp, then
+    clamped. The cast of NaN, inf or anything outside int32 is x86's INT32_MIN, and the
+    zero point is added with int32 wrap-around (measured on a float island's 0/0 and x/0,
+    e.g. EfficientViT's attention normalizer)."""
+    r = round_half_away(x / np.float32(so)).astype(np.float64)
+    bad = ~np.isfinite(r) | (r >= 2.0**31) | (r < -(2.0**31))
+    k = np.where(bad, INT32_MIN_F, r).astype(np.int64)
+    return np.clip(wrap32(k + zo), lo, hi)
+
+
+INT32_MIN_F = float(-(2**31))
 
 
 def xnn_cvt_ok(ratio: float) -> bool:

@@ -352,3 +352,30 @@ def test_batch_matmul_above_rank_5_is_refused_naming_the_node():
     g = qb.output(qb.op("BATCH_MATMUL", [a, b], None, (-4, 4), name="big_bmm"))
     with pytest.raises(QatirError, match="big_bmm.*ranks 2 to 5"):
         to_tflite(g)
+
+
+def test_quantize_of_values_beyond_int32_wraps_as_litert_builtin():
+    """LiteRT's builtin QUANTIZE casts round(x / scale) to int32 (x86: INT32_MIN when out of
+    range) and adds the zero point with wrap-around: a huge finite value lands at -128 for
+    zero point >= 0 and at 127 for a negative one; XNNPACK saturates. Both predicted."""
+    import warnings
+
+    from tests.helpers import QB
+
+    for lo, hi in ((-1e-6, 1e-6), (-1e-7, 5e-7)):  # zero point 0 and negative, tiny scales
+        qb = QB(seed=0)
+        x, y = qb.input("x", [1, 8], -1, 1), qb.input("y", [1, 8], 0, 2)
+        g = qb.output(qb.op("DIV", [x, y], None, (lo, hi)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lg = lower(g, io="int8")
+            buf = to_tflite(g, io="int8")
+        zx, zy = (t.quant.zero_point[0] for t in lg.inputs)
+        feeds = {"x": np.full((1, 8), zx + 100, np.int8).clip(-128, 127),
+                 "y": np.full((1, 8), zy, np.int8)}
+        feeds["y"][0, :4] = zy + 1  # large finite quotients next to x/0
+        out = lg.outputs[0].name
+        for ref, mode in ((True, "reference"), (False, "xnnpack")):
+            got, _ = litert_run(buf, feeds, ref)
+            np.testing.assert_array_equal(got[out],
+                                          qatir.run_reference(g, feeds, kernels=mode)[out])
