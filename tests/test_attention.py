@@ -379,3 +379,29 @@ def test_quantize_of_values_beyond_int32_wraps_as_litert_builtin():
             got, _ = litert_run(buf, feeds, ref)
             np.testing.assert_array_equal(got[out],
                                           qatir.run_reference(g, feeds, kernels=mode)[out])
+
+
+def test_symmetric_inputs_is_table_policy(tmp_path):
+    """Without constraints.symmetric_inputs the right-hand sides keep asymmetric ranges:
+    still bit-exact (LiteRT's reference kernel runs them), but XNNPACK leaves them; an
+    unknown op in the entry is refused naming it."""
+    import tomllib
+
+    from qatir.errors import TableError
+    from qatir.table import builtin_tables, validate_table
+
+    data = tomllib.loads(builtin_tables()["int8_default"].read_text())
+    del data["constraints"]["symmetric_inputs"]
+    g = compare_with_ort(attention_block(2, "matmul"), {"x": rnd(1, 6, 8, seed=1)}, tmp_path)
+    q = qatir.quantize(g, table=data)
+    rng = np.random.default_rng(0)
+    qatir.calibrate(q, [{"x": rng.standard_normal((1, 6, 8)).astype(np.float32)}
+                        for _ in range(4)], progress=False)
+    zps = [n.inputs[1].quant.zero_point[0] for n in lower(q).nodes if n.op == "BATCH_MATMUL"]
+    assert any(z != 0 for z in zps), zps
+    cover = xnnpack_coverage(to_tflite(q))
+    assert not all(taken for op, taken in cover if op == "BATCH_MATMUL")
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+    data["constraints"]["symmetric_inputs"] = {"BATCH_MATMULL": [1]}
+    with pytest.raises(TableError, match="constraints.symmetric_inputs: unknown op 'BATCH_MATMULL'"):
+        validate_table(data, "mine.toml")
