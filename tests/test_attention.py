@@ -51,6 +51,8 @@ EQUATIONS = [
     ("ij,bjk->bik", (5, 4), (2, 4, 3)),
     ("bhwc,hkc->bhwk", (1, 4, 5, 8), (4, 6, 8)),
     ("i,i->", (3,), (3,)),
+    ("...IJ,...JK->...IK", (2, 5, 4), (2, 4, 3)),  # capitals next to an ellipsis
+    ("...ij,...jk", (2, 5, 4), (2, 4, 3)),  # implicit output with an ellipsis
 ]
 
 

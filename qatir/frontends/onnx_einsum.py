@@ -27,9 +27,9 @@ from qatir.ir import Tensor
 
 
 def parse_equation(eq: str, ranks: list[int]) -> tuple[list[str], str]:
-    """Operand and output subscripts with ``...`` expanded to capital letters (numpy's
-    rules: an implicit output is the sorted letters used once, after the ellipsis).
-    Raises ValueError naming what is wrong."""
+    """Operand and output subscripts with ``...`` expanded to letters the equation does not
+    use (numpy's rules: an implicit output is the ellipsis, then the sorted letters used
+    once). Raises ValueError naming what is wrong."""
     eq = eq.replace(" ", "")
     lhs, arrow, out = eq.partition("->")
     terms = lhs.split(",")
@@ -43,7 +43,7 @@ def parse_equation(eq: str, ranks: list[int]) -> tuple[list[str], str]:
             width = max(width, r - len(t.replace("...", "")))
         elif len(t) != r:
             raise ValueError(f"subscripts {t!r} for an input of rank {r}")
-    ell = string.ascii_uppercase[:width]
+    ell = "".join(c for c in string.ascii_letters if c not in eq)[:width]  # fresh letters
 
     def expand(t: str, r: int) -> str:
         if "..." not in t:
@@ -59,8 +59,8 @@ def parse_equation(eq: str, ranks: list[int]) -> tuple[list[str], str]:
             raise ValueError("the output drops the '...' dimensions")
         out = out.replace("...", ell)
     else:
-        letters = "".join(ops)
-        out = ell + "".join(sorted(c for c in set(letters) if c.islower() and letters.count(c) == 1))
+        named = "".join(t.replace("...", "") for t in terms)
+        out = ell + "".join(sorted(c for c in set(named) if named.count(c) == 1))
     return ops, out
 
 
