@@ -8,6 +8,7 @@ produce is documented in :mod:`qatir.passes.insert_fake_quant`.
 """
 
 from qatir.passes import (  # noqa: F401  (imported for their registrations)
+    canonicalize_layer_norm,
     div_to_mul,
     eliminate_dead_code,
     fold_batch_norm,

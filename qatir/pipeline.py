@@ -46,6 +46,7 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "lower_relu_0_to_1",
     "fuse_hard_swish",
     "fuse_hard_swish_spelled",
+    "canonicalize_layer_norm",
     "fuse_activations",
     "eliminate_dead_code",
 )

@@ -168,9 +168,14 @@ def _bind_dynamic_dims(g: Graph, values: dict[int, np.ndarray]) -> None:
                 raise ExportError(f"feed %{t.name}: shape {list(arr.shape)}, expected "
                                   f"{list(t.shape)}")
     batch = sizes.get(0, 1)
-    for t in g.tensors.values():
+    for t in g.inputs:
         if any(d is None for d in t.shape):
             t.shape = tuple(batch if d is None else d for d in t.shape)
+    # the rest follows by shape inference: a dynamic dim need not be the batch itself
+    # (RESHAPE to [-1, C] of [N, H, W, C] makes it N·H·W)
+    for node in g.nodes:
+        if any(None in t.shape for t in node.outputs):
+            g.reinfer(node)
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:

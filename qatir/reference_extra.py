@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from qatir.errors import ExportError
 from qatir.ir import Node
 from qatir.numerics import normalize_axes
 from qatir.reference_math import (
@@ -27,6 +28,7 @@ from qatir.reference_math import (
     srdhm,
     wrap32,
 )
+from qatir.target import SQUARED_DIFFERENCE_SHIFT, squared_difference_multiplier
 
 _EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
                (2, 39332535), (3, 720401), (4, 242))
@@ -298,9 +300,9 @@ def squared_difference(node: Node, xs: list, mode: str) -> np.ndarray:
     tw = 2.0 * max(float(np.float32(s1)), float(np.float32(s2)))
     (m1, e1), (m2, e2), (mo, eo) = (quantize_multiplier(m) for m in (
         float(np.float32(s1)) / tw, float(np.float32(s2)) / tw,
-        tw * tw / ((1 << 14) * float(np.float32(so)))))
-    a = mbqm((xs[0].astype(np.int64) - z1) << 7, m1, e1)
-    b = mbqm((xs[1].astype(np.int64) - z2) << 7, m2, e2)
+        squared_difference_multiplier(s1, s2, so)))
+    a = mbqm((xs[0].astype(np.int64) - z1) << SQUARED_DIFFERENCE_SHIFT, m1, e1)
+    b = mbqm((xs[1].astype(np.int64) - z2) << SQUARED_DIFFERENCE_SHIFT, m2, e2)
     diff = a - b
     return np.clip(mbqm(diff * diff, mo, eo) + zo, -128, 127).astype(np.int8)
 
@@ -352,5 +354,6 @@ def rsqrt(node: Node, xs: list, mode: str) -> np.ndarray:
         table[q + 128] = int(np.clip(int(mbqm(np.int64(data), qm, sh - 20)) + zo, -128, 127))
     v = xs[0].astype(np.int64)
     if np.any(v < zi):
-        raise ValueError(f"RSQRT {node.name!r}: input below its zero point {zi} (LiteRT fails)")
+        raise ExportError(f"node {node.name!r} (RSQRT): an input below its zero point {zi} "
+                          "(a negative value); LiteRT's int8 RSQRT fails Invoke on it")
     return table[v + 128].astype(np.int8)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 #: Flatbuffers address 32-bit offsets: a file without offset buffers stays below 2 GiB.
@@ -32,6 +34,16 @@ ADD_MAX_RATIO = 2.0**19
 #: (input scale / 128) / output scale below 1, i.e. input / output scale below 128; at or
 #: above it the model fails to prepare on both resolvers (measured).
 HARD_SWISH_MAX_RATIO = 128.0
+#: LiteRT's int8 SQUARED_DIFFERENCE (squared_difference.cc) shifts both inputs left by 7
+#: and needs (2·max(input scale))² / (2^14 · output scale) below 1 (its
+#: QuantizeMultiplierSmallerThanOneExp check aborts the process otherwise, measured).
+SQUARED_DIFFERENCE_SHIFT = 7
+
+
+def squared_difference_multiplier(s1: float, s2: float, s_out: float) -> float:
+    """The output multiplier LiteRT's int8 SQUARED_DIFFERENCE computes (in double)."""
+    tw = 2.0 * max(float(np.float32(s1)), float(np.float32(s2)))
+    return tw * tw / ((1 << (2 * SQUARED_DIFFERENCE_SHIFT)) * float(np.float32(s_out)))
 #: (op, lowest, highest) scale ratio XNNPACK's int8 kernels accept (params-init checks);
 #: outside it the node runs on LiteRT's builtin kernel. MUL's ratio is in1·in2/out.
 XNN_RATIO: dict[str, tuple[float, float]] = {

@@ -82,6 +82,28 @@ def test_concat_requantizes_only_differing_inputs():
     assert all(t.quant == cat.outputs[0].quant for t in cat.inputs)
 
 
+def test_concat_of_a_constant_requantizes_it_offline():
+    """ViT's class token: a constant concatenated with activations is stored on the output
+    grid with the values the output's fake-quant gives it in training; bit-exact in LiteRT."""
+    import qatir
+
+    qb = QB(seed=1)
+    cls = qb.fq(qb.g.const(qb.rng.normal(0, 0.7, (1, 1, 8)).astype(np.float32), name="cls"),
+                -2, 2, narrow=True, kind="weight")
+    x = qb.input("x", [1, 5, 8], -1, 3)
+    y = qb.fq(qb.op("CONCATENATION", [cls, x], {"axis": 1}), -1.5, 3)
+    g = qb.output(y)
+    lg = lower(g)
+    cat = next(n for n in lg.nodes if n.op == "CONCATENATION")
+    assert cat.inputs[0].is_const and cat.inputs[0].quant == cat.outputs[0].quant
+    assert [n.inputs[0].name for n in lg.nodes if n.op == "QUANTIZE"] == ["x"]
+    q = cat.outputs[0].quant
+    trained = qatir.run(g, {"x": np.zeros((1, 5, 8), np.float32)})[g.outputs[0].name][0, 0]
+    stored = (cat.inputs[0].data.astype(np.float32) - q.zero_point[0]) * q.scale[0]
+    np.testing.assert_allclose(stored.reshape(-1), trained, atol=1e-6)
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
 def test_grid_ops_inherit_params():
     qb = QB()
     x = qb.input("x", [1, 4, 4, 2], -1, 2)

@@ -6,9 +6,9 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
-Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, Softmax, Add, Sub,
-Mul, Div, Sum, Max, Min, Gemm, MatMul, Einsum (two-operand products,
-:mod:`qatir.frontends.onnx_einsum`), MaxPool,
+Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, GroupNormalization
+(1 or C groups), Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, Einsum
+(two-operand products, :mod:`qatir.frontends.onnx_einsum`), MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
 DepthToSpace, SpaceToDepth, Tile, Expand (RESHAPE + TILE), Identity, Dropout, Cast. Ops folded
@@ -53,6 +53,7 @@ from qatir.frontends.onnx_ctx import (
 )
 from qatir.frontends.onnx_fold import FOLDERS, fold_node
 from qatir.frontends.onnx_gelu import fuse_gelu, is_fused
+from qatir.frontends.onnx_groupnorm import fuse_group_norm, is_group_norm
 from qatir.frontends.onnx_io import (
     apply_input_shapes,
     opset_of,
@@ -76,6 +77,7 @@ def load_onnx(path: str | os.PathLike,
     opset = opset_of(model, path)
     onnx_graph = model.graph
     fuse_gelu(onnx_graph)  # exporters' Erf/Tanh spellings of GELU -> Gelu
+    fuse_group_norm(onnx_graph)  # Reshape -> InstanceNormalization -> Reshape -> GroupNorm1
     _check_supported(onnx_graph, path)
 
     graph = Graph(onnx_graph.name or os.path.splitext(os.path.basename(path))[0])
@@ -205,7 +207,7 @@ def _schema_facts(ctx: Ctx, op_type: str) -> tuple:
 
 def _check_schema(ctx: Ctx, node: Any) -> None:
     """Input/output counts and attribute types must fit the op's schema at the model's opset."""
-    if is_fused(node):  # written by fuse_gelu (opset 20's Gelu, at any opset)
+    if is_fused(node) or is_group_norm(node):  # written by the fusions above
         return
     min_in, max_in, min_out, max_out, attr_types = _schema_facts(ctx, node.op_type)
     n_in, n_out = len(node.input), len(node.output)

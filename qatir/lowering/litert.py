@@ -2,7 +2,7 @@
 
 Limits come from :mod:`qatir.target`: a conv/FC requantization scale XNNPACK rejects
 (it then fails the whole model at load), an ADD scale ratio that makes LiteRT's
-builtin ADD abort, a HARD_SWISH whose prepare fails, an int8 SOFTMAX that LiteRT's reference kernel (``BUILTIN_REF``)
+builtin ADD or SQUARED_DIFFERENCE abort, a HARD_SWISH whose prepare fails, an int8 SOFTMAX that LiteRT's reference kernel (``BUILTIN_REF``)
 can abort on. Scale ratios outside XNNPACK's ranges only warn (the node then runs on
 a builtin kernel). RELU6 / RELU_N1_TO_1 bounds outside the output's int8 range are
 dropped: they clamp nothing, and LiteRT refuses one that overflows. ``check_dims``
@@ -31,6 +31,7 @@ from qatir.target import (
     XNN_MAX_REQUANT,
     XNN_RATIO,
     softmax_ref_limit,
+    squared_difference_multiplier,
 )
 
 
@@ -69,6 +70,16 @@ def check_litert_limits(g: Graph) -> None:
                     f"{s_in / s_out:.4g} is not below {HARD_SWISH_MAX_RATIO:g}; LiteRT's "
                     "HardSwishPrepare refuses it (output_multiplier_exponent <= 0) on both "
                     "resolvers. The output range is far too narrow: calibrate or widen it")
+        elif node.op == "SQUARED_DIFFERENCE" and node.outputs[0].dtype == np.int8 \
+                and all(t.quant is not None for t in (*node.inputs, node.outputs[0])):
+            m = squared_difference_multiplier(*(t.quant.scale[0] for t in node.inputs),
+                                              node.outputs[0].quant.scale[0])
+            if m >= 1.0:
+                raise ExportError(
+                    f"node {node.name!r} (SQUARED_DIFFERENCE): (2·max input scale)² / (2^14 · "
+                    f"output scale) = {m:.4g} is not below 1; LiteRT's int8 kernel aborts the "
+                    "process on it. The output range is far too narrow for the inputs: "
+                    "calibrate or widen it")
         elif node.op == "SOFTMAX" and node.inputs[0].dtype == np.int8 \
                 and node.inputs[0].quant is not None:
             x = node.inputs[0]

@@ -1,9 +1,8 @@
 """Step ``same_scale``: inputs of same-scale ops whose params differ from the output's
 are requantized onto the output grid by an explicit int8 -> int8 ``QUANTIZE`` (for
 CONCATENATION / MAXIMUM / MINIMUM: every data input; otherwise the first). A constant
-input (ViT's class token, concatenated to the patches) is rewritten onto the output grid
-instead, as training computes it: the output FAKE_QUANT (its range tied to the inputs')
-applied to the constant's fake-quantized values."""
+input (ViT's class token, concatenated with the patch tokens) is requantized here,
+once, to the values the output's fake-quant gives it in training."""
 
 from __future__ import annotations
 
@@ -37,18 +36,14 @@ def _unify(g: Graph, node: Node) -> None:
         node.set_input(i, requantize(g, t, out.quant, f"{node.name}_requant{i}", f"{t.name}_rq"))
 
 
-def _const_on_grid(g: Graph, node: Node, t: Tensor, q: QuantParams) -> Tensor:
-    """A copy of int8 constant ``t`` on the per-tensor grid ``q``: TF's fake-quant steps
-    of its dequantized values, plus the zero point."""
-    from qatir.quant import range_for
-
-    tq = t.quant
-    if tq.axis is not None or q.axis is not None or t.dtype != np.int8 or q.bits != 8:
+def _const_on_grid(g: Graph, node: Node, t: Tensor, quant: QuantParams) -> Tensor:
+    """``t`` (int8, its own grid) on ``quant``'s grid: TF's fake-quant onto the output
+    range of the value training saw, ``(q - z)·s``."""
+    if len(t.quant.scale) != 1 or len(quant.scale) != 1 or t.dtype != np.int8:
         raise ExportError(f"node {node.name!r}: constant %{t.name} is not on the output grid")
-    real = (t.data.astype(np.float32) - np.float32(tq.zero_point[0])) * np.float32(tq.scale[0])
-    lo, hi = range_for(q.scale[0], q.zero_point[0], 8)
-    k = fake_quant_steps(real, np.float32(lo), np.float32(hi), 8, bool(q.narrow_range))
-    data = np.clip(k + int(q.zero_point[0]), -128, 127).astype(np.int8)
-    c = g.const(data, name=g.unique_name(f"{t.name}_on_{node.name}"))
-    c.quant = q
-    return c
+    deq = (t.data.astype(np.float32) - np.float32(t.quant.zero_point[0])) \
+        * np.float32(t.quant.scale[0])
+    s, z = np.float32(quant.scale[0]), int(quant.zero_point[0])
+    lo, hi = np.float32(s * np.float32(-128 - z)), np.float32(s * np.float32(127 - z))
+    data = np.clip(fake_quant_steps(deq, lo, hi) + z, -128, 127).astype(np.int8)
+    return g.const(data, name=g.unique_name(f"{t.name}_rq"), quant=quant)
