@@ -12,6 +12,7 @@ from qatir.passes import (  # noqa: F401  (imported for their registrations)
     div_to_mul,
     eliminate_dead_code,
     fold_batch_norm,
+    fold_bias_add,
     fold_constants,
     fuse_activations,
     fuse_hard_swish,

@@ -36,6 +36,11 @@ default table's (``int8_default``); the pass reads them from the table.
 - Ops in ``constraints.same_scale`` [AVERAGE_POOL_2D, CONCATENATION,
   RESIZE_BILINEAR] get an output FAKE_QUANT here; ``propagate_quant_constraints``
   then makes it and the input FAKE_QUANT(s) share the same ``min``/``max`` tensors.
+- Inputs listed in ``constraints.symmetric_inputs`` [BATCH_MATMUL input 1: XNNPACK
+  delegates int8 BATCH_MATMUL only with a zero-point-0 right-hand side] are read on a
+  symmetric narrow-range grid: the FAKE_QUANT they inherit (through ``inherit`` ops)
+  becomes symmetric when its range is its own, else a symmetric FAKE_QUANT goes on
+  the edge (a requantize at export).
 - A value already read only by a FAKE_QUANT is left as it is, so a second run
   adds nothing.
 - Nodes the table's include/exclude rules keep float, and nodes whose op has no
@@ -141,6 +146,31 @@ class _Inserter:
                  "kind": "activation"}
         return self._fq(t, lo, hi, attrs, "")
 
+    def symmetric_inputs(self, inherit: frozenset[str]) -> None:
+        """Put each activation read at a ``constraints.symmetric_inputs`` slot on a symmetric
+        narrow-range grid (zero point 0): the FAKE_QUANT it inherits from (through
+        ``inherit`` ops such as RESHAPE/TRANSPOSE) becomes symmetric when this pass made it
+        and its range is its own; otherwise a symmetric FAKE_QUANT goes on that edge (a
+        requantize at export)."""
+        slots = self.table.symmetric_inputs()
+        mine = {id(n) for n in self.created}
+        tied = self.table.constraint_ops("same_scale")
+        for node in list(self.graph.nodes):
+            for i in slots.get(node.op, ()):
+                if i >= len(node.inputs) or not _is_float(node.inputs[i]) \
+                        or node.inputs[i].is_const:
+                    continue
+                root = _inherited_fq(node.inputs[i], inherit)
+                if root is not None and root.attrs.get("symmetric") and root.attrs["narrow_range"]:
+                    continue
+                if root is not None and id(root) in mine and _own_range(root, tied) \
+                        and root.attrs["quantizer"] == self.cal["activation"]:
+                    _make_symmetric(root)
+                    continue
+                fq = self.activation(node.inputs[i], None)
+                _make_symmetric(fq)
+                node.set_input(i, fq.output)
+
     def _fixed_params(self, producer: Node | None) -> tuple[float, int] | None:
         if producer is None:
             return None
@@ -150,6 +180,36 @@ class _Inserter:
         if act and act != "NONE" and act in self.fixed:
             return self.fixed[act]
         return None
+
+
+def _inherited_fq(t: Tensor, inherit: frozenset[str]) -> Node | None:
+    """The activation FAKE_QUANT whose parameters ``t`` carries (through ``inherit`` ops)."""
+    while t.producer is not None and t.producer.op in inherit:
+        t = t.producer.inputs[0]
+    p = t.producer
+    return p if p is not None and p.op == "FAKE_QUANT" and p.attrs.get("kind") == "activation" \
+        else None
+
+
+def _own_range(fq: Node, tied: frozenset[str]) -> bool:
+    """The FAKE_QUANT's range is its own: its min/max are read by it alone, and neither its
+    producer nor a reader is an op whose ranges ``propagate_quant_constraints`` ties."""
+    x = fq.inputs[0]
+    if x.producer is not None and x.producer.op in tied:
+        return False
+    if any(n.op in tied for n, _ in fq.outputs[0].uses):
+        return False
+    return all(len(t.uses) == 1 for t in fq.inputs[1:3])
+
+
+def _make_symmetric(fq: Node) -> None:
+    """[-m, m] on a narrow-range grid (zero point 0); calibration and fit keep it symmetric."""
+    lo, hi = fq.inputs[1].data, fq.inputs[2].data
+    m = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)
+    fq.inputs[1].data = (-m).astype(np.float32)
+    fq.inputs[2].data = m
+    fq.attrs["symmetric"] = True
+    fq.attrs["narrow_range"] = True
 
 
 def set_quant(nodes: list[Node]) -> None:
@@ -274,6 +334,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             replace_tensor(graph, out, fq.output)
             quantized[id(out)] = fq.output
             quantized[id(fq.output)] = fq.output
+    ins.symmetric_inputs(inherit)
     if ins.created:
         graph.toposort()
         set_quant(ins.created)

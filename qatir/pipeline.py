@@ -40,6 +40,7 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "fold_constants",
     "remove_identities",
     "fold_batch_norm",
+    "fold_bias_add",
     "div_to_mul",
     "lower_clip",
     "lower_relu_0_to_1",

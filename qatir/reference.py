@@ -132,6 +132,7 @@ def kernels() -> dict[str, Kernel]:
     return {
         "CONV_2D": K.conv2d, "DEPTHWISE_CONV_2D": K.depthwise_conv2d,
         "FULLY_CONNECTED": K.fully_connected, "TRANSPOSE_CONV": K.transpose_conv,
+        "BATCH_MATMUL": K.batch_matmul,
         "ADD": K.add_sub, "SUB": K.add_sub, "MUL": K.mul,
         "AVERAGE_POOL_2D": K.avg_pool, "MAX_POOL_2D": K.max_pool,
         "RELU": K.relu_like, "RELU6": K.relu_like, "RELU_N1_TO_1": K.relu_like,

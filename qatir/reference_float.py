@@ -99,6 +99,12 @@ def _softmax(node: Node, xs: list) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _log_softmax(node: Node, xs: list) -> np.ndarray:
+    x = _f32(xs)[0].astype(np.float64)
+    z = x - x.max(axis=-1, keepdims=True)
+    return (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
 def _bias(xs: list, n: int) -> np.ndarray:
     b = xs[2] if len(xs) > 2 and xs[2] is not None else None
     return np.zeros(n) if b is None else b.astype(np.float64)
@@ -228,7 +234,7 @@ def float_kernels() -> dict[str, FloatKernel]:
         "EXP": _unary(np.exp, wide=True), "TANH": _unary(np.tanh, wide=True),
         "LOGISTIC": _unary(lambda x: 1.0 / (1.0 + np.exp(-x)), wide=True),
         "HARD_SWISH": _unary(_hard_swish, wide=True),
-        "LEAKY_RELU": _leaky, "PRELU": _prelu, "SOFTMAX": _softmax,
+        "LEAKY_RELU": _leaky, "PRELU": _prelu, "SOFTMAX": _softmax, "LOG_SOFTMAX": _log_softmax,
         "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _dwconv, "FULLY_CONNECTED": _fc,
         "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
         "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,

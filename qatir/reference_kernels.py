@@ -25,6 +25,7 @@ from qatir.reference_math import (
     quantize_multiplier,
     quantize_multipliers,
     round_half_away,
+    wrap32,
 )
 from qatir.target import XNN_CVT_RATIO, XNN_RATIO
 
@@ -173,6 +174,35 @@ def fully_connected(node: Node, xs: list, mode: str) -> np.ndarray:
     return y.reshape(node.outputs[0].shape)
 
 
+def batch_matmul(node: Node, xs: list, mode: str) -> np.ndarray:
+    """int8 BATCH_MATMUL of two activations (batch_matmul.cc EvalInt8Int8,
+    reference_ops::BatchMatMul): acc = sum((a - za)(b - zb)) exactly, batch dims
+    broadcast, requantized by MBQM with multiplier double(float32(sa·sb)) / double(so)
+    (GetQuantizedConvolutionMultipler without a bias); no fused activation. Where
+    XNNPACK takes the op (the right-hand zero point is 0) it requantizes in fp32."""
+    (sa, za), (sb, zb), (so, zo) = (_qp(t) for t in (*node.inputs, node.outputs[0]))
+    a = xs[0].astype(np.int64) - za
+    b = xs[1].astype(np.int64) - zb
+    if node.attrs.get("adj_x"):
+        a = np.swapaxes(a, -1, -2)
+    if node.attrs.get("adj_y"):
+        b = np.swapaxes(b, -1, -2)
+    # float64 sums of int8 products are exact below 2^53 / 2^16 = 2^37 terms
+    acc = np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    if mode == "xnnpack" and xnn_batch_matmul(node):
+        scale = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(so)
+        return fp32_requant(acc, scale, zo, I8_MIN, I8_MAX).astype(np.int8)
+    qm, sh = quantize_multiplier(float(np.float64(np.float32(sa) * np.float32(sb)) / np.float64(so)))
+    return np.clip(mbqm(acc, qm, sh) + zo, I8_MIN, I8_MAX).astype(np.int8)
+
+
+def xnn_batch_matmul(node: Node) -> bool:
+    """XNNPACK takes an int8 BATCH_MATMUL (see :data:`qatir.target.XNN_BATCH_MATMUL`)."""
+    from qatir.target import xnn_takes_batch_matmul
+
+    return xnn_takes_batch_matmul(node)
+
+
 def transpose_conv(node: Node, xs: list, mode: str) -> np.ndarray:
     x, w = xs[0], xs[1]
     _, zp = _qp(node.inputs[0])
@@ -254,17 +284,37 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
     if xs[0].dtype.kind == "f":
         x = xs[0].astype(np.float32)
         if mode == "xnnpack" and node.outputs[0].dtype == np.int8:
-            # XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even
-            y = np.rint(x * (np.float32(1.0) / np.float32(so))).astype(np.int64) + zo
-        else:  # LiteRT's builtin QUANTIZE: x / scale, rounded half away from zero
-            y = round_half_away(x / np.float32(so)).astype(np.int64) + zo
-        return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+            return _xnn_quantize(x, so, zo, lo, hi)
+        return _builtin_quantize(x, so, zo, lo, hi).astype(node.outputs[0].dtype)
     si, zi = _qp(node.inputs[0])
     if mode == "xnnpack" and xs[0].dtype == np.int8 and xnn_cvt_ok(si / so):
         y = xnn_mul8(xs[0].astype(np.int64) - zi, np.float32(si) / np.float32(so), zo)
     else:
         y = _requant_unary(xs[0], si, zi, so, zo)
     return np.clip(y, lo, hi).astype(node.outputs[0].dtype)
+
+
+def _xnn_quantize(x: np.ndarray, so: float, zo: int, lo: int, hi: int) -> np.ndarray:
+    """XNNPACK f32 -> qs8 convert: x · float32(1/scale), rounded half to even, clamped in
+    float (+-inf saturate); NaN writes the top of the range (measured)."""
+    nan = np.isnan(x)
+    y = np.rint(np.where(nan, np.float32(0), x) * (np.float32(1.0) / np.float32(so)))
+    y = np.clip(y, lo - zo, hi - zo).astype(np.int64) + zo
+    return np.where(nan, hi, y).astype(np.int8)
+
+
+def _builtin_quantize(x: np.ndarray, so: float, zo: int, lo: int, hi: int) -> np.ndarray:
+    """LiteRT's AffineQuantize: static_cast<int32>(round_half_away(x / scale)) + zp, then
+    clamped. The cast of NaN, inf or anything outside int32 is x86's INT32_MIN, and the
+    zero point is added with int32 wrap-around (measured on a float island's 0/0 and x/0,
+    e.g. EfficientViT's attention normalizer)."""
+    r = round_half_away(x / np.float32(so)).astype(np.float64)
+    bad = ~np.isfinite(r) | (r >= 2.0**31) | (r < -(2.0**31))
+    k = np.where(bad, INT32_MIN_F, r).astype(np.int64)
+    return np.clip(wrap32(k + zo), lo, hi)
+
+
+INT32_MIN_F = float(-(2**31))
 
 
 def xnn_cvt_ok(ratio: float) -> bool:

@@ -87,6 +87,11 @@ class Table:
     def constraint_ops(self, key: str) -> frozenset[str]:
         return frozenset(self.data["constraints"].get(key, ()))
 
+    def symmetric_inputs(self) -> dict[str, tuple[int, ...]]:
+        """op -> input slots whose activation the table quantizes symmetric (zero point 0)."""
+        return {op: tuple(int(i) for i in slots)
+                for op, slots in self.data["constraints"].get("symmetric_inputs", {}).items()}
+
     @property
     def fixed_output(self) -> dict[str, tuple[float, int]]:
         """op -> (scale, zero_point) of its output: the ops' fixed_output facts (LiteRT
@@ -262,6 +267,7 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     for key in ("inherit", "same_scale"):
         _check_ops(cons.get(key, ()), source, f"constraints.{key}")
         _check_grid_facts(key, cons.get(key, ()), source)
+    _check_ops(cons.get("symmetric_inputs", {}).keys(), source, "constraints.symmetric_inputs")
     both = set(cons.get("inherit", ())) & set(cons.get("same_scale", ()))
     if both:
         raise TableError(f"{source}: constraints: {sorted(both)} listed in both inherit and same_scale")

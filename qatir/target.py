@@ -50,9 +50,19 @@ XNN_RATIO: dict[str, tuple[float, float]] = {
     "ADD": (2.0**-10, 2.0**8), "SUB": (2.0**-10, 2.0**8), "MUL": (2.0**-16, 2.0**8),
     "LEAKY_RELU": (2.0**-8, 2.0**7),
 }
+#: LiteRT's BATCH_MATMUL takes operands of rank 2 to 5 (batch_matmul.cc Prepare).
+BATCH_MATMUL_MAX_RANK = 5
 #: XNNPACK's int8 convert/requantize (QUANTIZE int8 -> int8) accepts in/out in [2^-8, 2^7].
 XNN_CVT_RATIO = (2.0**-8, 2.0**7)
 
+
+
+def xnn_takes_batch_matmul(node) -> bool:
+    """XNNPACK delegates an int8 BATCH_MATMUL only when the right-hand input's zero point
+    is 0 (xnnpack_delegate.cc VisitBatchMatMulNode); otherwise LiteRT's reference kernel
+    (the only int8 BATCH_MATMUL it registers) runs it."""
+    rhs = node.inputs[1].quant
+    return rhs is not None and int(rhs.zero_point[0]) == 0
 
 # --------------------------------------------------------------------- SOFTMAX
 #: reference_ops::Softmax (int8 in, int8 out; ``internal/reference/softmax.h``) keeps
@@ -119,6 +129,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("PAD", 1): "1.5.0", ("PAD", 2): "1.14.0", ("PAD", 3): "2.4.0", ("PAD", 4): "2.6.0",
     ("PADV2", 1): "1.9.0", ("PADV2", 2): "1.14.0", ("PADV2", 3): "2.4.0", ("PADV2", 4): "2.6.0",
     ("RESHAPE", 1): "1.5.0",
+    ("LOG_SOFTMAX", 1): "1.5.0", ("LOG_SOFTMAX", 2): "1.14.0",
     ("SOFTMAX", 1): "1.5.0", ("SOFTMAX", 2): "1.14.0", ("SOFTMAX", 3): "2.3.0",
     ("SPACE_TO_DEPTH", 1): "1.5.0", ("SPACE_TO_DEPTH", 2): "1.14.0",
     ("TILE", 1): "1.10.1",

@@ -144,6 +144,11 @@ def _softmax(node: Node, ctx: Ctx) -> OpSpec:
                   {"Beta": float(node.attrs["beta"])})
 
 
+def _log_softmax(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    return OpSpec("LOG_SOFTMAX", 2 if _q(node.inputs[0]) else 1, ins, outs, "LogSoftmaxOptions")
+
+
 def _pool(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     kh, kw = node.attrs["filter"]
@@ -304,6 +309,7 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     "LEAKY_RELU": _leaky,
     "GELU": _gelu,
     "SOFTMAX": _softmax,
+    "LOG_SOFTMAX": _log_softmax,
     "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
     "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
     "RESHAPE": _reshape,
@@ -329,7 +335,7 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "DIV": (1,), "MAXIMUM": (1, 2), "MINIMUM": (1, 2), "RELU": (1, 2), "RELU6": (1, 2),
     "RELU_N1_TO_1": (1,), "RELU_0_TO_1": (1,), "LOGISTIC": (1, 2), "TANH": (1, 2),
     "HARD_SWISH": (1,), "EXP": (1,), "ABS": (1, 2), "NEG": (1,), "SQRT": (1,), "RSQRT": (1, 2),
-    "PRELU": (1,), "LEAKY_RELU": (1,), "SOFTMAX": (1, 2), "MAX_POOL_2D": (1, 2),
+    "PRELU": (1,), "LEAKY_RELU": (1,), "SOFTMAX": (1, 2), "LOG_SOFTMAX": (1,), "MAX_POOL_2D": (1, 2),
     "AVERAGE_POOL_2D": (1, 2), "MEAN": (1, 2), "SUM": (1, 2), "REDUCE_MAX": (1, 2),
     "RESHAPE": (1,), "SQUEEZE": (1,), "TRANSPOSE": (1, 2, 4, 6), "TILE": (1,),
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),

@@ -28,11 +28,12 @@ EXPORTED = sorted(n for n, d in all_ops().items() if not d.ir_only)
 #: ops without an int8 export, and why (all are float-only in qatir's writer/reference).
 NO_INT8 = {
     "ABS": "no int8 reference kernel yet (LiteRT has one); exported in float only",
-    "BATCH_MATMUL": "no int8 reference kernel yet; exported in float only",
     "CAST": "frontend plumbing; folded or kept float, never emitted",
     "DIV": "LiteRT has no int8 DIV kernel",
     "EXP": "no int8 reference kernel yet; exported in float only",
     "IDENTITY": "removed by the remove_identities pass before export",
+    "LOG_SOFTMAX": "no int8 reference kernel yet (LiteRT's is fixed point, output (16/256, 127)); "
+                   "a float island in int8 graphs",
     "NEG": "no int8 reference kernel yet; exported in float only",
     "RELU_0_TO_1": "no int8 reference kernel yet; exported in float only",
     "SHAPE": "folded to a constant by the frontends; never emitted",

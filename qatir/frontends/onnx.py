@@ -7,12 +7,15 @@ See :mod:`qatir.frontends.onnx_ctx` for how layouts are tracked.
 Ops on activations (``CONVERTERS``): Conv (1-D/2-D, grouped, depthwise), ConvTranspose,
 BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish,
 Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, GroupNormalization
-(1 or C groups), Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
+(1 or C groups), Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, Einsum
+(two-operand products, :mod:`qatir.frontends.onnx_einsum`), MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
-DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
-constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range, Expand, Tile,
-Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal, ReduceProd.
+DepthToSpace, SpaceToDepth, Tile, Expand (RESHAPE + TILE), Identity, Dropout, Cast. Ops folded
+when all their inputs are constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size,
+Range, Expand, Tile, Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal,
+ReduceProd, Mod, ScatterND, Einsum (Swin's shifted-window mask and relative position index
+are such constant subgraphs).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from qatir.errors import (
     VerifyError,
 )
 from qatir.frontends import (  # noqa: F401  (register the converters)
+    onnx_einsum,
     onnx_nn,
     onnx_norm,
     onnx_ops,

@@ -284,6 +284,45 @@ def _where(ctx, ins, attrs):
     return [np.where(ins[0], ins[1], ins[2])]
 
 
+@folder("Mod")
+def _mod(ctx, ins, attrs):
+    """fmod=0: the remainder takes the divisor's sign (integers); fmod=1: the dividend's."""
+    a, b = ins[0], ins[1]
+    check_size(np.broadcast_shapes(np.shape(a), np.shape(b)), ctx.where())
+    if np.any(np.asarray(b) == 0) and np.asarray(b).dtype.kind in "iu":
+        raise ctx.shape_error("Mod by zero")
+    fmod = int(attrs.get("fmod", 0))
+    if not fmod and np.asarray(a).dtype.kind == "f":
+        raise ctx.unsupported("Mod of floats needs fmod=1 (ONNX)")
+    with np.errstate(all="ignore"):
+        return [(np.fmod(a, b) if fmod else np.mod(a, b)).astype(np.asarray(a).dtype)]
+
+
+@folder("ScatterND")
+def _scatter_nd(ctx, ins, attrs):
+    """data[indices[..., :]] = updates (reduction none/add/mul/max/min), on a copy."""
+    data, idx, upd = np.array(ins[0]), np.asarray(ins[1]).astype(np.int64), np.asarray(ins[2])
+    q = idx.shape[-1] if idx.ndim else 0
+    if idx.ndim < 1 or q > data.ndim or upd.shape != idx.shape[:-1] + data.shape[q:]:
+        raise ctx.shape_error(f"ScatterND shapes: data {list(data.shape)}, indices "
+                              f"{list(idx.shape)}, updates {list(upd.shape)}")
+    dims = np.asarray(data.shape[:q], np.int64)
+    flat = idx.reshape(-1, q)
+    if np.any((flat < -dims) | (flat >= dims)):
+        raise ctx.shape_error("ScatterND index out of range")
+    flat = np.where(flat < 0, flat + dims, flat)
+    red = attrs.get("reduction", b"none")
+    red = red.decode() if isinstance(red, bytes) else str(red)
+    fns = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+    if red not in fns:
+        raise ctx.unsupported(f"ScatterND reduction {red!r}")
+    updates = upd.reshape((-1,) + data.shape[q:])
+    for row, u in zip(flat, updates):
+        key = tuple(int(v) for v in row)
+        data[key] = u if fns[red] is None else fns[red](data[key], u)
+    return [data]
+
+
 @folder("Min", "Max", "Sum")
 def _minmax(ctx, ins, attrs):
     xs = [x for x in ins if x is not None]

@@ -143,24 +143,27 @@ def _prelu(ctx: Ctx) -> None:
 
 
 # ----------------------------------------------------------------- softmax
-@converter("Softmax")
+@converter("Softmax", "LogSoftmax")
 def _softmax(ctx: Ctx) -> None:
+    """SOFTMAX / LOG_SOFTMAX over the last IR axis: another axis is moved there (a layout
+    permutation, so a TRANSPOSE only where the next op needs it); opset < 13 flattens."""
+    op = "SOFTMAX" if ctx.node.op_type == "Softmax" else "LOG_SOFTMAX"
     x = ctx.need(0)
     rank = x.rank
     axis = int(onnx_attrs(ctx.node).get("axis", 1 if ctx.opset < 13 else -1))
-    axis = ctx.axis(axis, rank, "Softmax axis")
+    axis = ctx.axis(axis, rank, f"{ctx.node.op_type} axis")
     if ctx.opset < 13 and axis != rank - 1:
         shape = x.shape
         flat = ctx.reshape(ctx.as_tensor(x, ident(rank)),
                            [prod_known(shape[:axis]), prod_known(shape[axis:])], suffix="__2d")
-        y = ctx.emit("SOFTMAX", [flat], suffix="__sm")
+        y = ctx.emit(op, [flat], suffix="__sm")
         ctx.set_out(ctx.act(ctx.reshape(y, list(shape), name=ctx.out_name())))
         return
     if x.perm[-1] == axis:
-        ctx.set_out(ctx.act(ctx.emit("SOFTMAX", [x.tensor]), x.perm))
+        ctx.set_out(ctx.act(ctx.emit(op, [x.tensor]), x.perm))
         return
     perm = tuple(p for p in x.perm if p != axis) + (axis,)
-    ctx.set_out(ctx.act(ctx.emit("SOFTMAX", [ctx.as_tensor(x, perm)]), perm))
+    ctx.set_out(ctx.act(ctx.emit(op, [ctx.as_tensor(x, perm)]), perm))
 
 
 # -------------------------------------------------------------- reductions

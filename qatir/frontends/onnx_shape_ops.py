@@ -150,6 +150,29 @@ def _tile(ctx: Ctx) -> None:
     ctx.set_out(ctx.act(t, x.perm))
 
 
+@converter("Expand")
+def _expand(ctx: Ctx) -> None:
+    """Expand of an activation: leading 1s by a RESHAPE, then a TILE of the size-1 dims
+    (a constant input is folded instead). Dims that would shrink are refused."""
+    x = ctx.need(0)
+    shape = [int(v) for v in np.asarray(ctx.const_in(1, "shape")).reshape(-1)]
+    rank = max(x.rank, len(shape))
+    src = (1,) * (rank - x.rank) + tuple(x.shape)
+    want = (1,) * (rank - len(shape)) + tuple(shape)
+    out = []
+    for d, w in zip(src, want):
+        if d is not None and d != 1 and w not in (1, d):
+            raise ctx.shape_error(f"cannot expand shape {list(x.shape)} to {shape}")
+        out.append(d if w == 1 else w)
+    t = ctx.as_tensor(x, tuple(range(x.rank)))
+    if rank > x.rank:
+        t = ctx.reshape(t, list(src), suffix="__rank")
+    reps = [1 if d == o else int(o) for d, o in zip(src, out)]
+    if any(r != 1 for r in reps):
+        t = ctx.emit("TILE", [t], {"multiples": reps})
+    ctx.set_out(ctx.act(t))
+
+
 @converter("Pad")
 def _pad(ctx: Ctx) -> None:
     x = ctx.need(0)

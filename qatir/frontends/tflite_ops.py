@@ -237,6 +237,12 @@ def _softmax(ctx: Any, op: TOp) -> Emit:
     return Emit("SOFTMAX", list(op.inputs), attrs)
 
 
+@converter("LOG_SOFTMAX")
+def _log_softmax(ctx: Any, op: TOp) -> Emit:
+    need_inputs(ctx, op, 1, 1)
+    return Emit("LOG_SOFTMAX", list(op.inputs), {})
+
+
 @converter("QUANTIZE", "DEQUANTIZE", "CAST")
 def _typed(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)

@@ -24,6 +24,7 @@ from qatir.lowering.common import WEIGHT_OPS
 from qatir.reference_math import quantize_multiplier
 from qatir.target import (
     ADD_MAX_RATIO,
+    BATCH_MATMUL_MAX_RANK,
     HARD_SWISH_MAX_RATIO,
     INT32_MAX,
     INT32_MIN,
@@ -91,6 +92,13 @@ def check_litert_limits(g: Graph) -> None:
                     "(OpResolverType.BUILTIN_REF) would abort the process on this file. Keep "
                     "the SOFTMAX out of the exported model (argmax/top-k of its input is "
                     "unchanged)")
+        elif node.op == "BATCH_MATMUL":
+            ranks = [t.rank for t in node.inputs if t is not None]
+            if any(r > BATCH_MATMUL_MAX_RANK for r in ranks):
+                raise ExportError(
+                    f"node {node.name!r} (BATCH_MATMUL): operand ranks {ranks}; LiteRT's "
+                    f"BATCH_MATMUL takes ranks 2 to {BATCH_MATMUL_MAX_RANK} (batch_matmul.cc "
+                    "Prepare). Merge leading batch dims with a RESHAPE before it")
 
 
 def relax_saturated_clamps(g: Graph) -> None:

@@ -76,6 +76,9 @@ register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x 
 register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},
             doc="softmax over the last axis (int8 in, int8 or int16 out: attribute dtype)", **_OUT_256,
             **I816)
+# LOG_SOFTMAX: LiteRT's int8 kernel writes (16/256, 127); qatir has no integer model of it
+# (reference_ops::LogSoftmax's fixed point), so in a quantized graph it is a float island.
+register_op("LOG_SOFTMAX", shape.same, doc="log(softmax(x)) over the last axis")
 register_op("MAX_POOL_2D", shape.pool, attrs={"filter": [1, 1], "stride": [1, 1], "padding": "VALID", **ACT},
             **SAME, **I816)
 register_op("AVERAGE_POOL_2D", shape.pool,
@@ -105,7 +108,9 @@ register_op("STRIDED_SLICE", shape.strided_slice,
             doc="python-style slice per dim; begin/end/strides cover every dim", **SAME, **I816)
 register_op("GATHER", shape.gather, inputs=2, attrs={"axis": 0}, **SAME, **I816)
 register_op("BATCH_MATMUL", shape.batch_matmul, inputs=2, attrs={"adj_x": False, "adj_y": False},
-            int16=True)
+            doc="x @ y over the last two axes (adj_*: transposed), batch dims broadcast; "
+                "int8 with a zero-point-0 right-hand input is what XNNPACK delegates",
+            **I8)
 register_op("QUANTIZE", shape.typed(np.int8), attrs={"dtype": "int8"},
             doc="float -> int, or int -> int requantize; params on the output tensor", **I816)
 register_op("DEQUANTIZE", shape.typed(np.float32), attrs={"dtype": "float32"}, **I816)

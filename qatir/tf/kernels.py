@@ -265,6 +265,11 @@ def _softmax(ctx, node, ins):
     return tf.nn.softmax(ins[0] * float(node.attrs["beta"]), axis=-1)
 
 
+@tf_kernel("LOG_SOFTMAX")
+def _log_softmax(ctx, node, ins):
+    return tf.nn.log_softmax(ins[0], axis=-1)
+
+
 @tf_kernel("CLIP")
 def _clip(ctx, node, ins):
     x = ins[0]

@@ -68,6 +68,19 @@ def _mul_scalar(qb):
     return qb.op("MUL", [_x(qb), c], None, (-0.3, 0.4))
 
 
+def _rhs(qb: QB, shape, m: float = 1.7, name: str = "y"):
+    """A right-hand matmul operand on a symmetric (zero point 0) grid, as the table puts it."""
+    return qb.fq(qb.g.add_input(name, list(shape)), -m, m, narrow=True)
+
+
+def _attention(qb):
+    """Single-head attention core: softmax(q·kᵀ)·v, k and v symmetric."""
+    q = _x(qb, (1, 2, 6, 8), -1.5, 1.5, name="q")
+    s = qb.op("BATCH_MATMUL", [q, _rhs(qb, (1, 2, 6, 8), name="k")], {"adj_y": True}, (-6, 5))
+    p = qb.op("SOFTMAX", [s], None, (0, 1))
+    return qb.op("BATCH_MATMUL", [p, _rhs(qb, (1, 2, 6, 8), 2.0, name="v")], None, (-2, 2))
+
+
 def _layer_norm(qb):
     """LayerNorm over the channels as qatir's frontends emit it (norm_chain)."""
     x = _x(qb, (1, 6, 5, 16), -3, 4)
@@ -201,6 +214,21 @@ CASES = {
     "graph_layer_norm": _layer_norm,
     "add_const_operand": _add_const,
     "mul_const_scalar": _mul_scalar,
+    "batch_matmul": lambda qb: qb.op(
+        "BATCH_MATMUL", [_x(qb, (1, 3, 5, 8)), _rhs(qb, (1, 3, 8, 6))], None, (-5, 6)
+    ),
+    "batch_matmul_adj_bcast": lambda qb: qb.op(
+        "BATCH_MATMUL", [_x(qb, (2, 3, 8, 5)), _rhs(qb, (3, 6, 8))],
+        {"adj_x": True, "adj_y": True}, (-5, 6)
+    ),
+    "batch_matmul_asym_rhs": lambda qb: qb.op(  # zero point != 0: LiteRT's reference kernel
+        "BATCH_MATMUL", [_x(qb, (1, 4, 8)), _x(qb, (1, 8, 6), -0.5, 2.5, name="y")], None, (-4, 9)
+    ),
+    "concat_const": lambda qb: qb.op(  # ViT's class token: the constant goes on the output grid
+        "CONCATENATION", [_x(qb, (1, 5, 8)), qb.weight(np.linspace(-2, 2, 8).reshape(1, 1, 8), None,
+                                                        name="cls")], {"axis": 1}, (-1.3, 2.1)
+    ),
+    "graph_attention": _attention,
     "graph_residual": _residual,
     "graph_unet": _unet,
 }
@@ -308,6 +336,7 @@ RANDOM_CASES = {
     "gelu": lambda qb, r: qb.op(
         "GELU", [qb.input("x", [4, 64], *rr(r))], {"approximate": bool(r.integers(0, 2))}, rr(r)
     ),
+    "bmm": lambda qb, r: _random_bmm(qb, r),
     "leaky": lambda qb, r: qb.op(
         "LEAKY_RELU",
         [qb.input("x", [4, 64], *rr(r))],
@@ -327,3 +356,18 @@ RANDOM_CASES = {
         },
     ),
 }
+
+
+def _random_bmm(qb, r):
+    """BATCH_MATMUL with random adjoints, broadcast batch dims, sizes and ranges; the
+    right-hand side symmetric (XNNPACK's path) three times in four."""
+    adj_x, adj_y = bool(r.integers(0, 2)), bool(r.integers(0, 2))
+    m, k, n = (int(v) for v in r.integers(1, 40, size=3))
+    lhs = [2, 3, k, m] if adj_x else [2, 3, m, k]
+    rhs = ([1] if r.integers(0, 2) else []) + ([3, n, k] if adj_y else [3, k, n])
+    a = qb.input("x", lhs, *rr(r))
+    if r.integers(0, 4):
+        b = _rhs(qb, rhs, float(r.uniform(0.1, 5)))
+    else:
+        b = qb.input("y", rhs, *rr(r))
+    return qb.op("BATCH_MATMUL", [a, b], {"adj_x": adj_x, "adj_y": adj_y}, rr(r))

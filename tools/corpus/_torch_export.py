@@ -50,6 +50,8 @@ MODELS: dict[str, tuple[str, str, dict, int]] = {
     "timm_efficientvit_b0": ("timm", "efficientvit_b0", {}, 128),
     "timm_levit_128s": ("timm", "levit_128s", {"img_size": 128}, 128),
     "timm_poolformer_s12": ("timm", "poolformer_s12", {}, 128),
+    "timm_maxvit_nano_rw": ("timm", "maxvit_nano_rw_256", {"img_size": 128}, 128),
+    "timm_fastvit_t8": ("timm", "fastvit_t8", {}, 128),
 }
 
 

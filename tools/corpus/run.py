@@ -397,6 +397,9 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             buf = qatir.to_tflite(q, io="int8")
         res["export_warnings"] = [str(w.message)[:300] for w in wlist][:5]
         res["tflite_bytes"] = len(buf)
+        from qatir.lowering.islands import summary as islands_summary
+
+        res["int8_mac_share"] = islands_summary(q)["int8_mac_share"]
         try:
             from qatir.compile import tflite_op_counts
 
@@ -583,7 +586,9 @@ def notes(r: dict) -> str:
     if any("XNNPACK" in w for w in ws):
         out.append("some ops off XNNPACK")
     if r.get("float_island_ops"):
-        out.append(f"{r['float_island_ops']} DEQUANTIZE (float islands)")
+        share = r.get("int8_mac_share")
+        macs = f", int8 MACs {100 * share:.1f}%" if share is not None else ""
+        out.append(f"{r['float_island_ops']} DEQUANTIZE (float islands{macs})")
     other = [w for w in ws if "overflows int32" not in w and "XNNPACK" not in w]
     if other:
         out.append(f"{len(other)} other warning(s)")
