@@ -43,14 +43,19 @@ def check_mode(mode: str) -> None:
 def lower_mode(graph: Graph, mode: str, **dump) -> Graph:
     """A lowered float copy of ``graph`` with its weights as ``mode`` stores them.
 
-    ``mode``: "float", "dynamic" or "float16" (see the module docstring). ``dump``:
-    ``print_ir_after`` / ``ir_out`` as for :func:`qatir.lowering.lower`.
+    ``mode``: "float", "dynamic" or "float16" (see the module docstring). A float graph
+    first runs the float pipeline (batch norm folded, activations fused), as a quantized
+    one already has. ``dump``: ``print_ir_after`` / ``ir_out`` as for
+    :func:`qatir.lowering.lower`.
     """
-    from qatir.lowering import lower
+    from qatir.lowering import is_quantized, lower
+    from qatir.pipeline import float_pipeline
 
     check_mode(mode)
     if mode == "int8":
         raise ExportError("lower_mode builds the float modes; int8 goes through lower()")
+    if not is_quantized(graph):
+        graph = float_pipeline(graph)
     g, trained = _strip_activation_quant(graph)
     g = lower(g, **dump)
     if mode == "dynamic":

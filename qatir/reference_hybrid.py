@@ -110,9 +110,21 @@ def _bias(xs: list, n: int) -> np.ndarray:
     return np.zeros(n, np.float32) if b is None else np.asarray(b, np.float32)
 
 
+def _xnn_pointwise(node: Node) -> bool:
+    """XNNPACK runs a 1x1, stride-1 CONV_2D as a matrix product whose dynamic quantization
+    is per pixel, not per image (measured)."""
+    w = node.inputs[1]
+    return (node.op == "CONV_2D" and w.shape[1:3] == (1, 1)
+            and tuple(node.attrs["stride"]) == (1, 1))
+
+
 def _quantize_images(node: Node, x: np.ndarray, mode: str, symmetric: bool
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantized input, per-image scales and zero points broadcastable to NHWC."""
     rows = x.reshape(x.shape[0], -1)
+    if mode == "xnnpack" and _xnn_pointwise(node):
+        q, s, z = xnn_quantize_rows(x.reshape(-1, x.shape[-1]))
+        return q.reshape(x.shape), s.reshape(x.shape[:3] + (1,)), z.reshape(x.shape[:3] + (1,))
     if mode == "xnnpack" and node.op in XNN_HYBRID_OPS:
         q, s, z = xnn_quantize_rows(rows)
     elif symmetric:
@@ -120,7 +132,7 @@ def _quantize_images(node: Node, x: np.ndarray, mode: str, symmetric: bool
         z = np.zeros(len(s), np.int32)
     else:
         q, s, z = asymmetric_quantize_rows(rows)
-    return q.reshape(x.shape), s, z
+    return q.reshape(x.shape), s[:, None, None, None], z[:, None, None, None]
 
 
 def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -153,7 +165,7 @@ def hybrid_conv(node: Node, xs: list, mode: str) -> np.ndarray:
     ws = _weight_scales(node, n_out)
     symmetric = not depthwise and bool(np.all(ws == ws[0])) and mode != "xnnpack"
     q, s, z = _quantize_images(node, x, mode, symmetric)
-    centred = q.astype(np.int64) - z[:, None, None, None]
+    centred = q.astype(np.int64) - z
     p, _ = patches(centred, w.shape[1], w.shape[2], node.attrs, 0)
     if depthwise:
         mult = int(node.attrs.get("depth_multiplier", 1))
@@ -161,8 +173,7 @@ def hybrid_conv(node: Node, xs: list, mode: str) -> np.ndarray:
         acc = np.einsum("nhiwjc,ijc->nhwc", p, w[0], optimize=True)
     else:
         acc = np.einsum("nhiwjc,oijc->nhwo", p, w, optimize=True)
-    return _act(node, _scale_back(node, acc, s[:, None, None, None], ws, _bias(xs, n_out), mode,
-                                  symmetric))
+    return _act(node, _scale_back(node, acc, s, ws, _bias(xs, n_out), mode, symmetric))
 
 
 def hybrid_fc(node: Node, xs: list, mode: str) -> np.ndarray:
