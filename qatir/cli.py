@@ -256,7 +256,8 @@ def _split_names(value: str | None) -> list[str] | None:
 @cli.command()
 @click.argument("tflite_model")
 @click.option("--against", required=True, metavar="GRAPH.qatir",
-              help="The quantized IR the file was written from (compile --save-ir).")
+              help="The quantized IR the file was written from (compile --save-ir); for a "
+                   "dynamic-range or float16 file, the model it was written from.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--data", metavar="DATA.npz", help="Inputs to compare on (default: random).")
 @click.option("--resolver", type=click.Choice(["default", "ref"]), default="default",

@@ -288,3 +288,66 @@ def test_mode_errors():
     qatir.calibrate(q, [_feeds(g, 0)], progress=False)
     with pytest.raises(ExportError, match="already int8"):
         qatir.to_tflite(lower(q, io="int8"), mode="dynamic")
+
+
+# ------------------------------------------------------------------ ONNX, CLI, verify
+def test_onnx_model_against_onnxruntime(tmp_path):
+    """An imported ONNX model (BN, SE blocks, hard-swish): float16 within 1e-2 of
+    onnxruntime's largest output, dynamic above 25 dB against it, on both resolvers."""
+    from qatir.metrics import sqnr_db
+    from tests.helpers.onnx_models import mobilenet_like, run_ort, save
+
+    model = mobilenet_like(size=32)
+    g = qatir.load(save(model, tmp_path / "m.onnx"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    want = run_ort(model, {g.inputs[0].name: x})[0]
+    feeds = {g.inputs[0].name: x.transpose(0, 2, 3, 1)}
+    for mode in ("float16", "dynamic"):
+        buf = qatir.to_tflite(g, mode=mode)
+        for _, ref in RESOLVERS:
+            got = np.asarray(list(litert_run(buf, feeds, ref)[0].values())[0]).reshape(want.shape)
+            if mode == "float16":
+                assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+            else:
+                assert sqnr_db(want, got) > 25
+
+
+def test_cli_mode_all_prints_the_table(tmp_path, capsys):
+    from qatir.cli import main
+    from tests.helpers.onnx_models import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "t.tflite"
+    rc = main(["compile", model, "-o", str(out), "--mode", "all"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    for mode, path in (("int8", out), ("dynamic", tmp_path / "t.dynamic.tflite"),
+                       ("float16", tmp_path / "t.float16.tflite")):
+        assert path.is_file()
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{mode} "))
+        assert str(path) in line and "dB" in line, line
+        assert file_mode(path.read_bytes()) == mode
+    # conv -> float MEAN -> FC: XNNPACK's MEAN sums in its own order (within the float
+    # tolerance), so the FC's input, and its output, may differ in the last bits
+    ref_line = next(ln for ln in text.splitlines() if ln.strip().startswith("dynamic: qatir"))
+    assert float(ref_line.split("max |diff|")[1].split()[0]) < 1e-5, ref_line
+    rc = main(["compile", model, "-o", str(tmp_path / "d.tflite"), "--mode", "dynamic"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "dynamic " in text and "int8 " not in text
+
+
+def test_cli_verify_reports_mode_files(tmp_path, capsys):
+    from qatir.cli import main
+    from tests.helpers.onnx_models import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "tiny.onnx", batch=1)
+    for mode in ("dynamic", "float16"):
+        out = tmp_path / f"{mode}.tflite"
+        out.write_bytes(qatir.to_tflite(qatir.load(model), mode=mode))
+        for resolver in ("default", "ref"):
+            rc = main(["verify", str(out), "--against", model, "--samples", "2",
+                       "--resolver", resolver])
+            text = capsys.readouterr().out
+            assert rc == 0, text
+            assert f"file mode: {mode}" in text and "OK: LiteRT" in text
