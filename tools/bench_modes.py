@@ -15,7 +15,10 @@ converter's float export, which qatir loads like the corpus file.
   (dynamic range) and DEFAULT + representative dataset + ``TFLITE_BUILTINS_INT8`` (int8);
 - size in bytes; LiteRT latency: default resolver (XNNPACK), 1 thread, median of
   ``--runs`` invokes, a model's files taking turns invoke by invoke; SQNR of each file's
-  output against the float32 file's on ``--holdout`` held-out samples.
+  output against the float32 file's on ``--holdout`` held-out samples; for qatir's
+  float16 and dynamic files, the largest difference between LiteRT's output and qatir's
+  reference (``run_mode_reference``, default-resolver kernels) on the first sample
+  (``--no-reference`` skips it: numpy runs the whole network).
 
 Usage: ``python tools/bench_modes.py [--models a,b] [--calib 8] [--holdout 4] [--runs 30]``.
 """
@@ -148,8 +151,19 @@ def latencies_ms(bufs: dict[str, bytes], x: np.ndarray, runs: int) -> dict[str, 
     return {label: float(np.median(t) * 1e3) for label, t in times.items()}
 
 
+def reference_diff(path: str, buf: bytes, mode: str, x: np.ndarray) -> float:
+    """max |LiteRT - qatir's reference| of a float16 / dynamic file on one sample."""
+    import qatir
+    from qatir.modes import run_mode_reference
+
+    g = qatir.load(path)
+    want = run_mode_reference(g, {g.inputs[0].name: x[None]}, mode, "xnnpack")
+    got = run(buf, x[None])
+    return float(np.abs(np.ravel(list(want.values())[0]).astype(np.float64) - got).max())
+
+
 def bench_model(name: str, args, tmp: str) -> list[tuple]:
-    """Rows (model, tool, mode, bytes, ms, SQNR dB) for one model."""
+    """Rows (model, tool, mode, bytes, ms, SQNR dB, reference diff) for one model."""
     from qatir.metrics import sqnr_db
 
     if name == "keras_resnet50":
@@ -175,7 +189,10 @@ def bench_model(name: str, args, tmp: str) -> list[tuple]:
     rows = []
     for (tool, mode), buf in bufs.items():
         db = sqnr_db(ref, run(buf, held)) if not (tool == "qatir" and mode == "float32") else None
-        rows.append((name, tool, mode, len(buf), lat[f"{tool}/{mode}"], db))
+        diff = None
+        if args.reference and tool == "qatir" and mode in ("float16", "dynamic"):
+            diff = reference_diff(path, buf, mode, held[0])
+        rows.append((name, tool, mode, len(buf), lat[f"{tool}/{mode}"], db, diff))
     return rows
 
 
@@ -185,6 +202,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8)
     ap.add_argument("--holdout", type=int, default=4)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--no-reference", dest="reference", action="store_false")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,12 +213,13 @@ def main() -> None:
           f"{args.runs} invokes, a model's files taking turns; SQNR against the float32 file "
           f"on {args.holdout} held-out synthetic samples; int8 calibrated on {args.calib}")
     print(f"| {'model':<16} | {'file':<17} | {'size (MiB)':>10} | {'latency (ms)':>12} | "
-          f"{'SQNR vs float (dB)':>18} |")
-    print(f"|{'-' * 18}|{'-' * 19}|{'-' * 12}|{'-' * 14}|{'-' * 20}|")
-    for name, tool, mode, size, ms, db in rows:
+          f"{'SQNR vs float (dB)':>18} | {'vs qatir reference':>18} |")
+    print(f"|{'-' * 18}|{'-' * 19}|{'-' * 12}|{'-' * 14}|{'-' * 20}|{'-' * 20}|")
+    for name, tool, mode, size, ms, db, diff in rows:
         dbs = "reference" if db is None else ("exact" if db == float("inf") else f"{db:.1f}")
+        ds = "" if diff is None else ("bit-exact" if diff == 0 else f"max {diff:.2g}")
         print(f"| {name:<16} | {tool + ' ' + mode:<17} | {size / 2**20:>10.2f} | {ms:>12.2f} | "
-              f"{dbs:>18} |")
+              f"{dbs:>18} | {ds:>18} |")
 
 
 if __name__ == "__main__":
