@@ -144,13 +144,19 @@ def _scale_back(node: Node, acc: np.ndarray, s: np.ndarray, ws: np.ndarray, bias
                 mode: str, symmetric: bool = False) -> np.ndarray:
     """The float result of an int32 accumulator, in the order the kernel computes it
     (measured bit-exact, tests/test_modes.py): XNNPACK ``fma(acc·in_scale, w_scale, b)``;
-    BUILTIN_REF's per-channel CONV_2D and the optimized DEPTHWISE_CONV_2D
-    ``(acc·w_scale)·in_scale + b``; the others ``acc·(w_scale·in_scale) + b``."""
+    BUILTIN_REF's per-channel CONV_2D ``(acc·w_scale)·in_scale + b``; LiteRT's optimized
+    DEPTHWISE_CONV_2D the same on groups of 4 channels (its NEON path, on x86 through
+    NEON_2_SSE) and ``(acc·in_scale)·w_scale + b`` on the last C mod 4; the others
+    ``acc·(w_scale·in_scale) + b``."""
     a = acc.astype(np.float32)
     if mode == "xnnpack" and node.op in XNN_HYBRID_OPS:
         return _fma((a * s).astype(np.float32), ws, bias)
-    if (mode == "reference" and node.op == "CONV_2D" and not symmetric) or (
-            mode == "xnnpack" and node.op == "DEPTHWISE_CONV_2D"):
+    if mode == "xnnpack" and node.op == "DEPTHWISE_CONV_2D":
+        vec = (a * ws).astype(np.float32) * s
+        tail = (a * s).astype(np.float32) * ws
+        grouped = np.arange(a.shape[-1]) < a.shape[-1] // 4 * 4
+        return (np.where(grouped, vec, tail).astype(np.float32) + bias).astype(np.float32)
+    if mode == "reference" and node.op == "CONV_2D" and not symmetric:
         y = ((a * ws).astype(np.float32) * s).astype(np.float32)
     else:
         y = (a * (ws * s).astype(np.float32)).astype(np.float32)

@@ -42,6 +42,16 @@ def _single(op: str, seed: int = 0) -> Graph:
         y = g.add_node("CONV_2D", [x, g.const(_w(rng, 6, 3, 3, 4)), g.const(_w(rng, 6))],
                        {"padding": "VALID", "stride": [2, 2], "dilation": [1, 1],
                         "fused_activation": "RELU6"}).output
+    elif op == "conv_dilated_1x1":
+        x = g.add_input("x", [1, 10, 10, 3])
+        y = g.add_node("CONV_2D", [x, g.const(_w(rng, 4, 3, 3, 3)), g.const(_w(rng, 4))],
+                       {"padding": "SAME", "dilation": [2, 2]}).output
+        y = g.add_node("CONV_2D", [y, g.const(_w(rng, 5, 1, 1, 4)), g.const(_w(rng, 5))],
+                       {"fused_activation": "RELU"}).output  # XNNPACK: per-pixel qd8
+    elif op == "depthwise_strided":
+        x = g.add_input("x", [1, 9, 9, 6])
+        y = g.add_node("DEPTHWISE_CONV_2D", [x, g.const(_w(rng, 1, 3, 3, 6)), g.const(_w(rng, 6))],
+                       {"padding": "VALID", "stride": [2, 2]}).output
     elif op == "conv_equal_scales":  # LiteRT's other hybrid path: symmetric input quantization
         w = _w(rng, 4, 1, 1, 6)
         w /= np.abs(w).reshape(4, -1).max(axis=1)[:, None, None, None]
@@ -70,7 +80,8 @@ def _single(op: str, seed: int = 0) -> Graph:
     return g
 
 
-SINGLE = ("conv", "conv_strided", "conv_equal_scales", "depthwise", "fc", "fc_3d",
+SINGLE = ("conv", "conv_strided", "conv_dilated_1x1", "conv_equal_scales", "depthwise",
+          "depthwise_strided", "fc", "fc_3d",
           "batch_matmul", "batch_matmul_adj_y")
 
 
