@@ -288,13 +288,15 @@ def test_qat_trained_graph_exports_dynamic():
     _graph_compare(q, "dynamic", seeds=(0, 1))
 
 
-def test_mode_errors():
+def test_mode_errors(tmp_path):
     from qatir.lowering import lower
 
     g = _single("fc")
     with pytest.raises(ExportError, match="mode must be one of"):
         qatir.to_tflite(g, mode="int4")
     assert lower_mode(g, "dynamic").metadata["mode"] == "dynamic"
+    qatir.save(g, tmp_path / "fc.tflite", mode="float16")  # save passes the mode through
+    assert file_mode((tmp_path / "fc.tflite").read_bytes()) == "float16"
     q = qatir.quantize(g)
     qatir.calibrate(q, [_feeds(g, 0)], progress=False)
     with pytest.raises(ExportError, match="already int8"):
