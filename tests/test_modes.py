@@ -389,3 +389,21 @@ def test_cnn_dynamic_bit_exact_end_to_end(tmp_path):
 
     g = qatir.load(tiny_onnx(tmp_path / "tiny.onnx", batch=1))
     assert _compare(g, "dynamic")[0] == 0
+
+
+def test_hybrid_input_quantization_at_a_tie():
+    """x·(1/scale) = 1.5 exactly: LiteRT rounds it to 2 and then adds the zero point (-126);
+    rounding zp + x·(1/scale) = -126.5 would give -127 (found on MobileNetV2)."""
+    x = np.array([[0.0, 255 / 128, 1.5 / 128, 2.5 / 128]], np.float32)
+    q, s, z = asymmetric_quantize_rows(x)
+    assert s[0] == np.float32(1 / 128) and z[0] == -128
+    assert q[0].tolist() == [-128, 127, -126, -125]
+    g = Graph("tie")
+    inp = g.add_input("x", [1, 4])
+    w = np.array([[1, 2, 3, 4], [-4, 3, -2, 1]], np.float32)
+    g.outputs = [g.add_node("FULLY_CONNECTED",
+                            [inp, g.const(w), g.const(np.zeros(2, np.float32))]).output]
+    buf = qatir.to_tflite(g, mode="dynamic")
+    got, _ = litert_run(buf, {"x": x}, True)
+    want = run_mode_reference(g, {"x": x}, "dynamic", "reference")
+    np.testing.assert_array_equal(list(got.values())[0], list(want.values())[0])
