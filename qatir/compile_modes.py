@@ -122,6 +122,13 @@ def compile_modes(model: str, output: str, opts, modes: Sequence[str],
     from qatir.fileio import check_distinct
 
     all_modes = len(modes) > 1
+    if "int8" not in modes:
+        given = [flag for flag, on in (("--train", opts.train), ("--save-ir", opts.save_ir),
+                                        ("--report", opts.report)) if on]
+        if given:
+            raise QatirError(f"{', '.join(given)} apply to the int8 file; with --mode "
+                             f"{modes[0]} give --mode all, or compile the trained .qatir "
+                             "(--save-ir) in this mode")
     for m in modes:
         check_distinct(mode_output(output, m, all_modes), model, opts.calib, opts.train)
     int8 = None

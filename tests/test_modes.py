@@ -407,3 +407,28 @@ def test_hybrid_input_quantization_at_a_tie():
     got, _ = litert_run(buf, {"x": x}, True)
     want = run_mode_reference(g, {"x": x}, "dynamic", "reference")
     np.testing.assert_array_equal(list(got.values())[0], list(want.values())[0])
+
+
+def test_quantized_graph_per_tensor_fc_bit_exact():
+    """qatir's default table quantizes FC weights per tensor: the dynamic file keeps them
+    (FULLY_CONNECTED v9: hybrid, asymmetric inputs) and matches on both resolvers."""
+    g = _single("fc")
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [_feeds(g, s) for s in range(3)], progress=False)
+    buf = qatir.to_tflite(q, mode="dynamic")
+    assert _opcodes(buf)["FULLY_CONNECTED"] == {9}
+    w = next(n.inputs[1] for n in lower_mode(q, "dynamic").nodes if n.op == "FULLY_CONNECTED")
+    assert w.quant.axis is None and len(w.quant.scale) == 1
+    assert _compare(q, "dynamic")[0] == 0
+
+
+def test_cli_refuses_int8_only_options_in_other_modes(tmp_path, capsys):
+    from qatir.cli import main
+    from tests.helpers.onnx_models import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    rc = main(["compile", model, "-o", str(tmp_path / "d.tflite"), "--mode", "float16",
+               "--save-ir", str(tmp_path / "d.qatir")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--save-ir apply to the int8 file" in err
+    assert not (tmp_path / "d.tflite").exists()
