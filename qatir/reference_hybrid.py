@@ -3,20 +3,17 @@
 LiteRT's hybrid kernels quantize their float input on the fly, accumulate in int32 and
 scale the accumulator back to float. This module follows them
 (``tflite/kernels/{conv,depthwise_conv,fully_connected,batch_matmul}.cc``, the
-portable ``tensor_utils``):
+portable ``tensor_utils``), as the installed runtime (ai_edge_litert 2.3.0) behaves:
 
 - the input is quantized per batch image (CONV_2D, DEPTHWISE_CONV_2D) or per row of the
   last axis (FULLY_CONNECTED, BATCH_MATMUL), asymmetric (``AsymmetricQuantizeFloats``:
-  range extended to 0, scale (max - min)/255 in double, zero point from the smaller
-  error side, then ``round(zp + x · (1/scale))`` in float32). CONV_2D whose weight
-  scales are all equal runs LiteRT's other hybrid path, symmetric per image
+  range extended to 0, scale ``float32(max - min) / 255``, zero point from the side with
+  the smaller error, then ``round(x · (1/scale)) + zp``). A CONV_2D whose weight scales
+  are all equal runs LiteRT's other hybrid path, symmetric per image
   (``SymmetricQuantizeFloats``: scale max|x|/127);
 - int32 accumulation of ``w · (q - zp)`` (padding taps contribute nothing);
-- the float result, in the order each kernel computes it: BUILTIN_REF's CONV_2D
-  ``(acc · w_scale) · in_scale + bias``; the optimized CONV_2D, DEPTHWISE_CONV_2D and
-  FULLY_CONNECTED ``acc · (w_scale · in_scale) + bias``; BATCH_MATMUL
-  ``(w_scale · in_scale) · (acc_raw - row_sum · zp)`` with the zero-point correction
-  in float; then the fused activation.
+- the float result, in the order each kernel computes it (:func:`_scale_back`), then
+  the fused activation.
 
 ``mode="reference"`` follows BUILTIN_REF, ``mode="xnnpack"`` the default resolver:
 XNNPACK takes hybrid CONV_2D, FULLY_CONNECTED and BATCH_MATMUL itself with its own
@@ -137,7 +134,9 @@ def _quantize_images(node: Node, x: np.ndarray, mode: str, symmetric: bool
 
 
 def _fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """float32 fused multiply-add (the float64 product of two float32 is exact)."""
+    """float32 fused multiply-add: the float64 product of two float32 is exact, the sum is
+    rounded to float64 and then to float32 (a true fma rounds once; the two can differ only
+    when the float64 sum is itself a float32 tie, not seen in any measurement)."""
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
 
 
