@@ -46,7 +46,7 @@ def lower_mode(graph: Graph, mode: str, **dump) -> Graph:
     ``mode``: "float", "dynamic" or "float16" (see the module docstring). A float graph
     first runs the float pipeline (batch norm folded, activations fused), as a quantized
     one already has. ``dump``: ``print_ir_after`` / ``ir_out`` as for
-    :func:`qatir.lowering.lower`.
+    :func:`qatir.lowering.lower`; the weights' step is named ``lower.mode``.
     """
     from qatir.lowering import is_quantized, lower
     from qatir.pipeline import float_pipeline
@@ -65,7 +65,18 @@ def lower_mode(graph: Graph, mode: str, **dump) -> Graph:
         _float16_constants(g)
     g.metadata["mode"] = mode
     g.verify()
+    _dump_mode_step(g, mode, dump.get("print_ir_after"), dump.get("ir_out"))
     return g
+
+
+def _dump_mode_step(g: Graph, mode: str, selection, out) -> None:
+    """``print_ir_after`` "all", "mode" or "lower.mode": the IR with ``mode``'s weights."""
+    from qatir.pipeline import write_dump
+
+    names = {selection} if isinstance(selection, str) else set(selection or ())
+    if names & {"all", "mode", "lower.mode"}:
+        write_dump(f"// IR after lowering step lower.mode ({mode})\n{g}\n", out,
+                   "lower_mode.txt")
 
 
 def _strip_activation_quant(graph: Graph) -> tuple[Graph, dict[str, tuple[np.ndarray, QuantParams]]]:

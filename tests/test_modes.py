@@ -432,3 +432,13 @@ def test_cli_refuses_int8_only_options_in_other_modes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--save-ir apply to the int8 file" in err
     assert not (tmp_path / "d.tflite").exists()
+
+
+def test_print_ir_after_shows_the_mode_step():
+    import io
+
+    buf = io.StringIO()
+    qatir.to_tflite(_single("fc"), mode="dynamic", print_ir_after="lower.mode", ir_out=buf)
+    text = buf.getvalue()
+    assert text.startswith("// IR after lowering step lower.mode (dynamic)")
+    assert "i8[9,40]" in text, text
