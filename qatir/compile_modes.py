@@ -93,13 +93,13 @@ def _sqnr(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float | N
 
 def measure_mode(graph: Graph, mode: str, path: str | None,
                  samples: Sequence[Mapping[str, np.ndarray]], float_out: list[list[np.ndarray]],
-                 check_reference: bool = True) -> tuple[bytes, ModeRow]:
+                 check_reference: bool = True, print_ir_after=None) -> tuple[bytes, ModeRow]:
     """Write ``graph`` in ``mode`` (to ``path`` unless None) and measure it."""
     import qatir
     from qatir.fileio import atomic_write
     from qatir.modes import run_mode_reference
 
-    buf = qatir.to_tflite(graph, mode=mode)
+    buf = qatir.to_tflite(graph, mode=mode, print_ir_after=print_ir_after)
     if path is not None:
         atomic_write(path, buf)
     got = _outputs(buf, samples)
@@ -142,7 +142,7 @@ def compile_modes(model: str, output: str, opts, modes: Sequence[str],
     if is_lowered(graph) and not is_quantized(graph):
         raise QatirError(f"{model}: is already an int8 model; the other modes need its float "
                          "original")
-    from qatir.compile import _calibration_batches
+    from qatir.compile import _calibration_batches, _ir_selection
 
     samples = single_samples(_calibration_batches(graph, opts, batch_size_for(graph, 1)),
                              EVAL_SAMPLES)
@@ -152,7 +152,8 @@ def compile_modes(model: str, output: str, opts, modes: Sequence[str],
     for m in ("float16", "dynamic"):
         if m in modes:
             rows.append(measure_mode(graph, m, mode_output(output, m, all_modes), samples,
-                                     float_out)[1])
+                                     float_out,
+                                     print_ir_after=_ir_selection(opts.print_ir_after))[1])
     notes = []
     if int8 is not None:
         rows.append(ModeRow("int8", output, int8.tflite_bytes, int8.sqnr_int8_db))
