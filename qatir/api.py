@@ -132,16 +132,19 @@ def fit(graph: Graph, dataset: Any, loss: Any = None, optimizer: Any = "adam", e
 
 
 def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, strict_int8: bool = False,
-              **options: Any) -> bytes:
+              mode: str = "int8", **options: Any) -> bytes:
     """Write the graph as a TFLite flatbuffer (int8 when quantized, float otherwise).
 
     Nodes kept float by the table, or without an int8 kernel, are exported as float
     islands between DEQUANTIZE and QUANTIZE, with one warning listing them;
-    ``strict_int8=True`` refuses them instead.
+    ``strict_int8=True`` refuses them instead. ``mode="dynamic"`` writes int8 weights
+    with float activations (LiteRT's hybrid kernels), ``mode="float16"`` float16
+    weights, ``mode="float"`` float32; none needs calibration (:mod:`qatir.modes`).
     """
     from qatir.tflite_writer import to_tflite as _to_tflite
 
-    return _to_tflite(graph, io=io, batch_size=batch_size, strict_int8=strict_int8, **options)
+    return _to_tflite(graph, io=io, batch_size=batch_size, strict_int8=strict_int8, mode=mode,
+                      **options)
 
 
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray],

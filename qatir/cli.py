@@ -184,6 +184,12 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
               help="Comma-separated passes; a pipeline name (default, float) stands for its passes.")
 @click.option("--io", "io_type", type=click.Choice(["int8", "float"]), default="int8",
               show_default=True, help="Type of the model's inputs and outputs.")
+@click.option("--mode", "mode", type=click.Choice(["int8", "dynamic", "float16", "all"]),
+              default="int8", show_default=True,
+              help="int8: full integer (calibrated); dynamic: int8 weights, float activations "
+                   "(LiteRT's hybrid kernels); float16: float16 weights. Neither of the last two "
+                   "needs --calib. all: the three files (OUT, OUT.dynamic.tflite, "
+                   "OUT.float16.tflite) and a table of size and SQNR side by side.")
 @click.option("--print-ir-after", "print_ir_after", metavar="all|A,B",
               help="Print the IR after these passes or lowering steps (lower.bias), or all.")
 @click.option("--strict-int8", "strict_int8", is_flag=True, default=False,
@@ -200,7 +206,8 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
                 loss: str, from_logits: bool | None, batch_size: int, learning_rate: float, table: str | None,
-                passes: str | None, io_type: str, print_ir_after: str | None, strict_int8: bool,
+                passes: str | None, io_type: str, mode: str, print_ir_after: str | None,
+                strict_int8: bool,
                 report: str | None, save_ir: str | None, progress: bool | None,
                 debug: bool) -> None:
     """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file.
@@ -224,7 +231,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
     check_distinct(output, model, calib, train, table)
     if calib and calib_random:
         raise UsageProblem("give --calib or --calib-random, not both")
-    if calib_random:
+    if calib_random and mode in ("int8", "all"):
         click.echo("warning: calibrating on random data; real samples (--calib DATA.npz) "
                    "give much better accuracy", err=True)
     opts = CompileOptions(
@@ -233,7 +240,8 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
         batch_size=batch_size,
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
-        io=io_type, print_ir_after=_split_names(print_ir_after), report=report or False,
+        io=io_type, mode=mode, print_ir_after=_split_names(print_ir_after),
+        report=report or False,
         save_ir=save_ir, progress=progress, strict_int8=strict_int8)
     summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary.format())
@@ -248,7 +256,8 @@ def _split_names(value: str | None) -> list[str] | None:
 @cli.command()
 @click.argument("tflite_model")
 @click.option("--against", required=True, metavar="GRAPH.qatir",
-              help="The quantized IR the file was written from (compile --save-ir).")
+              help="The quantized IR the file was written from (compile --save-ir); for a "
+                   "dynamic-range or float16 file, the model it was written from.")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--data", metavar="DATA.npz", help="Inputs to compare on (default: random).")
 @click.option("--resolver", type=click.Choice(["default", "ref"]), default="default",

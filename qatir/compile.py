@@ -71,6 +71,7 @@ class CompileOptions:
     table: str | None = None
     passes: list[str] | None = None
     io: str = "int8"
+    mode: str = "int8"  # or "dynamic", "float16", "all" (qatir.compile_modes)
     strict_int8: bool = False
     print_ir_after: list[str] | None = None
     report: bool | str = False
@@ -104,6 +105,7 @@ class CompileSummary:
     report: str | None = None
     evaluation: Evaluation | None = None
     int8_line: str | None = None
+    quantized: Graph | None = None  # the (calibrated, maybe trained) graph written
 
     def format(self) -> str:
         """A short human summary (the last thing ``qatir compile`` prints)."""
@@ -175,11 +177,21 @@ def run_one_pass(graph: Graph, name: str, table: str | None = None) -> tuple[Gra
 # --------------------------------------------------------------------------- driver
 def compile_model(model: str, output: str, opts: CompileOptions | None = None,
                   echo: Echo = print) -> CompileSummary:
-    """Load, quantize, calibrate, optionally QAT-train, and write ``output`` (.tflite)."""
+    """Load, quantize, calibrate, optionally QAT-train, and write ``output`` (.tflite).
+
+    ``opts.mode`` other than "int8" goes to :func:`qatir.compile_modes.compile_modes`
+    (whose summary prints the same way)."""
     import qatir
     from qatir.fileio import atomic_write, check_distinct
 
     opts = opts or CompileOptions()
+    if opts.mode != "int8":
+        from qatir.compile_modes import COMPILE_MODES, compile_modes
+
+        if opts.mode not in COMPILE_MODES:
+            raise QatirError(f"mode must be one of {COMPILE_MODES}, got {opts.mode!r}")
+        modes = ["int8", "dynamic", "float16"] if opts.mode == "all" else [opts.mode]
+        return compile_modes(model, output, opts, modes, echo)
     kind = opts.report_kind
     check_distinct(output, model, opts.calib, opts.train, opts.table)
     if opts.save_ir:
@@ -244,7 +256,7 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
             report = parity_report(q, buf, samples, fake_quant=kind == "full")
     return CompileSummary(output, tflite_op_counts(buf), float_param_bytes(graph), len(buf),
                           ev.fake_quant_db if ev else None, ev.int8_all_db if ev else None,
-                          timer.seconds, len(samples), files, report, ev, int8_line)
+                          timer.seconds, len(samples), files, report, ev, int8_line, q)
 
 
 def expand_passes(names: Sequence[str] | None) -> list[str] | None:

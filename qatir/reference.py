@@ -14,7 +14,10 @@ algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
 
 A mixed graph (float islands between DEQUANTIZE and QUANTIZE) runs its float nodes
 with the float32 kernels of :mod:`qatir.reference_float`; those tensors match LiteRT
-within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit.
+within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit. The
+float ops of a dynamic-range file whose weight is int8 run LiteRT's hybrid kernels
+(:mod:`qatir.reference_hybrid`); a float16 file's DEQUANTIZE widens its weights exactly
+(:func:`qatir.modes.run_mode_reference` runs either).
 """
 
 from __future__ import annotations
@@ -197,6 +200,10 @@ def _is_float(node: Node) -> bool:
 def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Kernel | None:
     if not _is_float(node):
         return table.get(node.op)
+    from qatir.reference_hybrid import HYBRID_KERNELS, is_hybrid
+
+    if is_hybrid(node):  # a dynamic-range file's int8-weight op
+        return HYBRID_KERNELS[node.op]
     if node.op in ftable:
         from qatir.reference_float import MODE_KERNELS
 

@@ -14,7 +14,9 @@ of exp/sigmoid/tanh, so those agree within :data:`FLOAT_RTOL` / :data:`FLOAT_ATO
 Measured (2026-12-01, ai_edge_litert on x86, 5 random int8 feeds of a [1,8,8,16] island):
 bit-exact on both resolvers for DIV, RSQRT and RESIZE_BILINEAR (each resolver's own
 formula), and under BUILTIN_REF for EXP and SQRT;
-worst relative error 4.7e-7 (EXP, XNNPACK), 4.4e-6 (HARD_SWISH near 0, XNNPACK), 1e-6
+bit-exact for HARD_SWISH and MEAN over H, W on both (each resolver's formula and
+order; measured 2026-12-02);
+worst relative error 4.7e-7 (EXP, XNNPACK), 1e-6
 (MEAN); worst absolute error 3.3e-6 for a 3x3x16 float CONV_2D (float32 accumulation
 order). The error of an accumulation grows with its length (about sqrt(K)), so a long
 float conv can exceed the tolerance, which covers every case measured here.
@@ -35,7 +37,7 @@ FLOAT_ATOL = 1e-5
 
 FloatKernel = Callable[[Node, list], np.ndarray]
 #: float kernels whose result depends on the resolver: ``(node, xs, mode)``.
-MODE_KERNELS = ("RESIZE_BILINEAR",)
+MODE_KERNELS = ("RESIZE_BILINEAR", "HARD_SWISH", "MEAN", "SUM", "REDUCE_MAX")
 _F = np.float32
 
 
@@ -79,8 +81,14 @@ def _unary(fn: Callable[[np.ndarray], np.ndarray], wide: bool = False) -> FloatK
     return kernel
 
 
-def _hard_swish(x: np.ndarray) -> np.ndarray:
-    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+def _hard_swish(node: Node, xs: list, mode: str) -> np.ndarray:
+    """BUILTIN_REF: ``(x·relu6(x + 3)) / 6`` in float32; XNNPACK: ``x·clamp(fma(x, 1/6, 0.5),
+    0, 1)`` (both measured bit-exact on 16k values, tests/test_modes.py)."""
+    x = _f32(xs)[0]
+    if mode == "xnnpack":
+        t = (x.astype(np.float64) * np.float64(_F(1) / _F(6)) + 0.5).astype(np.float32)
+        return (x * np.clip(t, _F(0), _F(1))).astype(np.float32)
+    return ((x * np.clip(x + _F(3), _F(0), _F(6))).astype(np.float32) / _F(6)).astype(np.float32)
 
 
 def _leaky(node: Node, xs: list) -> np.ndarray:
@@ -143,11 +151,26 @@ def _pool(node: Node, xs: list) -> np.ndarray:
     return _act(node, p.sum(axis=(2, 4)) / cnt)
 
 
-def _reduce(node: Node, xs: list) -> np.ndarray:
-    fn = {"MEAN": np.mean, "SUM": np.sum, "REDUCE_MAX": np.max}[node.op]
-    axis = tuple(int(a) % xs[0].ndim for a in node.attrs["axis"])
-    y = fn(xs[0].astype(np.float64), axis=axis, keepdims=bool(node.attrs["keep_dims"]))
-    return np.asarray(y).astype(np.float32).reshape(node.outputs[0].shape)
+def _reduce(node: Node, xs: list, mode: str) -> np.ndarray:
+    """REDUCE_MAX exactly; MEAN and SUM accumulate in float32 one element after the
+    other in row-major order of the reduced axes, as LiteRT's kernels do; MEAN then
+    divides by the count (BUILTIN_REF) or multiplies by its reciprocal (XNNPACK): measured
+    bit-exact (tests/test_modes.py) except XNNPACK's reduction of the last axis, which sums
+    in its own order (within the float tolerance)."""
+    x = _f32(xs)[0]
+    axis = tuple(sorted(int(a) % x.ndim for a in node.attrs["axis"]))
+    shape = node.outputs[0].shape
+    if node.op == "REDUCE_MAX":
+        return np.max(x, axis=axis, keepdims=bool(node.attrs["keep_dims"])).reshape(shape)
+    kept = [i for i in range(x.ndim) if i not in axis]
+    rows = np.transpose(x, axis + tuple(kept)).reshape(-1, *[x.shape[i] for i in kept])
+    acc = np.zeros(rows.shape[1:], np.float32)
+    for r in rows:
+        acc = (acc + r).astype(np.float32)
+    if node.op == "MEAN":
+        n = _F(len(rows))
+        acc = (acc * (_F(1) / n) if mode == "xnnpack" else acc / n).astype(np.float32)
+    return acc.reshape(shape)
 
 
 def _batch_matmul(node: Node, xs: list) -> np.ndarray:
@@ -233,7 +256,7 @@ def float_kernels() -> dict[str, FloatKernel]:
         "RSQRT": _unary(lambda x: 1.0 / np.sqrt(x), wide=True),
         "EXP": _unary(np.exp, wide=True), "TANH": _unary(np.tanh, wide=True),
         "LOGISTIC": _unary(lambda x: 1.0 / (1.0 + np.exp(-x)), wide=True),
-        "HARD_SWISH": _unary(_hard_swish, wide=True),
+        "HARD_SWISH": _hard_swish,
         "LEAKY_RELU": _leaky, "PRELU": _prelu, "SOFTMAX": _softmax, "LOG_SOFTMAX": _log_softmax,
         "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _dwconv, "FULLY_CONNECTED": _fc,
         "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,

@@ -329,6 +329,8 @@ def xnn_mul8(v: np.ndarray, ratio: np.float32, zo: int) -> np.ndarray:
 
 
 def dequantize(node: Node, xs: list, mode: str) -> np.ndarray:
+    if xs[0].dtype == np.float16:  # a float16 constant: widened exactly
+        return xs[0].astype(np.float32)
     s, z = _qp(node.inputs[0])
     return ((xs[0].astype(np.int32) - z).astype(np.float32) * np.float32(s)).astype(np.float32)
 

@@ -63,6 +63,24 @@ def xnn_takes_batch_matmul(node) -> bool:
     (the only int8 BATCH_MATMUL it registers) runs it."""
     rhs = node.inputs[1].quant
     return rhs is not None and int(rhs.zero_point[0]) == 0
+# ------------------------------------------------------ dynamic range (hybrid)
+#: Ops LiteRT runs as hybrid kernels (float input and output, int8 symmetric constant
+#: weight in input slot 1, the input quantized on the fly): op -> the weight axis its
+#: per-channel scales run along (``None``: BATCH_MATMUL's output-column axis, the
+#: right-hand input's last axis, or the one before it with ``adj_y``). Sources:
+#: ``conv.cc`` (EvalHybridPerChannel when the filter's scales differ, EvalHybrid with
+#: symmetric input quantization when they are all equal), ``depthwise_conv.cc`` (only a
+#: per-channel hybrid kernel: it reads one scale per output channel),
+#: ``fully_connected.cc`` and ``batch_matmul.cc`` (per-channel when the filter has more
+#: than one scale; ``asymmetric_quantize_inputs`` picks per-row asymmetric input
+#: quantization). XNNPACK delegates hybrid CONV_2D, FULLY_CONNECTED and BATCH_MATMUL
+#: with its own dynamic quantization (``xnnpack_delegate.cc``, qd8), not DEPTHWISE.
+HYBRID_WEIGHT_AXIS: dict[str, int | None] = {
+    "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "BATCH_MATMUL": None,
+}
+#: ops XNNPACK runs itself in a dynamic-range file (measured, tests/test_modes.py).
+XNN_HYBRID_OPS = frozenset({"CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"})
+
 
 # --------------------------------------------------------------------- SOFTMAX
 #: reference_ops::Softmax (int8 in, int8 out; ``internal/reference/softmax.h``) keeps
@@ -109,10 +127,12 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("AVERAGE_POOL_2D", 1): "1.5.0", ("AVERAGE_POOL_2D", 2): "1.14.0",
     ("AVERAGE_POOL_2D", 3): "2.3.0",
     ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0", ("BATCH_MATMUL", 3): "2.4.0",
+    ("BATCH_MATMUL", 4): "2.5.0",
     ("CONV_2D", 1): "1.5.0", ("CONV_2D", 2): "1.14.0", ("CONV_2D", 3): "1.14.0",
-    ("CONV_2D", 4): "2.3.0",
+    ("CONV_2D", 4): "2.3.0", ("CONV_2D", 5): "2.4.0",
     ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
-    ("DEPTHWISE_CONV_2D", 3): "1.14.0",
+    ("DEPTHWISE_CONV_2D", 3): "1.14.0", ("DEPTHWISE_CONV_2D", 4): "2.2.0",
+    ("DEPTHWISE_CONV_2D", 6): "2.3.0",
     ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0", ("ADD", 3): "2.4.0",
     ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0", ("SUB", 3): "2.3.0",
     ("DIV", 1): "1.6.0", ("DIV", 2): "2.3.0",
@@ -121,6 +141,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("DEPTH_TO_SPACE", 1): "2.1.0", ("DEPTH_TO_SPACE", 2): "2.5.0",
     ("FULLY_CONNECTED", 1): "1.5.0", ("FULLY_CONNECTED", 4): "1.14.0",
     ("FULLY_CONNECTED", 5): "2.0.0", ("FULLY_CONNECTED", 6): "2.1.0",
+    ("FULLY_CONNECTED", 9): "2.3.0", ("FULLY_CONNECTED", 12): "2.17.0",
     ("GATHER", 1): "1.6.0", ("GATHER", 2): "1.14.0",
     ("MAX_POOL_2D", 1): "1.5.0", ("MAX_POOL_2D", 2): "1.14.0", ("MAX_POOL_2D", 3): "2.3.0",
     ("MAXIMUM", 1): "1.14.0", ("MAXIMUM", 2): "1.14.0",
@@ -151,7 +172,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("TRANSPOSE_CONV", 4): "2.13.0",
     ("LEAKY_RELU", 1): "1.13.1", ("PRELU", 1): "1.8.0", ("HARD_SWISH", 1): "1.15.0",
     ("QUANTIZE", 1): "1.14.0", ("QUANTIZE", 2): "1.15.0", ("QUANTIZE", 3): "2.7.0",
-    ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0", ("DEQUANTIZE", 5): "2.7.0",
+    ("DEQUANTIZE", 1): "1.13.1", ("DEQUANTIZE", 2): "1.14.0", ("DEQUANTIZE", 3): "1.15.0", ("DEQUANTIZE", 5): "2.7.0",
     ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
     ("RSQRT", 2): "2.5.0", ("ABS", 1): "1.13.0", ("ABS", 2): "2.4.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",

@@ -53,7 +53,8 @@ def check_size(nbytes: int) -> None:
 
 def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
               offset_buffers: bool | None = None, print_ir_after: Any = None,
-              ir_out: Any = None, strict_int8: bool = False, **opts: Any) -> bytes:
+              ir_out: Any = None, strict_int8: bool = False, mode: str = "int8",
+              **opts: Any) -> bytes:
     """Lower ``graph`` if needed and write it as a TFLite flatbuffer.
 
     A graph with FAKE_QUANT nodes (or already lowered) becomes an int8 model with
@@ -69,14 +70,28 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1,
     kernel, become float islands (float ops between DEQUANTIZE and QUANTIZE): one
     :class:`FloatIslandWarning` lists them with their op and MAC share.
     ``strict_int8=True`` refuses such a graph instead (``ExportError`` naming them).
+
+    ``mode``: "int8" (the above), "float" (float32 throughout), "dynamic" (int8 weights,
+    float activations: LiteRT's hybrid kernels) or "float16" (float16 weights behind
+    DEQUANTIZE); the last three have float edges whatever ``io`` says (:mod:`qatir.modes`).
     """
+    from qatir.modes import check_mode, lower_mode
+
     if opts:
         raise ExportError(f"unknown to_tflite option(s): {sorted(opts)}")
+    check_mode(mode)
     # the lowered clone, its quantized constants and the flatbuffer each hold a copy
     check_fits(graph, copies=3, what="writing a TFLite model")
     dump = {"print_ir_after": print_ir_after, "ir_out": ir_out}
-    g = lower(graph, io=io, **dump) if (is_quantized(graph) or is_lowered(graph)) \
-        else lower(graph, **dump)
+    if mode != "int8":
+        if is_lowered(graph):
+            raise ExportError(f"graph {graph.name!r} is already int8; mode={mode!r} needs its "
+                              "float (or fake-quant) original")
+        g = lower_mode(graph, mode, **dump)
+    elif is_quantized(graph) or is_lowered(graph):
+        g = lower(graph, io=io, **dump)
+    else:
+        g = lower(graph, **dump)
     report_islands(g, strict_int8)
     _fix_batch(g, batch_size)
     check_dims(g)

@@ -59,6 +59,16 @@ def _act(node: Node) -> int:
     return ACTIVATION[act]
 
 
+def _hybrid(node: Node) -> bool:
+    """A dynamic-range (hybrid) op: float input, int8 constant weight in slot 1."""
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    return not _q(node.inputs[0]) and _q(w) and w.is_const
+
+
+def _per_channel(t: Tensor) -> bool:
+    return t.quant is not None and len(t.quant.scale) > 1
+
+
 def _io(node: Node, ctx: Ctx) -> tuple[list[int], list[int]]:
     ins = [-1 if t is None else ctx.tensor(t) for t in node.inputs]
     return ins, [ctx.tensor(t) for t in node.outputs]
@@ -70,21 +80,34 @@ def _conv(node: Node, ctx: Ctx) -> OpSpec:
     dh, dw = node.attrs.get("dilation", (1, 1))
     fields = {"Padding": PADDING[node.attrs["padding"]], "StrideW": sw, "StrideH": sh,
               "FusedActivationFunction": _act(node), "DilationWFactor": dw, "DilationHFactor": dh}
+    # op_version.cc: hybrid CONV_2D is 2, or 5 per-channel; hybrid DEPTHWISE 4, or 6
+    hybrid, per_ch = _hybrid(node), _per_channel(node.inputs[1])
     if node.op == "CONV_2D":
-        return OpSpec("CONV_2D", 3 if _q(node.inputs[0]) else 1, ins, outs, "Conv2DOptions", fields)
+        version = 3 if _q(node.inputs[0]) else ((5 if per_ch else 2) if hybrid else 1)
+        return OpSpec("CONV_2D", version, ins, outs, "Conv2DOptions", fields)
     fields["DepthMultiplier"] = int(node.attrs["depth_multiplier"])
     version = 3 if _q(node.inputs[0]) else (2 if (dh, dw) != (1, 1) else 1)
+    if hybrid:
+        version = 6 if per_ch else 4
     return OpSpec("DEPTHWISE_CONV_2D", version, ins, outs, "DepthwiseConv2DOptions", fields)
 
 
 def _fc(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     keep = bool(node.attrs["keep_num_dims"])
+    hybrid = _hybrid(node)
     if _q(node.inputs[0]):
         version = 6 if len(ins) < 3 else (5 if keep else 4)
+    elif hybrid:
+        # op_version.cc checks, in order: per-channel hybrid 12, no bias 6, keep_num_dims
+        # 5, hybrid with asymmetric_quantize_inputs 9
+        version = 12 if _per_channel(node.inputs[1]) else (
+            6 if len(ins) < 3 else (5 if keep else 9))
     else:
         version = 5 if keep else 1
     fields = {"FusedActivationFunction": _act(node), "KeepNumDims": keep}
+    if hybrid:
+        fields["AsymmetricQuantizeInputs"] = True
     return OpSpec("FULLY_CONNECTED", version, ins, outs, "FullyConnectedOptions", fields)
 
 
@@ -274,8 +297,12 @@ def _gather(node: Node, ctx: Ctx) -> OpSpec:
 
 def _batch_matmul(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
-    return OpSpec("BATCH_MATMUL", 2 if _q(node.inputs[0]) else 1, ins, outs, "BatchMatMulOptions",
-                  {"AdjX": bool(node.attrs["adj_x"]), "AdjY": bool(node.attrs["adj_y"])})
+    fields = {"AdjX": bool(node.attrs["adj_x"]), "AdjY": bool(node.attrs["adj_y"])}
+    version = 2 if _q(node.inputs[0]) else 1
+    if _hybrid(node):  # op_version.cc: hybrid with asymmetric_quantize_inputs is 4
+        version = 4
+        fields["AsymmetricQuantizeInputs"] = True
+    return OpSpec("BATCH_MATMUL", version, ins, outs, "BatchMatMulOptions", fields)
 
 
 def _quantize(node: Node, ctx: Ctx) -> OpSpec:
@@ -288,7 +315,8 @@ def _dequantize(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     x = node.inputs[0]
     per_ch = x.quant is not None and x.quant.axis is not None
-    version = 5 if per_ch else (2 if x.dtype == np.int8 else 1)
+    # op_version.cc: int8 2 (per-channel 5); float16 (and int16) 3
+    version = 5 if per_ch else (2 if x.dtype == np.int8 else (3 if x.dtype == np.float16 else 1))
     return OpSpec("DEQUANTIZE", version, ins, outs, "DequantizeOptions")
 
 
@@ -330,7 +358,8 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
 #: Every (builtin, versions) pair an emitter above can produce; the writer refuses any
 #: other, and tests/test_op_coverage.py checks each has a RUNTIME_VERSION entry.
 VERSIONS: dict[str, tuple[int, ...]] = {
-    "CONV_2D": (1, 3), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 4, 5, 6),
+    "CONV_2D": (1, 2, 3, 5), "DEPTHWISE_CONV_2D": (1, 2, 3, 4, 6),
+    "FULLY_CONNECTED": (1, 4, 5, 6, 9, 12),
     "TRANSPOSE_CONV": (1, 2, 3, 4), "ADD": (1, 2), "SUB": (1, 2, 3), "MUL": (1, 2, 3),
     "DIV": (1,), "MAXIMUM": (1, 2), "MINIMUM": (1, 2), "RELU": (1, 2), "RELU6": (1, 2),
     "RELU_N1_TO_1": (1,), "RELU_0_TO_1": (1,), "LOGISTIC": (1, 2), "TANH": (1, 2),
@@ -340,8 +369,8 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "RESHAPE": (1,), "SQUEEZE": (1,), "TRANSPOSE": (1, 2, 4, 6), "TILE": (1,),
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
     "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
-    "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2), "QUANTIZE": (1, 3),
-    "DEQUANTIZE": (1, 2, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2),
+    "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2, 4), "QUANTIZE": (1, 3),
+    "DEQUANTIZE": (1, 2, 3, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2),
 }
 
 
