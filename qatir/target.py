@@ -88,7 +88,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("AVERAGE_POOL_2D", 3): "2.3.0",
     ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0", ("BATCH_MATMUL", 3): "2.4.0",
     ("CONV_2D", 1): "1.5.0", ("CONV_2D", 2): "1.14.0", ("CONV_2D", 3): "1.14.0",
-    ("CONV_2D", 4): "2.3.0",
+    ("CONV_2D", 4): "2.3.0", ("CONV_2D", 6): "2.9.0",
     ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
     ("DEPTHWISE_CONV_2D", 3): "1.14.0",
     ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0", ("ADD", 3): "2.4.0",

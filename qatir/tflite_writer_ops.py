@@ -71,7 +71,9 @@ def _conv(node: Node, ctx: Ctx) -> OpSpec:
     fields = {"Padding": PADDING[node.attrs["padding"]], "StrideW": sw, "StrideH": sh,
               "FusedActivationFunction": _act(node), "DilationWFactor": dw, "DilationHFactor": dh}
     if node.op == "CONV_2D":
-        return OpSpec("CONV_2D", 3 if _q(node.inputs[0]) else 1, ins, outs, "Conv2DOptions", fields)
+        grouped = node.inputs[0].shape[3] != node.inputs[1].shape[3]
+        version = 6 if grouped else (3 if _q(node.inputs[0]) else 1)
+        return OpSpec("CONV_2D", version, ins, outs, "Conv2DOptions", fields)
     fields["DepthMultiplier"] = int(node.attrs["depth_multiplier"])
     version = 3 if _q(node.inputs[0]) else (2 if (dh, dw) != (1, 1) else 1)
     return OpSpec("DEPTHWISE_CONV_2D", version, ins, outs, "DepthwiseConv2DOptions", fields)
@@ -322,7 +324,7 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
 #: Every (builtin, versions) pair an emitter above can produce; the writer refuses any
 #: other, and tests/test_op_coverage.py checks each has a RUNTIME_VERSION entry.
 VERSIONS: dict[str, tuple[int, ...]] = {
-    "CONV_2D": (1, 3), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 4, 5, 6),
+    "CONV_2D": (1, 3, 6), "DEPTHWISE_CONV_2D": (1, 2, 3), "FULLY_CONNECTED": (1, 4, 5, 6),
     "TRANSPOSE_CONV": (1, 2, 3, 4), "ADD": (1, 2), "SUB": (1, 2, 3), "MUL": (1, 2, 3),
     "DIV": (1,), "MAXIMUM": (1, 2), "MINIMUM": (1, 2), "RELU": (1, 2), "RELU6": (1, 2),
     "RELU_N1_TO_1": (1,), "RELU_0_TO_1": (1,), "LOGISTIC": (1, 2), "TANH": (1, 2),

@@ -81,6 +81,12 @@ CASES = {
     "dwconv": lambda qb: qb.conv(
         "DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 8], {"padding": "SAME"}, (-2, 3)
     ),
+    "conv_grouped4_s2": lambda qb: qb.conv(  # grouped CONV_2D (v6): 8 channels, 4 groups
+        "CONV_2D", _x(qb), [12, 3, 3, 2], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
+    ),
+    "conv_grouped2_1x1_relu": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [4, 1, 1, 4], {"fused_activation": "RELU"}, (0, 3)
+    ),
     "dwconv_mult2_relu": lambda qb: qb.conv(
         "DEPTHWISE_CONV_2D",
         _x(qb),
@@ -204,6 +210,14 @@ RANDOM_CASES = {
             "stride": [int(r.integers(1, 3))] * 2,
             "fused_activation": str(r.choice(["NONE", "RELU", "RELU6"])),
         },
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
+    "grouped_conv": lambda qb, r: qb.conv(
+        "CONV_2D",
+        qb.input("x", [1, 7, 7, 6], *rr(r)),
+        [6, 3, 3, 2],
+        {"padding": str(r.choice(["SAME", "VALID"])), "stride": [int(r.integers(1, 3))] * 2},
         rr(r),
         wscale=float(r.uniform(0.01, 1)),
     ),
