@@ -213,11 +213,16 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
     version = 2 if _q(x) else 1
     if x.rank > 4:
         version = 4
-    if value == 0.0:
-        return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
+    cv = None
     if _q(x):
         q = x.quant
         cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], -128, 127)
+    # int8 PAD pads with the zero point, so a PADV2 whose value quantizes to it is a PAD,
+    # which XNNPACK delegates (it leaves PADV2 to the builtin kernel). A max-pool's -inf
+    # padding after a ReLU (zero point -128) is the common case.
+    if value == 0.0 or (cv is not None and int(cv) == int(q.zero_point[0])):
+        return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
+    if cv is not None:
         ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
     else:
         ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))

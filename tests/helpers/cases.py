@@ -149,6 +149,12 @@ CASES = {
     "padv2": lambda qb: qb.op(
         "PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]], "constant_value": 1.0}
     ),
+    "pad_min_before_maxpool": lambda qb: qb.op(  # -inf pad of a ReLU output: written as PAD
+        "MAX_POOL_2D",
+        [qb.op("PAD", [_x(qb, lo=0.0)], {"paddings": [[0, 0], [1, 1], [1, 1], [0, 0]],
+                                          "constant_value": float(np.finfo(np.float32).min)})],
+        {"filter": [3, 3], "stride": [2, 2], "padding": "VALID"},
+    ),
     "strided_slice": lambda qb: qb.op(
         "STRIDED_SLICE",
         [_x(qb)],
