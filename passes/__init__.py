@@ -10,6 +10,7 @@ produce is documented in :mod:`qatir.passes.insert_fake_quant`.
 from qatir.passes import (  # noqa: F401  (imported for their registrations)
     div_to_mul,
     eliminate_dead_code,
+    equalize_cross_layer,
     fold_batch_norm,
     fold_constants,
     fuse_activations,

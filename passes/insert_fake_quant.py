@@ -280,6 +280,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
     graph.metadata["calibrated"] = False
     graph.metadata["float_nodes"] = float_nodes
     graph.metadata["quant_table"] = table.name
+    graph.metadata["bias_correction"] = table.bias_correction
     ctx.notes["float_nodes"] = float_nodes
     ctx.notes["fake_quant_inserted"] = len(ins.created)
     return bool(ins.created)

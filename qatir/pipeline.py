@@ -49,8 +49,10 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "eliminate_dead_code",
 )
 
-#: The default quantization pipeline: the float pipeline, then fake-quant placement.
+#: The default quantization pipeline: the float pipeline, cross-layer equalization (when
+#: the table asks for it), then fake-quant placement.
 DEFAULT_PIPELINE: tuple[str, ...] = FLOAT_PIPELINE + (
+    "equalize_cross_layer",
     "insert_fake_quant",
     "propagate_quant_constraints",
     "eliminate_dead_code",
