@@ -51,6 +51,20 @@ DEFAULT_MODELS = ["tv_mobilenet_v3_large", "timm_lcnet_050", "tv_lraspp_mobilene
                   "timm_mixnet_s", "mp_face_landmark", "mp_hand_landmark_lite", "ppocrv4_det",
                   "ppocr_mobile_v2_cls", "ppocrv4_rec"]
 N_CALIB, N_TEST = 8, 2
+#: one-change variants of the table (``--variant``): what each technique is worth alone
+VARIANTS: dict[str, dict] = {
+    "fc_per_tensor": {"per_channel_axis": lambda axes: {k: v for k, v in axes.items()
+                                                        if k != "FULLY_CONNECTED"}},
+    "bias_correction": {"bias_correction": True},
+    "no_bias_correction": {"bias_correction": False},
+    "cle": {"fusions": {"name": "cle", "kind": "cross_layer_equalization",
+                        "ops": ["DEPTHWISE_CONV_2D", "CONV_2D"], "note": "W1/s, b1/s, W2*s"}},
+    "no_cle": {"no_fusion": "cross_layer_equalization"},
+    "percentile": {"activation": "percentile"},
+    "mse": {"activation": "mse"},
+    "moving_average": {"activation": "moving_average"},
+    "minmax": {"activation": "minmax"},
+}
 BEHIND_DB = 0.5
 
 
@@ -188,7 +202,28 @@ def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: flo
         return f.read()
 
 
-def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: float) -> dict:
+def variant_table(variant: str, table: str | None = None) -> dict:
+    """The table data of ``variant`` (:data:`VARIANTS`): ``table`` (default int8_default)
+    with that one change."""
+    from qatir.table import load_table
+
+    data = load_table(table).data
+    data = {**data, "fusions": list(data["fusions"]), "calibration": dict(data["calibration"]),
+            "weights": dict(data["weights"])}
+    for key, value in VARIANTS[variant].items():
+        if key == "fusions":
+            data["fusions"] = [f for f in data["fusions"] if f["kind"] != value["kind"]] + [value]
+        elif key == "no_fusion":
+            data["fusions"] = [f for f in data["fusions"] if f["kind"] != value]
+        elif key == "per_channel_axis":
+            data["weights"]["per_channel_axis"] = value(data["weights"]["per_channel_axis"])
+        else:
+            data["calibration"][key] = value
+    return data
+
+
+def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: float,
+            variants: list[str] | None = None) -> dict:
     """Measure one model (see the module doc); the result dict, also on failure."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     res: dict = {"name": name, "status": "fail"}
@@ -218,6 +253,12 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
             qatir.calibrate(q, calib, progress=False)
             qatir_buf = qatir.to_tflite(q, io="float")
             res["qatir_s"] = round(time.time() - t1, 1)
+            res["variants_db"] = {}
+            for v in variants or []:  # the same float reference: each variant is exact in float
+                qv = qatir.quantize(g, table=variant_table(v, table))
+                qatir.calibrate(qv, calib, progress=False)
+                res["variants_db"][v] = output_sqnr(float_buf, qatir.to_tflite(qv, io="float"),
+                                                    tests)
         t1 = time.time()
         aeq_buf = aeq_quantize(float_path, calib, os.path.join(workdir, f"{name}.aeq.tflite"),
                                timeout)
@@ -242,7 +283,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
         os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--result", out,
            "--workdir", args.workdir, "--behind", str(args.behind),
-           "--timeout", str(args.timeout)] + (["--table", args.table] if args.table else [])
+           "--timeout", str(args.timeout)] + (["--table", args.table] if args.table else []) \
+        + [f"--variant={v}" for v in args.variant]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         rc = proc.returncode
@@ -259,6 +301,26 @@ def _db(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return "inf" if math.isinf(v) else f"{v:.1f}"
+
+
+def format_variants(results: list[dict]) -> str:
+    """Per model, qatir's SQNR under each ``--variant`` (and the default, and aeq's)."""
+    ok = [r for r in results if r.get("status") == "ok" and r.get("variants_db")]
+    if not ok:
+        return ""
+    names = list(ok[0]["variants_db"])
+    head = f"{'model':<30} {'default':>8} " + " ".join(f"{v[:14]:>14}" for v in names) \
+        + f" {'aeq':>8}"
+    lines = [head, "-" * len(head)]
+    for r in ok:
+        lines.append(f"{r['name']:<30} {_db(r['qatir_db']):>8} "
+                     + " ".join(f"{_db(r['variants_db'][v]):>14}" for v in names)
+                     + f" {_db(r['aeq_db']):>8}")
+    med = lambda xs: statistics.median([x for x in xs if math.isfinite(x)])  # noqa: E731
+    lines.append(f"{'median':<30} {med([r['qatir_db'] for r in ok]):>8.1f} "
+                 + " ".join(f"{med([r['variants_db'][v] for r in ok]):>14.1f}" for v in names)
+                 + f" {med([r['aeq_db'] for r in ok]):>8.1f}")
+    return "\n".join(lines)
 
 
 def format_table(results: list[dict], behind: float) -> str:
@@ -297,13 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", help="write the per-model results here")
+    ap.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                    help="also measure qatir with this one table change (repeatable)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.workdir = a.workdir or tempfile.mkdtemp(prefix="qatir-peers-")
     os.makedirs(a.workdir, exist_ok=True)
     if a.one:
-        res = run_one(a.one, a.table, a.workdir, a.behind, a.timeout)
+        res = run_one(a.one, a.table, a.workdir, a.behind, a.timeout, a.variant)
         with open(a.result, "w") as f:
             json.dump(res, f, indent=1)
         return 0
@@ -316,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# compare_peers: table {a.table or 'int8_default'}; {N_CALIB} calibration and "
           f"{N_TEST} test inputs per model; SQNR vs qatir's float export on LiteRT (XNNPACK)")
     print(format_table(results, a.behind))
+    if a.variant:
+        print("\nvariants (qatir SQNR dB, each one change to the table):")
+        print(format_variants(results))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
