@@ -13,6 +13,7 @@ from qatir.passes import (  # noqa: F401  (imported for their registrations)
     equalize_cross_layer,
     fold_batch_norm,
     fold_constants,
+    fold_scale_shift,
     fuse_activations,
     fuse_hard_swish,
     fuse_hard_swish_spelled,

@@ -41,6 +41,7 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "remove_identities",
     "fold_batch_norm",
     "div_to_mul",
+    "fold_scale_shift",
     "lower_clip",
     "lower_relu_0_to_1",
     "fuse_hard_swish",

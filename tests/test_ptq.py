@@ -223,3 +223,46 @@ def test_bias_correction_does_not_accumulate_over_calibrations():
     qatir.calibrate(q, calib, progress=False)
     np.testing.assert_allclose(next(n for n in q.nodes if n.name == "op").inputs[2].data, first,
                                rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------- scale / shift folding
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (6,), (1, 1, 1, 6)])
+def test_conv_then_constant_mul_and_add_fold_into_the_conv_exactly(shape):
+    """paddle2onnx's affine blocks: conv -> MUL(s) -> ADD(t) becomes one conv."""
+    rng = np.random.default_rng(2)
+    g = qatir.Graph("affine")
+    x = g.add_input("x", [1, 8, 8, 3])
+    w = rng.normal(size=(6, 3, 3, 3)).astype(np.float32)
+    c = g.add_node("CONV_2D", [x, g.const(w, "w")], {"padding": "SAME"}, name="conv",
+                   outputs=["c"])
+    s = g.const(rng.uniform(-2, 2, shape).astype(np.float32), "s")
+    m = g.add_node("MUL", [s, c.output], name="mul", outputs=["m"])  # constant first
+    t = g.const(rng.normal(size=shape).astype(np.float32), "t")
+    a = g.add_node("ADD", [m.output, t], name="add", outputs=["y"])
+    g.outputs = [a.output]
+    feed = {"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+    q = qatir.quantize(g)
+    assert [n.op for n in q.nodes if n.op != "FAKE_QUANT"] == ["CONV_2D"]
+    from qatir.evaluate import FloatRun
+
+    np.testing.assert_allclose(_float_out(q, feed), next(iter(FloatRun(g).run(feed).values())),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_scale_shift_is_not_folded_over_an_activation_or_a_shared_output():
+    rng = np.random.default_rng(2)
+    g = qatir.Graph("affine")
+    x = g.add_input("x", [1, 4, 4, 3])
+    w = rng.normal(size=(6, 1, 1, 3)).astype(np.float32)
+    c = g.add_node("CONV_2D", [x, g.const(w, "w")], {"padding": "SAME",
+                                                     "fused_activation": "RELU"},
+                   name="conv", outputs=["c"])
+    m = g.add_node("MUL", [c.output, g.const(np.float32(2.0).reshape(1), "s")], name="mul",
+                   outputs=["m"])
+    c2 = g.add_node("CONV_2D", [x, g.const(w, "w2")], {"padding": "SAME"}, name="conv2",
+                    outputs=["c2"])
+    a = g.add_node("ADD", [c2.output, g.const(np.ones(6, np.float32), "t")], name="add",
+                   outputs=["a"])
+    g.outputs = [m.output, a.output, c2.output]  # c2 is also an output: not single use
+    ops = [n.op for n in qatir.quantize(g).nodes if n.op != "FAKE_QUANT"]
+    assert ops.count("MUL") == 1 and ops.count("ADD") == 1
