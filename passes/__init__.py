@@ -10,8 +10,10 @@ produce is documented in :mod:`qatir.passes.insert_fake_quant`.
 from qatir.passes import (  # noqa: F401  (imported for their registrations)
     div_to_mul,
     eliminate_dead_code,
+    equalize_cross_layer,
     fold_batch_norm,
     fold_constants,
+    fold_scale_shift,
     fuse_activations,
     fuse_hard_swish,
     fuse_hard_swish_spelled,

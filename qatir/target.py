@@ -17,10 +17,13 @@ INT32_MAX = (1 << 31) - 1
 #: Flatbuffers address 32-bit offsets: a file without offset buffers stays below 2 GiB.
 MAX_FLATBUFFER = 2**31 - 1
 
-#: Weight ops qatir exports per-tensor only although TFLite has a per-channel form
-#: (the quantization spec lists per-axis weights for CONV_2D and DEPTHWISE_CONV_2D only;
-#: qatir's per-channel FULLY_CONNECTED path is not verified bit-exact).
-PER_TENSOR_WEIGHTS = frozenset({"FULLY_CONNECTED"})
+#: Weight ops qatir exports per-tensor only although TFLite has a per-channel form. Empty:
+#: FULLY_CONNECTED runs per-channel weights on axis 0 (``fully_connected.cc`` requires
+#: quantized_dimension 0; XNNPACK's qc8 FC takes them; op version unchanged, 4/5/6, since
+#: ``op_version.cc`` versions per-channel FC only for float inputs), bit-exact under both
+#: resolvers (``tests/test_ptq.py``). The quantization spec lists per-axis weights for
+#: CONV_2D and DEPTHWISE_CONV_2D only; the converter and ai-edge-quantizer write them for FC.
+PER_TENSOR_WEIGHTS: frozenset[str] = frozenset()
 
 #: XNNPACK's limit on a conv/FC requantization scale in·w/out (measured: 255 loads, 256
 #: fails, and the delegate then fails the whole model at load).

@@ -95,6 +95,9 @@ CASES = {
         (0, 3),
     ),
     "fc": lambda qb: qb.conv("FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3)),
+    "fc_per_tensor": lambda qb: qb.conv(
+        "FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3), per_channel=False
+    ),
     "fc_keepdims": lambda qb: qb.conv(
         "FULLY_CONNECTED", _x(qb, (1, 3, 16), -1, 1), [5, 16], {"keep_num_dims": True}, (-3, 3)
     ),
@@ -242,6 +245,15 @@ RANDOM_CASES = {
         {"fused_activation": str(r.choice(["NONE", "RELU"]))},
         rr(r),
         wscale=float(r.uniform(0.01, 1)),
+    ),
+    "fc_per_tensor": lambda qb, r: qb.conv(
+        "FULLY_CONNECTED",
+        qb.input("x", [3, 20], *rr(r)),
+        [7, 20],
+        {"fused_activation": str(r.choice(["NONE", "RELU"]))},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+        per_channel=False,
     ),
     "tconv": lambda qb, r: qb.conv(
         "TRANSPOSE_CONV",
