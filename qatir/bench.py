@@ -107,22 +107,24 @@ def _invoke_ms(buf: bytes, repeat: int) -> dict[str, float]:
 
 
 def interleaved_latency_ms(bufs: Mapping[str, bytes], runs: int = 100, threads: int = 1,
-                           feeds: Mapping[str, Mapping[int, np.ndarray]] | None = None,
+                           feeds: Mapping[str, Sequence[np.ndarray]] | None = None,
                            ) -> dict[str, float]:
     """Median LiteRT invoke time (default resolver, XNNPACK) of each model, in ms.
 
     The models take turns invoke by invoke, the order rotating each turn, so load from
     other processes on a shared machine hits all of them alike; compare ratios measured
-    in one call. ``feeds`` maps a label to {input index: array}; zeros otherwise.
+    in one call. ``feeds`` maps a label to its input arrays, in the file's input order
+    (cast to each input's dtype); zeros otherwise.
     """
     from qatir.litert_run import interpreter
 
     its = {}
     for label, buf in bufs.items():
         it = interpreter(buf, "default", threads=threads)
-        given = (feeds or {}).get(label, {})
-        for d in it.get_input_details():
-            it.set_tensor(d["index"], given.get(d["index"], np.zeros(d["shape"], d["dtype"])))
+        given = list((feeds or {}).get(label, ()))
+        for i, d in enumerate(it.get_input_details()):
+            x = given[i] if i < len(given) else np.zeros(d["shape"])
+            it.set_tensor(d["index"], np.asarray(x).astype(d["dtype"]).reshape(d["shape"]))
         for _ in range(3):
             it.invoke()
         its[label] = it
