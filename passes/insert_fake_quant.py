@@ -13,7 +13,7 @@ default table's (``int8_default``); the pass reads them from the table.
   * ``"weight"`` — a constant operand. Input 1 of the table's ``weights.ops``
     [CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV] is quantized
     per-channel on ``weights.per_channel_axis[op]`` [CONV_2D 0, DEPTHWISE_CONV_2D 3,
-    TRANSPOSE_CONV 0], per-tensor for an op not listed there [FULLY_CONNECTED] or
+    TRANSPOSE_CONV 0, FULLY_CONNECTED 0], per-tensor for an op not listed there or
     when the axis does not exist in that constant; any other float constant input of
     a quantized node (e.g. the operand of ADD/MUL) is per-tensor. The range comes
     from the data: ``[-max|w|, max|w|]`` per channel when ``weights.symmetric``
@@ -341,6 +341,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
     graph.metadata["calibrated"] = False
     graph.metadata["float_nodes"] = float_nodes
     graph.metadata["quant_table"] = table.name
+    graph.metadata["bias_correction"] = table.bias_correction
     ctx.notes["float_nodes"] = float_nodes
     ctx.notes["fake_quant_inserted"] = len(ins.created)
     return bool(ins.created)

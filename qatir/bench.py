@@ -104,3 +104,35 @@ def _invoke_ms(buf: bytes, repeat: int) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         out[label] = 1e3 * float(np.median(times))
     return out
+
+
+def interleaved_latency_ms(bufs: Mapping[str, bytes], runs: int = 100, threads: int = 1,
+                           feeds: Mapping[str, Sequence[np.ndarray]] | None = None,
+                           ) -> dict[str, float]:
+    """Median LiteRT invoke time (default resolver, XNNPACK) of each model, in ms.
+
+    The models take turns invoke by invoke, the order rotating each turn, so load from
+    other processes on a shared machine hits all of them alike; compare ratios measured
+    in one call. ``feeds`` maps a label to its input arrays, in the file's input order
+    (cast to each input's dtype); zeros otherwise.
+    """
+    from qatir.litert_run import interpreter
+
+    its = {}
+    for label, buf in bufs.items():
+        it = interpreter(buf, "default", threads=threads)
+        given = list((feeds or {}).get(label, ()))
+        for i, d in enumerate(it.get_input_details()):
+            x = given[i] if i < len(given) else np.zeros(d["shape"])
+            it.set_tensor(d["index"], np.asarray(x).astype(d["dtype"]).reshape(d["shape"]))
+        for _ in range(3):
+            it.invoke()
+        its[label] = it
+    labels = list(its)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(runs):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            t0 = time.perf_counter()
+            its[label].invoke()
+            times[label].append(time.perf_counter() - t0)
+    return {label: 1e3 * float(np.median(t)) for label, t in times.items()}

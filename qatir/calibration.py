@@ -118,7 +118,9 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
     """Set the activation ranges of ``graph`` (in place) from representative ``batches``.
 
     ``batches``: iterable of ``{input_name: array}`` (or bare arrays for a
-    one-input graph). ``quantizer_options`` maps a quantizer name to options
+    one-input graph). When the table asks for it (``[calibration] bias_correction``),
+    biases are then corrected for weight rounding (:mod:`qatir.bias_correction`).
+    ``quantizer_options`` maps a quantizer name to options
     for it, e.g. ``{"percentile": {"percentile": 99.9}}``. ``engine``: "auto",
     "litert" or "tf" (module docstring). Returns ``graph``.
     """
@@ -142,9 +144,13 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
     if first is None:
         raise QatirError(f"calibrate: no batches given for graph {graph.name!r}")
     states: dict[tuple[int, int], dict] = {}
+    correct = bool(graph.metadata.get("bias_correction"))
+    seen: list[tuple[np.ndarray, ...]] = []  # kept for bias correction only
     if taps:
         capture, captured = make_engine(graph, taps, first, engine)
         for i, xs in enumerate(_progress(itertools.chain([first], feeds), progress, "calibrate")):
+            if correct:
+                seen.append(xs)
             if i:
                 captured = capture.run(xs)
             for key, nodes in groups.items():
@@ -156,6 +162,10 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
             lo, hi = symmetric_range(lo, hi)
         set_range(nodes[0], lo, hi)
     refresh_weight_ranges(graph)
+    if correct:
+        from qatir.bias_correction import correct_biases
+
+        correct_biases(graph, seen or [first, *feeds])
     refresh_quant(graph)
     graph.metadata["calibrated"] = True
     return graph

@@ -99,6 +99,50 @@ def xnnpack_coverage(model: bytes | str | os.PathLike) -> list[tuple[str, bool]]
     return [(d["op_name"], d["index"] in taken) for d in details if d["op_name"] != "DELEGATE"]
 
 
+_MAC_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
+                      "BATCH_MATMUL"})
+
+
+def xnnpack_share(model: bytes | str | os.PathLike) -> dict:
+    """How much of a model LiteRT's default path gives XNNPACK: nodes and MACs taken, and
+    the count per op left on the builtin kernels (``{"nodes": (taken, all), "macs": (taken,
+    all), "off": {op: n}}``). MACs count the conv-like and matmul ops, from tensor shapes."""
+    buf = _load_bytes(model)
+    it = interpreter(buf, threads=1)
+    shapes = {d["index"]: [int(v) for v in d["shape"]] for d in it.get_tensor_details()}
+    cover = xnnpack_coverage(buf)
+    ops = [d for d in it._get_ops_details() if d["op_name"] != "DELEGATE"]
+    macs_all = macs_in = 0
+    off: dict[str, int] = {}
+    for (name, taken), d in zip(cover, ops):
+        macs = _op_macs(name, [shapes.get(int(i)) for i in d["inputs"]],
+                        [shapes.get(int(o)) for o in d["outputs"]])
+        macs_all += macs
+        macs_in += macs if taken else 0
+        if not taken:
+            off[name] = off.get(name, 0) + 1
+    return {"nodes": (sum(t for _, t in cover), len(cover)), "macs": (macs_in, macs_all),
+            "off": off}
+
+
+def _op_macs(op: str, ins: list, outs: list) -> int:
+    """Multiply-accumulates of one TFLite operator from its tensor shapes (0 if not conv-like)."""
+    if op not in _MAC_OPS or not outs or outs[0] is None or len(ins) < 2 or ins[1] is None:
+        return 0
+    n_out, w = int(np.prod(outs[0])), ins[1]
+    if op == "CONV_2D":
+        return n_out * int(np.prod(w[1:]))
+    if op == "DEPTHWISE_CONV_2D":
+        return n_out * w[1] * w[2]
+    if op == "FULLY_CONNECTED":
+        return n_out * w[-1]
+    if op == "TRANSPOSE_CONV":  # inputs: output shape, weight OHWI, input
+        x = ins[2] if len(ins) > 2 and ins[2] is not None else [0]
+        return int(np.prod(x)) * w[0] * w[1] * w[2]
+    a = ins[0] or [0]
+    return n_out * a[-1]
+
+
 def _random_inputs(lowered: Graph, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Uniform float inputs over each input's quantized range (inputs the model can represent)."""
     rng = np.random.default_rng(seed)

@@ -42,6 +42,7 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "fold_batch_norm",
     "fold_bias_add",
     "div_to_mul",
+    "fold_scale_shift",
     "lower_clip",
     "lower_relu_0_to_1",
     "fuse_hard_swish",
@@ -51,8 +52,10 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "eliminate_dead_code",
 )
 
-#: The default quantization pipeline: the float pipeline, then fake-quant placement.
+#: The default quantization pipeline: the float pipeline, cross-layer equalization (when
+#: the table asks for it), then fake-quant placement.
 DEFAULT_PIPELINE: tuple[str, ...] = FLOAT_PIPELINE + (
+    "equalize_cross_layer",
     "insert_fake_quant",
     "propagate_quant_constraints",
     "eliminate_dead_code",

@@ -121,7 +121,10 @@ def _bias(xs: list, n: int) -> np.ndarray:
 def _conv(node: Node, xs: list) -> np.ndarray:
     x, w = xs[0], xs[1]
     p, _ = patches(x.astype(np.float64), w.shape[1], w.shape[2], node.attrs, 0.0)
-    acc = np.einsum("nhiwjc,oijc->nhwo", p, w.astype(np.float64), optimize=True)
+    groups, c = x.shape[3] // w.shape[3], w.shape[3]
+    wg = np.split(w.astype(np.float64), groups, axis=0)
+    acc = np.concatenate([np.einsum("nhiwjc,oijc->nhwo", p[..., g * c:(g + 1) * c], wg[g],
+                                    optimize=True) for g in range(groups)], axis=-1)
     return _act(node, acc + _bias(xs, w.shape[0]))
 
 

@@ -141,11 +141,20 @@ def conv2d(node: Node, xs: list, mode: str) -> np.ndarray:
     x, w = xs[0], xs[1]
     _, zp = _qp(node.inputs[0])
     o, kh, kw, c = w.shape
+    groups = x.shape[3] // c
     dtype = _exact_dtype(x, w, zp, kh * kw * c)
     cols, oh, ow = _taps(x, kh, kw, node.attrs, zp, dtype)
-    acc = cols.reshape(-1, kh * kw * c) @ w.reshape(o, -1).astype(dtype).T
+    acc = np.concatenate([_group_gemm(cols, w, g, groups, dtype) for g in range(groups)], -1)
     acc = acc.astype(np.int64).reshape(x.shape[0], oh, ow, o) + _bias(xs, o)
     return _requant(acc, node, _scales(node, mode), mode)
+
+
+def _group_gemm(cols: np.ndarray, w: np.ndarray, g: int, groups: int, dtype: type) -> np.ndarray:
+    """Group ``g`` of a (grouped) convolution: its input channels' taps times its filters."""
+    o, kh, kw, c = w.shape
+    og = o // groups
+    taps = cols[..., g * c:(g + 1) * c].reshape(-1, kh * kw * c)
+    return taps @ w[g * og:(g + 1) * og].reshape(og, -1).astype(dtype).T
 
 
 def depthwise_conv2d(node: Node, xs: list, mode: str) -> np.ndarray:

@@ -39,6 +39,8 @@ DEFAULT_TABLE = "int8_default"
 #: Ops whose weight layout fold_batch_norm knows (output-channel axis of the weight),
 #: from the ops' channel_axis facts.
 BN_FOLD_AXES = fact_map("channel_axis")
+#: the ``[calibration]`` keys that name a quantizer
+QUANTIZER_KINDS = ("activation", "weight", "fixed")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,13 @@ class Table:
 
     @property
     def calibration(self) -> dict[str, str]:
-        return dict(self.data["calibration"])
+        """Quantizer name per tensor kind (activation, weight, fixed)."""
+        return {k: self.data["calibration"][k] for k in QUANTIZER_KINDS}
+
+    @property
+    def bias_correction(self) -> bool:
+        """Whether calibration corrects conv/FC biases for weight rounding (qatir.bias_correction)."""
+        return bool(self.data["calibration"].get("bias_correction", False))
 
     def constraint_ops(self, key: str) -> frozenset[str]:
         return frozenset(self.data["constraints"].get(key, ()))
@@ -260,8 +268,8 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     w = data["weights"]
     _check_ops(w["ops"], source, "weights.ops")
     _check_ops(w.get("per_channel_axis", {}).keys(), source, "weights.per_channel_axis")
-    for kind, qname in data["calibration"].items():
-        _check_quantizer(qname, source, f"calibration.{kind}")
+    for kind in QUANTIZER_KINDS:
+        _check_quantizer(data["calibration"][kind], source, f"calibration.{kind}")
     _check_weight_facts(w, source)
     cons = data["constraints"]
     for key in ("inherit", "same_scale"):

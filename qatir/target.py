@@ -19,10 +19,13 @@ INT32_MAX = (1 << 31) - 1
 #: Flatbuffers address 32-bit offsets: a file without offset buffers stays below 2 GiB.
 MAX_FLATBUFFER = 2**31 - 1
 
-#: Weight ops qatir exports per-tensor only although TFLite has a per-channel form
-#: (the quantization spec lists per-axis weights for CONV_2D and DEPTHWISE_CONV_2D only;
-#: qatir's per-channel FULLY_CONNECTED path is not verified bit-exact).
-PER_TENSOR_WEIGHTS = frozenset({"FULLY_CONNECTED"})
+#: Weight ops qatir exports per-tensor only although TFLite has a per-channel form. Empty:
+#: FULLY_CONNECTED runs per-channel weights on axis 0 (``fully_connected.cc`` requires
+#: quantized_dimension 0; XNNPACK's qc8 FC takes them; op version unchanged, 4/5/6, since
+#: ``op_version.cc`` versions per-channel FC only for float inputs), bit-exact under both
+#: resolvers (``tests/test_ptq.py``). The quantization spec lists per-axis weights for
+#: CONV_2D and DEPTHWISE_CONV_2D only; the converter and ai-edge-quantizer write them for FC.
+PER_TENSOR_WEIGHTS: frozenset[str] = frozenset()
 
 #: XNNPACK's limit on a conv/FC requantization scale in·w/out (measured: 255 loads, 256
 #: fails, and the delegate then fails the whole model at load).
@@ -129,7 +132,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("BATCH_MATMUL", 1): "2.3.0", ("BATCH_MATMUL", 2): "2.3.0", ("BATCH_MATMUL", 3): "2.4.0",
     ("BATCH_MATMUL", 4): "2.5.0",
     ("CONV_2D", 1): "1.5.0", ("CONV_2D", 2): "1.14.0", ("CONV_2D", 3): "1.14.0",
-    ("CONV_2D", 4): "2.3.0", ("CONV_2D", 5): "2.4.0",
+    ("CONV_2D", 4): "2.3.0", ("CONV_2D", 5): "2.4.0", ("CONV_2D", 6): "2.9.0",
     ("DEPTHWISE_CONV_2D", 1): "1.5.0", ("DEPTHWISE_CONV_2D", 2): "1.12.0",
     ("DEPTHWISE_CONV_2D", 3): "1.14.0", ("DEPTHWISE_CONV_2D", 4): "2.2.0",
     ("DEPTHWISE_CONV_2D", 6): "2.3.0",

@@ -83,7 +83,10 @@ def _conv(node: Node, ctx: Ctx) -> OpSpec:
     # op_version.cc: hybrid CONV_2D is 2, or 5 per-channel; hybrid DEPTHWISE 4, or 6
     hybrid, per_ch = _hybrid(node), _per_channel(node.inputs[1])
     if node.op == "CONV_2D":
-        version = 3 if _q(node.inputs[0]) else ((5 if per_ch else 2) if hybrid else 1)
+        # op_version.cc checks a grouped convolution (6) before the types
+        grouped = node.inputs[0].shape[3] != node.inputs[1].shape[3]
+        version = 6 if grouped else (
+            3 if _q(node.inputs[0]) else ((5 if per_ch else 2) if hybrid else 1))
         return OpSpec("CONV_2D", version, ins, outs, "Conv2DOptions", fields)
     fields["DepthMultiplier"] = int(node.attrs["depth_multiplier"])
     version = 3 if _q(node.inputs[0]) else (2 if (dh, dw) != (1, 1) else 1)
@@ -239,11 +242,16 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
     version = 2 if _q(x) else 1
     if x.rank > 4:
         version = 4
-    if value == 0.0:
-        return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
+    cv = None
     if _q(x):
         q = x.quant
         cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], -128, 127)
+    # int8 PAD pads with the zero point, so a PADV2 whose value quantizes to it is a PAD,
+    # which XNNPACK delegates (it leaves PADV2 to the builtin kernel). A max-pool's -inf
+    # padding after a ReLU (zero point -128) is the common case.
+    if value == 0.0 or (cv is not None and int(cv) == int(q.zero_point[0])):
+        return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
+    if cv is not None:
         ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
     else:
         ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))
@@ -358,7 +366,7 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
 #: Every (builtin, versions) pair an emitter above can produce; the writer refuses any
 #: other, and tests/test_op_coverage.py checks each has a RUNTIME_VERSION entry.
 VERSIONS: dict[str, tuple[int, ...]] = {
-    "CONV_2D": (1, 2, 3, 5), "DEPTHWISE_CONV_2D": (1, 2, 3, 4, 6),
+    "CONV_2D": (1, 2, 3, 5, 6), "DEPTHWISE_CONV_2D": (1, 2, 3, 4, 6),
     "FULLY_CONNECTED": (1, 4, 5, 6, 9, 12),
     "TRANSPOSE_CONV": (1, 2, 3, 4), "ADD": (1, 2), "SUB": (1, 2, 3), "MUL": (1, 2, 3),
     "DIV": (1,), "MAXIMUM": (1, 2), "MINIMUM": (1, 2), "RELU": (1, 2), "RELU6": (1, 2),

@@ -136,8 +136,8 @@ graph branches(%x: f32[1,4,4,2]) -> (%tanh) {
   %sigmoid_min: f32[] = const [0]
   %sigmoid_max: f32[] = const [0.996094]
   %wf_bn: f32[3,8] = const range[0, 4]
-  %wf_bn_wmin: f32[] = const [-4]
-  %wf_bn_wmax: f32[] = const [4]
+  %wf_bn_wmin: f32[3] = const [-1,-2,-4]
+  %wf_bn_wmax: f32[3] = const [1,2,4]
   %bf_bn: f32[3] = const [0.5,0,-4]
   %fc_min: f32[] = const [-6]
   %fc_max: f32[] = const [6]
@@ -155,7 +155,7 @@ graph branches(%x: f32[1,4,4,2]) -> (%tanh) {
   %sigmoid_fq: f32[1,4,4,2] q(0.00390625, -128) = FAKE_QUANT(%sigmoid, %sigmoid_min, %sigmoid_max) {axis=none, bits=8, kind=activation, narrow_range=False, quantizer=fixed, symmetric=False}  # sigmoid_fq
   %pool: f32[1,2,2,2] = MAX_POOL_2D(%sigmoid_fq) {filter=[2,2], padding=VALID, stride=[2,2]}  # pool
   %flat: f32[1,8] = RESHAPE(%pool) {new_shape=[1,8]}  # flat
-  %wf_bn_fq: f32[3,8] q(0.0314961, 0) = FAKE_QUANT(%wf_bn, %wf_bn_wmin, %wf_bn_wmax) {axis=none, bits=8, kind=weight, narrow_range=True, quantizer=minmax, symmetric=True}  # wf_bn_fq
+  %wf_bn_fq: f32[3,8] q[axis=0, n=3](0.007874..0.0315) = FAKE_QUANT(%wf_bn, %wf_bn_wmin, %wf_bn_wmax) {axis=0, bits=8, kind=weight, narrow_range=True, quantizer=minmax, symmetric=True}  # wf_bn_fq
   %fc: f32[1,3] = FULLY_CONNECTED(%flat, %wf_bn_fq, %bf_bn) {keep_num_dims=False}  # fc
   %fc_fq: f32[1,3] q(0.0470588, 0) = FAKE_QUANT(%fc, %fc_min, %fc_max) {axis=none, bits=8, kind=activation, narrow_range=False, quantizer=minmax, symmetric=False}  # fc_fq
   %tanh_fq: f32[1,3] = TANH(%fc_fq)  # tanh

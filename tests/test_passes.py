@@ -192,7 +192,7 @@ def mobile_q():
 
 def test_weight_fake_quant_per_op_axis(mobile_q):
     _, q = mobile_q
-    axes = {"conv0": 0, "dw1": 3, "conv2": 0, "fc3": None, "fc4": None}
+    axes = {"conv0": 0, "dw1": 3, "conv2": 0, "fc3": 0, "fc4": 0}
     for name, axis in axes.items():
         node = _node(q, name)
         fq = node.inputs[1].producer

@@ -32,7 +32,7 @@ def test_default_table_contents():
     assert t.weight_axis("CONV_2D") == 0
     assert t.weight_axis("DEPTHWISE_CONV_2D") == 3
     assert t.weight_axis("TRANSPOSE_CONV") == 0
-    assert t.weight_axis("FULLY_CONNECTED") is None
+    assert t.weight_axis("FULLY_CONNECTED") == 0  # per-channel FC (issue 16)
     assert t.fixed_output == {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128),
                               "TANH": (1 / 128, 0)}
     kinds = [f["kind"] for f in t.data["fusions"]]
@@ -202,9 +202,9 @@ def test_fusion_kinds_cannot_be_registered_twice_by_accident():
      r"constraints\.same_scale: 'TANH' has a fixed output"),
     ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { CONV_2D = 3,",
      r"weights\.per_channel_axis\.CONV_2D: axis 3 contradicts the op's TFLite per-channel axis 0"),
-    ("per_channel_axis = { CONV_2D = 0,", "per_channel_axis = { FULLY_CONNECTED = 0, CONV_2D = 0,",
-     r"weights\.per_channel_axis\.FULLY_CONNECTED: qatir exports FULLY_CONNECTED weights "
-     r"per-tensor only"),
+    ("FULLY_CONNECTED = 0 }", "FULLY_CONNECTED = 1 }",
+     r"weights\.per_channel_axis\.FULLY_CONNECTED: axis 1 contradicts the op's TFLite "
+     r"per-channel axis 0"),
 ])
 def test_a_table_entry_that_contradicts_an_op_fact_is_refused_by_name(tmp_path, old, new, message):
     with pytest.raises(TableError, match=rf"my\.toml: {message}"):

@@ -58,3 +58,20 @@ def test_out_of_range_scale_ratio_is_reported():
     with pytest.warns(UserWarning, match=r"'add' \(ADD, ratio 600\)"):
         buf = to_tflite(g)
     assert xnnpack_coverage(buf) == [("ADD", False)]
+
+
+def test_max_pool_padding_after_relu_is_a_delegated_pad():
+    """-inf padding of a tensor whose zero point is -128 (a ReLU output) quantizes to the
+    zero point: the writer emits PAD, which XNNPACK takes, not PADV2, which it leaves."""
+    qb = QB(seed=3)
+    g = qb.output(CASES["pad_min_before_maxpool"](qb))
+    assert xnnpack_coverage(to_tflite(g)) == [("PAD", True), ("MAX_POOL_2D", True)]
+    qb = QB(seed=3)
+    g = qb.output(CASES["padv2"](qb))  # a value that is not the zero point stays PADV2
+    assert [op for op, _ in xnnpack_coverage(to_tflite(g))] == ["PADV2"]
+
+
+def test_grouped_conv_is_one_delegated_conv():
+    qb = QB(seed=3)
+    g = qb.output(CASES["conv_grouped4_s2"](qb))
+    assert xnnpack_coverage(to_tflite(g)) == [("CONV_2D", True)]

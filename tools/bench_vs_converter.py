@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from qatir.metrics import sqnr_db  # noqa: E402
+
 
 def synthetic_images(n: int, seed: int) -> np.ndarray:
     """Smooth random images in MobileNetV2's [-1, 1] input range (blurred noise + gradients)."""
@@ -126,27 +128,12 @@ def run_model(buf: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def latencies_ms(bufs: dict[str, bytes], runs: int) -> dict[str, float]:
-    """Median invoke time per model. The models take turns invoke by invoke (the order
-    rotating each turn), so load from other processes on a shared machine hits all alike."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Median invoke time per model (XNNPACK, 1 thread, the models taking turns invoke by
+    invoke: :func:`qatir.bench.interleaved_latency_ms`) on one synthetic image."""
+    from qatir.bench import interleaved_latency_ms
 
-    its = {}
-    for label, buf in bufs.items():
-        it = Interpreter(model_content=buf, num_threads=1)
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
-        it.set_tensor(inp["index"], synthetic_images(1, 99).astype(inp["dtype"]))
-        for _ in range(3):
-            it.invoke()
-        its[label] = it
-    labels = list(its)
-    times: dict[str, list[float]] = {label: [] for label in labels}
-    for r in range(runs):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            t0 = time.perf_counter()
-            its[label].invoke()
-            times[label].append(time.perf_counter() - t0)
-    return {label: float(np.median(t) * 1e3) for label, t in times.items()}
+    x = synthetic_images(1, 99)
+    return interleaved_latency_ms(bufs, runs, feeds={label: [x] for label in bufs})
 
 
 def operator_counts(buf: bytes) -> dict[tuple[str, int], int]:
@@ -162,12 +149,6 @@ def operator_counts(buf: bytes) -> dict[tuple[str, int], int]:
         key = (names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())], code.Version())
         counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2))
-                                                          / noise)
 
 
 def main() -> None:

@@ -39,9 +39,12 @@ WAY_OUT = ("convert the model to a float TFLite file with tf.lite.TFLiteConverte
 
 def is_keras_model(obj: Any) -> bool:
     """True for a Keras 3 model object, or any tf-keras object (refused with the way out)."""
-    if type(obj).__module__.startswith("tf_keras"):
-        return True
-    return _is_model(obj)
+    return _is_tf_keras(obj) or _is_model(obj)
+
+
+def _is_tf_keras(obj: Any) -> bool:
+    """True for an instance of a tf-keras (Keras 2) class or of a subclass of one."""
+    return any(c.__module__.startswith("tf_keras") for c in type(obj).__mro__)
 
 
 def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
@@ -55,6 +58,8 @@ def load_keras(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = No
         model = _read_file(source)
     else:
         source = f"keras model {getattr(model, 'name', '?')!r}"
+    if _is_tf_keras(model):
+        model = _from_tf_keras(model, source)
     _check_model(model, source)
     _check_supported(model, source)
     graph = Graph(_graph_name(model.name))
@@ -98,13 +103,99 @@ def _read_file(path: str) -> Any:
         raise ModelFormatError(f"{path}: Keras cannot load it: {type(e).__name__}: {e}") from None
 
 
+def _from_tf_keras(model: Any, source: str) -> Any:
+    """A tf-keras (Keras 2) model as the Keras 3 model its HDF5 file loads into.
+
+    Keras 3 reads tf-keras ``.h5`` files (architecture and weights, layer names kept), so the
+    model is saved to a temporary one and read back; nothing of the user's is written.
+    Subclassed tf-keras models and layers Keras 3 does not know cannot be saved or read
+    that way; they are refused with the way out.
+    """
+    import tempfile
+
+    if model.__class__.__name__ not in ("Sequential", "Functional", "Model") \
+            or not getattr(model, "_is_graph_network", False):
+        raise UnsupportedOpError(source, {type(model).__name__: 1},
+                                 f"a subclassed tf-keras model ({type(model).__name__}), whose "
+                                 f"graph qatir cannot see; {WAY_OUT}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.h5")
+        try:
+            model.save(path, save_format="h5", include_optimizer=False)
+        except (ValueError, TypeError, NotImplementedError, OSError) as e:
+            raise ModelFormatError(f"{source}: a tf-keras (Keras 2) model that cannot be saved "
+                                   f"as HDF5 ({type(e).__name__}: {e}); {WAY_OUT}") from None
+        import keras
+
+        try:
+            renamed = _drop_keras2_only_options(path, keras)
+            loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except (ValueError, TypeError, OSError, KeyError, AttributeError) as e:
+            raise ModelFormatError(f"{source}: a tf-keras (Keras 2) model Keras 3 cannot read "
+                                   f"back ({type(e).__name__}: {e}); {WAY_OUT}") from None
+    for layer in loaded.layers:  # the tf-keras names again (Keras 3 checks only new names)
+        if layer.name in renamed:
+            layer._name = renamed[layer.name]
+    return loaded
+
+
+#: Layer options every Keras 3 layer takes (``keras.layers.Layer``'s own keyword arguments).
+_BASE_LAYER_OPTIONS = frozenset({"name", "trainable", "dtype", "autocast", "input_shape",
+                                 "batch_input_shape", "batch_size", "input_dim",
+                                 "activity_regularizer"})
+
+
+def _drop_keras2_only_options(path: str, keras: Any) -> dict[str, str]:
+    """Make the HDF5 file's model config one Keras 3 reads: remove layer options tf-keras
+    writes and the Keras 3 layer of that class does not take (e.g. ``groups`` of
+    DepthwiseConv2D), and rename layers whose names Keras 3 refuses (``/`` in
+    keras.applications' ``Conv/BatchNorm``). Returns {new name: tf-keras name}; the weights
+    are read by layer order, so their groups keep the old names."""
+    import inspect
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        layers = config.get("config", {}).get("layers", [])
+        taken = {str(layer.get("name")) for layer in layers}
+        renamed: dict[str, str] = {}
+        for layer in layers:
+            old = str(layer.get("name"))
+            if "/" in old:
+                new = old.replace("/", "_")
+                while new in taken:
+                    new += "_"
+                taken.add(new)
+                renamed[new] = old
+        config = _rename_strings(config, {v: k for k, v in renamed.items()})
+        for layer in config.get("config", {}).get("layers", []):
+            cls = getattr(keras.layers, str(layer.get("class_name")), None)
+            if cls is None or not isinstance(layer.get("config"), dict):
+                continue
+            allowed = set(_BASE_LAYER_OPTIONS)
+            for klass in cls.__mro__:
+                if "__init__" in vars(klass):
+                    allowed |= set(inspect.signature(klass.__init__).parameters)
+            for key in [k for k in layer["config"] if k not in allowed]:
+                del layer["config"][key]
+        f.attrs["model_config"] = json.dumps(config)
+    return renamed
+
+
+def _rename_strings(obj: Any, names: Mapping[str, str]) -> Any:
+    """``obj`` (parsed JSON) with every string equal to a key of ``names`` replaced."""
+    if isinstance(obj, str):
+        return names.get(obj, obj)
+    if isinstance(obj, list):
+        return [_rename_strings(v, names) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _rename_strings(v, names) for k, v in obj.items()}
+    return obj
+
+
 def _check_model(model: Any, source: str) -> None:
-    mod = type(model).__module__
-    if mod.startswith("tf_keras"):
-        raise ModelFormatError(
-            f"{source}: a tf-keras (Keras 2) model object; qatir walks Keras 3 graphs. Save it "
-            "with model.save('m.h5') and qatir.load('m.h5') (Keras 3 reads tf-keras .h5 files), "
-            f"or {WAY_OUT}")
     kind = model_kind(model)
     if kind is None:
         raise UnsupportedOpError(source, {type(model).__name__: 1},

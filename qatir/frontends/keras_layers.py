@@ -37,11 +37,6 @@ def _check_conv(layer: Any) -> str | None:
     pad = layer.padding
     if pad not in ("same", "valid") and not (pad == "causal" and name == "Conv1D"):
         return f"padding={pad!r}"
-    groups = getattr(layer, "groups", 1)
-    if groups != 1 and name in ("Conv1D", "Conv2D"):
-        kernel_in = int(layer.kernel.shape[-2])
-        if kernel_in != 1:
-            return f"groups={groups} with {kernel_in} input channels per group"
     if "Transpose" in name:
         if layer.output_padding is not None:
             return f"output_padding={layer.output_padding}"

@@ -151,16 +151,14 @@ def _conv(ctx: Ctx) -> None:
     t = pad_nhwc(ctx, t, pads)
     attrs = {"stride": win.stride, "dilation": win.dilation, "padding": padding}
     name = ctx.out_name()
-    if group == 1:
-        y = _conv2d(ctx, t, w, bias, attrs, name + ("__conv" if x.rank == 3 else ""))
-    elif cg == 1:
+    if cg == 1 and group > 1:
         y = ctx.emit("DEPTHWISE_CONV_2D",
                      [t, ctx.const_tensor(w.transpose(1, 2, 3, 0), name + "__weight"),
                       None if bias is None else ctx.const_tensor(bias, name + "__bias")],
                      {**attrs, "depth_multiplier": o // cin},
                      name=name + ("__conv" if x.rank == 3 else ""))
-    else:
-        y = _grouped(ctx, t, w, bias, attrs, group, name + ("__conv" if x.rank == 3 else ""))
+    else:  # grouped (group > 1) is one CONV_2D too: its weight holds a group's input channels
+        y = _conv2d(ctx, t, w, bias, attrs, name + ("__conv" if x.rank == 3 else ""))
     ctx.set_out(back(y))
 
 
@@ -169,22 +167,6 @@ def _conv2d(ctx: Ctx, t: Tensor, w: np.ndarray, bias, attrs: dict, name: str,
     inputs = [t, ctx.const_tensor(w.transpose(0, 2, 3, 1), name + suffix + "__weight"),
               None if bias is None else ctx.const_tensor(bias, name + suffix + "__bias")]
     return ctx.emit("CONV_2D", inputs, attrs, name=name + suffix, suffix=suffix)
-
-
-def _grouped(ctx: Ctx, t: Tensor, w: np.ndarray, bias, attrs: dict, group: int,
-             name: str) -> Tensor:
-    """A grouped conv as per-group STRIDED_SLICE + CONV_2D, joined by CONCATENATION."""
-    cg, og = w.shape[1], w.shape[0] // group
-    parts = []
-    for g in range(group):
-        sl = ctx.emit("STRIDED_SLICE", [t], {"begin": [0, 0, 0, g * cg],
-                                             "end": [INT32_MAX, INT32_MAX, INT32_MAX,
-                                                     (g + 1) * cg],
-                                             "strides": [1, 1, 1, 1]},
-                      name=f"{name}__g{g}_in", suffix=f"__g{g}_in")
-        b = None if bias is None else bias[g * og:(g + 1) * og]
-        parts.append(_conv2d(ctx, sl, w[g * og:(g + 1) * og], b, attrs, name, f"__g{g}"))
-    return ctx.emit("CONCATENATION", parts, {"axis": 3}, name=name)
 
 
 @converter("ConvTranspose")

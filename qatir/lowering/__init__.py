@@ -7,7 +7,7 @@ TFLite frontend imports an already-int8 ``.tflite`` into the same form. Its cont
   RELU6 / RELU / RELU_N1_TO_1; BATCH_NORM is refused).
 - Float islands aside (see below), activations inside the int8 region are int8 with per-tensor params (zero point in
   [-128, 127]); weights are symmetric int8 constants on the axis their op's TFLite
-  kernel reads (the ``quant_axis`` op fact; FULLY_CONNECTED per-tensor); biases are
+  kernel reads (the ``quant_axis`` op fact) or per-tensor; biases are
   int32 with scale float32(in_scale · w_scale[i]); other constant operands int8.
 - Output params are fixed where LiteRT fixes them (``fixed_output`` op facts); ops
   whose kernel needs one grid in and out (``quant="same_scale"``) have it, through an

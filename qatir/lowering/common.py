@@ -8,8 +8,9 @@ from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.ops import fact_map, get_op, ops_where
 from qatir.target import PER_TENSOR_WEIGHTS
 
-#: weight op -> the per-channel axis its weights must use (None: per-tensor), from the
-#: ops' quant_axis facts and the target's per-tensor-only list.
+#: weight op -> the per-channel axis its weights must use when per-channel (None: the op
+#: takes per-tensor weights only), from the ops' quant_axis facts and the target's
+#: per-tensor-only list. Per-tensor weights are accepted for every op.
 WEIGHT_OPS: dict[str, int | None] = {
     op: (None if op in PER_TENSOR_WEIGHTS else get_op(op).quant_axis)
     for op in sorted(ops_where(weight=...))}

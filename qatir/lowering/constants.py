@@ -55,10 +55,10 @@ def _lower_const_fq(g: Graph, node: Node) -> None:
             if any(z != 0 for z in p.zero_point):
                 raise ExportError(f"node {node.name!r}: weight %{const.name} of {user.name!r} "
                                   f"is not symmetric (zero points {sorted(set(p.zero_point))})")
-            if p.axis != want:
+            if p.axis is not None and p.axis != want:
                 raise ExportError(f"node {node.name!r}: weight %{const.name} of {user.name!r} "
                                   f"({user.op}) is quantized on axis {p.axis}, TFLite needs "
-                                  f"{'per-tensor' if want is None else f'axis {want}'}")
+                                  f"{'per-tensor' if want is None else f'axis {want} or per-tensor'}")
     if bits < 8 and any(z != 0 for z in p.zero_point):
         raise ExportError(f"node {node.name!r}: {bits}-bit constant %{const.name} must be symmetric")
     qp = QuantParams(p.scale, p.zero_point, p.axis, bits, p.narrow_range or bits < 8, "int8")

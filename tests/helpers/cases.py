@@ -113,6 +113,12 @@ CASES = {
     "dwconv": lambda qb: qb.conv(
         "DEPTHWISE_CONV_2D", _x(qb), [1, 3, 3, 8], {"padding": "SAME"}, (-2, 3)
     ),
+    "conv_grouped4_s2": lambda qb: qb.conv(  # grouped CONV_2D (v6): 8 channels, 4 groups
+        "CONV_2D", _x(qb), [12, 3, 3, 2], {"padding": "SAME", "stride": [2, 2]}, (-2, 3)
+    ),
+    "conv_grouped2_1x1_relu": lambda qb: qb.conv(
+        "CONV_2D", _x(qb), [4, 1, 1, 4], {"fused_activation": "RELU"}, (0, 3)
+    ),
     "dwconv_mult2_relu": lambda qb: qb.conv(
         "DEPTHWISE_CONV_2D",
         _x(qb),
@@ -121,6 +127,9 @@ CASES = {
         (0, 3),
     ),
     "fc": lambda qb: qb.conv("FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3)),
+    "fc_per_tensor": lambda qb: qb.conv(
+        "FULLY_CONNECTED", _x(qb, (2, 32), -1, 1), [10, 32], None, (-3, 3), per_channel=False
+    ),
     "fc_keepdims": lambda qb: qb.conv(
         "FULLY_CONNECTED", _x(qb, (1, 3, 16), -1, 1), [5, 16], {"keep_num_dims": True}, (-3, 3)
     ),
@@ -174,6 +183,12 @@ CASES = {
     "pad": lambda qb: qb.op("PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]]}),
     "padv2": lambda qb: qb.op(
         "PAD", [_x(qb)], {"paddings": [[0, 0], [1, 2], [2, 1], [0, 0]], "constant_value": 1.0}
+    ),
+    "pad_min_before_maxpool": lambda qb: qb.op(  # -inf pad of a ReLU output: written as PAD
+        "MAX_POOL_2D",
+        [qb.op("PAD", [_x(qb, lo=0.0)], {"paddings": [[0, 0], [1, 1], [1, 1], [0, 0]],
+                                          "constant_value": float(np.finfo(np.float32).min)})],
+        {"filter": [3, 3], "stride": [2, 2], "padding": "VALID"},
     ),
     "strided_slice": lambda qb: qb.op(
         "STRIDED_SLICE",
@@ -266,6 +281,14 @@ RANDOM_CASES = {
         rr(r),
         wscale=float(r.uniform(0.01, 1)),
     ),
+    "grouped_conv": lambda qb, r: qb.conv(
+        "CONV_2D",
+        qb.input("x", [1, 7, 7, 6], *rr(r)),
+        [6, 3, 3, 2],
+        {"padding": str(r.choice(["SAME", "VALID"])), "stride": [int(r.integers(1, 3))] * 2},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+    ),
     "dw": lambda qb, r: qb.conv(
         "DEPTHWISE_CONV_2D",
         qb.input("x", [1, 7, 7, 5], *rr(r)),
@@ -281,6 +304,15 @@ RANDOM_CASES = {
         {"fused_activation": str(r.choice(["NONE", "RELU"]))},
         rr(r),
         wscale=float(r.uniform(0.01, 1)),
+    ),
+    "fc_per_tensor": lambda qb, r: qb.conv(
+        "FULLY_CONNECTED",
+        qb.input("x", [3, 20], *rr(r)),
+        [7, 20],
+        {"fused_activation": str(r.choice(["NONE", "RELU"]))},
+        rr(r),
+        wscale=float(r.uniform(0.01, 1)),
+        per_channel=False,
     ),
     "tconv": lambda qb, r: qb.conv(
         "TRANSPOSE_CONV",

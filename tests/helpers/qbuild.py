@@ -59,10 +59,12 @@ class QB:
         return y if rng is None else self.fq(y, *rng)
 
     def conv(self, op: str, x: Tensor, w_shape: Sequence[int], attrs: dict | None,
-             rng: tuple[float, float], bias: bool = True, wscale: float = 0.3) -> Tensor:
+             rng: tuple[float, float], bias: bool = True, wscale: float = 0.3,
+             per_channel: bool = True) -> Tensor:
+        """A weight op on ``x``; weights per-channel on TFLite's axis, or per-tensor."""
         w = self.rng.normal(0, wscale, size=w_shape).astype(np.float32)
         out_ch = w_shape[get_op(op).channel_axis]
-        wq = self.weight(w, WEIGHT_AXIS[op], name=f"{op.lower()}_w")
+        wq = self.weight(w, WEIGHT_AXIS[op] if per_channel else None, name=f"{op.lower()}_w")
         ins = [x, wq]
         if bias:
             ins.append(self.g.const(self.rng.normal(0, 0.5, out_ch).astype(np.float32),
