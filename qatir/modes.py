@@ -27,6 +27,7 @@ import numpy as np
 from qatir.errors import ExportError
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.numerics import round_half_away
+from qatir.ops.infer import conv_groups
 from qatir.target import HYBRID_WEIGHT_AXIS
 
 MODES = ("int8", "float", "dynamic", "float16")
@@ -106,6 +107,8 @@ def hybrid_axis(node: Node) -> int | None:
     w = node.inputs[1]
     if w is None or not w.is_const or w.dtype != np.float32:
         return None
+    if node.op == "CONV_2D" and conv_groups(node) > 1:
+        return None  # grouped (v6): LiteRT runs it hybrid, qatir's hybrid reference does not yet
     if node.op == "BATCH_MATMUL":
         if node.attrs.get("adj_x") or w.rank < 2:
             return None

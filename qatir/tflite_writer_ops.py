@@ -19,6 +19,7 @@ import numpy as np
 from qatir.errors import ExportError
 from qatir.ir import Node, Tensor
 from qatir.numerics import normalize_axes, normalize_axis, round_half_away
+from qatir.ops.infer import conv_groups
 
 PADDING = {"SAME": 0, "VALID": 1}
 ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3, "TANH": 4}
@@ -84,8 +85,7 @@ def _conv(node: Node, ctx: Ctx) -> OpSpec:
     hybrid, per_ch = _hybrid(node), _per_channel(node.inputs[1])
     if node.op == "CONV_2D":
         # op_version.cc checks a grouped convolution (6) before the types
-        grouped = node.inputs[0].shape[3] != node.inputs[1].shape[3]
-        version = 6 if grouped else (
+        version = 6 if conv_groups(node) > 1 else (
             3 if _q(node.inputs[0]) else ((5 if per_ch else 2) if hybrid else 1))
         return OpSpec("CONV_2D", version, ins, outs, "Conv2DOptions", fields)
     fields["DepthMultiplier"] = int(node.attrs["depth_multiplier"])

@@ -442,3 +442,21 @@ def test_print_ir_after_shows_the_mode_step():
     text = buf.getvalue()
     assert text.startswith("// IR after lowering step lower.mode (dynamic)")
     assert "i8[9,40]" in text, text
+
+
+def test_grouped_conv_stays_float_in_dynamic_mode():
+    """A grouped CONV_2D (v6) keeps float weights in a dynamic-range file (qatir's hybrid
+    reference has no grouped kernel); it runs on both resolvers within the float tolerance."""
+    from qatir.evaluate import strip_fake_quant
+    from tests.helpers import QB
+    from tests.helpers.cases import CASES
+
+    qb = QB(seed=3)
+    g = strip_fake_quant(qb.output(CASES["conv_grouped4_s2"](qb)))
+    buf = qatir.to_tflite(g, mode="dynamic")
+    assert _opcodes(buf) == {"CONV_2D": {6}}
+    x = np.random.default_rng(0).uniform(-1, 2, (1, 9, 9, 8)).astype(np.float32)
+    for kernels, ref in RESOLVERS:
+        got, _ = litert_run(buf, {g.inputs[0].name: x}, ref)
+        want = run_mode_reference(g, {g.inputs[0].name: x}, "dynamic", kernels)
+        assert close(next(iter(got.values())), next(iter(want.values())))

@@ -87,6 +87,13 @@ def conv(node):
     return [(_window(x, w.shape[1], w.shape[2], node.attrs, w.shape[0]), x.dtype)]
 
 
+def conv_groups(node) -> int:
+    """The group count of a CONV_2D: input channels / the weight's input channels (OHWI);
+    1 for an ordinary convolution (TFLite's CONV_2D v6 infers it the same way)."""
+    cin, cg = node.inputs[0].shape[3], node.inputs[1].shape[3]
+    return 1 if cin is None or not cg else int(cin) // int(cg)
+
+
 def dwconv(node):
     x, w = _in(node), _in(node, 1)
     _check_bias(node, w.shape[3])
