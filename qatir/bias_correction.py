@@ -6,11 +6,14 @@ data differs from the float W·x + b by ΔW·E[x] per output channel (Nagel et a
 the table says ``[calibration] bias_correction = true``, each CONV_2D,
 DEPTHWISE_CONV_2D and FULLY_CONNECTED with fake-quantized constant weights gets
 
-    b' = b − ΔW · E[x]      (E[x]: mean of its float input per channel, calibration data)
+    b'[o] = b[o] − Σ_{i,j,c} ΔW[o, i, j, c] · E[x at tap (i, j)][c]
 
 where ΔW is TF's fake-quant of the weights minus the weights (what training and the
-int8 file compute). Padding taps (zeros) are counted as the channel mean, so convs on
-small maps keep a small residual. The deltas applied are kept in
+int8 file compute) and E[x at tap (i, j)] the mean, over the calibration data and all
+output positions, of the float input value that kernel tap (i, j) reads (zero where it
+reads padding). That is exactly the mean of the conv of x with ΔW, so small maps
+(where padding and position matter) are corrected as well as large ones; for
+FULLY_CONNECTED it is ΔW · E[x]. The deltas applied are kept in
 ``graph.metadata["bias_corrections"]`` (node name -> list), so calibrating again
 first undoes them: the correction never accumulates.
 """
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qatir.ir import Graph, Node
-from qatir.numerics import fake_quant
+from qatir.numerics import fake_quant, same_padding
 
 #: ops whose bias is corrected (TRANSPOSE_CONV scatters a varying number of taps: left out)
 CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -53,17 +56,46 @@ def weight_error(node: Node) -> np.ndarray:
 
 
 def bias_delta(node: Node, dw: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """ΔW · E[x] per output channel of ``node`` (``mean``: its input's channel means)."""
+    """Σ ΔW · E[x at each tap] per output channel of ``node``.
+
+    ``mean``: for FULLY_CONNECTED the input's channel means ``[K]``; for the convs the
+    per-tap means ``[kh, kw, C]`` (:func:`tap_means`).
+    """
     if node.op == "FULLY_CONNECTED":
         return dw @ mean
-    taps = dw.sum(axis=(1, 2))  # [O, kh, kw, C] / [1, kh, kw, C·m] -> [O, C] / [1, C·m]
-    if node.op == "DEPTHWISE_CONV_2D":
-        mult = taps.shape[1] // mean.size
-        return taps[0] * np.repeat(mean, mult)
-    o, c = taps.shape
-    groups = mean.size // c
-    per_group = mean.reshape(groups, c)[np.arange(o) // (o // groups)]
-    return (taps * per_group).sum(axis=1)
+    if node.op == "DEPTHWISE_CONV_2D":  # [1, kh, kw, C·m]: output k reads input k // m
+        mult = dw.shape[3] // mean.shape[2]
+        return (dw[0] * np.repeat(mean, mult, axis=2)).sum(axis=(0, 1))
+    o, c = dw.shape[0], dw.shape[3]  # [O, kh, kw, C/groups]
+    groups = mean.shape[2] // c
+    per_group = mean.reshape(mean.shape[0], mean.shape[1], groups, c)
+    g_of = np.arange(o) // (o // groups)
+    return np.einsum("oijc,ijoc->o", dw, per_group[:, :, g_of, :])
+
+
+def _tap_index(size: int, k: int, stride: int, dilation: int, padding: str) -> np.ndarray:
+    """[k, out]: the input index each kernel tap reads at each output position (−1: pad)."""
+    if padding == "SAME":
+        out, before, _ = same_padding(size, k, stride, dilation)
+    else:
+        out, before = max((size - (k - 1) * dilation - 1) // stride + 1, 0), 0
+    idx = np.arange(k)[:, None] * dilation + np.arange(out)[None, :] * stride - before
+    return np.where((idx >= 0) & (idx < size), idx, -1)
+
+
+def tap_means(node: Node, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(Σ over batch and output positions of the value each tap reads, [kh, kw, C]; count)."""
+    kh, kw = node.inputs[1].shape[1:3]
+    sh, sw = node.attrs.get("stride", (1, 1))
+    dh, dw = node.attrs.get("dilation", (1, 1))
+    pad = node.attrs.get("padding", "VALID")
+    rows = _tap_index(x.shape[1], kh, sh, dh, pad)
+    cols = _tap_index(x.shape[2], kw, sw, dw, pad)
+    # per input row / column, how many output positions of each tap read it
+    r_hits = np.stack([np.bincount(r[r >= 0], minlength=x.shape[1]) for r in rows])
+    c_hits = np.stack([np.bincount(c[c >= 0], minlength=x.shape[2]) for c in cols])
+    sums = np.einsum("nhwc,ih,jw->ijc", x.astype(np.float64), r_hits, c_hits)
+    return sums, x.shape[0] * rows.shape[1] * cols.shape[1]
 
 
 def _input_name(node: Node) -> str:
@@ -76,7 +108,8 @@ def _input_name(node: Node) -> str:
 
 def input_means(graph: Graph, nodes: Sequence[Node], feeds: Sequence[tuple[np.ndarray, ...]]
                 ) -> dict[str, np.ndarray]:
-    """Mean of each node's float input over ``feeds`` per last-axis channel, by node name."""
+    """By node name, the mean :func:`bias_delta` needs: channel means of a
+    FULLY_CONNECTED's float input, per-tap means of a conv's, over ``feeds``."""
     from qatir.evaluate import FloatRun, strip_fake_quant
 
     names = {n.name: _input_name(n) for n in nodes}
@@ -86,12 +119,17 @@ def input_means(graph: Graph, nodes: Sequence[Node], feeds: Sequence[tuple[np.nd
     for xs in feeds:
         feed = {t.name: x for t, x in zip(graph.inputs, xs)}
         out = run.run(feed)
-        for name in set(names.values()):
-            v = np.asarray(out[name] if name in out else feed[name], np.float64)
-            rows = v.reshape(-1, v.shape[-1])
-            sums[name] = sums.get(name, 0.0) + rows.sum(axis=0)
-            counts[name] = counts.get(name, 0) + rows.shape[0]
-    return {n: sums[t] / max(counts[t], 1) for n, t in names.items()}
+        for node in nodes:
+            name = names[node.name]
+            v = np.asarray(out[name] if name in out else feed[name], np.float32)
+            if node.op == "FULLY_CONNECTED":
+                rows = v.reshape(-1, v.shape[-1]).astype(np.float64)
+                total, n = rows.sum(axis=0), rows.shape[0]
+            else:
+                total, n = tap_means(node, v)
+            sums[node.name] = sums.get(node.name, 0.0) + total
+            counts[node.name] = counts.get(node.name, 0) + n
+    return {n: sums[n] / max(counts[n], 1) for n in names}
 
 
 def _set_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:

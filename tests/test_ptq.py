@@ -266,3 +266,27 @@ def test_scale_shift_is_not_folded_over_an_activation_or_a_shared_output():
     g.outputs = [m.output, a.output, c2.output]  # c2 is also an output: not single use
     ops = [n.op for n in qatir.quantize(g).nodes if n.op != "FAKE_QUANT"]
     assert ops.count("MUL") == 1 and ops.count("ADD") == 1
+
+
+@pytest.mark.parametrize("op, w_shape, attrs", [
+    ("CONV_2D", (4, 3, 3, 5), {"padding": "SAME", "stride": [2, 2]}),
+    ("CONV_2D", (4, 3, 2, 5), {"padding": "VALID", "dilation": [2, 1]}),
+    ("DEPTHWISE_CONV_2D", (1, 3, 3, 10), {"padding": "SAME", "depth_multiplier": 2}),
+])
+def test_bias_delta_is_the_exact_mean_of_the_weight_error_conv(op, w_shape, attrs):
+    """Σ ΔW · E[x at each tap] equals the mean of conv(x, ΔW) itself, padding included
+    (a 5x5 map with a 3x3 kernel: a channel mean would be off at the borders)."""
+    from qatir.bias_correction import bias_delta, tap_means
+    from qatir.evaluate import FloatRun
+
+    rng = np.random.default_rng(4)
+    g = qatir.Graph("dconv")
+    x = g.add_input("x", [2, 5, 5, 5])
+    dw = rng.normal(size=w_shape).astype(np.float32)
+    node = g.add_node(op, [x, g.const(dw, "dw")], attrs, name="op", outputs=["y"])
+    g.outputs = [node.output]
+    xs = (rng.uniform(0, 1, (2, 5, 5, 5)) + np.arange(5)[:, None, None]).astype(np.float32)
+    want = next(iter(FloatRun(g).run({"x": xs}).values())).reshape(-1, node.output.shape[-1])
+    sums, n = tap_means(node, xs)
+    np.testing.assert_allclose(bias_delta(node, dw.astype(np.float64), sums / n),
+                               want.mean(axis=0), rtol=1e-4, atol=1e-4)
