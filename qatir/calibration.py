@@ -162,11 +162,16 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
             lo, hi = symmetric_range(lo, hi)
         set_range(nodes[0], lo, hi)
     refresh_weight_ranges(graph)
-    if correct:
-        from qatir.bias_correction import correct_biases
-
-        correct_biases(graph, seen or [first, *feeds])
     refresh_quant(graph)
+    if correct:
+        from qatir import bias_correction
+
+        data = seen or [first, *feeds]
+        if graph.metadata["bias_correction"] == "auto":
+            bias_correction.correct_if_better(graph, data)
+        else:
+            bias_correction.correct_biases(graph, data)
+        refresh_quant(graph)
     graph.metadata["calibrated"] = True
     return graph
 

@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict] = {
     "fc_per_tensor": {"per_channel_axis": lambda axes: {k: v for k, v in axes.items()
                                                         if k != "FULLY_CONNECTED"}},
     "bias_correction": {"bias_correction": True},
+    "bias_correction_auto": {"bias_correction": "auto"},
     "no_bias_correction": {"bias_correction": False},
     "cle": {"fusions": {"name": "cle", "kind": "cross_layer_equalization",
                         "ops": ["DEPTHWISE_CONV_2D", "CONV_2D"], "note": "W1/s, b1/s, W2*s"}},
