@@ -4,6 +4,7 @@ bias correction and cross-layer equalization, each on a small graph."""
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -105,6 +106,9 @@ def _table(**changes) -> dict:
     return data
 
 
+SCALE_SHIFT = {"name": "fold_scale_shift", "kind": "scale_shift",
+               "ops": ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"],
+               "note": "op(x)·s = op'(x); op(x) + t: b' = b + t"}
 CLE = {"name": "cle", "kind": "cross_layer_equalization",
        "ops": ["DEPTHWISE_CONV_2D", "CONV_2D"], "note": "W1/s, b1/s, W2*s per channel"}
 
@@ -241,7 +245,8 @@ def test_conv_then_constant_mul_and_add_fold_into_the_conv_exactly(shape):
     a = g.add_node("ADD", [m.output, t], name="add", outputs=["y"])
     g.outputs = [a.output]
     feed = {"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
-    q = qatir.quantize(g)
+    assert "MUL" in [n.op for n in qatir.quantize(g).nodes]  # not in the default table
+    q = qatir.quantize(g, table=_table(fusions=[SCALE_SHIFT]))
     assert [n.op for n in q.nodes if n.op != "FAKE_QUANT"] == ["CONV_2D"]
     from qatir.evaluate import FloatRun
 
@@ -264,7 +269,8 @@ def test_scale_shift_is_not_folded_over_an_activation_or_a_shared_output():
     a = g.add_node("ADD", [c2.output, g.const(np.ones(6, np.float32), "t")], name="add",
                    outputs=["a"])
     g.outputs = [m.output, a.output, c2.output]  # c2 is also an output: not single use
-    ops = [n.op for n in qatir.quantize(g).nodes if n.op != "FAKE_QUANT"]
+    ops = [n.op for n in qatir.quantize(g, table=_table(fusions=[SCALE_SHIFT])).nodes
+           if n.op != "FAKE_QUANT"]
     assert ops.count("MUL") == 1 and ops.count("ADD") == 1
 
 
@@ -290,3 +296,27 @@ def test_bias_delta_is_the_exact_mean_of_the_weight_error_conv(op, w_shape, attr
     sums, n = tap_means(node, xs)
     np.testing.assert_allclose(bias_delta(node, dw.astype(np.float64), sums / n),
                                want.mean(axis=0), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------- denormal weight channels
+def test_a_weight_channel_of_denormals_quantizes_to_zero_without_overflow():
+    """PP-OCRv4's recognizer has conv channels with |w| ~ 1e-39 (a batch norm's gamma
+    near zero folded in): their inverse step overflowed float32 and the int8 weights of
+    the channel came from NaN casts."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w[2] = np.float32(1e-39) * np.sign(w[2])
+    g = qatir.Graph("tiny")
+    x = g.add_input("x", [1, 6, 6, 3])
+    g.outputs = [g.add_node("CONV_2D", [x, g.const(w, "w"), g.const(np.ones(4, np.float32), "b")],
+                            {"padding": "SAME"}, name="conv", outputs=["y"]).output]
+    q = qatir.quantize(g)
+    feeds = [{"x": rng.normal(size=(1, 6, 6, 3)).astype(np.float32)} for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        qatir.calibrate(q, feeds, progress=False)
+        buf = qatir.to_tflite(q, io="float")
+    it = litert_run(buf, feeds[0], ref=True)[1]
+    d = next(d for d in it.get_tensor_details() if d["name"] == "w_fq")
+    np.testing.assert_array_equal(it.get_tensor(d["index"])[2], 0)
+    assert compare_all(q, seeds=(1,)) == {"reference": 0, "xnnpack": 0}
