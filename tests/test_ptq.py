@@ -320,3 +320,41 @@ def test_a_weight_channel_of_denormals_quantizes_to_zero_without_overflow():
     d = next(d for d in it.get_tensor_details() if d["name"] == "w_fq")
     np.testing.assert_array_equal(it.get_tensor(d["index"])[2], 0)
     assert compare_all(q, seeds=(1,)) == {"reference": 0, "xnnpack": 0}
+
+
+# ----------------------------------------------------------------- tools/compare_peers.py
+def _compare_peers():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "compare_peers.py"
+    spec = importlib.util.spec_from_file_location("compare_peers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_peers_variants_are_valid_tables_one_change_each():
+    from qatir.table import validate_table
+
+    cp = _compare_peers()
+    base = load_table().data
+    for name in cp.VARIANTS:
+        data = cp.variant_table(name)
+        validate_table(data, f"variant {name}")
+        changed = [k for k in ("fusions", "calibration", "weights") if data[k] != base[k]]
+        if name not in ("minmax", "no_bias_correction", "no_cle", "no_scale_shift"):
+            assert len(changed) == 1, (name, changed)  # the defaults' own values change nothing
+
+
+def test_compare_peers_table_counts_the_models_behind():
+    cp = _compare_peers()
+    rows = [{"name": "a", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 31.0,
+             "first_behind": {"node": "conv", "op": "CONV_2D", "qatir_db": 20.0,
+                              "aeq_db": 22.0}},
+            {"name": "b", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 29.0},
+            {"name": "c", "status": "CRASH", "error": "SIGSEGV"}]
+    text = cp.format_table(rows, 0.5)
+    assert "conv (CONV_2D): 20.0 vs 22.0 dB" in text and "c " in text and "CRASH" in text
+    assert "median: qatir 30.0 dB, ai-edge-quantizer 30.0 dB" in text
+    assert "behind on 1 of 2" in text
