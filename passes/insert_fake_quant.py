@@ -67,6 +67,7 @@ import numpy as np
 
 from qatir.errors import NumericsError, TableError
 from qatir.ir import Graph, Node, QuantParams, Tensor
+from qatir.numerics import MIN_RANGE
 from qatir.ops import get_op, has_op
 from qatir.patterns import replace_tensor
 from qatir.pipeline import PassContext, register_pass
@@ -86,8 +87,9 @@ def weight_range(data: np.ndarray, axis: int | None, symmetric: bool) -> tuple[n
     red = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
     if symmetric:
         m = np.max(np.abs(w), axis=red) if w.size else np.float32(0)
-        fallback = float(np.max(np.abs(w))) if w.size and np.max(np.abs(w)) > 0 else 1.0
-        m = np.where(m > 0, m, fallback).astype(np.float32)
+        fallback = float(np.max(np.abs(w))) if w.size and 2 * np.max(np.abs(w)) >= MIN_RANGE \
+            else 1.0
+        m = np.where(2 * m >= MIN_RANGE, m, fallback).astype(np.float32)
         return -m, m
     lo = np.minimum(np.min(w, axis=red), 0).astype(np.float32)
     hi = np.maximum(np.max(w, axis=red), 0).astype(np.float32)

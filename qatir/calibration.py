@@ -34,6 +34,7 @@ from qatir.calibration_taps import CaptureEngine, Tap, as_rows, minmax  # noqa: 
 from qatir.errors import NumericsError, QatirError
 from qatir.feeds import iterate_feeds
 from qatir.ir import Graph, Node
+from qatir.numerics import MIN_RANGE
 from qatir.quant import refresh_quant
 from qatir.quantizers import Quantizer, get_quantizer, include_zero, symmetric_range
 
@@ -73,6 +74,13 @@ def refresh_weight_ranges(graph: Graph) -> None:
         lo, hi = include_zero(rows.min(axis=0), rows.max(axis=0))
         if node.attrs.get("symmetric"):
             lo, hi = symmetric_range(lo, hi)
+        # a channel of denormals (a zero batch-norm gamma folded in) takes the widest
+        # channel's range, or [-1, 1]: its weights quantize to zero (see MIN_RANGE)
+        tiny = ((hi - lo) < MIN_RANGE) & ((hi != 0) | (lo != 0))
+        if np.any(tiny):
+            wide = (hi - lo) >= MIN_RANGE
+            lo = np.where(tiny, lo[wide].min() if wide.any() else -1.0, lo).astype(np.float32)
+            hi = np.where(tiny, hi[wide].max() if wide.any() else 1.0, hi).astype(np.float32)
         set_range(node, lo, hi)
 
 
@@ -162,11 +170,16 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
             lo, hi = symmetric_range(lo, hi)
         set_range(nodes[0], lo, hi)
     refresh_weight_ranges(graph)
-    if correct:
-        from qatir.bias_correction import correct_biases
-
-        correct_biases(graph, seen or [first, *feeds])
     refresh_quant(graph)
+    if correct:
+        from qatir import bias_correction
+
+        data = seen or [first, *feeds]
+        if graph.metadata["bias_correction"] == "auto":
+            bias_correction.correct_if_better(graph, data)
+        else:
+            bias_correction.correct_biases(graph, data)
+        refresh_quant(graph)
     graph.metadata["calibrated"] = True
     return graph
 

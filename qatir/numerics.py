@@ -71,6 +71,12 @@ def nudged_params(lo: np.ndarray, hi: np.ndarray, bits: int = 8, narrow_range: b
     zero_point = (nudged_zp - np.float32(1 << (bits - 1))).astype(np.int64)
     return scale, zero_point, nudged_min, nudged_max
 
+#: Narrowest range quantized on its own grid: below it the inverse step (qmax - qmin) /
+#: (hi - lo) overflows float32 and TF's fake-quant (and its numpy twin) give NaN steps.
+#: A weight channel narrower than this (all its |w| < 5e-31) gets the widest channel's
+#: range instead, on which its weights quantize to zero.
+MIN_RANGE = 1e-30
+
 
 def fake_quant_steps(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int = 8,
                      narrow_range: bool = False, axis: int | None = None) -> np.ndarray:

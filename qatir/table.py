@@ -88,9 +88,10 @@ class Table:
         return {k: self.data["calibration"][k] for k in QUANTIZER_KINDS}
 
     @property
-    def bias_correction(self) -> bool:
-        """Whether calibration corrects conv/FC biases for weight rounding (qatir.bias_correction)."""
-        return bool(self.data["calibration"].get("bias_correction", False))
+    def bias_correction(self) -> bool | str:
+        """Whether calibration corrects conv/FC biases (True, False or "auto": kept only
+        where it lowers the output error on the calibration data; qatir.bias_correction)."""
+        return self.data["calibration"].get("bias_correction", False)
 
     def constraint_ops(self, key: str) -> frozenset[str]:
         return frozenset(self.data["constraints"].get(key, ()))

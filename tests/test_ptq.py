@@ -4,6 +4,7 @@ bias correction and cross-layer equalization, each on a small graph."""
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -105,6 +106,9 @@ def _table(**changes) -> dict:
     return data
 
 
+SCALE_SHIFT = {"name": "fold_scale_shift", "kind": "scale_shift",
+               "ops": ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"],
+               "note": "op(x)·s = op'(x); op(x) + t: b' = b + t"}
 CLE = {"name": "cle", "kind": "cross_layer_equalization",
        "ops": ["DEPTHWISE_CONV_2D", "CONV_2D"], "note": "W1/s, b1/s, W2*s per channel"}
 
@@ -241,7 +245,8 @@ def test_conv_then_constant_mul_and_add_fold_into_the_conv_exactly(shape):
     a = g.add_node("ADD", [m.output, t], name="add", outputs=["y"])
     g.outputs = [a.output]
     feed = {"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
-    q = qatir.quantize(g)
+    assert "MUL" in [n.op for n in qatir.quantize(g).nodes]  # not in the default table
+    q = qatir.quantize(g, table=_table(fusions=[SCALE_SHIFT]))
     assert [n.op for n in q.nodes if n.op != "FAKE_QUANT"] == ["CONV_2D"]
     from qatir.evaluate import FloatRun
 
@@ -264,5 +269,92 @@ def test_scale_shift_is_not_folded_over_an_activation_or_a_shared_output():
     a = g.add_node("ADD", [c2.output, g.const(np.ones(6, np.float32), "t")], name="add",
                    outputs=["a"])
     g.outputs = [m.output, a.output, c2.output]  # c2 is also an output: not single use
-    ops = [n.op for n in qatir.quantize(g).nodes if n.op != "FAKE_QUANT"]
+    ops = [n.op for n in qatir.quantize(g, table=_table(fusions=[SCALE_SHIFT])).nodes
+           if n.op != "FAKE_QUANT"]
     assert ops.count("MUL") == 1 and ops.count("ADD") == 1
+
+
+@pytest.mark.parametrize("op, w_shape, attrs", [
+    ("CONV_2D", (4, 3, 3, 5), {"padding": "SAME", "stride": [2, 2]}),
+    ("CONV_2D", (4, 3, 2, 5), {"padding": "VALID", "dilation": [2, 1]}),
+    ("DEPTHWISE_CONV_2D", (1, 3, 3, 10), {"padding": "SAME", "depth_multiplier": 2}),
+])
+def test_bias_delta_is_the_exact_mean_of_the_weight_error_conv(op, w_shape, attrs):
+    """Σ ΔW · E[x at each tap] equals the mean of conv(x, ΔW) itself, padding included
+    (a 5x5 map with a 3x3 kernel: a channel mean would be off at the borders)."""
+    from qatir.bias_correction import bias_delta, tap_means
+    from qatir.evaluate import FloatRun
+
+    rng = np.random.default_rng(4)
+    g = qatir.Graph("dconv")
+    x = g.add_input("x", [2, 5, 5, 5])
+    dw = rng.normal(size=w_shape).astype(np.float32)
+    node = g.add_node(op, [x, g.const(dw, "dw")], attrs, name="op", outputs=["y"])
+    g.outputs = [node.output]
+    xs = (rng.uniform(0, 1, (2, 5, 5, 5)) + np.arange(5)[:, None, None]).astype(np.float32)
+    want = next(iter(FloatRun(g).run({"x": xs}).values())).reshape(-1, node.output.shape[-1])
+    sums, n = tap_means(node, xs)
+    np.testing.assert_allclose(bias_delta(node, dw.astype(np.float64), sums / n),
+                               want.mean(axis=0), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------- denormal weight channels
+def test_a_weight_channel_of_denormals_quantizes_to_zero_without_overflow():
+    """PP-OCRv4's recognizer has conv channels with |w| ~ 1e-39 (a batch norm's gamma
+    near zero folded in): their inverse step overflowed float32 and the int8 weights of
+    the channel came from NaN casts."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w[2] = np.float32(1e-39) * np.sign(w[2])
+    g = qatir.Graph("tiny")
+    x = g.add_input("x", [1, 6, 6, 3])
+    g.outputs = [g.add_node("CONV_2D", [x, g.const(w, "w"), g.const(np.ones(4, np.float32), "b")],
+                            {"padding": "SAME"}, name="conv", outputs=["y"]).output]
+    q = qatir.quantize(g)
+    feeds = [{"x": rng.normal(size=(1, 6, 6, 3)).astype(np.float32)} for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        qatir.calibrate(q, feeds, progress=False)
+        buf = qatir.to_tflite(q, io="float")
+    it = litert_run(buf, feeds[0], ref=True)[1]
+    d = next(d for d in it.get_tensor_details() if d["name"] == "w_fq")
+    np.testing.assert_array_equal(it.get_tensor(d["index"])[2], 0)
+    assert compare_all(q, seeds=(1,)) == {"reference": 0, "xnnpack": 0}
+
+
+# ----------------------------------------------------------------- tools/compare_peers.py
+def _compare_peers():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "compare_peers.py"
+    spec = importlib.util.spec_from_file_location("compare_peers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_peers_variants_are_valid_tables_one_change_each():
+    from qatir.table import validate_table
+
+    cp = _compare_peers()
+    base = load_table().data
+    for name in cp.VARIANTS:
+        data = cp.variant_table(name)
+        validate_table(data, f"variant {name}")
+        changed = [k for k in ("fusions", "calibration", "weights") if data[k] != base[k]]
+        if name not in ("minmax", "no_bias_correction", "no_cle", "no_scale_shift"):
+            assert len(changed) == 1, (name, changed)  # the defaults' own values change nothing
+
+
+def test_compare_peers_table_counts_the_models_behind():
+    cp = _compare_peers()
+    rows = [{"name": "a", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 31.0,
+             "first_behind": {"node": "conv", "op": "CONV_2D", "qatir_db": 20.0,
+                              "aeq_db": 22.0}},
+            {"name": "b", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 29.0},
+            {"name": "c", "status": "CRASH", "error": "SIGSEGV"}]
+    text = cp.format_table(rows, 0.5)
+    assert "conv (CONV_2D): 20.0 vs 22.0 dB" in text and "c " in text and "CRASH" in text
+    assert "median: qatir 30.0 dB, ai-edge-quantizer 30.0 dB" in text
+    assert "behind on 1 of 2" in text
