@@ -77,10 +77,8 @@ def _clip(ctx: Ctx) -> None:
     _unary_out(ctx, "CLIP", {"min": lo, "max": hi})
 
 
-@converter("Identity", "Dropout")
+@converter("Identity")
 def _identity(ctx: Ctx) -> None:
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        raise ctx.unsupported("the Dropout mask output is not supported")
     ctx.set_out(ctx.need(0))
 
 
