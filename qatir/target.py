@@ -132,6 +132,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
     ("RSQRT", 2): "2.5.0", ("ABS", 1): "1.13.0", ("ABS", 2): "2.4.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
+    ("POW", 1): "1.10.0", ("LOCAL_RESPONSE_NORMALIZATION", 1): "1.5.0",
 }
 
 

@@ -73,7 +73,8 @@ def _cast(ctx, ins, attrs):
     if x.dtype == object:
         if to.kind in "iu":
             return [x]
-        raise ctx.shape_error("cannot cast a dynamic shape value to a non-integer type")
+        raise ctx.shape_error("cannot cast a dynamic shape value to a non-integer type; "
+                              "fix the dims with input_shapes=")
     return [x.astype(to)]
 
 
