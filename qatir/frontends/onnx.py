@@ -38,6 +38,7 @@ from qatir.frontends import (  # noqa: F401  (register the converters)
     onnx_nn,
     onnx_ops,
     onnx_pool,
+    onnx_rnn,
     onnx_shape_ops,
 )
 from qatir.frontends.onnx_ctx import (
