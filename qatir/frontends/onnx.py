@@ -50,6 +50,7 @@ from qatir.frontends.onnx_ctx import (
     channel_last,
     ident,
 )
+from qatir.frontends.onnx_dynq import dequantize_dynamic
 from qatir.frontends.onnx_fold import FOLDERS, fold_node
 from qatir.frontends.onnx_gelu import fuse_gelu, is_fused
 from qatir.frontends.onnx_io import (
@@ -77,6 +78,7 @@ def load_onnx(path: str | os.PathLike,
     opset = opset_of(model, path)
     onnx_graph = model.graph
     fuse_gelu(onnx_graph)  # exporters' Erf/Tanh spellings of GELU -> Gelu
+    dequantize_dynamic(onnx_graph, path)  # onnxruntime's dynamic quantization -> float ops
     _check_supported(onnx_graph, path)
 
     graph = Graph(onnx_graph.name or os.path.splitext(os.path.basename(path))[0])
