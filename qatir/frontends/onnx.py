@@ -12,8 +12,10 @@ BatchNormalization, Relu, LeakyRelu, PRelu, Clip, Sigmoid, Tanh, HardSigmoid, Ha
 Exp, Abs, Neg, Sqrt, Gelu, Softmax, Add, Sub, Mul, Div, Sum, Max, Min, Gemm, MatMul, MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
-DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast. Ops folded when all their inputs are
-constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range, Expand, Tile,
+DepthToSpace, SpaceToDepth, Tile, Identity, Dropout, Cast, Pow, LRN, LSTM, GRU
+(:mod:`qatir.frontends.onnx_misc`, :mod:`qatir.frontends.onnx_rnn`); onnxruntime's dynamic
+quantization is undone first (:mod:`qatir.frontends.onnx_dynq`). Ops folded when all
+their inputs are constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range, Expand, Tile,
 Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal, ReduceProd.
 """
 

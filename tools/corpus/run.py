@@ -625,6 +625,16 @@ def task_lines(results: list[dict]) -> str:
     return ("real tasks (float vs int8 on real data):\n" + "\n".join(lines)) if lines else ""
 
 
+def dynamic_quant_lines(results: list[dict]) -> str:
+    """Dynamically quantized ONNX files: run against their float equivalent, and how far
+    the file's own run (its activation rounding) is from that."""
+    lines = [f"  {r['name']:<36} the file vs its float equivalent in onnxruntime: "
+             f"{r['dynamic_quant_rel_err']:.3g} of max |output|"
+             for r in results if r.get("dynamic_quant_rel_err") is not None]
+    return ("dynamically quantized files (float stage against their float equivalent):\n"
+            + "\n".join(lines)) if lines else ""
+
+
 def summary(results: list[dict]) -> str:
     n = len(results)
     exported = sum(1 for r in results if r.get("tflite_bytes") is not None)
@@ -708,6 +718,8 @@ def run_corpus(manifest: str, only: str | None = None, jobs: int = 1, timeout: f
                   file=out)
     if task_lines(results):
         print(task_lines(results), file=out)
+    if dynamic_quant_lines(results):
+        print(dynamic_quant_lines(results), file=out)
     if any(r.get("status") != "ok" for r in results):
         print(failure_reasons(results), file=out)
     print(summary(results), file=out, flush=True)
