@@ -61,6 +61,17 @@ def test_legacy_opset_that_cannot_be_upgraded_names_the_file(tmp_path):
         qatir.load(path)
 
 
+def test_legacy_file_that_crashes_the_converter_is_an_error(tmp_path):
+    """onnx's C++ converter segfaults on an attribute whose declared type lies (found by
+    fuzzing); it runs in a child process, so the crash is a ModelFormatError."""
+    model = _legacy_model(4, True)
+    shape_attr = next(a for a in model.graph.node[-1].attribute if a.name == "shape")
+    shape_attr.type = onnx.AttributeProto.TYPE_PROTO  # its ints stay: the converter misreads
+    path = save(model, tmp_path / "lying_attr.onnx")
+    with pytest.raises(ModelFormatError, match=r"lying_attr\.onnx: opset 4 .*could not upgrade"):
+        qatir.load(path)
+
+
 # --------------------------------------------------------------- Dropout
 def _dropout_model(mask_use: str, opset: int = 13, training: bool | None = None,
                    batch: int | str = 1) -> onnx.ModelProto:

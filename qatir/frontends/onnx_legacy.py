@@ -16,12 +16,51 @@ from qatir.frontends.onnx_io import MIN_OPSET
 LEGACY_OPSETS = range(1, MIN_OPSET)  # upgraded on import
 
 
-def _convert_faults() -> tuple[type[BaseException], ...]:
-    """The exceptions onnx's C++ converter and its shape inference raise, plus Python's own."""
-    from onnx.onnx_cpp2py_export import shape_inference, version_converter
+# The converter runs in a child process: it is C++ and crashes (SIGSEGV) on some malformed
+# files (an attribute whose declared type does not match its value), and a crash must
+# become an error naming the file, not the end of the caller's process.
+_CHILD = """
+import sys
+import onnx
+from onnx import version_converter
+model = onnx.load_from_string(sys.stdin.buffer.read())
+try:
+    out = version_converter.convert_version(model, int(sys.argv[1]))
+except Exception as e:  # reported to the parent on stderr
+    sys.stderr.write(f"{type(e).__name__}: {str(e).strip()[:300]}")
+    sys.exit(3)
+sys.stdout.buffer.write(out.SerializeToString())
+"""
+CONVERT_TIMEOUT_S = 300
 
-    return (version_converter.ConvertError, shape_inference.InferenceError, RuntimeError,
-            ValueError, TypeError, IndexError, KeyError)
+
+def _convert_isolated(model: Any, target: int, path: str, old: int) -> Any:
+    """``onnx.version_converter.convert_version(model, target)`` in a child process."""
+    import subprocess
+    import sys
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    def fail(why: str) -> ModelFormatError:
+        return ModelFormatError(f"{path}: opset {old} is below qatir's lowest opset {target} "
+                                f"and onnx.version_converter could not upgrade it ({why})")
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(target)],
+                              input=model.SerializeToString(), capture_output=True,
+                              timeout=CONVERT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise fail(f"no answer within {CONVERT_TIMEOUT_S} s") from None
+    if proc.returncode < 0:
+        raise fail(f"the converter crashed with signal {-proc.returncode}")
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise fail(tail[-1] if tail else f"exit status {proc.returncode}")
+    try:
+        return onnx.load_from_string(proc.stdout)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise fail(f"unreadable result: {type(e).__name__}") from None
 
 
 def default_opset(model: Any) -> int | None:
@@ -39,12 +78,4 @@ def upgrade_legacy(model: Any, path: str) -> Any:
     old = default_opset(model)
     if old is None or old not in LEGACY_OPSETS:
         return model
-    from onnx import version_converter
-
-    try:
-        new = version_converter.convert_version(model, MIN_OPSET)
-    except _convert_faults() as e:
-        raise ModelFormatError(f"{path}: opset {old} is below qatir's lowest opset {MIN_OPSET} "
-                               f"and onnx.version_converter could not upgrade it "
-                               f"({type(e).__name__}: {str(e).strip()[:300]})") from None
-    return new
+    return _convert_isolated(model, MIN_OPSET, path, old)
