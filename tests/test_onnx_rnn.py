@@ -95,3 +95,9 @@ def test_rnn_with_a_dynamic_sequence_names_the_fix(tmp_path):
     with pytest.raises(ShapeError, match=r"dyn_rnn\.onnx: node 'rnn'.*static.*input_shapes="):
         qatir.load(path)
     assert qatir.load(path, input_shapes={"x": [5, 2, 6]}).inputs[0].shape == (5, 2, 6)
+
+
+def test_a_sequence_too_long_to_unroll_is_refused_before_emitting(tmp_path):
+    path = save(rnn_model("LSTM", "bidirectional", seq=6000, batch=1), tmp_path / "long.onnx")
+    with pytest.raises(UnsupportedOpError, match=r"long\.onnx: node 'rnn'.*6000 x 2 .*10000"):
+        qatir.load(path)

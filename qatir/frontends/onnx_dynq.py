@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError
+from qatir.frontends.onnx_io import tensor_to_array
 
 _INTEGER_OPS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}
 _MS = "com.microsoft"
+_FAULTS = (ValueError, TypeError, IndexError, KeyError, OverflowError)  # malformed weights
 
 
 def has_dynamic_quant(graph: Any) -> bool:
@@ -39,8 +41,6 @@ def dequantize_dynamic(graph: Any, path: str) -> int:
     (its node then shows up as unsupported)."""
     if not has_dynamic_quant(graph):
         return 0
-    from onnx import numpy_helper
-
     inits = {t.name: t for t in graph.initializer}
     arrays: dict[str, np.ndarray] = {}
 
@@ -48,7 +48,7 @@ def dequantize_dynamic(graph: Any, path: str) -> int:
         if name not in inits:
             return None
         if name not in arrays:
-            arrays[name] = numpy_helper.to_array(inits[name])
+            arrays[name] = tensor_to_array(inits[name], path)
         return arrays[name]
 
     users = _users(graph)
@@ -57,7 +57,11 @@ def dequantize_dynamic(graph: Any, path: str) -> int:
     scales = _derived_from({n.output[1] for n in graph.node if n.name in dql}, graph)
     nodes, count = [], 0
     for n in graph.node:
-        rewritten = _rewrite(n, dql, scales, const, new_inits, path)
+        try:
+            rewritten = _rewrite(n, dql, scales, const, new_inits, path)
+        except _FAULTS as e:
+            raise ModelFormatError(f"{path}: node {n.name or n.op_type!r} ({n.op_type}): "
+                                   f"invalid quantized weights ({type(e).__name__}: {e})") from None
         if rewritten is None:
             nodes.append(n)
         else:

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qatir.frontends.onnx_ctx import Ctx, Val, channel_last, converter, has_dims, onnx_attrs
+from qatir.frontends.onnx_ctx import (
+    Ctx,
+    Val,
+    channel_last,
+    check_size,
+    converter,
+    has_dims,
+    onnx_attrs,
+)
 from qatir.frontends.onnx_ops import _unary_out, aligned, layout_for
 
 
@@ -53,6 +61,7 @@ def dropout_mask(ctx: Ctx, shape: Sequence[int | None]) -> np.ndarray | None:
             raise ctx.shape_error(f"the mask output {outs[1]!r} is used but its shape "
                                   f"{list(shape)} is dynamic; fix it with input_shapes=")
         return None
+    check_size(shape, ctx.where())
     return np.ones(tuple(int(d) for d in shape), dtype=bool)
 
 

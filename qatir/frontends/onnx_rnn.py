@@ -27,6 +27,9 @@ from qatir.frontends.onnx_ctx import Ctx, converter, has_dims, ident, onnx_attrs
 from qatir.ir import Tensor
 
 _ACTS = {"Sigmoid": "LOGISTIC", "Tanh": "TANH", "Relu": "RELU"}
+# Steps (sequence length x directions) one node may unroll into: a step is 13-16 IR nodes,
+# so this bounds one RNN at about 160k nodes (the pass pipeline runs 10k nodes in 0.45 s).
+MAX_STEPS = 10_000
 _GATES = {"LSTM": 4, "GRU": 3}
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 
@@ -199,6 +202,10 @@ def _input(ctx: Ctx) -> tuple[Tensor, int, int, int]:
     if seq is None or batch is None or in_size is None:
         raise ctx.shape_error(f"X shape {list(x.shape)}: the sequence length and batch must be "
                               "static to unroll; fix them with input_shapes=")
+    dirs = 2 if onnx_attrs(ctx.node).get("direction") == "bidirectional" else 1
+    if int(seq) * dirs > MAX_STEPS:
+        raise ctx.unsupported(f"a sequence of {seq} x {dirs} direction(s): unrolling is "
+                              f"limited to {MAX_STEPS} steps")
     return ctx.as_tensor(x, ident(3)), int(seq), int(batch), int(in_size)
 
 
