@@ -54,7 +54,8 @@ def dequantize_dynamic(graph: Any, path: str) -> int:
     users = _users(graph)
     new_inits: list[Any] = []
     dql = _passthrough_quantizers(graph, users)
-    scales = _derived_from({n.output[1] for n in graph.node if n.name in dql}, graph)
+    scales = _derived_from({n.output[1] for n in graph.node
+                            if n.op_type == "DynamicQuantizeLinear" and n.output[0] in dql}, graph)
     nodes, count = [], 0
     for n in graph.node:
         try:
@@ -84,7 +85,8 @@ def _users(graph: Any) -> dict[str, list[tuple[Any, int]]]:
 
 
 def _passthrough_quantizers(graph: Any, users: dict) -> set[str]:
-    """DynamicQuantizeLinear nodes whose x_q and z_x feed only integer ops (slot 0/2)."""
+    """DynamicQuantizeLinear nodes (by their first output) whose x_q and z_x feed only
+    integer ops (slot 0/2)."""
     ok = set()
     for n in graph.node:
         if n.op_type != "DynamicQuantizeLinear" or len(n.output) != 3:
@@ -93,10 +95,7 @@ def _passthrough_quantizers(graph: Any, users: dict) -> set[str]:
         z_uses = users.get(n.output[2], [])
         if all(u is not None and u.op_type in _INTEGER_OPS and k == 0 for u, k in q_uses) and \
                 all(u is not None and u.op_type in _INTEGER_OPS and k == 2 for u, k in z_uses):
-            ok.add(n.name or n.output[0])
-    for n in graph.node:  # nodes are keyed by name; give unnamed ones their output's name
-        if n.op_type == "DynamicQuantizeLinear" and not n.name and n.output[0] in ok:
-            n.name = n.output[0]
+            ok.add(n.output[0])
     return ok
 
 
@@ -123,10 +122,11 @@ def _rewrite(n: Any, dql: set[str], scales: set[str], const, new_inits: list,
              path: str) -> list[Any] | None:
     from onnx import TensorProto, helper
 
-    if n.op_type == "DynamicQuantizeLinear" and n.name in dql:
+    if n.op_type == "DynamicQuantizeLinear" and n.output[0] in dql:
+        base = n.name or n.output[0]
         return [helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name),
-                _constant(n.output[1], np.float32(1.0), n.name + "__scale"),
-                _constant(n.output[2], np.uint8(0), n.name + "__zero_point")]
+                _constant(n.output[1], np.float32(1.0), base + "__scale"),
+                _constant(n.output[2], np.uint8(0), base + "__zero_point")]
     if n.op_type in ("Floor", "Cast") and n.input and n.input[0] in scales:
         to = next((a.i for a in n.attribute if a.name == "to"), TensorProto.FLOAT)
         if n.op_type == "Floor" or to != TensorProto.FLOAT:  # bias quantization: keep exact
