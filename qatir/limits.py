@@ -30,6 +30,19 @@ def available_memory() -> int:
     return avail if avail is not None else 1 << 62
 
 
+# One folded constant (ConstantOfShape, Expand, Tile, ...) may take this share of the memory
+# available when it is made, sized at the widest element folding produces (8 bytes): the
+# graph keeps it, the writer copies it once, and a fuzzed file must not drive a huge
+# allocation. On a 22 GiB machine that is about 700M elements (VGG's 4096 x 25088 = 103M).
+CONST_MEMORY_FRACTION = 0.25
+CONST_ITEM_BYTES = 8
+
+
+def max_const_elements() -> int:
+    """The most elements one folded constant may have, from the memory available now."""
+    return max(int(available_memory() * CONST_MEMORY_FRACTION) // CONST_ITEM_BYTES, 1)
+
+
 def constant_bytes(graph: Graph) -> int:
     return sum(t.data.nbytes for t in graph.tensors.values() if t.data is not None)
 

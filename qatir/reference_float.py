@@ -37,7 +37,8 @@ FLOAT_ATOL = 1e-5
 
 FloatKernel = Callable[[Node, list], np.ndarray]
 #: float kernels whose result depends on the resolver: ``(node, xs, mode)``.
-MODE_KERNELS = ("RESIZE_BILINEAR", "HARD_SWISH", "MEAN", "SUM", "REDUCE_MAX")
+MODE_KERNELS = ("RESIZE_BILINEAR", "HARD_SWISH", "MEAN", "SUM", "REDUCE_MAX",
+                "LOCAL_RESPONSE_NORMALIZATION")
 _F = np.float32
 
 
@@ -59,7 +60,7 @@ def _f32(xs: list) -> list:
 
 
 _BINARY = {"ADD": np.add, "SUB": np.subtract, "MUL": np.multiply, "DIV": np.divide,
-           "MAXIMUM": np.maximum, "MINIMUM": np.minimum,
+           "MAXIMUM": np.maximum, "MINIMUM": np.minimum, "POW": np.power,
            "SQUARED_DIFFERENCE": lambda a, b: np.square(a - b)}
 #: ops whose integer-reference kernel is dtype-generic (moves values, computes nothing).
 LAYOUT_OPS = frozenset({"RESHAPE", "SQUEEZE", "TRANSPOSE", "TILE", "CONCATENATION", "PAD",
@@ -185,6 +186,28 @@ def _batch_matmul(node: Node, xs: list) -> np.ndarray:
     return (a @ b).astype(np.float32)
 
 
+def _lrn(node: Node, xs: list, mode: str) -> np.ndarray:
+    """LOCAL_RESPONSE_NORMALIZATION over the last axis, summed in float32 in channel order.
+
+    The resolvers disagree on the window (measured 2026-12-02, ai_edge_litert 2.3.0):
+    the default path (optimized_ops, TF's definition) sums channels [c - r, c + r];
+    BUILTIN_REF's reference_ops stops before c + r, i.e. [c - r, c + r - 1].
+    """
+    x = xs[0].astype(np.float32)
+    a = node.attrs
+    r, depth = int(a["radius"]), x.shape[-1]
+    hi = r if mode == "reference" else r + 1
+    sq = x * x
+    out = np.empty_like(x)
+    for c in range(depth):
+        acc = np.zeros(x.shape[:-1], np.float32)
+        for j in range(max(0, c - r), min(depth, c + hi)):
+            acc += sq[..., j]
+        base = _F(a["bias"]) + _F(a["alpha"]) * acc
+        out[..., c] = x[..., c] * np.power(base, _F(-float(a["beta"])))
+    return out
+
+
 def _resize_bilinear(node: Node, xs: list, mode: str) -> np.ndarray:
     """reference_ops::ResizeBilinear (float; weights from the unclamped position), or
     XNNPACK's f32 ibilinear (positions clamped, lerp horizontally then vertically)."""
@@ -265,6 +288,7 @@ def float_kernels() -> dict[str, FloatKernel]:
         "MAX_POOL_2D": _pool, "AVERAGE_POOL_2D": _pool,
         "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
         "BATCH_MATMUL": _batch_matmul, "CAST": _cast, "RESIZE_BILINEAR": _resize_bilinear,
+        "LOCAL_RESPONSE_NORMALIZATION": _lrn,
     })
     return table
 

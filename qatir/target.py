@@ -180,6 +180,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("RSQRT", 2): "2.5.0", ("ABS", 1): "1.13.0", ("ABS", 2): "2.4.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
     ("SQUARED_DIFFERENCE", 1): "1.13.1", ("SQUARED_DIFFERENCE", 2): "2.5.0",
+    ("POW", 1): "1.10.0", ("LOCAL_RESPONSE_NORMALIZATION", 1): "1.5.0",
 }
 
 

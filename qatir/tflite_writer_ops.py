@@ -157,6 +157,15 @@ def _leaky(node: Node, ctx: Ctx) -> OpSpec:
                   {"Alpha": float(node.attrs["alpha"])})
 
 
+def _lrn(node: Node, ctx: Ctx) -> OpSpec:
+    ins, outs = _io(node, ctx)
+    a = node.attrs
+    return OpSpec("LOCAL_RESPONSE_NORMALIZATION", 1, ins, outs,
+                  "LocalResponseNormalizationOptions",
+                  {"Radius": int(a["radius"]), "Bias": float(a["bias"]),
+                   "Alpha": float(a["alpha"]), "Beta": float(a["beta"])})
+
+
 def _gelu(node: Node, ctx: Ctx) -> OpSpec:
     ins, outs = _io(node, ctx)
     # op_version.cc: GELU is version 2 for int8/uint8 inputs, 1 for float
@@ -343,6 +352,8 @@ EMITTERS: dict[str, Callable[[Node, Ctx], OpSpec]] = {
     # op_version.cc: SQUARED_DIFFERENCE is version 2 for int8 inputs, 1 for float
     "SQUARED_DIFFERENCE": _simple(2, 1, "SquaredDifferenceOptions"),
     "LEAKY_RELU": _leaky,
+    "POW": _simple(1, options="PowOptions"),
+    "LOCAL_RESPONSE_NORMALIZATION": _lrn,
     "GELU": _gelu,
     "SOFTMAX": _softmax,
     "LOG_SOFTMAX": _log_softmax,
@@ -378,7 +389,8 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
     "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
     "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2, 4), "QUANTIZE": (1, 3),
-    "DEQUANTIZE": (1, 2, 3, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2),
+    "DEQUANTIZE": (1, 2, 3, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2), "POW": (1,),
+    "LOCAL_RESPONSE_NORMALIZATION": (1,),
 }
 
 

@@ -19,6 +19,7 @@ from qatir.reference_float import close
 from qatir.table import builtin_tables
 from qatir.tflite_writer import FloatIslandWarning
 from tests.helpers import int8_feed, litert_run
+from tests.helpers.islands import compare_islands, export_quiet, op_names
 
 
 def _table(**extra) -> dict:
@@ -38,44 +39,9 @@ def _calibrated(g: Graph, table=None, seed: int = 0) -> Graph:
     return q
 
 
-def _export(q: Graph, **kw) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FloatIslandWarning)
-        return qatir.to_tflite(q, **kw)
-
-
-def _ops(buf: bytes) -> list[str]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(model_content=buf, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    return [o["op_name"] for o in it._get_ops_details()]
-
-
-def _check(q: Graph, seeds=(1, 2, 3)) -> dict[str, int]:
-    """LiteRT vs reference on every tensor both have; returns counts of compared tensors."""
-    buf = _export(q)
-    seen = {"int8": 0, "float": 0}
-    for seed in seeds:
-        feeds = int8_feed(q, seed)
-        for mode, ref in (("reference", True), ("xnnpack", False)):
-            outs, it = litert_run(buf, feeds, ref, preserve=ref)
-            want = run_reference(q, feeds, kernels=mode, keep_all=ref)
-            got = dict(outs)
-            if ref:
-                got.update({d["name"]: it.get_tensor(d["index"]) for d in it.get_tensor_details()
-                            if d["name"] in want})
-            for name, arr in want.items():
-                if name not in got:
-                    continue
-                have = got[name]
-                assert have.dtype == arr.dtype, (name, have.dtype, arr.dtype)
-                if arr.dtype == np.float32:
-                    assert close(have, arr), (mode, seed, name, np.abs(have - arr).max())
-                    seen["float"] += 1
-                else:
-                    assert np.array_equal(have, arr), (mode, seed, name)
-                    seen["int8"] += 1
-    return seen
+_export = export_quiet
+_check = compare_islands
+_ops = op_names
 
 
 def _conv(g, x, cin, cout, name, rng, k=3, act="NONE"):

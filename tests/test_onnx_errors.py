@@ -51,7 +51,7 @@ def test_unsupported_ops_listed_at_once_with_counts(tmp_path):
     assert exc.value.ops == {"Det": 2, "Erf": 1, "com.example::FusedThing": 1}
 
 
-@pytest.mark.parametrize("opset", [6, 22, 1])
+@pytest.mark.parametrize("opset", [0, 22])  # 1-6 are upgraded (test_onnx_misc.py)
 def test_opset_out_of_range(tmp_path, opset):
     m = single_op_model("Relu", [[1, 2]], opset=13)
     m.opset_import[0].version = opset
@@ -174,8 +174,8 @@ def test_input_without_declared_shape_needs_input_shapes(tmp_path):
 def test_huge_broadcast_of_small_constants_is_refused(tmp_path):
     b = OnnxBuilder(13)
     x = b.input("x", [1])
-    big = b.node("Mul", [b.init(np.ones((8192, 1), np.float32)),
-                         b.init(np.ones((1, 8192), np.float32))], name="outer")
+    big = b.node("Mul", [b.init(np.ones((1 << 20, 1), np.float32)),  # 2^40 elements
+                         b.init(np.ones((1, 1 << 20), np.float32))], name="outer")
     b.node("Add", [x, big], out="y")
     b.output("y")
     with pytest.raises(ShapeError, match="'outer'.*exceeds"):

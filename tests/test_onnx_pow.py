@@ -8,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qatir
-from qatir.errors import UnsupportedOpError
 from tests.helpers import compare_all
 from tests.helpers.onnx_models import compare_with_ort
 
@@ -33,11 +32,11 @@ def test_pow_by_a_constant_matches_onnxruntime(tmp_path, p, relu, ops):
     assert [n.op for n in g.nodes if n.op not in ("TRANSPOSE", "RESHAPE")] == ops
 
 
-def test_pow_by_another_exponent_is_refused_naming_the_node(tmp_path):
-    path = tmp_path / "p.onnx"
-    onnx.save(pow_model(1.7), path)
-    with pytest.raises(UnsupportedOpError, match=r"the_pow.*exponent 1.7"):
-        qatir.load(str(path))
+def test_pow_by_another_exponent_becomes_tflite_pow(tmp_path):
+    g = compare_with_ort(pow_model(1.7, relu_first=True),
+                         {"x": np.abs(np.random.default_rng(0).normal(size=(1, 3, 4, 5)))
+                          .astype(np.float32)}, tmp_dir=tmp_path)
+    assert [n.op for n in g.nodes if n.op not in ("TRANSPOSE", "RESHAPE")] == ["RELU", "POW"]
 
 
 def test_square_exports_int8_bit_exact(tmp_path):

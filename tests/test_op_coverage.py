@@ -34,7 +34,9 @@ NO_INT8 = {
     "IDENTITY": "removed by the remove_identities pass before export",
     "LOG_SOFTMAX": "no int8 reference kernel yet (LiteRT's is fixed point, output (16/256, 127)); "
                    "a float island in int8 graphs",
+    "LOCAL_RESPONSE_NORMALIZATION": "LiteRT's kernel is float32 only (local_response_norm.cc)",
     "NEG": "no int8 reference kernel yet; exported in float only",
+    "POW": "LiteRT's kernel is float32/int32 only (pow.cc)",
     "RELU_0_TO_1": "no int8 reference kernel yet; exported in float only",
     "SHAPE": "folded to a constant by the frontends; never emitted",
     "SQRT": "LiteRT has no int8 SQRT kernel",

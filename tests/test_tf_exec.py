@@ -161,6 +161,21 @@ def test_binary(rng, op, fn):
     np.testing.assert_allclose(run1(op, [a, b]), fn(a, b), rtol=1e-6)
 
 
+def test_pow(rng):
+    a, b = np.abs(rand(rng, 2, 3, 4)) + 0.1, rand(rng, 4)
+    np.testing.assert_allclose(run1("POW", [a, b]), np.power(a, b), rtol=1e-5)
+
+
+def test_local_response_normalization(rng):
+    """Channels [c - r, c + r] (TF's and LiteRT's default-path definition)."""
+    x, r, bias, alpha, beta = 2 * rand(rng, 1, 3, 3, 7), 2, 1.5, 0.3, 0.75
+    sq = np.pad(x * x, [(0, 0)] * 3 + [(r, r)])
+    acc = sum(sq[..., k:k + 7] for k in range(2 * r + 1))
+    y = run1("LOCAL_RESPONSE_NORMALIZATION", [x],
+             {"radius": r, "bias": bias, "alpha": alpha, "beta": beta})
+    np.testing.assert_allclose(y, x / (bias + alpha * acc) ** beta, rtol=1e-5)
+
+
 def test_binary_fused_activation(rng):
     a, b = 4 * rand(rng, 2, 5), 4 * rand(rng, 2, 5)
     for act, ref in [("RELU", np.maximum(a + b, 0)), ("RELU6", np.clip(a + b, 0, 6)),

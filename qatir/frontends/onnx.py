@@ -1,4 +1,7 @@
-"""ONNX frontend: import an ONNX model (opsets 7-21) as a qatir IR graph in NHWC layout.
+"""ONNX frontend: import an ONNX model as a qatir IR graph in NHWC layout.
+
+Opsets 7-21 are read as they are; opsets 1-6 are first upgraded to 7
+(:mod:`qatir.frontends.onnx_legacy`).
 
 4-D graph inputs and outputs become NHWC (``tensor.source_layout == "NCHW"``);
 weights are transposed once (OHWI, 1HWO); static shape arithmetic is folded.
@@ -11,11 +14,13 @@ Exp, Abs, Neg, Sqrt, Gelu, LayerNormalization, InstanceNormalization, GroupNorma
 (two-operand products, :mod:`qatir.frontends.onnx_einsum`), MaxPool,
 AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean/Max/Sum, Reshape, Flatten,
 Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Gather, Resize, Upsample,
-DepthToSpace, SpaceToDepth, Tile, Expand (RESHAPE + TILE), Identity, Dropout, Cast. Ops folded
-when all their inputs are constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size,
-Range, Expand, Tile, Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal,
-ReduceProd, Mod, ScatterND, Einsum (Swin's shifted-window mask and relative position index
-are such constant subgraphs).
+DepthToSpace, SpaceToDepth, Tile, Expand (RESHAPE + TILE), Identity, Dropout, Cast, Pow, LRN,
+LSTM, GRU (:mod:`qatir.frontends.onnx_misc`, :mod:`qatir.frontends.onnx_rnn`); onnxruntime's
+dynamic quantization is undone first (:mod:`qatir.frontends.onnx_dynq`). Ops folded when all
+their inputs are constant (``FOLDERS``) add Constant, ConstantOfShape, Shape, Size, Range,
+Expand, Tile, Where, Equal/Less/Greater/Not, Floor/Ceil/Round, Pow, Reciprocal, ReduceProd,
+Mod, ScatterND, Einsum (Swin's shifted-window mask and relative position index are such
+constant subgraphs).
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from qatir.errors import (
 )
 from qatir.frontends import (  # noqa: F401  (register the converters)
     onnx_einsum,
+    onnx_misc,
     onnx_nn,
     onnx_norm,
     onnx_ops,
     onnx_pool,
+    onnx_rnn,
     onnx_shape_ops,
 )
 from qatir.frontends.onnx_ctx import (
@@ -51,6 +58,7 @@ from qatir.frontends.onnx_ctx import (
     channel_last,
     ident,
 )
+from qatir.frontends.onnx_dynq import dequantize_dynamic
 from qatir.frontends.onnx_fold import FOLDERS, fold_node
 from qatir.frontends.onnx_gelu import fuse_gelu, is_fused
 from qatir.frontends.onnx_groupnorm import fuse_group_norm, is_group_norm
@@ -62,6 +70,7 @@ from qatir.frontends.onnx_io import (
     topo_order,
     value_info_shape,
 )
+from qatir.frontends.onnx_legacy import default_opset, upgrade_legacy
 from qatir.ir import Graph
 
 # Python exceptions a malformed node may trigger inside a converter; reported as the node's fault.
@@ -73,10 +82,12 @@ def load_onnx(path: str | os.PathLike,
               input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
     """Import the ONNX model at ``path``; ``input_shapes`` (source layout) fixes dynamic dims."""
     path = os.fspath(path)
-    model = read_model(path)
+    raw = read_model(path)
+    model = upgrade_legacy(raw, path)  # opsets 1-6 -> 7
     opset = opset_of(model, path)
     onnx_graph = model.graph
     fuse_gelu(onnx_graph)  # exporters' Erf/Tanh spellings of GELU -> Gelu
+    dequantize_dynamic(onnx_graph, path)  # onnxruntime's dynamic quantization -> float ops
     fuse_group_norm(onnx_graph)  # Reshape -> InstanceNormalization -> Reshape -> GroupNorm1
     _check_supported(onnx_graph, path)
 
@@ -86,6 +97,7 @@ def load_onnx(path: str | os.PathLike,
     _add_inputs(ctx, onnx_graph, inits, input_shapes)
 
     nodes = list(onnx_graph.node)
+    ctx.consumed = {i for n in nodes for i in n.input} | {o.name for o in onnx_graph.output}
     for idx in topo_order(nodes, set(ctx.vals), path):
         _convert_node(ctx, nodes[idx], idx)
     _set_outputs(ctx, onnx_graph)
@@ -94,6 +106,7 @@ def load_onnx(path: str | os.PathLike,
         "source_format": "onnx",
         "source_file": os.path.basename(path),
         "opset": opset,
+        "source_opset": default_opset(raw),
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
     })
     try:
@@ -240,7 +253,7 @@ def _convert_node(ctx: Ctx, node: Any, index: int) -> None:
         else:
             fn(ctx)
         for o in node.output:
-            if o and o not in ctx.vals:
+            if o and o not in ctx.vals and o in ctx.consumed:  # an unused output may be left
                 raise ctx.unsupported(f"output {o!r} is not supported")
     except UnsupportedOpError:
         raise

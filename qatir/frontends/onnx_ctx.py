@@ -21,10 +21,9 @@ import numpy as np
 
 from qatir.errors import ModelFormatError, ShapeError, UnsupportedOpError
 from qatir.ir import Graph, Tensor
+from qatir.limits import CONST_MEMORY_FRACTION, max_const_elements
 from qatir.numerics import normalize_axes, normalize_axis
 
-# Folded constants larger than this are refused (a fuzzed file must not drive a huge allocation).
-MAX_CONST_ELEMENTS = 1 << 24
 INT32_MAX = (1 << 31) - 1
 MAX_RANK = 16  # deeper tensors are refused: rank-quadratic bookkeeping must stay cheap
 
@@ -101,7 +100,8 @@ def normalize_const(arr: np.ndarray) -> np.ndarray:
 
 
 def check_size(shape: Sequence[int], what: str) -> None:
-    """Refuse constants whose element count is absurd before allocating them."""
+    """Refuse constants that cannot fit in memory (:func:`qatir.limits.max_const_elements`)
+    before allocating them."""
     if len(shape) > MAX_RANK:
         raise ShapeError(f"{what}: rank {len(shape)} exceeds {MAX_RANK}")
     n = 1
@@ -110,9 +110,10 @@ def check_size(shape: Sequence[int], what: str) -> None:
         if d < 0:
             raise ShapeError(f"{what}: negative dimension {d} in {list(shape)}")
         n *= d
-        if n > MAX_CONST_ELEMENTS:
-            raise ShapeError(f"{what}: constant of shape {list(shape)} exceeds "
-                             f"{MAX_CONST_ELEMENTS} elements")
+    if n > 1 << 24 and n > (cap := max_const_elements()):  # small ones never ask /proc
+        raise ShapeError(f"{what}: constant of shape {list(shape)} ({n} elements) exceeds "
+                         f"{cap} elements, {CONST_MEMORY_FRACTION:.0%} of the memory "
+                         "available now at 8 bytes an element")
 
 
 def ident(rank: int) -> tuple[int, ...]:
@@ -178,6 +179,7 @@ class Ctx:
         self.vals: dict[str, Val] = {}
         self._converted: dict[tuple[int, tuple[int, ...]], Tensor] = {}
         self.node: Any = None  # the NodeProto being converted
+        self.consumed: set[str] = set()  # names some node or a graph output reads
         self.node_name = ""
 
     # -------------------------------------------------------------- lookups

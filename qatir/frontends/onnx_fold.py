@@ -21,6 +21,7 @@ from qatir.frontends.onnx_ctx import (
     has_dims,
     onnx_attrs,
 )
+from qatir.frontends.onnx_misc import dropout_mask
 
 Fold = Callable[[Ctx, list[Any], dict[str, Any]], list[np.ndarray]]
 FOLDERS: dict[str, Fold] = {}
@@ -54,9 +55,15 @@ def _norm_axis(a: int, rank: int, ctx: Ctx) -> int:
     return ctx.axis(a, max(rank, 1))
 
 
-@folder("Identity", "Dropout")
+@folder("Identity")
 def _identity(ctx, ins, attrs):
     return [ins[0]]
+
+
+@folder("Dropout")
+def _dropout(ctx, ins, attrs):
+    mask = dropout_mask(ctx, np.shape(ins[0]))
+    return [ins[0]] if mask is None else [ins[0], mask]
 
 
 @folder("Cast")
@@ -66,7 +73,8 @@ def _cast(ctx, ins, attrs):
     if x.dtype == object:
         if to.kind in "iu":
             return [x]
-        raise ctx.shape_error("cannot cast a dynamic shape value to a non-integer type")
+        raise ctx.shape_error("cannot cast a dynamic shape value to a non-integer type; "
+                              "fix the dims with input_shapes=")
     return [x.astype(to)]
 
 
@@ -412,8 +420,6 @@ def fold_node(ctx: Ctx, ins: list[Any]) -> bool:
     """Fold the current node if it has a folder and all its inputs are constant arrays."""
     fn = FOLDERS.get(ctx.node.op_type)
     if fn is None:
-        return False
-    if ctx.node.op_type in ("Dropout",) and len(ctx.node.output) > 1 and ctx.node.output[1]:
         return False
     symbolic = any(x is not None and has_dims(x) for x in ins)
     if symbolic and ctx.node.op_type not in SYMBOLIC_OK:

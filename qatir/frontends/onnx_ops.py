@@ -77,10 +77,8 @@ def _clip(ctx: Ctx) -> None:
     _unary_out(ctx, "CLIP", {"min": lo, "max": hi})
 
 
-@converter("Identity", "Dropout")
+@converter("Identity")
 def _identity(ctx: Ctx) -> None:
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        raise ctx.unsupported("the Dropout mask output is not supported")
     ctx.set_out(ctx.need(0))
 
 
@@ -209,33 +207,3 @@ def _global_pool(ctx: Ctx) -> None:
     x = ctx.act(ctx.as_tensor(x, channel_last(x.rank)), channel_last(x.rank))
     op = "MEAN" if ctx.node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
     reduce_to(ctx, x, op, list(range(2, x.rank)), True)
-
-
-_POW = {0.5: "SQRT", -0.5: "RSQRT"}
-
-
-@converter("Pow")
-def _pow(ctx: Ctx) -> None:
-    # A constant base and exponent folds (onnx_fold); a tensor base with a constant exponent
-    # is rewritten: x^2 = x·x, x^3 = x·x·x, x^0.5 = SQRT(x), x^-0.5 = RSQRT(x), x^1 = x.
-    e = np.asarray(ctx.const_in(1, "exponent"), np.float64).reshape(-1)
-    if e.size != 1:
-        raise ctx.unsupported(f"exponent of shape {list(np.shape(e))} (only a scalar)")
-    p = float(e[0])
-    x = ctx.need(0)
-    if x.is_const:
-        raise ctx.unsupported("a constant base with a non-constant exponent")
-    if p in _POW:
-        _unary_out(ctx, _POW[p])
-        return
-    if p not in (1.0, 2.0, 3.0):
-        raise ctx.unsupported(f"exponent {p:g} with a non-constant base (only 0.5, -0.5, 1, "
-                              "2 and 3)")
-    if p == 1.0:
-        ctx.set_out(x)
-        return
-    t = ctx.as_tensor(x, x.perm)
-    y = ctx.emit("MUL", [t, t], suffix="__square" if p == 3.0 else "")
-    if p == 3.0:
-        y = ctx.emit("MUL", [y, t])
-    ctx.set_out(ctx.act(y, x.perm))

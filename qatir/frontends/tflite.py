@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError, QatirError, ShapeError, UnsupportedOpError
+from qatir.frontends import tflite_custom as _custom_ops  # noqa: F401  (registers converters)
 from qatir.frontends import tflite_fold as tfold
 from qatir.frontends import tflite_ops as tops
 from qatir.frontends import tflite_shape_ops as _shape_ops  # noqa: F401  (registers converters)

@@ -220,6 +220,22 @@ def _leaky(ctx: Any, op: TOp) -> Emit:
     return Emit("LEAKY_RELU", list(op.inputs), {"alpha": f32(o.Alpha()) if o else 0.0})
 
 
+@converter("POW")
+def _pow(ctx: Any, op: TOp) -> Emit:
+    need_inputs(ctx, op, 2, 2)
+    return Emit("POW", list(op.inputs), {})
+
+
+@converter("LOCAL_RESPONSE_NORMALIZATION")
+def _lrn(ctx: Any, op: TOp) -> Emit:
+    need_inputs(ctx, op, 1, 1)
+    o = ctx.opts(op, "LocalResponseNormalizationOptions")
+    if o is None:
+        return Emit(op.name, list(op.inputs), {})
+    return Emit(op.name, list(op.inputs), {"radius": int(o.Radius()), "bias": f32(o.Bias()),
+                                           "alpha": f32(o.Alpha()), "beta": f32(o.Beta())})
+
+
 @converter("GELU")
 def _gelu(ctx: Any, op: TOp) -> Emit:
     need_inputs(ctx, op, 1, 1)

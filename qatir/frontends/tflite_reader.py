@@ -98,6 +98,7 @@ class TOp:
     outputs: tuple[int, ...]
     options_type: int
     options_table: Any  # flatbuffers Table of the builtin options, or None
+    custom_options: bytes = b""  # a custom op's raw options (layout defined by the op)
 
 
 @dataclass
@@ -343,8 +344,11 @@ def _read_op(r: Reader, sub: Any, i: int, opcodes: list[tuple[int, int, str | No
         if not 0 <= t < n_tensors:
             raise r.fail(f"output tensor index {t} out of range "
                          f"(subgraph has {n_tensors} tensors)")
+    custom_options = b""
+    if custom is not None and op.CustomOptionsLength():
+        custom_options = bytes(op.CustomOptionsAsNumpy().tobytes())
     return TOp(i, code, name, version, custom, inputs, outputs, int(op.BuiltinOptionsType()),
-               op.BuiltinOptions())
+               op.BuiltinOptions(), custom_options)
 
 
 def builtin_name(code: int) -> str:

@@ -71,6 +71,13 @@ register_op("LEAKY_RELU", shape.same, attrs={"alpha": 0.2}, **I816)
 register_op("GELU", shape.same, attrs={"approximate": False},
             doc="0.5·x·(1 + erf(x/√2)); approximate: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))",
             **I8)
+# POW and LOCAL_RESPONSE_NORMALIZATION: LiteRT runs them in float only (pow.cc: float32 and
+# int32; local_response_norm.cc: float32), so int8 graphs hold them as float islands.
+register_op("POW", shape.binary, inputs=2, doc="x ** y, broadcasting")
+register_op("LOCAL_RESPONSE_NORMALIZATION", shape.same,
+            attrs={"radius": 5, "bias": 1.0, "alpha": 1.0, "beta": 0.5},
+            doc="x / (bias + alpha·Σ x_j²)^beta over channels j in [c - radius, c + radius] "
+                "(last axis, 4-D)")
 register_op("PRELU", shape.prelu, inputs=2, doc="y = x if x >= 0 else alpha * x (alpha broadcasts)",
             params=((1, "alpha"),), **I8)
 register_op("SOFTMAX", shape.softmax, attrs={"beta": 1.0},

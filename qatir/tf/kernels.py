@@ -219,7 +219,7 @@ def _tconv(ctx, node, ins):
 
 # ------------------------------------------------------------- elementwise
 _BINARY = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply, "DIV": tf.divide,
-           "MAXIMUM": tf.maximum, "MINIMUM": tf.minimum,
+           "MAXIMUM": tf.maximum, "MINIMUM": tf.minimum, "POW": tf.pow,
            "SQUARED_DIFFERENCE": tf.math.squared_difference}
 for _name, _fn in _BINARY.items():
     tf_kernel(_name)(lambda ctx, node, ins, _fn=_fn: _act(node, _fn(ins[0], ins[1])))
@@ -246,6 +246,14 @@ for _name, _fn in _UNARY.items():
 @tf_kernel("GELU")
 def _gelu(ctx, node, ins):
     return tf.nn.gelu(ins[0], approximate=bool(node.attrs["approximate"]))
+
+
+@tf_kernel("LOCAL_RESPONSE_NORMALIZATION")
+def _lrn(ctx, node, ins):
+    a = node.attrs
+    return tf.nn.local_response_normalization(ins[0], depth_radius=int(a["radius"]),
+                                              bias=float(a["bias"]), alpha=float(a["alpha"]),
+                                              beta=float(a["beta"]))
 
 
 @tf_kernel("LEAKY_RELU")

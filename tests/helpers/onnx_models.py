@@ -282,8 +282,12 @@ def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 
 
 def compare_with_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tmp_dir: Any = None,
-                     rtol: float = 1e-4, input_shapes: dict | None = None) -> Any:
+                     rtol: float = 1e-4, input_shapes: dict | None = None,
+                     reference: onnx.ModelProto | None = None) -> Any:
     """Import ``model`` with qatir, run it and onnxruntime on ``feeds`` (NCHW) and compare.
+
+    ``reference`` is the model onnxruntime runs instead (e.g. a legacy opset's upgrade,
+    which onnxruntime no longer implements).
 
     Graph inputs/outputs of rank 4 are NHWC in qatir: feeds are transposed in and
     outputs back. The error, relative to the largest reference magnitude, must stay
@@ -298,7 +302,7 @@ def compare_with_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tmp_d
         path = save(model, Path(d) / "model.onnx")
         g = qatir.load(path, input_shapes=input_shapes)
     g.verify()
-    ref = run_ort(model, feeds)
+    ref = run_ort(model if reference is None else reference, feeds)
     out = qatir.run(g, {k: to_nhwc(v) for k, v in feeds.items()})
     for vi, r in zip(model.graph.output, ref):
         y = np.asarray(out[vi.name])

@@ -141,15 +141,32 @@ def _random_source_feed(entry, seed: int) -> dict:
     return out
 
 
-def _source_run(entry, path, feed) -> list:
-    """The model in its own runtime: onnxruntime for ONNX, LiteRT (float) for TFLite."""
+def _float_equivalent(path):
+    """For an onnxruntime dynamically quantized file, the float model qatir imports
+    (qatir.frontends.onnx_dynq) as bytes; None for any other file."""
+    import onnx
+
+    from qatir.frontends.onnx_dynq import dequantize_dynamic
+
+    model = onnx.load(path)
+    return model.SerializeToString() if dequantize_dynamic(model.graph, path) else None
+
+
+def _source_run(entry, path, feed, as_file: bool = False) -> list:
+    """The model in its own runtime: onnxruntime for ONNX, LiteRT (float) for TFLite.
+
+    A dynamically quantized ONNX file runs as its float equivalent (the network qatir
+    imports) unless ``as_file``: the file's own activation rounding is not qatir's to match.
+    """
     if entry["format"] == "onnx":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        src = None if as_file else _float_equivalent(path)
+        sess = ort.InferenceSession(path if src is None else src, so,
+                                    providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         return list(zip(names, sess.run(None, feed)))
     it = _interp(path)
@@ -366,6 +383,12 @@ def run_one(entry: dict, models_dir: str, result_path: str, stage_path: str) -> 
             errs.append((d, d / max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-12)))
         res["float_abs_err"] = max(e[0] for e in errs)
         res["float_rel_err"] = max(e[1] for e in errs)
+        if entry["format"] == "onnx" and _float_equivalent(path) is not None:
+            orig = _source_run(entry, path, src_feed, as_file=True)
+            res["runtime_reference"] = "float equivalent of a dynamically quantized file"
+            res["dynamic_quant_rel_err"] = max(
+                float(np.max(np.abs(w - o))) / max(float(np.max(np.abs(o))), 1e-12)
+                for (_, w), (_, o) in zip(want, orig))
         res["seconds"]["runtime"] = round(time.time() - t0, 2)
         if not res["float_rel_err"] <= FLOAT_TOL:
             raise FloatMismatch(f"max |qatir - runtime| = {res['float_abs_err']:.3g} "
@@ -607,6 +630,16 @@ def task_lines(results: list[dict]) -> str:
     return ("real tasks (float vs int8 on real data):\n" + "\n".join(lines)) if lines else ""
 
 
+def dynamic_quant_lines(results: list[dict]) -> str:
+    """Dynamically quantized ONNX files: run against their float equivalent, and how far
+    the file's own run (its activation rounding) is from that."""
+    lines = [f"  {r['name']:<36} the file vs its float equivalent in onnxruntime: "
+             f"{r['dynamic_quant_rel_err']:.3g} of max |output|"
+             for r in results if r.get("dynamic_quant_rel_err") is not None]
+    return ("dynamically quantized files (float stage against their float equivalent):\n"
+            + "\n".join(lines)) if lines else ""
+
+
 def summary(results: list[dict]) -> str:
     n = len(results)
     exported = sum(1 for r in results if r.get("tflite_bytes") is not None)
@@ -690,6 +723,8 @@ def run_corpus(manifest: str, only: str | None = None, jobs: int = 1, timeout: f
                   file=out)
     if task_lines(results):
         print(task_lines(results), file=out)
+    if dynamic_quant_lines(results):
+        print(dynamic_quant_lines(results), file=out)
     if any(r.get("status") != "ok" for r in results):
         print(failure_reasons(results), file=out)
     print(summary(results), file=out, flush=True)
