@@ -410,10 +410,17 @@ def test_hybrid_input_quantization_at_a_tie():
 
 
 def test_quantized_graph_per_tensor_fc_bit_exact():
-    """qatir's default table quantizes FC weights per tensor: the dynamic file keeps them
-    (FULLY_CONNECTED v9: hybrid, asymmetric inputs) and matches on both resolvers."""
+    """A table that quantizes FC weights per tensor (the default is per channel): the
+    dynamic file keeps them (FULLY_CONNECTED v9: hybrid, asymmetric inputs) and matches on
+    both resolvers."""
+    from qatir.table import load_table
+
+    table = load_table().data
+    table["weights"] = dict(table["weights"])
+    table["weights"]["per_channel_axis"] = {
+        k: v for k, v in table["weights"]["per_channel_axis"].items() if k != "FULLY_CONNECTED"}
     g = _single("fc")
-    q = qatir.quantize(g)
+    q = qatir.quantize(g, table=table)
     qatir.calibrate(q, [_feeds(g, s) for s in range(3)], progress=False)
     buf = qatir.to_tflite(q, mode="dynamic")
     assert _opcodes(buf)["FULLY_CONNECTED"] == {9}
