@@ -22,6 +22,7 @@ from qatir.reference import run_reference  # noqa: E402
 from qatir.tflite_writer import to_tflite  # noqa: E402
 from tests.helpers import QB, compare_all, litert_run  # noqa: E402
 from tests.helpers.onnx_models import OnnxBuilder, compare_with_ort, ops_of, rnd, save  # noqa: E402
+from tests.helpers.qbuild import assert_int8_file_matches_reference  # noqa: E402
 
 SQRT2 = np.float32(math.sqrt(2.0))
 K = np.float32(math.sqrt(2.0 / math.pi))
@@ -296,7 +297,7 @@ def _convert(model, int8: bool) -> bytes:
 
 @pytest.mark.parametrize("approximate", [False, True])
 def test_tflite_gelu_from_the_converter(tmp_path, approximate):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import Interpreter
 
     model = _keras_gelu(approximate)
     path = tmp_path / "f.tflite"
@@ -314,15 +315,7 @@ def test_tflite_gelu_from_the_converter(tmp_path, approximate):
     g8 = qatir.load(path8)
     assert "GELU" in ops_of(g8)
     rng = np.random.default_rng(2)
-    for _ in range(2):
-        x8 = rng.integers(-128, 128, (1, 6, 6, 3)).astype(np.int8)
-        for mode, kind in (("reference", OpResolverType.BUILTIN_REF),
-                           ("xnnpack", OpResolverType.AUTO)):
-            it = Interpreter(model_path=str(path8), experimental_op_resolver_type=kind,
-                             num_threads=1)
-            (got8,) = it.get_signature_runner()(x=x8).values()
-            (want8,) = run_reference(g8, {g8.inputs[0].name: x8}, kernels=mode).values()
-            np.testing.assert_array_equal(got8, want8, err_msg=mode)
+    assert_int8_file_matches_reference(path8, g8, rng, (1, 6, 6, 3))
 
 
 def test_gelu_node_before_opset_20_is_refused(tmp_path):

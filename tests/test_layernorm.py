@@ -22,6 +22,7 @@ from qatir.reference import run_reference  # noqa: E402
 from qatir.tflite_writer import to_tflite  # noqa: E402
 from tests.helpers import QB, compare_all, litert_run  # noqa: E402
 from tests.helpers.onnx_models import OnnxBuilder, compare_with_ort, ops_of, rnd, save  # noqa: E402
+from tests.helpers.qbuild import assert_int8_file_matches_reference  # noqa: E402
 
 CHAIN = ["MEAN", "SQUARED_DIFFERENCE", "MEAN", "ADD", "RSQRT", "SUB", "MUL", "MUL", "ADD"]
 
@@ -409,7 +410,6 @@ def test_converter_int8_layer_norm_runs_bit_exact_in_the_reference(tmp_path):
     integer reference predicts LiteRT on both resolvers."""
     import keras
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     inp = keras.Input((6, 6, 3), batch_size=1, name="x")
     y = keras.layers.LayerNormalization(epsilon=1e-6)(keras.layers.Conv2D(8, 3, padding="same")(inp))
@@ -427,12 +427,4 @@ def test_converter_int8_layer_norm_runs_bit_exact_in_the_reference(tmp_path):
         path.write_bytes(conv.convert())
     g = qatir.load(path)
     assert {"SQUARED_DIFFERENCE", "RSQRT", "MEAN"} <= set(ops_of(g))
-    for _ in range(2):
-        x8 = rng.integers(-128, 128, (1, 6, 6, 3)).astype(np.int8)
-        for mode, kind in (("reference", OpResolverType.BUILTIN_REF),
-                           ("xnnpack", OpResolverType.AUTO)):
-            it = Interpreter(model_path=str(path), experimental_op_resolver_type=kind,
-                             num_threads=1)
-            (got,) = it.get_signature_runner()(x=x8).values()
-            (want,) = run_reference(g, {g.inputs[0].name: x8}, kernels=mode).values()
-            np.testing.assert_array_equal(got, want, err_msg=mode)
+    assert_int8_file_matches_reference(path, g, rng, (1, 6, 6, 3))

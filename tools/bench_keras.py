@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from bench_vs_converter import quiet, run_model, sqnr_db  # noqa: E402
+from bench_vs_converter import quiet, run_model, set_bn_statistics, sqnr_db  # noqa: E402
 
 MODELS = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50", "ConvNeXtTiny"]
 
@@ -58,13 +58,7 @@ def build(name: str, stats: np.ndarray):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None, input_shape=(224, 224, 3),
                                               classifier_activation=None)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(stats, training=True)
-    for bn, m in zip(bns, saved):
-        bn.momentum = m
+    set_bn_statistics(model, stats)
     return model
 
 

@@ -39,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 CORPUS = Path(__file__).resolve().parent / "corpus" / "models"
 MODELS = ("tv_mobilenet_v2", "keras_resnet50", "tv_resnet18")
 MODES = ("float32", "float16", "dynamic", "int8")
@@ -64,17 +66,12 @@ def samples(shape: tuple[int, ...], n: int, seed: int) -> np.ndarray:
 def keras_resnet50(stats: np.ndarray):
     """The corpus recipe's ResNet50, logits out, batch-norm statistics set from ``stats``."""
     import tensorflow as tf
+    from bench_vs_converter import set_bn_statistics
 
     tf.keras.utils.set_random_seed(0)
     model = tf.keras.applications.ResNet50(weights=None, input_shape=(128, 128, 3),
                                            classifier_activation=None)
-    bns = [la for la in model.layers if isinstance(la, tf.keras.layers.BatchNormalization)]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(stats, training=True)
-    for bn, m in zip(bns, saved):
-        bn.momentum = m
+    set_bn_statistics(model, stats)
     return model
 
 
@@ -132,23 +129,9 @@ def run(buf: bytes, xs: np.ndarray) -> np.ndarray:
 
 def latencies_ms(bufs: dict[str, bytes], x: np.ndarray, runs: int) -> dict[str, float]:
     """Median invoke time per file, the files taking turns (order rotating each turn)."""
-    from qatir.litert_run import LiteRTRunner
+    from qatir.bench import interleaved_latency_ms
 
-    its = {}
-    for label, buf in bufs.items():
-        r = LiteRTRunner(buf, threads=1)
-        r.set_inputs([x[None]])
-        for _ in range(2):
-            r.interp.invoke()
-        its[label] = r.interp
-    labels = list(its)
-    times: dict[str, list[float]] = {label: [] for label in labels}
-    for k in range(runs):
-        for label in labels[k % len(labels):] + labels[:k % len(labels)]:
-            t0 = time.perf_counter()
-            its[label].invoke()
-            times[label].append(time.perf_counter() - t0)
-    return {label: float(np.median(t) * 1e3) for label, t in times.items()}
+    return interleaved_latency_ms(bufs, runs, feeds={label: [x[None]] for label in bufs})
 
 
 def reference_diff(path: str, buf: bytes, mode: str, x: np.ndarray) -> float:

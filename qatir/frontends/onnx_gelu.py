@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from qatir.frontends.onnx_io import tensor_to_array
+from qatir.frontends.onnx_io import splice_nodes, tensor_to_array
 
 #: relative tolerance on the pattern's constants (√2, 1/√2, 0.5, 1, √(2/π), 0.044715, 3)
 RTOL = 1e-5
@@ -194,9 +194,4 @@ def fuse_gelu(graph: Any) -> int:
         replaced[id(root)] = helper.make_node(
             "Gelu", [x], [root.output[0]], name=root.name or f"gelu_{root.output[0]}",
             doc_string=FUSED_DOC, approximate="tanh" if approximate else "none")
-    if not replaced:
-        return 0
-    kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped or id(n) in replaced]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return len(replaced)
+    return splice_nodes(graph, dropped, replaced)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qatir.frontends.onnx_io import tensor_to_array
+from qatir.frontends.onnx_io import splice_nodes, tensor_to_array
 
 OP = "GroupNorm1"
 FUSED_DOC = "qatir: fused from the exporter's GroupNorm(1) spelling"
@@ -89,9 +89,4 @@ def fuse_group_norm(graph: Any) -> int:
             OP, [first.input[0], inorm.input[1], inorm.input[2], first.input[1], second.input[1]],
             [second.output[0]], name=inorm.name or f"group_norm_{second.output[0]}",
             doc_string=FUSED_DOC, epsilon=float(eps))
-    if not replaced:
-        return 0
-    kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped or id(n) in replaced]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return len(replaced)
+    return splice_nodes(graph, dropped, replaced)

@@ -189,3 +189,15 @@ def topo_order(nodes: Sequence[Any], known: set[str], path: str) -> list[int]:
         stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if indeg[i] > 0]
         raise ModelFormatError(f"{path}: the graph has a cycle through nodes {stuck[:5]}")
     return order
+
+
+def splice_nodes(graph: Any, dropped: set[int], replaced: Mapping[int, Any]) -> int:
+    """Rewrite ``graph.node`` in place: nodes whose ``id`` is in ``dropped`` go, except that
+    a node ``replaced`` maps takes the place of its replacement (the spelling fusions'
+    one edit); returns how many nodes were replaced."""
+    if not replaced:
+        return 0
+    kept = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped or id(n) in replaced]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(replaced)

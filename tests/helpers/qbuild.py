@@ -115,3 +115,23 @@ def compare_all(g: Graph, seeds: Sequence[int] = (1, 2, 3)) -> dict[str, int]:
                 d = np.abs(got[name].astype(np.int32) - arr.astype(np.int32)).max()
                 worst[mode] = max(worst[mode], int(d))
     return worst
+
+
+def assert_int8_file_matches_reference(path, g: Graph, rng: np.random.Generator,
+                                       shape: Sequence[int], draws: int = 2) -> None:
+    """An int8 TFLite file (one int8 input ``x``, one output) that qatir imported as ``g``:
+    LiteRT's output equals ``run_reference(g)`` bit for bit on both resolvers, for
+    ``draws`` random int8 inputs of ``shape``."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from qatir.reference import run_reference
+
+    for _ in range(draws):
+        x8 = rng.integers(-128, 128, tuple(shape)).astype(np.int8)
+        for mode, kind in (("reference", OpResolverType.BUILTIN_REF),
+                           ("xnnpack", OpResolverType.AUTO)):
+            it = Interpreter(model_path=str(path), experimental_op_resolver_type=kind,
+                             num_threads=1)
+            (got,) = it.get_signature_runner()(x=x8).values()
+            (want,) = run_reference(g, {g.inputs[0].name: x8}, kernels=mode).values()
+            np.testing.assert_array_equal(got, want, err_msg=mode)
