@@ -121,12 +121,8 @@ def tconv(node):
     x, w = _in(node), _in(node, 1)
     _check_bias(node, w.shape[0])
     check(x.rank == 4 and w.rank == 4, "TRANSPOSE_CONV needs 4-D input and OHWI weights")
-    # A grouped convolution (as TFLite's CONV_2D v6): the weight holds the input channels of
-    # one group; the group count is input channels / weight input channels.
-    cin, cg, o = x.shape[3], w.shape[3], w.shape[0]
-    check(cin is None or (cin % cg == 0 and o % (cin // cg) == 0),
-          f"input channels {cin} do not fit weight channels {cg} with {o} outputs (OHWI): "
-          "a grouped convolution needs both channel counts divisible by the group count")
+    check(x.shape[3] is None or x.shape[3] == w.shape[3],
+          f"input channels {x.shape[3]} != weight channels {w.shape[3]} (OHWI)")
     sh, sw = node.attrs["stride"]
     n, h, wd, _ = x.shape
 
