@@ -188,6 +188,10 @@ def _is_float(node: Node) -> bool:
 
 
 def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Kernel | None:
+    from qatir import reference_int16
+
+    if reference_int16.is_int16(node):
+        return reference_int16.kernel_for(node, table)
     if not _is_float(node):
         return table.get(node.op)
     if node.op in ftable:

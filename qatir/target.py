@@ -132,6 +132,9 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("EXP", 1): "1.7.0", ("NEG", 1): "1.9.0", ("SQRT", 1): "1.10.0", ("RSQRT", 1): "1.10.0",
     ("RSQRT", 2): "2.5.0", ("ABS", 1): "1.13.0", ("ABS", 2): "2.4.0",
     ("GELU", 1): "2.9.0", ("GELU", 2): "2.9.0",
+    # 16x8 forms (qatir/int16.py INT16_VERSION)
+    ("CONV_2D", 8): "2.15.0", ("DEPTHWISE_CONV_2D", 5): "2.3.0", ("FULLY_CONNECTED", 11): "2.15.0",
+    ("DEQUANTIZE", 3): "1.15.0",
 }
 
 
