@@ -29,8 +29,13 @@ import numpy as np
 from qatir import reference_kernels as K
 from qatir.int16 import I16_MAX, I16_MIN
 from qatir.ir import Node
-from qatir.reference_math import act_range, mbqm, quantize_multiplier, quantize_multipliers
-from qatir.reference_math import round_half_away
+from qatir.reference_math import (
+    act_range,
+    mbqm,
+    quantize_multiplier,
+    quantize_multipliers,
+    round_half_away,
+)
 
 Kernel = Callable[[Node, list, str], np.ndarray]
 

@@ -53,6 +53,7 @@ from qatir.lowering.common import (
 )
 from qatir.lowering.constants import lower_constants
 from qatir.lowering.edges import IO_MODES, apply_io
+from qatir.lowering.int16 import check_int16_region
 from qatir.lowering.islands import enter_islands, mark_islands
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
@@ -95,6 +96,7 @@ def _edges(g: Graph, io: str) -> None:
 def _limits(g: Graph, io: str) -> None:
     check_spec(g)
     check_litert_limits(g)
+    check_int16_region(g)
 
 
 STEPS: tuple[Step, ...] = (

@@ -46,3 +46,45 @@ def lower_bias64(g: Graph, node: Node) -> None:
         node.add_input(new)
     else:
         node.set_input(2, new)
+
+
+#: ADD's 16-bit general rescale (``add.cc``, left shift 15) needs 2·max(input scale) /
+#: (2^15 · output scale) below 1 (QuantizeMultiplierSmallerThanOneExp checks it).
+ADD16_MAX_RATIO = 2.0**14
+#: the int64 MultiplyByQuantizedMultiplier assumes a shift below 8: in·w/out < 2^7.
+CONV16_MAX_REQUANT = 2.0**7
+_PASS_THROUGH = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+def _touches_int16(node: Node) -> bool:
+    return any(t is not None and not t.is_const and t.dtype == np.int16
+               for t in (*node.inputs, *node.outputs))
+
+
+def check_int16_region(g: Graph) -> None:
+    """Every node reading or writing int16 has a 16x8 kernel qatir supports, and its scales
+    stay inside what LiteRT's int16 kernels accept; ExportError names the nodes."""
+    from qatir.int16 import INT16_OPS
+
+    bad = [f"{n.name!r} ({n.op})" for n in g.nodes
+           if _touches_int16(n) and n.op not in INT16_OPS | _PASS_THROUGH]
+    if bad:
+        raise ExportError(f"no 16x8 kernel (qatir writer + integer reference) for node(s) "
+                          f"{', '.join(bad)}; keep them out of the [[int16]] entries")
+    for n in g.nodes:
+        if not _touches_int16(n) or n.outputs[0].quant is None:
+            continue
+        so = float(n.outputs[0].quant.scale[0])
+        if n.op == "ADD":
+            ratio = max(float(t.quant.scale[0]) for t in n.inputs) / so
+            if ratio >= ADD16_MAX_RATIO:
+                raise ExportError(f"node {n.name!r} (ADD, int16): input scale / output scale "
+                                  f"= {ratio:.4g} is not below {ADD16_MAX_RATIO:g}; LiteRT's "
+                                  "int16 ADD cannot rescale it. Calibrate or widen the output")
+        elif n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            eff = (float(n.inputs[0].quant.scale[0]) * np.asarray(n.inputs[1].quant.scale) / so)
+            if np.any(eff >= CONV16_MAX_REQUANT):
+                raise ExportError(f"node {n.name!r} ({n.op}, 16x8): input scale x weight scale "
+                                  f"/ output scale = {float(eff.max()):.4g} is not below "
+                                  f"{CONV16_MAX_REQUANT:g} (LiteRT's int64 requantization). "
+                                  "The output range is too narrow: calibrate or widen it")
