@@ -145,9 +145,9 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, strict_int8: 
 
 
 def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], **options: Any) -> Any:
-    """Per-node sensitivity of a float graph to int8 (a :class:`qatir.analyze.Report`:
+    """Per-node sensitivity of a float graph to int8 (a :class:`qatir.sensitivity.Report`:
     ranked ``rows``, ``suggest(target_sqnr)`` for a table that reaches a target)."""
-    from qatir.analyze import analyze as _analyze
+    from qatir.sensitivity import analyze as _analyze
 
     return _analyze(graph, calib, **options)
 

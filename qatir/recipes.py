@@ -1,12 +1,14 @@
 """Recipes from a sensitivity analysis: the table that reaches a target SQNR with the fewest
-MACs out of int8 (:meth:`qatir.analyze.Report.suggest`), and a TOML writer for tables.
+MACs out of int8 (:meth:`qatir.sensitivity.Report.suggest`), and a TOML writer for tables.
 
 Greedy, by the analysis' SQNR gain per MAC: each unit is taken out of int8 as int16 (its
-op has a 16x8 kernel and int16 recovers :data:`~qatir.analyze.INT16_GAIN_SHARE` of the
+op has a 16x8 kernel and int16 recovers :data:`~qatir.sensitivity.INT16_GAIN_SHARE` of the
 float gain) or as a float island. Units are added while the gated estimate stays below the
 target; the table is then built and checked for real (quantize, calibrate, fake-quant run
-against the float run), and units are added until the real SQNR reaches the target too or
-none are left.
+against the float run). The gated estimate is optimistic where a unit's output is read by
+int8 nodes (they quantize it again on their input), so when the real SQNR falls short the
+picks' readers follow them first (int16 where they can, else float), then further units
+are added until the real SQNR reaches the target or none are left.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Suggestion:
 
 
 def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | None:
-    from qatir.analyze import INT16_GAIN_SHARE
+    from qatir.sensitivity import INT16_GAIN_SHARE
 
     g16, gf = row.gain_int16_db, row.gain_float_db
     if allow_int16 and g16 is not None and (not allow_float or g16 >= INT16_GAIN_SHARE * gf):
@@ -71,7 +73,7 @@ def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, fl
 
 
 def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
-    from qatir.analyze import sqnr_db
+    from qatir.sensitivity import sqnr_db
 
     gated = rep.gated
     n = len(gated.fqs)
@@ -92,7 +94,7 @@ def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
 def table_with(base: dict[str, Any], int16: list[str], floats: list[str]) -> dict[str, Any]:
     """``base`` plus an ``[[int16]]`` entry naming ``int16`` and an ``[[exclude]]`` entry
     naming ``floats`` (exact node names)."""
-    from qatir.analyze import name_regex
+    from qatir.sensitivity import name_regex
 
     data = json.loads(json.dumps(base))  # a deep copy of plain data
     if int16:
@@ -105,7 +107,7 @@ def table_with(base: dict[str, Any], int16: list[str], floats: list[str]) -> dic
 def real_sqnr(graph, table: dict[str, Any], feeds: list) -> float:
     """SQNR of the fake-quant run of ``graph`` quantized with ``table`` against its float run."""
     import qatir
-    from qatir.analyze import sqnr_db
+    from qatir.sensitivity import sqnr_db
 
     q = qatir.quantize(graph, table=table)
     qatir.calibrate(q, feeds)
@@ -126,6 +128,50 @@ def _shares(rep, int16: list[str], floats: list[str]) -> tuple[float, float]:
     return 1.0 - (m16 + mf) / total, 1.0 - mf / total
 
 
+_GRID_OPS = frozenset({"RESHAPE", "MAX_POOL_2D", "SQUEEZE", "PAD"})
+
+
+def _readers(q, name: str) -> list:
+    """Compute nodes reading ``name``'s output (through FAKE_QUANTs and grid-preserving
+    ops, which are returned too)."""
+    node = next((n for n in q.nodes if n.name == name), None)
+    out: list = []
+    todo = list(node.outputs) if node is not None else []
+    seen: set[int] = set()
+    while todo:
+        t = todo.pop()
+        for u in t.users:
+            if id(u) in seen:
+                continue
+            seen.add(id(u))
+            if u.op == "FAKE_QUANT" or u.op in _GRID_OPS:
+                todo.extend(u.outputs)
+            if u.op != "FAKE_QUANT":
+                out.append(u)
+    return out
+
+
+def _close(rep, chosen: list[tuple[Any, str, float]], allow_int16: bool
+           ) -> list[tuple[Any, str, float]]:
+    """``chosen`` plus the readers of each pick: a value taken out of int8 is still read in
+    int8 by an int8 reader (its input FAKE_QUANT), so readers follow, as int16 where they
+    have a 16x8 kernel (and int16 is allowed), else as float islands."""
+    from qatir.int16 import has_int16
+    from qatir.ops import has_op
+
+    rows = {r.node: r for r in rep.rows}
+    names = {r.node for r, _, _ in chosen}
+    out = list(chosen)
+    for row, _, _ in chosen:
+        for u in _readers(rep.gated.q, row.node):
+            if u.name in names or u.name not in rows:
+                continue
+            names.add(u.name)
+            wide = allow_int16 and has_op(u.op) and has_int16(u.op)
+            out.append((rows[u.name], "int16" if wide else "float", 0.0))
+    return out
+
+
 def suggest_table(rep, target: float, allow_int16: bool = True,
                   allow_float: bool = True) -> dict[str, Any]:
     """See the module docstring; ``rep.suggestion`` holds the :class:`Suggestion`."""
@@ -135,16 +181,19 @@ def suggest_table(rep, target: float, allow_int16: bool = True,
     while est < target and k < len(order):
         k += 1
         est = _estimate(rep, order[:k])
-    checks, real = 0, -math.inf
+    checks, real, closed = 0, -math.inf, False
     while True:
-        chosen = order[:k]
+        chosen = _close(rep, order[:k], allow_int16) if closed else order[:k]
         i16 = [r.node for r, m, _ in chosen if m == "int16"]
         fl = [r.node for r, m, _ in chosen if m == "float"]
         data = table_with(base, i16, fl)
         real = real_sqnr(rep.graph, data, rep.calib)
         checks += 1
-        if real >= target or k >= len(order) or checks >= MAX_CHECKS:
+        if real >= target or checks >= MAX_CHECKS or (closed and k >= len(order)):
             break
+        if not closed and k:  # first let the picks' readers follow them out of int8
+            closed = True
+            continue
         k += 1 if checks < MAX_CHECKS - 1 else len(order) - k
     s8, s816 = _shares(rep, i16, fl)
     rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, s8,
