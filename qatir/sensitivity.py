@@ -39,6 +39,9 @@ from qatir.ir import Graph, Node
 
 #: int16 is chosen over a float island when it recovers this share of the float gain.
 INT16_GAIN_SHARE = 0.8
+#: a unit whose float run gains less than this is not also run in int16 (its int16 SQNR is
+#: reported as its float one: int16 lies between int8 and float)
+MIN_GAIN_DB = 0.05
 
 
 @dataclass
@@ -97,13 +100,19 @@ class _Gated:
             i = index.get(id(node))
             if i is None:
                 return outs
-            x = args[0]
-            y = x + self._g8[i] * (outs - x)
+            x, g8, g16 = args[0], self._g8[i], self._g16[i]
+            # branches, so a configuration pays only for the fake-quant it switches on
+            y = tf.cond(g8 > 0, lambda: x + g8 * (outs - x), lambda: x)
             if node.attrs.get("kind") == "activation" and node.attrs.get("axis") is None:
-                m = tf.maximum(-tf.reshape(args[1], []), tf.reshape(args[2], []))
-                y16 = tf.quantization.fake_quant_with_min_max_vars(
-                    x, -m, m, num_bits=16, narrow_range=True)
-                y = y + self._g16[i] * (y16 - x)
+                lo, hi = tf.reshape(args[1], []), tf.reshape(args[2], [])
+
+                def wide():
+                    m = tf.maximum(-lo, hi)
+                    y16 = tf.quantization.fake_quant_with_min_max_vars(
+                        x, -m, m, num_bits=16, narrow_range=True)
+                    return y + g16 * (y16 - x)
+
+                y = tf.cond(g16 > 0, wide, lambda: y)
             return y
 
         spec = [tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32)]
@@ -238,7 +247,10 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         s_only = sqnr_db(ref, gated.run(only, zeros))
         s_float = sqnr_db(ref, gated.run(kept, zeros))
         s16 = None
-        if int16 and node is not None and has_op(node.op) and has_int16(node.op):
+        if s_float - full < MIN_GAIN_DB:
+            s16 = s_float if int16 and node is not None and has_op(node.op) \
+                and has_int16(node.op) else None  # kept float does not help: int16 cannot
+        elif int16 and node is not None and has_op(node.op) and has_int16(node.op):
             acts = [gated.index[id(f)] for f in fqs if f.attrs.get("kind") == "activation"]
             g8, g16 = ones.copy(), zeros.copy()
             g8[acts], g16[acts] = 0.0, 1.0
