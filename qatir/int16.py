@@ -55,11 +55,13 @@ def act_params16(scale: float) -> QuantParams:
 #: carry ``quantized_bias_type`` (CONV_2D 8, FULLY_CONNECTED 11); DEPTHWISE_CONV_2D 5
 #: ("if the op accepts int16"); ADD 3 (``pot_scale_int16`` false: the general rescale);
 #: MUL 4; pools and CONCATENATION 3; PAD/PADV2 3; RESHAPE 1; QUANTIZE 2 (int16 output),
-#: 1 (int16 -> int8); DEQUANTIZE 3.
+#: 1 (int16 -> int8); DEQUANTIZE 3; TRANSPOSE 5; RESIZE_NEAREST_NEIGHBOR 4; SQUEEZE and
+#: STRIDED_SLICE 1 (no int16 branch: the int8-free default).
 INT16_VERSION: dict[str, int] = {
     "CONV_2D": 8, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 11, "ADD": 3, "MUL": 4,
     "MAX_POOL_2D": 3, "AVERAGE_POOL_2D": 3, "CONCATENATION": 3, "PAD": 3, "PADV2": 3,
-    "RESHAPE": 1, "DEQUANTIZE": 3,
+    "RESHAPE": 1, "SQUEEZE": 1, "STRIDED_SLICE": 1, "TRANSPOSE": 5,
+    "RESIZE_NEAREST_NEIGHBOR": 4, "DEQUANTIZE": 3,
 }
 #: TFLite TensorType INT64, the ``quantized_bias_type`` of a conv/FC with an int64 bias.
 TENSOR_TYPE_INT64 = 4

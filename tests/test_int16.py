@@ -62,6 +62,17 @@ def _single(which: str):
         y = fq16(qb, qb.op("CONCATENATION", [x16, z], {"axis": 3}), 1.5)
     elif which == "pad":
         y = qb.op("PAD", [x16], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]]})
+    elif which == "transpose":
+        y = qb.op("TRANSPOSE", [x16], {"perm": [0, 2, 1, 3]})
+    elif which == "strided_slice":
+        y = qb.op("STRIDED_SLICE", [x16], {"begin": [0, 1, 0, 0], "end": [1, 7, 8, 4],
+                                           "strides": [1, 2, 1, 1]})
+    elif which == "squeeze":
+        p = qb.op("MAX_POOL_2D", [x16], {"filter": [8, 8], "stride": [8, 8]})
+        y = qb.op("SQUEEZE", [p], {"squeeze_dims": [1, 2]})
+    elif which == "resize_nearest":
+        y = qb.op("RESIZE_NEAREST_NEIGHBOR", [x16], {"size": [16, 12], "align_corners": False,
+                                                     "half_pixel_centers": True})
     else:  # int16 conv whose output goes back to int8
         y = fq16(qb, qb.conv("CONV_2D", x16, [6, 1, 1, 4], same, None), 4.0)
         y = qb.fq(y, -0.5, 3.5)
@@ -69,7 +80,8 @@ def _single(which: str):
 
 
 SINGLE = ["conv", "conv_relu6_strided", "depthwise", "fc", "add", "mul", "avg_pool", "max_pool",
-          "concat", "pad", "back_to_int8"]
+          "concat", "pad", "transpose", "strided_slice", "squeeze", "resize_nearest",
+          "back_to_int8"]
 
 
 @pytest.mark.parametrize("which", SINGLE)
