@@ -67,7 +67,8 @@ def _pad(node: Node, xs: list) -> np.ndarray:
     if q is not None:
         value = q.zero_point[0]
         if cv != 0.0:
-            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0], -128, 127))
+            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0],
+                                *q.qrange()))
     elif cv != 0.0:
         value = cv
     return np.pad(x, [tuple(int(v) for v in p) for p in node.attrs["paddings"]],

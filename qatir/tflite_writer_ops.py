@@ -214,10 +214,11 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
         version = 4
     if value == 0.0:
         return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
-    if _q(x):
+    if x.quant is not None and x.dtype in (np.int8, np.int16):  # int16: a 16x8 region
         q = x.quant
-        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], -128, 127)
-        ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
+        info = np.iinfo(x.dtype)
+        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], info.min, info.max)
+        ins.append(ctx.const(np.asarray([cv], x.dtype).reshape(()), f"{node.name}_value", q))
     else:
         ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))
     return OpSpec("PADV2", version, ins, [ctx.tensor(node.outputs[0])], "PadV2Options")

@@ -62,6 +62,9 @@ def _single(which: str):
         y = fq16(qb, qb.op("CONCATENATION", [x16, z], {"axis": 3}), 1.5)
     elif which == "pad":
         y = qb.op("PAD", [x16], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]]})
+    elif which == "padv2":
+        y = qb.op("PAD", [x16], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]],
+                                 "constant_value": -0.75})
     elif which == "transpose":
         y = qb.op("TRANSPOSE", [x16], {"perm": [0, 2, 1, 3]})
     elif which == "strided_slice":
@@ -80,7 +83,7 @@ def _single(which: str):
 
 
 SINGLE = ["conv", "conv_relu6_strided", "depthwise", "fc", "add", "mul", "avg_pool", "max_pool",
-          "concat", "pad", "transpose", "strided_slice", "squeeze", "resize_nearest",
+          "concat", "pad", "padv2", "transpose", "strided_slice", "squeeze", "resize_nearest",
           "back_to_int8"]
 
 
