@@ -277,7 +277,9 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 continue
             q = quantized.get(id(t))
             if q is None:
-                q = ins.activation(t, None).output  # graph input or float producer
+                # a graph input stays 8-bit (the file's interface); a float producer's
+                # output is quantized at the width of its first quantized reader
+                q = ins.activation(t, None, None if t.producer is None else bits).output
                 quantized[id(t)] = q
                 quantized[id(q)] = q
             q = ins.at_bits(q, bits)

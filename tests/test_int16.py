@@ -220,3 +220,21 @@ def test_asymmetric_16bit_activation_refused():
 def test_int16_entry_with_unknown_op_refused():
     with pytest.raises(TableError, match=r"int16\[0\]\.ops: unknown op 'CONVV'"):
         qatir.quantize(mobile_block(), table=_table([{"ops": ["CONVV"]}]))
+
+
+def test_float_island_inside_an_int16_region():
+    data = _table([{"name": "."}])
+    data["exclude"] = [{"name": "^conv2$"}]
+    g = mobile_block(seed=2, hw=8)
+    q = qatir.quantize(g, table=data)
+    rng = np.random.default_rng(2)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    low = lower(q, io="int8")
+    conv2 = next(n for n in low.nodes if n.name == "conv2")
+    assert conv2.outputs[0].dtype == np.float32
+    assert conv2.inputs[0].producer.op == "DEQUANTIZE"
+    assert conv2.inputs[0].producer.inputs[0].dtype == np.int16
+    exits = [u for u in conv2.outputs[0].users if u.op == "QUANTIZE"]
+    assert exits  # the island's exit: quantized at the width of its first reader
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
