@@ -8,7 +8,8 @@ target; the table is then built and checked for real (quantize, calibrate, fake-
 against the float run). The gated estimate is optimistic where a unit's output is read by
 int8 nodes (they quantize it again on their input), so when the real SQNR falls short the
 picks' readers follow them first (int16 where they can, else float), then further units
-are added until the real SQNR reaches the target or none are left.
+are added, a quarter more each check, until the real SQNR reaches the target or none are
+left (at most :data:`MAX_CHECKS` checks; the last one takes every unit worth taking).
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def suggest_table(rep, target: float, allow_int16: bool = True,
         if not closed and k:  # first let the picks' readers follow them out of int8
             closed = True
             continue
-        k += 1 if checks < MAX_CHECKS - 1 else len(order) - k
+        # then more units, a growing step at a time (the real check is the costly part)
+        k = len(order) if checks == MAX_CHECKS - 1 else min(len(order), k + max(1, k // 4))
     s8, s816 = _shares(rep, i16, fl)
     rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, s8,
                                 s816, real >= target, checks)
