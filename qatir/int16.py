@@ -16,6 +16,8 @@ default resolver too.
 
 from __future__ import annotations
 
+import numpy as np
+
 from qatir.ir import QuantParams
 from qatir.ops.registry import get_op
 
@@ -46,8 +48,6 @@ def has_int16(op: str) -> bool:
 
 def act_params16(scale: float) -> QuantParams:
     """Per-tensor int16 activation parameters (zero point 0, the full int16 range)."""
-    import numpy as np
-
     return QuantParams((float(np.float32(scale)),), (0,), None, 16, False, "int16")
 
 

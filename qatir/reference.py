@@ -12,6 +12,9 @@ SUM, REDUCE_MAX, HARD_SWISH and RESIZE_BILINEAR, with their own fixed-point
 algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
 :mod:`qatir.reference_math`.
 
+Nodes that read or write int16 (16x8 regions) run the kernels of
+:mod:`qatir.reference_int16`, bit for bit with LiteRT on both resolvers.
+
 A mixed graph (float islands between DEQUANTIZE and QUANTIZE) runs its float nodes
 with the float32 kernels of :mod:`qatir.reference_float`; those tensors match LiteRT
 within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit.

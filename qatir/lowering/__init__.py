@@ -12,6 +12,9 @@ TFLite frontend imports an already-int8 ``.tflite`` into the same form. Its cont
 - Output params are fixed where LiteRT fixes them (``fixed_output`` op facts); ops
   whose kernel needs one grid in and out (``quant="same_scale"``) have it, through an
   explicit requantizing ``QUANTIZE`` where the ranges disagree.
+- Nodes an ``[[int16]]`` table entry selects (16-bit FAKE_QUANTs) have int16 activations
+  (zero point 0) and, for conv-like ops, int64 biases (:mod:`qatir.lowering.int16`); a
+  requantizing ``QUANTIZE`` joins int8 and int16 regions.
 - Edges follow ``io`` (:mod:`qatir.lowering.edges`). A float graph stays float (conv-like
   ops get an explicit zero bias).
 
