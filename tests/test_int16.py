@@ -238,3 +238,21 @@ def test_float_island_inside_an_int16_region():
     exits = [u for u in conv2.outputs[0].users if u.op == "QUANTIZE"]
     assert exits  # the island's exit: quantized at the width of its first reader
     assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_float_edges_dequantize_an_int16_output():
+    from qatir.reference import run_lowered
+    from tests.helpers import litert_run
+
+    g = _single("conv")
+    buf = to_tflite(g, io="float")
+    ops, _ = _file_ops(buf)
+    assert ("DEQUANTIZE", INT16_VERSION["DEQUANTIZE"]) in ops
+    low = lower(g, io="float")
+    rng = np.random.default_rng(4)
+    feeds = {t.name: rng.normal(size=t.shape).astype(np.float32) for t in low.inputs}
+    want = run_lowered(low, feeds)
+    for ref in (True, False):
+        got, _ = litert_run(buf, feeds, ref)
+        for name, arr in want.items():
+            np.testing.assert_array_equal(got[name], arr)
