@@ -256,3 +256,24 @@ def test_float_edges_dequantize_an_int16_output():
         got, _ = litert_run(buf, feeds, ref)
         for name, arr in want.items():
             np.testing.assert_array_equal(got[name], arr)
+
+
+def test_fake_quant_bias_of_a_16x8_conv_is_not_clipped_at_int32():
+    """At 16-bit input scales a bias of 10 is beyond int32 (scale ~2.4e-9): export keeps it
+    in int64, and the fake-quant run (what QAT trains) must agree."""
+    from qatir.quant import params_for, refresh_quant
+    from qatir.reference import run_reference
+
+    qb = QB(0)
+    x16 = fq16(qb, qb.input("x", [1, 4, 4, 2], -1.0, 1.0), 1.0)
+    w = qb.weight(np.full((3, 1, 1, 2), 0.01, np.float32), 0, name="w")
+    b = qb.g.const(np.full(3, 10.0, np.float32), name="b")
+    g = qb.output(fq16(qb, qb.op("CONV_2D", [x16, w, b], {"padding": "SAME"}), 16.0))
+    refresh_quant(g)
+    x = np.random.default_rng(0).integers(-128, 128, (1, 4, 4, 2)).astype(np.int8)
+    xq = params_for(g.inputs[0].users[0])
+    fake = qatir.run(g, {"x": ((x.astype(np.float32) - xq.zero_point[0]) * xq.scale[0])})
+    out = g.outputs[0]
+    ints = run_reference(g, {"x": x})[out.name].astype(np.float64) * out.quant.scale[0]
+    assert np.abs(fake[out.name] - 10.0).max() < 0.1  # not clipped to ~5
+    np.testing.assert_allclose(fake[out.name], ints, atol=2 * out.quant.scale[0])
