@@ -2,7 +2,7 @@
 
 For each model (``tools/corpus/models``, default: timm_repvgg_a0, tv_efficientnet_b0,
 mp_pose_landmark_full, and EfficientNetV2-S / FCN-ResNet50 / a YOLO-style detector when
-present), random init as the corpus has them:
+present), as the corpus has them (torchvision/timm random init, MediaPipe as published):
 
 1. ``qatir.analyze`` on 4 calibration samples (the corpus' real task samples where it has
    them, else standard normal inputs in the source layout), timed;
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                             f"{n}.entry.json"))]
     missing = [n for n in DEFAULT if n not in names and not args.only]
     print(f"# tools/bench_sensitivity.py, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
-          f"{os.cpu_count()} cores; target {args.target:g} dB; random-init corpus models")
+          f"{os.cpu_count()} cores; target {args.target:g} dB; corpus models (torchvision/timm "
+          "random init; MediaPipe as published), real task samples where the corpus has them")
     if missing:
         print(f"# not in tools/corpus/models: {', '.join(missing)}")
     print(f"{'model':<24} {'int8 dB':>8} {'recipe dB':>9} {'int8 MACs':>9} {'8|16 MACs':>9} "
