@@ -61,16 +61,25 @@ def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | No
 
 
 def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, float]]:
-    """(row, mode, gain) of the units worth taking out, best gain per MAC first."""
-    picks = []
+    """(row, mode, gain) of every unit that can leave int8: those the analysis says gain,
+    best gain per MAC first; then the rest, most sensitive first (a model whose noise is
+    spread over many layers gains little from any one of them, but from all of them)."""
+    picks, rest = [], []
     for row in rep.rows:
         if row.op == "INPUT":
             continue  # a graph input's quantization is the file's interface
         c = _choice(row, allow_int16, allow_float)
         if c is not None and c[1] > 0:
             picks.append((row, c[0], c[1]))
+        elif allow_int16 and row.gain_int16_db is not None:
+            rest.append((row, "int16", row.gain_int16_db))
+        elif allow_float:
+            rest.append((row, "float", row.gain_float_db))
     picks.sort(key=lambda p: (-p[2] / (p[0].macs + 1), p[0].node))
-    return picks
+    # int16 before float islands, cheap float islands before costly ones
+    rest.sort(key=lambda p: (p[1] == "float", p[0].macs if p[1] == "float" else 0,
+                             p[0].sqnr_db, p[0].node))
+    return picks + rest
 
 
 def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
