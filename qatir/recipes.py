@@ -3,7 +3,8 @@ MACs out of int8 (:meth:`qatir.sensitivity.Report.suggest`), and a TOML writer f
 
 Greedy, by the analysis' SQNR gain per MAC: each unit is taken out of int8 as int16 (its
 op has a 16x8 kernel and int16 recovers :data:`~qatir.sensitivity.INT16_GAIN_SHARE` of the
-float gain) or as a float island. Units are added while the gated estimate stays below the
+float gain, or comes within :data:`FLOAT_MARGIN_DB` of it) or as a float island; units the
+analysis sees no gain in come after the others (int16 first, most sensitive first). Units are added while the gated estimate stays below the
 target; the table is then built and checked for real (quantize, calibrate, fake-quant run
 against the float run). The gated estimate is optimistic where a unit's output is read by
 int8 nodes (they quantize it again on their input), so when the real SQNR falls short the
@@ -24,6 +25,8 @@ import numpy as np
 
 #: real checks :func:`suggest_table` runs at most before it stops adding units one by one
 MAX_CHECKS = 12
+#: a float island is chosen over int16 only when it gains this much more (dB)
+FLOAT_MARGIN_DB = 1.0
 
 
 @dataclass
@@ -53,7 +56,9 @@ def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | No
     from qatir.sensitivity import INT16_GAIN_SHARE
 
     g16, gf = row.gain_int16_db, row.gain_float_db
-    if allow_int16 and g16 is not None and (not allow_float or g16 >= INT16_GAIN_SHARE * gf):
+    # int16 keeps the MACs integer: a float island only where it gains clearly more
+    close = g16 is not None and (g16 >= INT16_GAIN_SHARE * gf or gf - g16 < FLOAT_MARGIN_DB)
+    if allow_int16 and g16 is not None and (not allow_float or close):
         return "int16", g16
     if allow_float:
         return "float", gf
