@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import NumericsError, TableError
+from qatir.int16 import INT16_FQ, has_int16
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.numerics import MIN_RANGE
 from qatir.ops import get_op, has_op
@@ -109,6 +110,9 @@ class _Inserter:
         self.fixed = table.fixed_output
         self.weight_cache: dict[tuple[int, int | None], Tensor] = {}
         self.created: list[Node] = []
+        #: id(quantized activation) -> its bits; (id, bits) -> the edge FAKE_QUANT output
+        self.bits: dict[int, int] = {}
+        self.edges: dict[tuple[int, int], Tensor] = {}
 
     def _fq(self, x: Tensor, lo: Any, hi: Any, attrs: dict[str, Any], tag: str) -> Node:
         g = self.graph
@@ -130,10 +134,12 @@ class _Inserter:
             self.weight_cache[key] = self._fq(t, lo, hi, attrs, "w").output
         return self.weight_cache[key]
 
-    def activation(self, t: Tensor, producer: Node | None) -> Node:
+    def activation(self, t: Tensor, producer: Node | None, bits: int | None = None) -> Node:
+        """The activation FAKE_QUANT of ``t``; ``bits=16``: a 16x8 one (:data:`INT16_FQ`)."""
         fixed = self._fixed_params(producer)
-        bits = int(self.act["bits"])
-        sym = bool(self.act["symmetric"])
+        wide = bits == 16 and fixed is None
+        bits = 16 if wide else int(self.act["bits"])
+        sym = wide or bool(self.act["symmetric"])
         if fixed is not None:
             lo, hi = range_for(fixed[0], fixed[1], bits)
             quantizer = self.cal["fixed"]
@@ -146,7 +152,22 @@ class _Inserter:
         attrs = {"bits": bits, "narrow_range": bool(self.act.get("narrow_range", False)),
                  "axis": None, "symmetric": sym and fixed is None, "quantizer": quantizer,
                  "kind": "activation"}
-        return self._fq(t, lo, hi, attrs, "")
+        if wide:
+            attrs.update(INT16_FQ)
+        node = self._fq(t, lo, hi, attrs, "" if bits == int(self.act["bits"]) else f"{bits}")
+        self.bits[id(node.output)] = bits
+        return node
+
+    def at_bits(self, q: Tensor, bits: int) -> Tensor:
+        """``q`` (a quantized activation) as a node of ``bits``-bit activations reads it:
+        itself, or a FAKE_QUANT of ``q`` at those bits on the edge between an int8 and an
+        int16 region (a requantizing QUANTIZE once lowered), one per (value, bits)."""
+        if self.bits.get(id(q), int(self.act["bits"])) == bits:
+            return q
+        key = (id(q), bits)
+        if key not in self.edges:
+            self.edges[key] = self.activation(q, None, bits).output
+        return self.edges[key]
 
     def symmetric_inputs(self, inherit: frozenset[str]) -> None:
         """Put each activation read at a ``constraints.symmetric_inputs`` slot on a symmetric
@@ -295,6 +316,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
     for node in list(graph.nodes):
         if node.op == "FAKE_QUANT":
             quantized[id(node.output)] = node.output
+            ins.bits[id(node.output)] = int(node.attrs["bits"])
             continue
         if not _needs_quant(node):
             if node.op not in SKIP_OPS and table.is_quantized(node):
@@ -304,6 +326,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
             float_nodes.append(node.name)
             continue
         check_table_dtypes(table, node)
+        bits = 16 if table.wants_int16(node) and has_int16(node.op) else int(ins.act["bits"])
         for i, t in enumerate(node.inputs):
             if not _is_float(t):
                 continue
@@ -316,9 +339,12 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 continue
             q = quantized.get(id(t))
             if q is None:
-                q = ins.activation(t, None).output  # graph input or float producer
+                # a graph input stays 8-bit (the file's interface); a float producer's
+                # output is quantized at the width of its first quantized reader
+                q = ins.activation(t, None, None if t.producer is None else bits).output
                 quantized[id(t)] = q
                 quantized[id(q)] = q
+            q = ins.at_bits(q, bits)
             if q is not t:
                 node.set_input(i, q)
         first = node.inputs[0] if node.inputs else None
@@ -327,12 +353,13 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 continue
             if node.op in inherit and first is not None and id(first) in quantized:
                 quantized[id(out)] = out
+                ins.bits[id(out)] = ins.bits.get(id(first), bits)
                 continue
             already = _fq_after(out)
             if already is not None:  # quantized before (e.g. a second run of the pipeline)
                 quantized[id(out)] = already.output
                 continue
-            fq = ins.activation(out, node)
+            fq = ins.activation(out, node, bits)
             replace_tensor(graph, out, fq.output)
             quantized[id(out)] = fq.output
             quantized[id(fq.output)] = fq.output

@@ -1,7 +1,7 @@
 """qatir: a graph compiler for quantization-aware training and direct int8 TFLite export."""
 
 from qatir import ops as _ops  # noqa: F401  (registers the built-in ops)
-from qatir.api import calibrate, fit, load, quantize, run, run_reference, save, to_tflite
+from qatir.api import analyze, calibrate, fit, load, quantize, run, run_reference, save, to_tflite
 from qatir.errors import (
     ExportError,
     ModelFormatError,
@@ -23,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ExportError", "Graph", "ModelFormatError", "Node", "NumericsError", "PassError",
     "QatirError", "QuantParams", "ShapeError", "TableError", "Tensor", "UnsupportedOpError",
-    "VerifyError", "calibrate", "fit", "load", "quantize", "register_fusion_kind", "register_op",
+    "VerifyError", "analyze", "calibrate", "fit", "load", "quantize", "register_fusion_kind", "register_op",
     "register_pass", "run", "run_reference", "save", "to_tflite",
 ]

@@ -147,6 +147,14 @@ def to_tflite(graph: Graph, io: str = "int8", batch_size: int = 1, strict_int8: 
                       **options)
 
 
+def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], **options: Any) -> Any:
+    """Per-node sensitivity of a float graph to int8 (a :class:`qatir.sensitivity.Report`:
+    ranked ``rows``, ``suggest(target_sqnr)`` for a table that reaches a target)."""
+    from qatir.sensitivity import analyze as _analyze
+
+    return _analyze(graph, calib, **options)
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray],
                   kernels: str = "reference") -> dict[str, np.ndarray]:
     """Run the quantized graph with integer arithmetic, bit-exact with LiteRT."""

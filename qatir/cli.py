@@ -1,4 +1,4 @@
-"""The ``qatir`` command line: dump, compile, verify, passes, bench, demo.
+"""The ``qatir`` command line: dump, compile, analyze, verify, passes, bench, demo.
 
 The commands are thin: each parses its options and calls the library
 (:mod:`qatir.compile` for the compile driver, :mod:`qatir.draw` for pictures).
@@ -202,6 +202,9 @@ def dump(model: str, fmt: str, output: str | None, input_shape: tuple[str, ...],
 @click.option("--save-ir", metavar="OUT.qatir", help="Also save the trained, quantized IR.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
+@click.option("--target-sqnr", "target_sqnr", type=float, metavar="DB",
+              help="Analyze first (qatir analyze) and keep the fewest MACs out of int8 "
+                   "(int16 or float) that reach this output SQNR.")
 @debug_option
 def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, train: str | None, label_key: str, epochs: int,
@@ -209,7 +212,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
                 passes: str | None, io_type: str, mode: str, print_ir_after: str | None,
                 strict_int8: bool,
                 report: str | None, save_ir: str | None, progress: bool | None,
-                debug: bool) -> None:
+                target_sqnr: float | None, debug: bool) -> None:
     """Quantize MODEL (.onnx, .tflite, .qatir) and write an int8 TFLite file.
 
     Post-training (no --train) needs no TensorFlow: calibration and the SQNR
@@ -218,7 +221,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
     from qatir.compile import CompileOptions, compile_model
 
     require_file(model)
-    if train or report == "full":  # post-training compile runs without TensorFlow
+    if train or report == "full" or target_sqnr is not None:  # else no TensorFlow
         import_tensorflow_quietly(debug)
     for extra in (calib, train, table):
         if extra:
@@ -241,10 +244,70 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
         learning_rate=learning_rate, table=table,
         passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
         io=io_type, mode=mode, print_ir_after=_split_names(print_ir_after),
-        report=report or False,
-        save_ir=save_ir, progress=progress, strict_int8=strict_int8)
+        report=report or False, save_ir=save_ir, progress=progress, strict_int8=strict_int8,
+        target_sqnr=target_sqnr)
     summary = compile_model(model, output, opts, echo=lambda s: click.echo(s, err=True))
     click.echo(summary.format())
+
+
+@cli.command(name="analyze")
+@click.argument("model")
+@shape_option
+@click.option("--calib", metavar="DATA.npz", help="Calibration data: one array per input name.")
+@click.option("--calib-random", type=click.IntRange(min=1), metavar="N",
+              help="Use N random samples instead (real data is much better).")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Samples calibrated on and evaluated per configuration.")
+@click.option("--table", metavar="TABLE.toml", help="The pattern table to start from.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text",
+              show_default=True)
+@click.option("-o", "--output", help="Write the analysis here instead of stdout.")
+@click.option("--suggest", "suggest", metavar="OUT.toml",
+              help="Write the table reaching --target-sqnr with the fewest MACs out of int8.")
+@click.option("--target-sqnr", "target", type=float, default=30.0, show_default=True,
+              help="Output SQNR (dB) the suggested table must reach.")
+@click.option("--no-int16", "no_int16", is_flag=True, help="Suggest float islands only.")
+@debug_option
+def analyze_cmd(model: str, input_shape: tuple[str, ...], calib: str | None,
+                calib_random: int | None, samples: int, table: str | None, fmt: str,
+                output: str | None, suggest: str | None, target: float, no_int16: bool,
+                debug: bool) -> None:
+    """Rank MODEL's nodes by how much int8 costs its output SQNR; suggest a table."""
+    import_tensorflow_quietly(debug)
+    from qatir.data import load_npz, random_batches, single_samples
+    from qatir.sensitivity import analyze
+
+    check_output_dir(output, suggest)
+    if calib and calib_random:
+        raise UsageProblem("give --calib or --calib-random, not both")
+    if table:
+        require_file(table, "table")
+    graph = _load(model, input_shape)
+    if calib:
+        require_file(calib, "data")
+        feeds = single_samples([load_npz(calib, graph)], samples)
+    else:
+        feeds = random_batches(graph, calib_random or samples, 1)
+    rep = analyze(graph, feeds, table=table, max_batches=samples)
+    if fmt == "json":
+        text = rep.to_json() + "\n"
+    elif fmt == "html":
+        from qatir.draw_sensitivity import sensitivity_html
+
+        text = sensitivity_html(rep)
+    else:
+        text = rep.format_text() + "\n"
+    if output:
+        write_output(output, text, model)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if suggest:
+        from qatir.recipes import dump_toml
+
+        data = rep.suggest(target, allow_int16=not no_int16)
+        write_output(suggest, dump_toml(data), model, table)
+        click.echo(f"wrote {suggest}: {rep.suggestion.format_text()}", err=True)
 
 
 def _split_names(value: str | None) -> list[str] | None:

@@ -78,6 +78,8 @@ class CompileOptions:
     save_ir: str | None = None
     progress: bool | None = None  # None: progress bars when stderr is a terminal
     seed: int = 0
+    #: analyze first and quantize with the suggested table (qatir.sensitivity, TensorFlow)
+    target_sqnr: float | None = None
 
     @property
     def report_kind(self) -> str | None:
@@ -215,8 +217,12 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
         echo(f"{model}: already quantized; not running the pass pipeline again")
         q = graph
     else:
+        table: Any = opts.table
+        if opts.target_sqnr is not None:
+            with timer("analyze"):
+                table = _suggested_table(graph, calib, opts, echo)
         with timer("quantize"):
-            q = qatir.quantize(graph, table=opts.table, passes=expand_passes(opts.passes),
+            q = qatir.quantize(graph, table=table, passes=expand_passes(opts.passes),
                                print_ir_after=_ir_selection(opts.print_ir_after))
     if not is_quantized(graph) or opts.calib or opts.calib_random:
         with timer("calibrate"):
@@ -257,6 +263,22 @@ def compile_model(model: str, output: str, opts: CompileOptions | None = None,
     return CompileSummary(output, tflite_op_counts(buf), float_param_bytes(graph), len(buf),
                           ev.fake_quant_db if ev else None, ev.int8_all_db if ev else None,
                           timer.seconds, len(samples), files, report, ev, int8_line, q)
+
+
+#: samples the --target-sqnr analysis calibrates on and evaluates
+ANALYZE_SAMPLES = 4
+
+
+def _suggested_table(graph: Graph, calib: list, opts: CompileOptions, echo: Echo) -> Any:
+    """The table :meth:`qatir.sensitivity.Report.suggest` gives for ``opts.target_sqnr``."""
+    from qatir.sensitivity import analyze
+
+    rep = analyze(graph, single_samples(calib, ANALYZE_SAMPLES), table=opts.table,
+                  max_batches=ANALYZE_SAMPLES)
+    table = rep.suggest(float(opts.target_sqnr))
+    echo(f"analyze: full int8 {rep.full_int8_sqnr_db:.2f} dB in {rep.seconds:.1f} s; "
+         f"{rep.suggestion.format_text()}")
+    return table
 
 
 def expand_passes(names: Sequence[str] | None) -> list[str] | None:

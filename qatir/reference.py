@@ -12,6 +12,9 @@ SUM, REDUCE_MAX, HARD_SWISH and RESIZE_BILINEAR, with their own fixed-point
 algorithms, in :mod:`qatir.reference_extra`; the requantization primitives in
 :mod:`qatir.reference_math`.
 
+Nodes that read or write int16 (16x8 regions) run the kernels of
+:mod:`qatir.reference_int16`, bit for bit with LiteRT on both resolvers.
+
 A mixed graph (float islands between DEQUANTIZE and QUANTIZE) runs its float nodes
 with the float32 kernels of :mod:`qatir.reference_float`; those tensors match LiteRT
 within ``reference_float.FLOAT_RTOL``/``FLOAT_ATOL``, the int8 ones bit for bit. The
@@ -70,7 +73,8 @@ def _pad(node: Node, xs: list) -> np.ndarray:
     if q is not None:
         value = q.zero_point[0]
         if cv != 0.0:
-            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0], -128, 127))
+            value = int(np.clip(round_half_away(cv / q.scale[0]) + q.zero_point[0],
+                                *q.qrange()))
     elif cv != 0.0:
         value = cv
     return np.pad(x, [tuple(int(v) for v in p) for p in node.attrs["paddings"]],
@@ -198,6 +202,10 @@ def _is_float(node: Node) -> bool:
 
 
 def _kernel_for(node: Node, table: dict, ftable: dict, layout: frozenset) -> Kernel | None:
+    from qatir import reference_int16
+
+    if reference_int16.is_int16(node):
+        return reference_int16.kernel_for(node, table)
     if not _is_float(node):
         return table.get(node.op)
     from qatir.reference_hybrid import HYBRID_KERNELS, is_hybrid

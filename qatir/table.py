@@ -64,6 +64,7 @@ class Table:
     data: Mapping[str, Any]
     include: tuple[Selector, ...] = ()
     exclude: tuple[Selector, ...] = ()
+    int16: tuple[Selector, ...] = ()
     _fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
 
     @property
@@ -117,6 +118,10 @@ class Table:
         if self.include and not any(s.matches(node) for s in self.include):
             return False
         return not any(s.matches(node) for s in self.exclude)
+
+    def wants_int16(self, node: Node) -> bool:
+        """True when an ``[[int16]]`` entry selects ``node`` (16x8 where LiteRT can run it)."""
+        return any(s.matches(node) for s in self.int16)
 
 
 def builtin_tables() -> dict[str, Path]:
@@ -295,7 +300,8 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
         _check_fixed_fact(op, scale, zp, source)
         fixed[op] = (scale, zp)
     return Table(source, data, _compile_selectors(data, "include", source),
-                 _compile_selectors(data, "exclude", source), fixed)
+                 _compile_selectors(data, "exclude", source),
+                 _compile_selectors(data, "int16", source), fixed)
 
 
 def load_table(table: str | os.PathLike | Mapping[str, Any] | Table | None = None) -> Table:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ExportError
+from qatir.int16 import INT16_VERSION, int16_fields
 from qatir.ir import Node, Tensor
 from qatir.numerics import normalize_axes, normalize_axis, round_half_away
 from qatir.ops.infer import conv_groups
@@ -252,16 +253,17 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
     if x.rank > 4:
         version = 4
     cv = None
-    if _q(x):
+    if x.quant is not None and x.dtype in (np.int8, np.int16):  # int16: a 16x8 region
         q = x.quant
-        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], -128, 127)
-    # int8 PAD pads with the zero point, so a PADV2 whose value quantizes to it is a PAD,
-    # which XNNPACK delegates (it leaves PADV2 to the builtin kernel). A max-pool's -inf
-    # padding after a ReLU (zero point -128) is the common case.
+        info = np.iinfo(x.dtype)
+        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], info.min, info.max)
+    # A quantized PAD pads with the zero point, so a PADV2 whose value quantizes to it is a
+    # PAD, which XNNPACK delegates (it leaves PADV2 to the builtin kernel). A max-pool's
+    # -inf padding after a ReLU (zero point -128) is the common case.
     if value == 0.0 or (cv is not None and int(cv) == int(q.zero_point[0])):
         return OpSpec("PAD", version, ins, [ctx.tensor(node.outputs[0])], "PadOptions")
     if cv is not None:
-        ins.append(ctx.const(np.asarray([cv], np.int8).reshape(()), f"{node.name}_value", q))
+        ins.append(ctx.const(np.asarray([cv], x.dtype).reshape(()), f"{node.name}_value", q))
     else:
         ins.append(ctx.const(np.asarray(value, np.float32), f"{node.name}_value", None))
     return OpSpec("PADV2", version, ins, [ctx.tensor(node.outputs[0])], "PadV2Options")
@@ -388,15 +390,33 @@ VERSIONS: dict[str, tuple[int, ...]] = {
     "RESHAPE": (1,), "SQUEEZE": (1,), "TRANSPOSE": (1, 2, 4, 6), "TILE": (1,),
     "CONCATENATION": (1, 2), "PAD": (1, 2, 4), "PADV2": (1, 2, 4), "RESIZE_BILINEAR": (1, 2, 3),
     "RESIZE_NEAREST_NEIGHBOR": (1, 2, 3), "DEPTH_TO_SPACE": (1,), "SPACE_TO_DEPTH": (1, 2),
-    "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2, 4), "QUANTIZE": (1, 3),
-    "DEQUANTIZE": (1, 2, 3, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2), "POW": (1,),
-    "LOCAL_RESPONSE_NORMALIZATION": (1,),
+    "STRIDED_SLICE": (1, 2, 4), "GATHER": (1, 2), "BATCH_MATMUL": (1, 2, 4),
+    "QUANTIZE": (1, 2, 3), "DEQUANTIZE": (1, 2, 3, 5), "GELU": (1, 2), "SQUARED_DIFFERENCE": (1, 2),
+    "POW": (1,), "LOCAL_RESPONSE_NORMALIZATION": (1,),
 }
+
+
+for _code, _v in INT16_VERSION.items():  # the 16x8 forms (qatir/int16.py)
+    VERSIONS[_code] = tuple(sorted({*VERSIONS.get(_code, ()), _v}))
+
+
+def _int16_form(node: Node, spec: OpSpec) -> OpSpec:
+    """The 16x8 form of ``spec`` when ``node`` reads or writes int16 activations."""
+    acts = [t for t in (*node.inputs, *node.outputs) if t is not None and not t.is_const]
+    if not any(t.dtype == np.int16 and t.quant is not None for t in acts):
+        return spec
+    if spec.code == "QUANTIZE":
+        spec.version = 2 if node.outputs[0].dtype == np.int16 else spec.version
+        return spec
+    if spec.code in INT16_VERSION:
+        spec.version = INT16_VERSION[spec.code]
+        spec.fields.update(int16_fields(spec.code))
+    return spec
 
 
 def emit(node: Node, ctx: Ctx) -> OpSpec:
     """The TFLite operator for ``node``; its (code, version) must be a declared one."""
-    spec = EMITTERS[node.op](node, ctx)
+    spec = _int16_form(node, EMITTERS[node.op](node, ctx))
     if node.op in _BUILTIN_EMITTERS and spec.version not in VERSIONS.get(spec.code, ()):
         raise ExportError(f"node {node.name!r}: the writer produced {spec.code} version "
                           f"{spec.version}, not a declared one {VERSIONS.get(spec.code)}")

@@ -12,6 +12,9 @@ TFLite frontend imports an already-int8 ``.tflite`` into the same form. Its cont
 - Output params are fixed where LiteRT fixes them (``fixed_output`` op facts); ops
   whose kernel needs one grid in and out (``quant="same_scale"``) have it, through an
   explicit requantizing ``QUANTIZE`` where the ranges disagree.
+- Nodes an ``[[int16]]`` table entry selects (16-bit FAKE_QUANTs) have int16 activations
+  (zero point 0) and, for conv-like ops, int64 biases (:mod:`qatir.lowering.int16`); a
+  requantizing ``QUANTIZE`` joins int8 and int16 regions.
 - Edges follow ``io`` (:mod:`qatir.lowering.edges`). A float graph stays float (conv-like
   ops get an explicit zero bias).
 
@@ -53,6 +56,7 @@ from qatir.lowering.common import (
 )
 from qatir.lowering.constants import lower_constants
 from qatir.lowering.edges import IO_MODES, apply_io
+from qatir.lowering.int16 import check_int16_region
 from qatir.lowering.islands import enter_islands, mark_islands
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
@@ -95,6 +99,7 @@ def _edges(g: Graph, io: str) -> None:
 def _limits(g: Graph, io: str) -> None:
     check_spec(g)
     check_litert_limits(g)
+    check_int16_region(g)
 
 
 STEPS: tuple[Step, ...] = (

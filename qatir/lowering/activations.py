@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.errors import ExportError
+from qatir.int16 import act_params16
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import (
     CLOSE_RTOL,
@@ -39,19 +40,25 @@ def lower_activations(g: Graph) -> None:
 def _lower_act_fq(g: Graph, node: Node) -> None:
     x, out = node.inputs[0], node.outputs[0]
     p = params_for(node)
-    if int(node.attrs["bits"]) != 8:
-        raise ExportError(f"node {node.name!r}: {node.attrs['bits']}-bit activation %{x.name} "
-                          "has no TFLite int8 kernel (activations must be 8-bit)")
+    bits = int(node.attrs["bits"])
+    if bits not in (8, 16):
+        raise ExportError(f"node {node.name!r}: {bits}-bit activation %{x.name} "
+                          "has no TFLite kernel (activations must be 8-bit, or 16-bit in 16x8)")
     if p.axis is not None:
         raise ExportError(f"node {node.name!r}: per-channel activation quantization of "
                           f"%{x.name} is not supported by TFLite")
-    p = act_params(p.scale[0], p.zero_point[0])
+    if bits == 16 and p.zero_point[0] != 0:
+        raise ExportError(f"node {node.name!r}: 16-bit activation %{x.name} has zero point "
+                          f"{p.zero_point[0]}; LiteRT's 16x8 kernels need a symmetric range "
+                          "(zero point 0)")
+    p = act_params16(p.scale[0]) if bits == 16 else act_params(p.scale[0], p.zero_point[0])
+    dtype = np.dtype(p.dtype)
     if x.quant is None:
         if x.dtype != np.float32:
             raise ExportError(f"node {node.name!r}: cannot quantize {x.dtype} tensor %{x.name}")
-        x.quant, x.dtype = p, np.dtype(np.int8)
+        x.quant, x.dtype = p, dtype
         src = x
-    elif x.dtype == np.int8 and close(x.quant, p, CLOSE_RTOL if _fixed(x) else 0.0):
+    elif x.dtype == dtype and close(x.quant, p, CLOSE_RTOL if _fixed(x) else 0.0):
         src = x
     else:
         src = requantize(g, x, p, f"{node.name}_requant", out.name + "_rq")
@@ -85,5 +92,5 @@ def _assign_output_params(node: Node) -> None:
                 and not t.is_const]
         if node.op == "CONCATENATION" and len({t.quant for t in srcs}) > 1:
             return  # left float: the checks step reports it
-        if srcs and srcs[0].dtype == np.int8:
-            out.quant, out.dtype = srcs[0].quant, np.dtype(np.int8)
+        if srcs and srcs[0].dtype in (np.int8, np.int16):
+            out.quant, out.dtype = srcs[0].quant, srcs[0].dtype

@@ -43,6 +43,10 @@ def _lower_weight_op(g: Graph, node: Node) -> None:
     x, w = node.inputs[0], node.inputs[1]
     if x.quant is None:
         return  # float region; reported by the checks step
+    if x.dtype == np.int16:
+        from qatir.lowering.int16 import lower_bias64
+
+        return lower_bias64(g, node)
     if not w.is_const or w.dtype != np.int8 or w.quant is None:
         raise ExportError(f"node {node.name!r} ({node.op}): weight %{w.name} is not a "
                           "fake-quantized constant")

@@ -67,8 +67,9 @@ def fq_consumers(t: Tensor) -> list[Node]:
 
 
 def requantize(g: Graph, t: Tensor, quant: QuantParams, name: str, out_name: str) -> Tensor:
-    """An int8 -> int8 QUANTIZE of ``t`` onto ``quant``; returns its output."""
-    req = g.add_node("QUANTIZE", [t], {"dtype": "int8"}, name=name,
+    """A requantizing QUANTIZE of ``t`` onto ``quant`` (int8 or int16, its ``dtype``)."""
+    req = g.add_node("QUANTIZE", [t], {"dtype": quant.dtype}, name=name,
                      outputs=[g.unique_name(out_name)])
     req.output.quant = quant
+    req.output.dtype = np.dtype(quant.dtype)
     return req.output

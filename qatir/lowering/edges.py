@@ -30,8 +30,8 @@ def apply_io(g: Graph, io: str) -> None:
         g.inputs[i] = new
         g.add_node("QUANTIZE", [new], {"dtype": "int8"}, name=f"{name}_quantize", outputs=[t])
     for i, t in enumerate(list(g.outputs)):
-        if t.dtype != np.int8 or t.quant is None:
-            continue
+        if t.quant is None or not (t.dtype == np.int8 or (io == "float" and t.dtype == np.int16)):
+            continue  # an int16 (16x8) output stays int16 unless the edges are float
         name = t.name
         g.rename_tensor(t, g.unique_name(f"{name}_int8"))
         dtype, qp = _edge_type(io, t.quant)
@@ -74,7 +74,7 @@ def _strip_edges(g: Graph) -> None:
         if p is None or t.uses or sum(o is t for o in g.outputs) > 1:
             continue
         src = p.inputs[0]
-        if src.dtype != np.int8 or src.quant is None:
+        if src.dtype not in (np.int8, np.int16) or src.quant is None:
             continue
         if not (p.op == "DEQUANTIZE" or (p.op == "QUANTIZE" and t.dtype == np.uint8)):
             continue

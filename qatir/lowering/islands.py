@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from qatir.errors import ExportError
+from qatir.int16 import act_params16
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import WEIGHT_OPS, act_params, channels
 from qatir.ops import get_op, has_op
@@ -66,12 +67,14 @@ def mark_islands(g: Graph) -> None:
 def _exit(g: Graph, fq: Node) -> None:
     x, out = fq.inputs[0], fq.outputs[0]
     p = params_for(fq)
-    if int(fq.attrs["bits"]) != 8 or p.axis is not None:
+    bits = int(fq.attrs["bits"])
+    if bits not in (8, 16) or p.axis is not None or (bits == 16 and p.zero_point[0] != 0):
         raise ExportError(f"node {fq.name!r}: the edge out of float node {x.producer.name!r} "
-                          "needs a per-tensor 8-bit FAKE_QUANT")
-    q = g.add_node("QUANTIZE", [x], {"dtype": "int8"}, name=f"{fq.name}_quantize",
-                   outputs=[g.unique_name(f"{x.name}_int8")])
-    q.output.quant = act_params(p.scale[0], p.zero_point[0])
+                          "needs a per-tensor 8-bit (or symmetric 16-bit) FAKE_QUANT")
+    qp = act_params16(p.scale[0]) if bits == 16 else act_params(p.scale[0], p.zero_point[0])
+    q = g.add_node("QUANTIZE", [x], {"dtype": qp.dtype}, name=f"{fq.name}_quantize",
+                   outputs=[g.unique_name(f"{x.name}_{qp.dtype}")])
+    q.output.quant = qp
     was_output = any(t is out for t in g.outputs)
     name = out.name
     g.replace_all_uses_with(out, q.output)

@@ -13,7 +13,7 @@ after editing a constant array *in place*, call :func:`invalidate`.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 import qatir.tf.fake_quant  # noqa: F401  (registers the FAKE_QUANT kernel)
 from qatir.errors import QatirError
 from qatir.feeds import check_feeds  # noqa: F401  (re-exported)
-from qatir.ir import Graph, Tensor
+from qatir.ir import Graph, Node, Tensor
 from qatir.ops import all_ops
 from qatir.quantizers import get_quantizer
 from qatir.tf.env import import_tensorflow
@@ -124,12 +124,17 @@ class Program(tf.Module):
         return [v for v in self.params.values() if v.trainable]
 
     # ------------------------------------------------------------ execution
-    def forward(self, inputs: list[tf.Tensor], ctx: KernelContext) -> list[tf.Tensor]:
-        """Run every node in order (Python; call it inside a tf.function)."""
+    def forward(self, inputs: list[tf.Tensor], ctx: KernelContext,
+                hook: Callable[[Node, list, Any], Any] | None = None) -> list[tf.Tensor]:
+        """Run every node in order (Python; call it inside a tf.function). ``hook(node, args,
+        outs)``, when given, may replace a node's outputs (``qatir.analyze`` gates the
+        FAKE_QUANTs with it)."""
         env: dict[int, Any] = {id(t): x for t, x in zip(self.graph.inputs, inputs)}
         for node in self.graph.nodes:
             args = [None if t is None else self._value(t, env) for t in node.inputs]
             outs = get_kernel(node)(ctx, node, args)
+            if hook is not None:
+                outs = hook(node, args, outs)
             if isinstance(outs, (tf.Tensor, tf.Variable)) or not isinstance(outs, (list, tuple)):
                 outs = [outs]
             if len(outs) != len(node.outputs):

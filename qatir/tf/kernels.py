@@ -109,7 +109,8 @@ def _hw(v: Sequence[int]) -> list[int]:
 
 
 def quantized_bias(ctx: KernelContext, node: Node, bias: tf.Tensor | None) -> tf.Tensor | None:
-    """Round the bias to the int32 grid of scale in_scale * w_scale (straight-through).
+    """Round the bias to the int32 grid of scale in_scale * w_scale (straight-through);
+    int64 (clipped at 2^46, :data:`qatir.lowering.int16.BIAS64_LIMIT`) for a 16-bit input.
 
     Only when both the input and the weight come from FAKE_QUANT nodes, as in a
     quantized graph; otherwise the bias is returned unchanged.
@@ -124,7 +125,11 @@ def quantized_bias(ctx: KernelContext, node: Node, bias: tf.Tensor | None) -> tf
     # as the exporter does (qatir.lower): the quotient in float64, rounded half away from
     # zero, clipped to +-(2^31 - 1); then back on the float32 grid the model trains on
     q64 = round_half_away(tf.cast(bias, tf.float64) / tf.cast(scale, tf.float64))
-    q = tf.cast(tf.clip_by_value(q64, -INT32_MAX, INT32_MAX), bias.dtype) * scale
+    src = node.inputs[0].producer
+    # a 16x8 node (16-bit input) gets an int64 bias at export (qatir.lowering.int16)
+    wide = src is not None and src.op == "FAKE_QUANT" and int(src.attrs.get("bits", 8)) == 16
+    lim = float(2**46) if wide else float(INT32_MAX)
+    q = tf.cast(tf.clip_by_value(q64, -lim, lim), bias.dtype) * scale
     return bias + tf.stop_gradient(q - bias)
 
 

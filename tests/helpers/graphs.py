@@ -119,3 +119,29 @@ def qat_net(rng, act_quantizer="moving_average"):
     g.outputs = [fq(g, h, -4.0, 4.0, quantizer=act_quantizer)]
     refresh_quant(g)
     return g
+
+
+def bad_layer_chain(seed: int = 0, hw: int = 8) -> Graph:
+    """Four 1x1 convs; ``bad`` has one output channel biased to 400 that the next conv
+    ignores (zero weights), so one int8 scale must cover 400 while the signal is ~1: only
+    quantizing ``bad``'s output costs the model its accuracy."""
+    rng = np.random.default_rng(seed)
+    g = Graph("bad_layer_chain")
+    x = g.add_input("x", [1, hw, hw, 4])
+
+    def conv(y: Tensor, cin: int, cout: int, name: str, w=None, b=None) -> Tensor:
+        w = _w(rng, cout, 1, 1, cin, scale=0.4) if w is None else w
+        b = _w(rng, cout, scale=0.1) if b is None else b
+        return g.add_node("CONV_2D", [y, g.const(w, f"{name}_w"), g.const(b, f"{name}_b")],
+                          {"padding": "SAME"}, name=name).output
+
+    y = conv(x, 4, 8, "c1")
+    b = np.zeros(8, np.float32)
+    b[0] = 400.0
+    y = conv(y, 8, 8, "bad", b=b)
+    w = _w(rng, 8, 1, 1, 8, scale=0.4)
+    w[:, :, :, 0] = 0.0
+    y = conv(y, 8, 8, "c3", w=w)
+    g.outputs = [conv(y, 8, 4, "c4")]
+    g.verify()
+    return g

@@ -1,0 +1,271 @@
+"""Recipes from a sensitivity analysis: the table that reaches a target SQNR with the fewest
+MACs out of int8 (:meth:`qatir.sensitivity.Report.suggest`), and a TOML writer for tables.
+
+Greedy, by the analysis' SQNR gain per MAC: each unit is taken out of int8 as int16 (its
+op has a 16x8 kernel and int16 recovers :data:`~qatir.sensitivity.INT16_GAIN_SHARE` of the
+float gain, or comes within :data:`FLOAT_MARGIN_DB` of it) or as a float island; units the
+analysis sees no gain in come after the others (int16 first, most sensitive first). Units are added while the gated estimate stays below the
+target; the table is then built and checked for real (quantize, calibrate, fake-quant run
+against the float run). The gated estimate is optimistic where a unit's output is read by
+int8 nodes (they quantize it again on their input), so when the real SQNR falls short the
+picks' readers follow them first (int16 where they can, else float), then further units
+are added, a quarter more each check, until the real SQNR reaches the target or none are
+left (at most :data:`MAX_CHECKS` checks; the last one takes every unit worth taking).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: real checks :func:`suggest_table` runs at most before it stops adding units one by one
+MAX_CHECKS = 12
+#: a float island is chosen over int16 only when it gains this much more (dB)
+FLOAT_MARGIN_DB = 1.0
+
+
+@dataclass
+class Suggestion:
+    """What :func:`suggest_table` chose and what it measured."""
+
+    target_sqnr_db: float
+    sqnr_db: float
+    estimated_sqnr_db: float
+    int16: list[str] = field(default_factory=list)
+    float: list[str] = field(default_factory=list)
+    int8_mac_share: float = 1.0
+    int8_or_int16_mac_share: float = 1.0
+    reached: bool = False
+    checks: int = 0
+
+    def format_text(self) -> str:
+        state = "reached" if self.reached else "NOT reached"
+        return (f"target {self.target_sqnr_db:g} dB {state}: SQNR {self.sqnr_db:.2f} dB "
+                f"(estimate {self.estimated_sqnr_db:.2f}); int8 keeps "
+                f"{100 * self.int8_mac_share:.1f}% of MACs, int8 or int16 "
+                f"{100 * self.int8_or_int16_mac_share:.1f}%; int16: {self.int16 or 'none'}; "
+                f"float: {self.float or 'none'}")
+
+
+def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | None:
+    from qatir.sensitivity import INT16_GAIN_SHARE
+
+    g16, gf = row.gain_int16_db, row.gain_float_db
+    # int16 keeps the MACs integer: a float island only where it gains clearly more
+    close = g16 is not None and (g16 >= INT16_GAIN_SHARE * gf or gf - g16 < FLOAT_MARGIN_DB)
+    if allow_int16 and g16 is not None and (not allow_float or close):
+        return "int16", g16
+    if allow_float:
+        return "float", gf
+    return None
+
+
+def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, float]]:
+    """(row, mode, gain) of every unit that can leave int8: those the analysis says gain,
+    best gain per MAC first; then the rest, most sensitive first (a model whose noise is
+    spread over many layers gains little from any one of them, but from all of them)."""
+    picks, rest = [], []
+    for row in rep.rows:
+        if row.op == "INPUT":
+            continue  # a graph input's quantization is the file's interface
+        c = _choice(row, allow_int16, allow_float)
+        if c is not None and c[1] > 0:
+            picks.append((row, c[0], c[1]))
+        elif allow_int16 and row.gain_int16_db is not None:
+            rest.append((row, "int16", row.gain_int16_db))
+        elif allow_float:
+            rest.append((row, "float", row.gain_float_db))
+    picks.sort(key=lambda p: (-p[2] / (p[0].macs + 1), p[0].node))
+    # int16 before float islands, cheap float islands before costly ones
+    rest.sort(key=lambda p: (p[1] == "float", p[0].macs if p[1] == "float" else 0,
+                             p[0].sqnr_db, p[0].node))
+    return picks + rest
+
+
+def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
+    from qatir.sensitivity import sqnr_db
+
+    gated = rep.gated
+    n = len(gated.fqs)
+    g8, g16 = np.ones(n, np.float32), np.zeros(n, np.float32)
+    owned = {name: fqs for _, name, fqs in rep.units}
+    for row, mode, _ in chosen:
+        for f in owned[row.node]:
+            i = gated.index[id(f)]
+            if mode == "float":
+                g8[i] = 0.0
+            elif f.attrs.get("kind") == "activation":  # int16: 16-bit activations, int8 weights
+                g8[i], g16[i] = 0.0, 1.0
+    if not hasattr(rep, "_ref"):
+        rep._ref = gated.run(np.zeros(n, np.float32), np.zeros(n, np.float32))
+    return sqnr_db(rep._ref, gated.run(g8, g16))
+
+
+def table_with(base: dict[str, Any], int16: list[str], floats: list[str]) -> dict[str, Any]:
+    """``base`` plus an ``[[int16]]`` entry naming ``int16`` and an ``[[exclude]]`` entry
+    naming ``floats`` (exact node names)."""
+    from qatir.sensitivity import name_regex
+
+    data = json.loads(json.dumps(base))  # a deep copy of plain data
+    if int16:
+        data["int16"] = [*data.get("int16", []), {"name": name_regex(int16)}]
+    if floats:
+        data["exclude"] = [*data.get("exclude", []), {"name": name_regex(floats)}]
+    return data
+
+
+def real_sqnr(graph, table: dict[str, Any], feeds: list) -> float:
+    """SQNR of the fake-quant run of ``graph`` quantized with ``table`` against its float run."""
+    import qatir
+    from qatir.sensitivity import sqnr_db
+
+    q = qatir.quantize(graph, table=table)
+    qatir.calibrate(q, feeds)
+    ref, got = [], []
+    for f in feeds:
+        ref.extend(qatir.run(graph, f).values())
+        got.extend(qatir.run(q, f).values())
+    return sqnr_db(ref, got)
+
+
+def _shares(rep, int16: list[str], floats: list[str]) -> tuple[float, float]:
+    from qatir.lowering.islands import node_macs
+
+    macs = {n.name: node_macs(n) for n in rep.gated.q.nodes if n.op != "FAKE_QUANT"}
+    total = sum(macs.values()) or 1
+    m16 = sum(macs.get(n, 0) for n in int16)
+    mf = sum(macs.get(n, 0) for n in floats)
+    return 1.0 - (m16 + mf) / total, 1.0 - mf / total
+
+
+_GRID_OPS = frozenset({"RESHAPE", "MAX_POOL_2D", "SQUEEZE", "PAD"})
+
+
+def _readers(q, name: str) -> list:
+    """Compute nodes reading ``name``'s output (through FAKE_QUANTs and grid-preserving
+    ops, which are returned too)."""
+    node = next((n for n in q.nodes if n.name == name), None)
+    out: list = []
+    todo = list(node.outputs) if node is not None else []
+    seen: set[int] = set()
+    while todo:
+        t = todo.pop()
+        for u in t.users:
+            if id(u) in seen:
+                continue
+            seen.add(id(u))
+            if u.op == "FAKE_QUANT" or u.op in _GRID_OPS:
+                todo.extend(u.outputs)
+            if u.op != "FAKE_QUANT":
+                out.append(u)
+    return out
+
+
+def _close(rep, chosen: list[tuple[Any, str, float]], allow_int16: bool
+           ) -> list[tuple[Any, str, float]]:
+    """``chosen`` plus the readers of each pick: a value taken out of int8 is still read in
+    int8 by an int8 reader (its input FAKE_QUANT), so readers follow, as int16 where they
+    have a 16x8 kernel (and int16 is allowed), else as float islands."""
+    from qatir.int16 import has_int16
+    from qatir.ops import has_op
+
+    rows = {r.node: r for r in rep.rows}
+    names = {r.node for r, _, _ in chosen}
+    out = list(chosen)
+    for row, _, _ in chosen:
+        for u in _readers(rep.gated.q, row.node):
+            if u.name in names or u.name not in rows:
+                continue
+            names.add(u.name)
+            wide = allow_int16 and has_op(u.op) and has_int16(u.op)
+            out.append((rows[u.name], "int16" if wide else "float", 0.0))
+    return out
+
+
+def suggest_table(rep, target: float, allow_int16: bool = True,
+                  allow_float: bool = True) -> dict[str, Any]:
+    """See the module docstring; ``rep.suggestion`` holds the :class:`Suggestion`."""
+    base = dict(rep.table.data)
+    order = _order(rep, allow_int16, allow_float)
+    k, est = 0, rep.full_int8_sqnr_db
+    while est < target and k < len(order):
+        k += 1
+        est = _estimate(rep, order[:k])
+    checks, real, closed = 0, -math.inf, False
+    while True:
+        chosen = _close(rep, order[:k], allow_int16) if closed else order[:k]
+        i16 = [r.node for r, m, _ in chosen if m == "int16"]
+        fl = [r.node for r, m, _ in chosen if m == "float"]
+        data = table_with(base, i16, fl)
+        real = real_sqnr(rep.graph, data, rep.calib)
+        checks += 1
+        if real >= target or checks >= MAX_CHECKS or (closed and k >= len(order)):
+            break
+        if not closed and k:  # first let the picks' readers follow them out of int8
+            closed = True
+            continue
+        # then more units, a growing step at a time (the real check is the costly part)
+        k = len(order) if checks == MAX_CHECKS - 1 else min(len(order), k + max(1, k // 4))
+    s8, s816 = _shares(rep, i16, fl)
+    rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, s8,
+                                s816, real >= target, checks)
+    return data
+
+
+# ------------------------------------------------------------------ TOML
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(k: str) -> str:
+    return k if _BARE.match(k) else json.dumps(k)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _emit(data: dict[str, Any], path: list[str], out: list[str]) -> None:
+    for k, v in data.items():
+        if not isinstance(v, dict) and not _is_table_array(v):
+            out.append(f"{_key(k)} = {_value(v)}")
+    for k, v in data.items():
+        name = ".".join(_key(p) for p in [*path, k])
+        if isinstance(v, dict):
+            out.append(f"\n[{name}]")
+            _emit(v, [*path, k], out)
+        elif _is_table_array(v):
+            for item in v:
+                out.append(f"\n[[{name}]]")
+                _emit(item, [*path, k], out)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML text of plain table data (``tomllib.loads`` reads it back equal)."""
+    out: list[str] = []
+    _emit(data, [], out)
+    return "\n".join(out).lstrip("\n") + "\n"

@@ -1,0 +1,268 @@
+"""Sensitivity analysis: which nodes cost accuracy in int8, and a table that fixes them.
+
+``analyze(graph, calib)`` quantizes and calibrates ``graph`` once, then runs its
+fake-quant TF execution with every FAKE_QUANT *gated*: ``y = x + g8·(fq8(x) − x) +
+g16·(fq16(x) − x)``, the gates a per-call input vector, so one traced program evaluates
+every configuration without retracing. A *unit* is a quantized compute node with the
+FAKE_QUANTs it owns (its weights' and its outputs'); a graph input's FAKE_QUANT is a unit
+of its own. Per unit it measures the output SQNR (against the float run) when
+
+- only that unit is quantized (``sqnr_db``; low = sensitive),
+- every unit but it is quantized, it kept float (``sqnr_float_db``),
+- every unit is int8 but it int16 (``sqnr_int16_db``; 16-bit activations, int8 weights,
+  for ops with a 16x8 kernel, :mod:`qatir.int16`).
+
+Rows are ranked by ``sqnr_db``, lowest first. :meth:`Report.suggest` picks the units
+to take out of int8 greedily by SQNR gain per MAC (int16 where the op has a 16x8 kernel
+and it recovers most of the float gain, else a float island), until the gated estimate
+reaches the target, then checks the real table (quantize + calibrate + fake-quant run)
+and adds units until that reaches it too. The table it returns is the input table plus
+``[[int16]]`` and ``[[exclude]]`` entries naming those nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qatir.errors import QatirError
+from qatir.int16 import has_int16
+from qatir.ir import Graph, Node
+
+#: int16 is chosen over a float island when it recovers this share of the float gain.
+INT16_GAIN_SHARE = 0.8
+#: a unit whose float run gains less than this is not also run in int16 (its int16 SQNR is
+#: reported as its float one: int16 lies between int8 and float)
+MIN_GAIN_DB = 0.05
+
+
+@dataclass
+class Row:
+    """One unit of the analysis (SQNR in dB against the float run, MACs of the node)."""
+
+    node: str
+    op: str
+    macs: int
+    sqnr_db: float
+    sqnr_float_db: float
+    sqnr_int16_db: float | None
+
+    @property
+    def gain_float_db(self) -> float:
+        return self.sqnr_float_db - self._base
+
+    @property
+    def gain_int16_db(self) -> float | None:
+        return None if self.sqnr_int16_db is None else self.sqnr_int16_db - self._base
+
+    _base: float = field(default=0.0, repr=False)
+
+
+def sqnr_db(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """10·log10(Σ ref² / Σ (ref − got)²) over all outputs and batches (inf when exact)."""
+    sig = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in ref)
+    err = sum(float(np.sum(np.square(r.astype(np.float64) - g.astype(np.float64))))
+              for r, g in zip(ref, got))
+    if err == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(sig, 1e-30) / err)
+
+
+class _Gated:
+    """One traced fake-quant program of a quantized graph with gated FAKE_QUANTs."""
+
+    def __init__(self, q: Graph, feeds: list[Mapping[str, np.ndarray]]):
+        from qatir.feeds import check_feeds
+        from qatir.tf.env import import_tensorflow
+        from qatir.tf.executor import program_for
+        from qatir.tf.kernels import KernelContext
+
+        tf = import_tensorflow()
+        self.tf = tf
+        self.q = q
+        self.fqs = [n for n in q.nodes if n.op == "FAKE_QUANT"]
+        self.index = {id(n): i for i, n in enumerate(self.fqs)}
+        self.prog = program_for(q)
+        self.prog.sync_from_graph()
+        self.args = [check_feeds(q, f) for f in feeds]
+        prog, index = self.prog, self.index
+        n = len(self.fqs)
+
+        def hook(node: Node, args: list, outs: Any) -> Any:
+            i = index.get(id(node))
+            if i is None:
+                return outs
+            x, g8, g16 = args[0], self._g8[i], self._g16[i]
+            # branches, so a configuration pays only for the fake-quant it switches on
+            y = tf.cond(g8 > 0, lambda: x + g8 * (outs - x), lambda: x)
+            if node.attrs.get("kind") == "activation" and node.attrs.get("axis") is None:
+                lo, hi = tf.reshape(args[1], []), tf.reshape(args[2], [])
+
+                def wide():
+                    m = tf.maximum(-lo, hi)
+                    y16 = tf.quantization.fake_quant_with_min_max_vars(
+                        x, -m, m, num_bits=16, narrow_range=True)
+                    return y + g16 * (y16 - x)
+
+                y = tf.cond(g16 > 0, wide, lambda: y)
+            return y
+
+        spec = [tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32)]
+        spec += [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype)) for t in q.inputs]
+
+        def fn(g8, g16, *inputs):
+            self._g8, self._g16 = g8, g16
+            return prog.forward(list(inputs), KernelContext(prog.params), hook=hook)
+
+        self.fn = tf.function(fn, input_signature=spec, autograph=False)
+        self.calls = 0
+
+    def run(self, g8: np.ndarray, g16: np.ndarray) -> list[np.ndarray]:
+        """All outputs over all feeds, flattened into one list."""
+        out = []
+        for args in self.args:
+            self.calls += 1
+            ys = self.fn(self.tf.constant(g8, self.tf.float32),
+                         self.tf.constant(g16, self.tf.float32), *args)
+            out.extend(y.numpy() for y in ys)
+        return out
+
+
+def _units(q: Graph) -> list[tuple[Node | None, str, list[Node]]]:
+    """(compute node or None for a graph input, name, the FAKE_QUANTs it owns)."""
+    out = []
+    for t in q.inputs:
+        fqs = [u for u in t.users if u.op == "FAKE_QUANT"]
+        if fqs:
+            out.append((None, t.name, fqs))
+    floats = set(q.metadata.get("float_nodes") or ())
+    for node in q.nodes:
+        if node.op == "FAKE_QUANT" or node.name in floats:
+            continue
+        own = [t.producer for t in node.inputs if t is not None and t.producer is not None
+               and t.producer.op == "FAKE_QUANT" and t.producer.attrs.get("kind") == "weight"]
+        for o in node.outputs:
+            own += [u for u in o.users if u.op == "FAKE_QUANT" and u.inputs[0] is o]
+        if own:
+            out.append((node, node.name, list(dict.fromkeys(own))))
+    return out
+
+
+@dataclass
+class Report:
+    """The result of :func:`analyze`: ranked rows and what :meth:`suggest` needs."""
+
+    rows: list[Row]
+    full_int8_sqnr_db: float
+    seconds: float
+    evaluations: int
+    graph: Graph = field(repr=False)
+    table: Any = field(repr=False)
+    calib: list[Mapping[str, np.ndarray]] = field(repr=False)
+    gated: _Gated = field(repr=False)
+    units: list[tuple[Node | None, str, list[Node]]] = field(repr=False)
+    #: set by :meth:`suggest`: a :class:`qatir.recipes.Suggestion`
+    suggestion: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for r in self.rows:
+            d = {k: v for k, v in asdict(r).items() if not k.startswith("_")}
+            d["gain_float_db"] = r.gain_float_db
+            d["gain_int16_db"] = r.gain_int16_db
+            rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                         for k, v in d.items()})
+        return {"graph": self.graph.name, "full_int8_sqnr_db": _finite(self.full_int8_sqnr_db),
+                "seconds": self.seconds, "evaluations": self.evaluations, "rows": rows}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def format_text(self, top: int | None = None) -> str:
+        """A ranked table: most sensitive first."""
+        lines = [f"graph {self.graph.name!r}: full int8 SQNR {self.full_int8_sqnr_db:.2f} dB; "
+                 f"{len(self.rows)} units, {self.evaluations} evaluations in {self.seconds:.1f} s",
+                 f"{'rank':>4}  {'node':<32} {'op':<18} {'MACs':>11} {'only q':>8} "
+                 f"{'float':>8} {'int16':>8}"]
+        for i, r in enumerate(self.rows[:top] if top else self.rows):
+            i16 = "-" if r.sqnr_int16_db is None else f"{r.sqnr_int16_db:8.2f}"
+            lines.append(f"{i + 1:>4}  {r.node[:32]:<32} {r.op:<18} {r.macs:>11} "
+                         f"{r.sqnr_db:8.2f} {r.sqnr_float_db:8.2f} {i16:>8}")
+        return "\n".join(lines)
+
+    def suggest(self, target_sqnr: float, *, allow_int16: bool = True,
+                allow_float: bool = True) -> dict[str, Any]:
+        """A pattern table (plain data) reaching ``target_sqnr`` dB with the fewest MACs out
+        of int8; ``table["suggestion"]`` reports what it kept (see the module docstring)."""
+        from qatir.recipes import suggest_table
+
+        return suggest_table(self, float(target_sqnr), allow_int16, allow_float)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: Any = None,
+            max_batches: int = 4, int16: bool = True) -> Report:
+    """Per-unit sensitivity of ``graph`` (a float graph) under ``table`` (see the module
+    docstring); ``calib`` batches calibrate it, the first ``max_batches`` are evaluated."""
+    import qatir
+    from qatir.lowering.islands import node_macs
+    from qatir.ops import has_op
+
+    if any(n.op == "FAKE_QUANT" for n in graph.nodes):
+        raise QatirError(f"analyze: graph {graph.name!r} is already quantized; give the float "
+                         "graph (analyze quantizes it with the table)")
+    start = time.perf_counter()
+    feeds = list(itertools.islice(iter(calib), max(1, max_batches)))
+    if not feeds:
+        raise QatirError(f"analyze: no calibration batches given for graph {graph.name!r}")
+    from qatir.table import load_table
+
+    tab = load_table(table)
+    q = qatir.quantize(graph, table=tab)
+    qatir.calibrate(q, feeds)
+    gated = _Gated(q, feeds)
+    units = _units(q)
+    n = len(gated.fqs)
+    zeros, ones = np.zeros(n, np.float32), np.ones(n, np.float32)
+    ref = gated.run(zeros, zeros)
+    full = sqnr_db(ref, gated.run(ones, zeros))
+    rows: list[Row] = []
+    for node, name, fqs in units:
+        idx = [gated.index[id(f)] for f in fqs]
+        only = zeros.copy()
+        only[idx] = 1.0
+        kept = ones.copy()
+        kept[idx] = 0.0
+        s_only = sqnr_db(ref, gated.run(only, zeros))
+        s_float = sqnr_db(ref, gated.run(kept, zeros))
+        s16 = None
+        if s_float - full < MIN_GAIN_DB:
+            s16 = s_float if int16 and node is not None and has_op(node.op) \
+                and has_int16(node.op) else None  # kept float does not help: int16 cannot
+        elif int16 and node is not None and has_op(node.op) and has_int16(node.op):
+            acts = [gated.index[id(f)] for f in fqs if f.attrs.get("kind") == "activation"]
+            g8, g16 = ones.copy(), zeros.copy()
+            g8[acts], g16[acts] = 0.0, 1.0
+            s16 = sqnr_db(ref, gated.run(g8, g16))
+        macs = node_macs(node) if node is not None else 0
+        rows.append(Row(name, node.op if node is not None else "INPUT", int(macs), s_only,
+                        s_float, s16, _base=full))
+    rows.sort(key=lambda r: (r.sqnr_db, r.node))
+    return Report(rows, full, time.perf_counter() - start, gated.calls, graph, tab, feeds,
+                  gated, units)
+
+
+def name_regex(names: Iterable[str]) -> str:
+    """One anchored regex matching exactly ``names``."""
+    return "^(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")$"

@@ -1,0 +1,279 @@
+"""16x8: int16 activations, int8 weights, int64 biases, from ``[[int16]]`` table entries.
+
+Single ops and small graphs bit for bit against LiteRT under BUILTIN_REF and the default
+resolver (XNNPACK delegates no int16 op; the builtin kernels run them), mixed int8/int16
+graphs with requantizing QUANTIZE nodes at the region edges, the op versions and options
+the writer sets, QAT through a 16-bit region, and the errors a user can cause.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import qatir  # noqa: E402
+from qatir.errors import ExportError, TableError  # noqa: E402
+from qatir.int16 import INT16_OPS, INT16_VERSION  # noqa: E402
+from qatir.lower import lower  # noqa: E402
+from qatir.reference_int16 import KERNELS, mbqm64  # noqa: E402
+from qatir.table import builtin_tables  # noqa: E402
+from qatir.tflite_writer import to_tflite  # noqa: E402
+from tests.helpers import QB, compare_all  # noqa: E402
+from tests.helpers.graphs import mobile_block  # noqa: E402
+
+
+def fq16(qb: QB, t, m: float):
+    """A 16-bit activation fake-quant as insert_fake_quant writes it (symmetric, narrow)."""
+    return qb.fq(t, -m, m, bits=16, narrow=True)
+
+
+def _single(which: str):
+    qb = QB(0)
+    x16 = fq16(qb, qb.input("x", [1, 8, 8, 4], -1.0, 1.3), 1.5)
+    z16 = fq16(qb, qb.input("z", [1, 8, 8, 4], -2.0, 2.0), 2.2)
+    same = {"padding": "SAME", "stride": [1, 1]}
+    if which == "conv":
+        y = fq16(qb, qb.conv("CONV_2D", x16, [6, 3, 3, 4], same, None), 4.0)
+    elif which == "conv_relu6_strided":
+        y = fq16(qb, qb.conv("CONV_2D", x16, [6, 3, 3, 4], {"padding": "SAME", "stride": [2, 2],
+                                                            "fused_activation": "RELU6"}, None), 4.0)
+    elif which == "depthwise":
+        y = fq16(qb, qb.conv("DEPTHWISE_CONV_2D", x16, [1, 3, 3, 4],
+                             {"padding": "SAME", "stride": [2, 2], "depth_multiplier": 1}, None), 3.0)
+    elif which == "fc":
+        r = qb.op("RESHAPE", [x16], {"new_shape": [1, 256]})
+        y = fq16(qb, qb.conv("FULLY_CONNECTED", r, [10, 256], {}, None), 8.0)
+    elif which == "add":
+        y = fq16(qb, qb.op("ADD", [x16, z16]), 3.1)
+    elif which == "mul":
+        y = fq16(qb, qb.op("MUL", [x16, z16]), 2.5)
+    elif which == "avg_pool":
+        y = qb.op("AVERAGE_POOL_2D", [x16], {"filter": [3, 3], "stride": [2, 2], "padding": "SAME"})
+        y = fq16(qb, y, 1.5)
+    elif which == "max_pool":
+        y = qb.op("MAX_POOL_2D", [x16], {"filter": [2, 2], "stride": [2, 2], "padding": "VALID"})
+    elif which == "concat":
+        z = fq16(qb, qb.input("w", [1, 8, 8, 4], -2, 2), 1.5)
+        y = fq16(qb, qb.op("CONCATENATION", [x16, z], {"axis": 3}), 1.5)
+    elif which == "pad":
+        y = qb.op("PAD", [x16], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]]})
+    elif which == "padv2":
+        y = qb.op("PAD", [x16], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]],
+                                 "constant_value": -0.75})
+    elif which == "transpose":
+        y = qb.op("TRANSPOSE", [x16], {"perm": [0, 2, 1, 3]})
+    elif which == "strided_slice":
+        y = qb.op("STRIDED_SLICE", [x16], {"begin": [0, 1, 0, 0], "end": [1, 7, 8, 4],
+                                           "strides": [1, 2, 1, 1]})
+    elif which == "squeeze":
+        p = qb.op("MAX_POOL_2D", [x16], {"filter": [8, 8], "stride": [8, 8]})
+        y = qb.op("SQUEEZE", [p], {"squeeze_dims": [1, 2]})
+    elif which == "resize_nearest":
+        y = qb.op("RESIZE_NEAREST_NEIGHBOR", [x16], {"size": [16, 12], "align_corners": False,
+                                                     "half_pixel_centers": True})
+    else:  # int16 conv whose output goes back to int8
+        y = fq16(qb, qb.conv("CONV_2D", x16, [6, 1, 1, 4], same, None), 4.0)
+        y = qb.fq(y, -0.5, 3.5)
+    return qb.output(y)
+
+
+SINGLE = ["conv", "conv_relu6_strided", "depthwise", "fc", "add", "mul", "avg_pool", "max_pool",
+          "concat", "pad", "padv2", "transpose", "strided_slice", "squeeze", "resize_nearest",
+          "back_to_int8"]
+
+
+@pytest.mark.parametrize("which", SINGLE)
+def test_single_op_bit_exact_both_resolvers(which):
+    g = _single(which)
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+def _file_ops(buf: bytes) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.ModelT.InitFromPackedBuf(buf, 0)
+    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [(names[max(c.builtinCode, c.deprecatedBuiltinCode)], c.version)
+             for c in m.operatorCodes]
+    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+    sg = m.subgraphs[0]
+    return ([codes[op.opcodeIndex] for op in sg.operators],
+            {t.name.decode(): types[t.type] for t in sg.tensors})
+
+
+def test_file_has_16x8_types_versions_and_options():
+    ops, types = _file_ops(to_tflite(_single("conv"), io="int8"))
+    assert ops == [("QUANTIZE", 2), ("CONV_2D", 8)]
+    vals = list(types.values())
+    assert vals.count("INT16") == 2 and vals.count("INT64") == 1  # conv in/out, its bias
+    ops, _ = _file_ops(to_tflite(_single("add"), io="int8"))
+    assert ("ADD", INT16_VERSION["ADD"]) in ops
+    ops, _ = _file_ops(to_tflite(_single("fc"), io="int8"))
+    assert ("FULLY_CONNECTED", 11) in ops
+
+
+def test_every_int16_op_has_a_kernel_and_a_version():
+    from qatir.ops import get_op
+    from qatir.reference_int16 import DATA_MOVEMENT
+
+    for op in INT16_OPS:
+        assert get_op(op).int16, f"{op}: LiteRT has no int16 kernel"
+        assert op in KERNELS or op in DATA_MOVEMENT, f"{op}: no int16 reference kernel"
+    for op in ("HARD_SWISH", "SPACE_TO_DEPTH"):  # LiteRT has no int16 kernel for them
+        assert op not in INT16_OPS
+
+
+def test_mbqm64_rounds_like_litert():
+    # reduced multiplier (2^30 + 2^15) >> 16 = 2^14 + 0 (2^14 exactly after the shift),
+    # total shift 15 - 0: x * 2^14 / 2^15 = x / 2, rounded half up
+    qm = np.int64(1 << 30)
+    assert mbqm64(np.array([3, -3, 5, -5]), qm, 0).tolist() == [2, -1, 3, -2]
+    assert mbqm64(np.array([1 << 40]), np.int64(0x7FFF0000), 0).tolist() == [(1 << 40) * 0x7FFF >> 15]
+
+
+def _table(int16):
+    data = tomllib.loads(builtin_tables()["int8_default"].read_text())
+    data["int16"] = int16
+    return data
+
+
+def _quantized(int16, seed=0):
+    g = mobile_block(seed=seed, hw=8)
+    q = qatir.quantize(g, table=_table(int16))
+    rng = np.random.default_rng(seed)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    return q
+
+
+def test_whole_model_16x8_bit_exact():
+    q = _quantized([{"name": "."}])
+    low = lower(q, io="int8")
+    wide = {n.name for n in low.nodes if n.outputs[0].dtype == np.int16}
+    assert {"conv0", "dw1", "conv2", "avg", "maxp", "cat", "flat", "fc3", "fc4"} <= wide
+    # no int16 kernel: HARD_SWISH and SOFTMAX stay int8 between requantizing QUANTIZEs
+    kept = {n.op: n.outputs[0].dtype for n in low.nodes}
+    assert kept["HARD_SWISH"] == np.int8 and kept["SOFTMAX"] == np.int8
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_mixed_region_by_name_and_op():
+    q = _quantized([{"name": "^dw1$"}, {"ops": ["FULLY_CONNECTED"]}])
+    low = lower(q, io="int8")
+    dtypes = {n.name: n.outputs[0].dtype for n in low.nodes}
+    assert dtypes["dw1"] == np.int16 and dtypes["fc3"] == np.int16 and dtypes["fc4"] == np.int16
+    assert dtypes["conv0"] == np.int8 and dtypes["conv2"] == np.int8
+    req = [n for n in low.nodes if n.op == "QUANTIZE" and n.inputs[0].dtype != np.float32]
+    pairs = {(n.inputs[0].dtype.name, n.outputs[0].dtype.name) for n in req}
+    assert pairs == {("int8", "int16"), ("int16", "int8")}
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_int16_closer_to_float_than_int8():
+    g = mobile_block(seed=3, hw=8)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+    want = qatir.run(g, {"x": x})["probs"]
+    errs = {}
+    for key, int16 in (("int8", []), ("int16", [{"name": "."}])):
+        q = _quantized(int16, seed=3)
+        low = lower(q, io="float")
+        from qatir.reference import run_lowered
+
+        errs[key] = float(np.abs(run_lowered(low, {"x": x})["probs"] - want).max())
+    assert errs["int16"] < errs["int8"]
+
+
+def test_qat_with_int16_region_exports():
+    import keras
+
+    q = _quantized([{"ops": ["CONV_2D", "DEPTHWISE_CONV_2D"]}], seed=1)
+    fqs = [n for n in q.nodes if n.op == "FAKE_QUANT" and n.attrs["bits"] == 16]
+    assert fqs and all(n.attrs["narrow_range"] and n.attrs["symmetric"] for n in fqs)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]
+    before = float(q.tensors["w0_bn"].data.sum()) if "w0_bn" in q.tensors else None
+    qatir.fit(q, [({"x": x[i:i + 1]}, y[i:i + 1]) for i in range(16)], loss="categorical_crossentropy",
+              optimizer=keras.optimizers.Adam(0.01), epochs=2, verbose=False)
+    if before is not None:
+        assert float(q.tensors["w0_bn"].data.sum()) != before
+    for n in q.nodes:
+        if n.op == "FAKE_QUANT" and n.attrs["bits"] == 16:
+            assert n.outputs[0].quant.zero_point == (0,)
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_asymmetric_16bit_activation_refused():
+    qb = QB(0)
+    x16 = qb.fq(qb.input("x", [1, 4, 4, 2], -1.0, 1.0), -1.0, 3.0, bits=16)
+    g = qb.output(qb.op("MAX_POOL_2D", [x16], {"filter": [2, 2], "stride": [2, 2]}))
+    with pytest.raises(ExportError, match="x_q_fq.*zero point -16384"):
+        to_tflite(g)
+
+
+def test_int16_entry_with_unknown_op_refused():
+    with pytest.raises(TableError, match=r"int16\[0\]\.ops: unknown op 'CONVV'"):
+        qatir.quantize(mobile_block(), table=_table([{"ops": ["CONVV"]}]))
+
+
+def test_float_island_inside_an_int16_region():
+    data = _table([{"name": "."}])
+    data["exclude"] = [{"name": "^conv2$"}]
+    g = mobile_block(seed=2, hw=8)
+    q = qatir.quantize(g, table=data)
+    rng = np.random.default_rng(2)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    low = lower(q, io="int8")
+    conv2 = next(n for n in low.nodes if n.name == "conv2")
+    assert conv2.outputs[0].dtype == np.float32
+    assert conv2.inputs[0].producer.op == "DEQUANTIZE"
+    assert conv2.inputs[0].producer.inputs[0].dtype == np.int16
+    exits = [u for u in conv2.outputs[0].users if u.op == "QUANTIZE"]
+    assert exits  # the island's exit: quantized at the width of its first reader
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_float_edges_dequantize_an_int16_output():
+    from qatir.reference import run_lowered
+    from tests.helpers import litert_run
+
+    g = _single("conv")
+    buf = to_tflite(g, io="float")
+    ops, _ = _file_ops(buf)
+    assert ("DEQUANTIZE", INT16_VERSION["DEQUANTIZE"]) in ops
+    low = lower(g, io="float")
+    rng = np.random.default_rng(4)
+    feeds = {t.name: rng.normal(size=t.shape).astype(np.float32) for t in low.inputs}
+    want = run_lowered(low, feeds)
+    for ref in (True, False):
+        got, _ = litert_run(buf, feeds, ref)
+        for name, arr in want.items():
+            np.testing.assert_array_equal(got[name], arr)
+
+
+def test_fake_quant_bias_of_a_16x8_conv_is_not_clipped_at_int32():
+    """At 16-bit input scales a bias of 10 is beyond int32 (scale ~2.4e-9): export keeps it
+    in int64, and the fake-quant run (what QAT trains) must agree."""
+    from qatir.quant import params_for, refresh_quant
+    from qatir.reference import run_reference
+
+    qb = QB(0)
+    x16 = fq16(qb, qb.input("x", [1, 4, 4, 2], -1.0, 1.0), 1.0)
+    w = qb.weight(np.full((3, 1, 1, 2), 0.01, np.float32), 0, name="w")
+    b = qb.g.const(np.full(3, 10.0, np.float32), name="b")
+    g = qb.output(fq16(qb, qb.op("CONV_2D", [x16, w, b], {"padding": "SAME"}), 16.0))
+    refresh_quant(g)
+    x = np.random.default_rng(0).integers(-128, 128, (1, 4, 4, 2)).astype(np.int8)
+    xq = params_for(g.inputs[0].users[0])
+    fake = qatir.run(g, {"x": ((x.astype(np.float32) - xq.zero_point[0]) * xq.scale[0])})
+    out = g.outputs[0]
+    ints = run_reference(g, {"x": x})[out.name].astype(np.float64) * out.quant.scale[0]
+    assert np.abs(fake[out.name] - 10.0).max() < 0.1  # not clipped to ~5
+    np.testing.assert_allclose(fake[out.name], ints, atol=2 * out.quant.scale[0])

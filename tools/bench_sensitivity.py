@@ -1,0 +1,141 @@
+"""Sensitivity analysis and suggested recipes on the hardest corpus models.
+
+For each model (``tools/corpus/models``, default: timm_repvgg_a0, tv_efficientnet_b0,
+mp_pose_landmark_full, and EfficientNetV2-S / FCN-ResNet50 / a YOLO-style detector when
+present), as the corpus has them (torchvision/timm random init, MediaPipe as published):
+
+1. ``qatir.analyze`` on 4 calibration samples (the corpus' real task samples where it has
+   them, else standard normal inputs in the source layout), timed;
+2. ``Report.suggest(TARGET)`` (greedy by SQNR gain per MAC, checked on the real table);
+3. both tables (the default full-int8 one and the suggested one) quantized, calibrated on
+   the same samples and exported with float edges; the file run in LiteRT (default
+   resolver) on 4 held-out samples and its output SQNR measured against qatir's float run.
+
+Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
+MAC share and int8-or-int16 MAC share, the units taken out of int8, analysis and suggestion
+seconds. Usage: ``python tools/bench_sensitivity.py [--only NAME] [--target 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(HERE, "corpus", "models")
+DEFAULT = ["timm_repvgg_a0", "tv_efficientnet_b0", "mp_pose_landmark_full",
+           "tv_efficientnet_v2_s", "tv_fcn_resnet50", "yolo"]
+
+
+def _corpus():
+    spec = importlib.util.spec_from_file_location("corpus_run", os.path.join(HERE, "corpus",
+                                                                               "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _feeds(run, entry, g, n: int, seed0: int) -> list[dict]:
+    real = run.task_samples(entry, g, os.path.join(MODELS, "data"))
+    if real:
+        return [dict(f) for f in real[seed0:seed0 + n]]
+    by_src = entry["inputs"]
+    return [{t.name: run._to_ir(t, f[s["name"]]) for t, s in zip(g.inputs, by_src)}
+            for f in (run._random_source_feed(entry, seed=seed0 + i) for i in range(n))]
+
+
+def _file_sqnr(g, table, calib, evals) -> float:
+    import qatir
+    from qatir.sensitivity import sqnr_db
+    from tests.helpers import litert_run
+
+    q = qatir.quantize(g, table=table)
+    qatir.calibrate(q, calib, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = qatir.to_tflite(q, io="float")
+    ref, got = [], []
+    for f in evals:
+        want = qatir.run(g, f)
+        outs, _ = litert_run(buf, f, ref=False)
+        for t in g.outputs:
+            ref.append(np.asarray(want[t.name]))
+            got.append(np.asarray(outs[t.name]).reshape(np.shape(want[t.name])))
+    return sqnr_db(ref, got)
+
+
+def bench_one(name: str, target: float) -> dict:
+    import qatir
+
+    run = _corpus()
+    path = os.path.join(MODELS, f"{name}.entry.json")
+    with open(path) as f:
+        entry = json.load(f)
+    shapes = {s["name"]: s["shape"] for s in entry["inputs"]} if entry["format"] == "onnx" \
+        else None
+    g = qatir.load(os.path.join(MODELS, entry["path"]), input_shapes=shapes)
+    calib = _feeds(run, entry, g, 4, 0)
+    evals = _feeds(run, entry, g, 4, 4) or calib
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = qatir.analyze(g, calib)
+        t0 = time.perf_counter()
+        table = rep.suggest(target)
+        t_suggest = time.perf_counter() - t0
+    s = rep.suggestion
+    from qatir.table import load_table
+
+    return {"model": name, "units": len(rep.rows), "evaluations": rep.evaluations,
+            "analysis_s": rep.seconds, "suggest_s": t_suggest,
+            "int8_fake_quant_db": rep.full_int8_sqnr_db, "suggest_fake_quant_db": s.sqnr_db,
+            "int8_file_db": _file_sqnr(g, dict(load_table(None).data), calib, evals),
+            "suggest_file_db": _file_sqnr(g, table, calib, evals),
+            "int8_mac_share": s.int8_mac_share, "int8_or_int16_mac_share": s.int8_or_int16_mac_share,
+            "int16": s.int16, "float": s.float, "reached_on_calib": s.reached,
+            "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", help="Model name (repeatable).")
+    ap.add_argument("--target", type=float, default=30.0)
+    ap.add_argument("--json", help="Also write the results here.")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(HERE))
+    names = args.only or [n for n in DEFAULT if os.path.exists(os.path.join(MODELS,
+                                                                            f"{n}.entry.json"))]
+    missing = [n for n in DEFAULT if n not in names and not args.only]
+    print(f"# tools/bench_sensitivity.py, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
+          f"{os.cpu_count()} cores; target {args.target:g} dB; corpus models (torchvision/timm "
+          "random init; MediaPipe as published), real task samples where the corpus has them")
+    if missing:
+        print(f"# not in tools/corpus/models: {', '.join(missing)}")
+    print(f"{'model':<24} {'int8 dB':>8} {'recipe dB':>9} {'int8 MACs':>9} {'8|16 MACs':>9} "
+          f"{'analysis':>9} {'suggest':>8}  out of int8")
+    results = []
+    for name in names:
+        r = bench_one(name, args.target)
+        results.append(r)
+        out = f"int16 {len(r['int16'])}, float {len(r['float'])}"
+        print(f"{name:<24} {r['int8_file_db']:8.2f} {r['suggest_file_db']:9.2f} "
+              f"{100 * r['int8_mac_share']:8.1f}% {100 * r['int8_or_int16_mac_share']:8.1f}% "
+              f"{r['analysis_s']:8.1f}s {r['suggest_s']:7.1f}s  {out}", flush=True)
+        print(f"    fake-quant on the calibration samples: int8 {r['int8_fake_quant_db']:.2f} dB,"
+              f" recipe {r['suggest_fake_quant_db']:.2f} dB; {r['units']} units, "
+              f"{r['evaluations']} evaluations; most sensitive: {r['top'][:3]}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
