@@ -39,6 +39,7 @@ ENTRY_POINT_GROUP = "qatir.passes"
 FLOAT_PIPELINE: tuple[str, ...] = (
     "fold_constants",
     "remove_identities",
+    "fold_pad_into_window",
     "fold_batch_norm",
     "fold_bias_add",
     "div_to_mul",
