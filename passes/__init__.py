@@ -16,6 +16,7 @@ from qatir.passes import (  # noqa: F401  (imported for their registrations)
     fold_bias_add,
     fold_constants,
     fold_pad_into_window,
+    fold_scale_into_conv,
     fold_scale_shift,
     fuse_activations,
     fuse_hard_swish,

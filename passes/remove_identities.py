@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from qatir.ir import Graph
-from qatir.patterns import AnyValue, Match, Op, Rewriter, Rule, RuleTable, apply_rules
+from qatir.patterns import AnyValue, Const, Match, Op, Rewriter, Rule, RuleTable, apply_rules
 from qatir.pipeline import PassContext, register_pass
 
 
@@ -45,6 +47,30 @@ def _same_dtype(m: Match) -> str | None:
     return _keeps_output_name(m)
 
 
+def _add_zero(m: Match) -> str | None:
+    c, x, y = m["c"], m["x"], m.root.output
+    if m.root.attrs.get("fused_activation", "NONE") != "NONE":
+        return f"a fused {m.root.attrs['fused_activation']}"
+    if c.data.dtype.kind != "f" or np.any(c.data != 0):
+        return f"%{c.name} is not all zeros"
+    if x.shape != y.shape:
+        return f"the zeros broadcast %{x.name} {list(x.shape)} to {list(y.shape)}"
+    return _keeps_output_name_of(m, x)
+
+
+def _keeps_output_name_of(m: Match, x) -> str | None:
+    graph, y = m.root.graph, m.root.output
+    if any(o is y for o in graph.outputs) and (x.producer is None
+                                               or any(o is x for o in graph.outputs)):
+        return f"%{y.name} is a graph output that %{x.name} cannot replace"
+    return None
+
+
+def _bypass_to_x(rw: Rewriter, m: Match) -> None:
+    rw.replace(m.root.output, m["x"])
+    rw.remove(m.root)
+
+
 def _bypass(rw: Rewriter, m: Match) -> None:
     rw.replace(m.root.output, m.root.inputs[0])
     rw.remove(m.root)
@@ -61,10 +87,12 @@ RULES = RuleTable([
     _rule("noop_transpose", "TRANSPOSE", _identity_perm, "TRANSPOSE(x, [0..n-1]) = x"),
     _rule("noop_pad", "PAD", _zero_pad, "PAD(x, 0) = x"),
     _rule("noop_cast", "CAST", _same_dtype, "CAST(x: T → T) = x"),
+    Rule("add_zero", Op("ADD", inputs=(AnyValue("x"), Const("c")), commutative=True),
+         _add_zero, _bypass_to_x, "x + 0 = x (Keras' Normalization of a random-init model)"),
 ])
 
 
 @register_pass("remove_identities")
 def remove_identities(graph: Graph, ctx: PassContext) -> bool:
-    """Bypass IDENTITY and no-op RESHAPE/SQUEEZE/TRANSPOSE/PAD/CAST nodes."""
+    """Bypass IDENTITY and no-op RESHAPE/SQUEEZE/TRANSPOSE/PAD/CAST nodes and ADDs of zeros."""
     return apply_rules(graph, RULES, ctx.trace, ctx.pass_name)

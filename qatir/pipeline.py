@@ -49,6 +49,7 @@ FLOAT_PIPELINE: tuple[str, ...] = (
     "fuse_hard_swish",
     "fuse_hard_swish_spelled",
     "canonicalize_layer_norm",
+    "fold_scale_into_conv",
     "fuse_activations",
     "eliminate_dead_code",
 )

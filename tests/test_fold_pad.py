@@ -60,3 +60,43 @@ def test_same_pads_fold_into_the_op_exactly(op, value):
 def test_other_pads_stay(op, pads, value, why):
     f = float_pipeline(_graph(op, pads, value))
     assert [n.op for n in f.nodes][0] == "PAD", why
+
+
+# ------------------------------------------------ constant input scaling (Keras Rescaling)
+def _prep_graph(op: str, c: np.ndarray, zero_add: bool = True) -> Graph:
+    rng = np.random.default_rng(2)
+    g = Graph("prep")
+    x = g.add_input("x", [None, 8, 8, 3])
+    h = g.add_node("MUL", [x, g.const(np.float32(1 / 255))]).output
+    if zero_add:
+        h = g.add_node("ADD", [h, g.const(np.zeros((1, 1, 1, 3), np.float32))]).output
+    h = g.add_node("MUL", [h, g.const(c)]).output
+    if op == "CONV_2D":
+        w = g.const(rng.normal(0, 0.3, (5, 3, 3, 3)).astype(np.float32))
+        y = g.add_node(op, [h, w, g.const(np.zeros(5, np.float32))],
+                       {"padding": "SAME", "stride": [2, 2]}).output
+    else:
+        w = g.const(rng.normal(0, 0.3, (1, 3, 3, 6)).astype(np.float32))
+        y = g.add_node(op, [h, w, g.const(np.zeros(6, np.float32))],
+                       {"padding": "SAME", "stride": [1, 1], "depth_multiplier": 2}).output
+    g.outputs = [y]
+    return g
+
+
+@pytest.mark.parametrize("op", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_input_scaling_and_zero_add_fold_into_the_conv(op):
+    c = np.array([[[[0.5, 2.0, 1.5]]]], np.float32)
+    g = _prep_graph(op, c)
+    f = float_pipeline(g)
+    assert [n.op for n in f.nodes] == [op]
+    x = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(f, x), _run(g, x), rtol=1e-5, atol=1e-5)
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [{"x": x}], progress=False)
+    assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
+
+
+def test_a_scale_along_another_axis_is_not_folded():
+    g = _prep_graph("CONV_2D", np.linspace(0.5, 1.5, 8).astype(np.float32).reshape(1, 1, 8, 1),
+                    zero_add=False)
+    assert "MUL" in [n.op for n in float_pipeline(g).nodes]
