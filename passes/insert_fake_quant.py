@@ -335,6 +335,8 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 if node.op in weight_ops and i == 2:
                     continue  # bias: stays float, int32 at export
                 axis = table.weight_axis(node.op) if node.op in weight_ops and i == 1 else None
+                if bits == 16 and node.op == "FULLY_CONNECTED":
+                    axis = None  # 16x8 FC: per-tensor weights, the form measured (test_int16)
                 node.set_input(i, ins.weight(t, axis))
                 continue
             q = quantized.get(id(t))

@@ -101,7 +101,7 @@ def fully_connected(node: Node, xs: list, mode: str) -> np.ndarray:
     acc = np.rint(flat @ w.astype(np.float64).T).astype(np.int64) + _int64_bias(xs, w.shape[0])
     s_in = np.float64(np.float32(node.inputs[0].quant.scale[0]))
     s_out = np.float64(np.float32(node.outputs[0].quant.scale[0]))
-    s_w = np.float64(np.float32(node.inputs[1].quant.scale[0]))
+    s_w = np.asarray(node.inputs[1].quant.scale, np.float32).astype(np.float64)  # 1 or per row
     y = round_half_away(acc.astype(np.float64) * (s_in * s_w / s_out)).astype(np.int64)
     lo, hi = _act16(node)
     return np.clip(y, lo, hi).astype(np.int16).reshape(node.outputs[0].shape)

@@ -24,7 +24,7 @@ def _graph():
 def test_step_names_are_in_the_documented_order():
     assert step_names() == ["lower.legalise", "lower.float_bias", "lower.islands",
                             "lower.constants", "lower.activations", "lower.island_edges",
-                            "lower.bias", "lower.same_scale",
+                            "lower.bias", "lower.same_scale", "lower.exact_mean",
                             "lower.wide_softmax", "lower.checks", "lower.edges", "lower.limits"]
     assert all(s.doc for s in STEPS)
 
@@ -47,7 +47,7 @@ def test_every_step_verifies_and_dumps():
 def test_selected_steps_dump_to_a_folder(tmp_path):
     lower(_graph(), print_ir_after=["bias", "lower.edges"], ir_out=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lower_06_bias.txt",
-                                                         "lower_10_edges.txt"]
+                                                         "lower_11_edges.txt"]
 
 
 def test_to_tflite_passes_the_dump_through(capsys):
@@ -69,3 +69,18 @@ def test_a_float_graph_runs_only_the_float_steps():
 def test_bad_io_is_refused():
     with pytest.raises(qatir.QatirError, match="io must be one of"):
         lower(_graph(), io="int4")
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_innermost_mean_is_an_exact_fully_connected(keep):
+    """XNNPACK sums an int8 MEAN over the innermost axis in float32 (a tie can go either
+    way, CPU-dependent): lowering writes it as an integer FULLY_CONNECTED of ones, which
+    the reference predicts on both resolvers (this shape was 1 LSB off on 6 of 147 rows)."""
+    from tests.helpers import QB, compare_all
+
+    qb = QB(seed=1)
+    x = qb.input("x", [1, 49, 96], -3, 3)
+    g = qb.output(qb.op("MEAN", [x], {"axis": [-1], "keep_dims": keep}, (-1, 1)))
+    ops = [n.op for n in lower(g, io="int8").nodes]
+    assert "MEAN" not in ops and "FULLY_CONNECTED" in ops
+    assert compare_all(g, seeds=(1, 2, 3)) == {"reference": 0, "xnnpack": 0}

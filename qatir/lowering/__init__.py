@@ -60,6 +60,7 @@ from qatir.lowering.int16 import check_int16_region
 from qatir.lowering.islands import enter_islands, mark_islands
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
+from qatir.lowering.mean import exact_means
 from qatir.lowering.same_scale import unify_same_scale
 from qatir.lowering.softmax import widen_softmax
 from qatir.target import ADD_MAX_RATIO, INT32_MAX, XNN_MAX_REQUANT
@@ -117,6 +118,8 @@ STEPS: tuple[Step, ...] = (
     Step("bias", lambda g, io: lower_biases(g), _Q, "float biases -> int32"),
     Step("same_scale", lambda g, io: unify_same_scale(g), _Q,
          "requantize inputs of same-scale ops onto the output grid"),
+    Step("exact_mean", lambda g, io: exact_means(g), _Q,
+         "int8 MEAN over the innermost axis -> FULLY_CONNECTED (exact on XNNPACK too)"),
     Step("wide_softmax", lambda g, io: widen_softmax(g), _INT8,
          "int8 SOFTMAX over 511 classes -> int16 SOFTMAX + QUANTIZE (LiteRT's REF limit)"),
     Step("checks", _checks, _Q, "int8 region complete; saturated clamps dropped"),
