@@ -41,6 +41,16 @@ INT16_FQ = {"bits": 16, "narrow_range": True, "symmetric": True}
 I16_MIN, I16_MAX = -32768, 32767
 
 
+def touches_int16(node) -> bool:
+    """``node`` reads or writes an int16 activation: a 16x8 node or a requantize between
+    widths. The wide_softmax step's SOFTMAX (int8 in, int16 out on LiteRT's fixed grid)
+    is not: it is the int8 SOFTMAX kernel, modelled by the int8 reference."""
+    if node.op == "SOFTMAX" and node.inputs[0].dtype == np.int8:
+        return False
+    return any(t is not None and not t.is_const and t.dtype == np.int16 and t.quant is not None
+               for t in (*node.inputs, *node.outputs))
+
+
 def has_int16(op: str) -> bool:
     """qatir exports ``op`` with int16 activations (LiteRT has the kernel, qatir the rest)."""
     return op in INT16_OPS and get_op(op).int16

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from qatir import reference_kernels as K
-from qatir.int16 import I16_MAX, I16_MIN
+from qatir.int16 import I16_MAX, I16_MIN, touches_int16
 from qatir.ir import Node
 from qatir.reference_math import (
     act_range,
@@ -41,9 +41,8 @@ Kernel = Callable[[Node, list, str], np.ndarray]
 
 
 def is_int16(node: Node) -> bool:
-    """``node`` reads or writes an int16 activation (a 16x8 node or a requantize)."""
-    return any(t is not None and not t.is_const and t.dtype == np.int16 and t.quant is not None
-               for t in (*node.inputs, *node.outputs))
+    """``node`` reads or writes an int16 activation (:func:`qatir.int16.touches_int16`)."""
+    return touches_int16(node)
 
 
 def _act16(node: Node) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.errors import ExportError
+from qatir.int16 import touches_int16
 from qatir.ir import Graph, Node, QuantParams
 from qatir.lowering.common import MIN_SCALE, channels
 from qatir.reference_math import round_half_away
@@ -56,23 +57,18 @@ CONV16_MAX_REQUANT = 2.0**7
 _PASS_THROUGH = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
-def _touches_int16(node: Node) -> bool:
-    return any(t is not None and not t.is_const and t.dtype == np.int16
-               for t in (*node.inputs, *node.outputs))
-
-
 def check_int16_region(g: Graph) -> None:
     """Every node reading or writing int16 has a 16x8 kernel qatir supports, and its scales
     stay inside what LiteRT's int16 kernels accept; ExportError names the nodes."""
     from qatir.int16 import INT16_OPS
 
     bad = [f"{n.name!r} ({n.op})" for n in g.nodes
-           if _touches_int16(n) and n.op not in INT16_OPS | _PASS_THROUGH]
+           if touches_int16(n) and n.op not in INT16_OPS | _PASS_THROUGH]
     if bad:
         raise ExportError(f"no 16x8 kernel (qatir writer + integer reference) for node(s) "
                           f"{', '.join(bad)}; keep them out of the [[int16]] entries")
     for n in g.nodes:
-        if not _touches_int16(n) or n.outputs[0].quant is None:
+        if not touches_int16(n) or n.outputs[0].quant is None:
             continue
         so = float(n.outputs[0].quant.scale[0])
         if n.op == "ADD":
