@@ -433,7 +433,7 @@ def test_unsupported_layers_are_all_named():
 
     x = inp = keras.Input((4, 8), name="x")
     x = layers.LayerNormalization(name="ln")(x)
-    x = layers.Dense(8, activation="gelu", name="fc_gelu")(x)
+    x = layers.Dense(8, activation="elu", name="fc_elu")(x)
     x = Custom(name="mine")(x)
     x = layers.MultiHeadAttention(2, 4, name="mha")(x, x)
     x = layers.Lambda(lambda t: t + 1.0, name="lam")(x)
@@ -441,7 +441,7 @@ def test_unsupported_layers_are_all_named():
     with pytest.raises(qatir.UnsupportedOpError) as e:
         qatir.load(keras.Model(inp, x))
     msg = str(e.value)
-    for part in ("Dense", "'fc_gelu'", "gelu", "Custom", "'mine'",
+    for part in ("Dense", "'fc_elu'", "elu", "Custom", "'mine'",
                  "MultiHeadAttention", "'mha'", "Lambda", "'lam'", "Python code",
                  "TFLiteConverter", "qatir.load"):
         assert part in msg, (part, msg)
@@ -542,13 +542,28 @@ def test_keras_applications(name, rng):
     assert any(n.op == "BATCH_NORM" for n in g.nodes)
 
 
-def test_convnext_is_refused_with_its_layers_named():
-    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3))
-    with pytest.raises(qatir.UnsupportedOpError) as e:
-        qatir.load(model)
-    assert {"Activation", "LayerScale"} <= set(e.value.ops)
-    assert "LayerNormalization" not in e.value.ops  # imported (qatir/frontends/norm_chain.py)
-    assert "gelu" in str(e.value) and "TFLiteConverter" in str(e.value)
+def test_convnext_imports_and_matches_keras():
+    """keras.applications' ConvNeXtTiny: LayerNormalization (the int8 chain), Activation
+    ("gelu") as GELU and its LayerScale layers as a MUL by gamma."""
+    model = keras.applications.ConvNeXtTiny(weights=None, input_shape=(32, 32, 3),
+                                            classifier_activation=None)
+    g = qatir.load(model)
+    ops = {n.op for n in g.nodes}
+    assert {"GELU", "MUL", "SQUARED_DIFFERENCE", "RSQRT"} <= ops
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    want = model(x, training=False).numpy()
+    got = next(iter(qatir.run(g, {g.inputs[0].name: x}).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_a_custom_layer_named_layer_scale_is_refused():
+    class LayerScale(layers.Layer):  # the user's own, not keras.applications'
+        def call(self, x):
+            return x * 3.0
+
+    inp = keras.Input((4,))
+    with pytest.raises(qatir.UnsupportedOpError, match="LayerScale.*'mine'.*custom"):
+        qatir.load(keras.Model(inp, LayerScale(name="mine")(inp)))
 
 
 def test_unbuilt_sequential_is_refused():

@@ -24,6 +24,7 @@ SIMPLE: dict[str, tuple[str, dict[str, Any]] | None] = {
     "hard_sigmoid": ("HARD_SIGMOID", {"alpha": 1.0 / 6.0, "beta": 0.5}),
     "leaky_relu": ("LEAKY_RELU", {"alpha": 0.2}),
     "exponential": ("EXP", {}),
+    "gelu": ("GELU", {"approximate": False}),  # keras.activations.gelu's default (erf form)
 }
 COMPOSED = {"silu", "swish", "softmax"}
 

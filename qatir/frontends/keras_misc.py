@@ -205,6 +205,20 @@ def _rescaling(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
     return ctx.node("IDENTITY", [y]) if y is args[0] else y
 
 
+def _check_layer_scale(layer: Any) -> str | None:
+    if not type(layer).__module__.startswith("keras.src.applications"):
+        return "a custom layer named LayerScale (only keras.applications' is known)"
+    if getattr(layer, "gamma", None) is None:
+        return "LayerScale without its gamma weight"
+    return None
+
+
+@converter("LayerScale", check=_check_layer_scale)
+def _layer_scale(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
+    """keras.applications' ConvNeXt LayerScale: ``x · γ``, γ one value per channel."""
+    return ctx.node("MUL", [args[0], ctx.const(to_numpy(layer.gamma), "gamma")])
+
+
 def _check_normalization(layer: Any) -> str | None:
     if getattr(layer, "invert", False):
         return "invert=True"
