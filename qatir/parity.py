@@ -209,20 +209,15 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
         it.invoke()
         for t in lowered.tensors.values():
             if t.dtype == np.float32:
-                _float_row(acc, t, tdetails.get(t.name), f_out, fq_out, ref, it)
-                continue
-            d = tdetails.get(f"{t.name}_int8", tdetails.get(t.name))
-            if d is None or t.name not in f_out or d["dtype"] != np.int8 or t.is_const:
-                continue
-            entry = acc.setdefault(t.name, {"float": [], "fq": [], "ref": [], "lrt": [],
-                                            "lrt_ref": []})
-            lrt = it.get_tensor(d["index"])
-            entry["float"].append(f_out[t.name])
-            entry["fq"].append(fq_out.get(t.name, np.full_like(f_out[t.name], np.nan)))
-            entry["lrt"].append(lrt)
-            if t.name in ref:
-                entry["ref"].append(ref[t.name])
-                entry["lrt_ref"].append(lrt)
+                d = tdetails.get(t.name)
+                if d is None or d["dtype"] != np.float32 or t.producer is None:
+                    continue  # a float island's tensor: computed, in the float run and the file
+            else:
+                d = tdetails.get(f"{t.name}_int8", tdetails.get(t.name))
+                if d is None or d["dtype"] != np.int8:
+                    continue
+            if not t.is_const and t.name in f_out:
+                _collect(acc, t.name, it.get_tensor(d["index"]), f_out, fq_out, ref)
     outputs = {t.name for t in lowered.outputs}
     rows = []
     cat = lambda xs: np.concatenate([a.ravel() for a in xs]) if xs else np.zeros(0)  # noqa: E731
@@ -249,18 +244,16 @@ def parity_report(model: bytes | str | os.PathLike, graph: Graph,
     return rows
 
 
-def _float_row(acc: dict, t, d: dict | None, f_out: dict, fq_out: dict, ref: dict, it) -> None:
-    """Collect a float island's tensor (computed, in the float run and in the file)."""
-    if d is None or d["dtype"] != np.float32 or t.is_const or t.producer is None \
-            or t.name not in f_out:
-        return
-    entry = acc.setdefault(t.name, {"float": [], "fq": [], "ref": [], "lrt": [], "lrt_ref": []})
-    lrt = it.get_tensor(d["index"])
-    entry["float"].append(f_out[t.name])
-    entry["fq"].append(fq_out.get(t.name, np.full_like(f_out[t.name], np.nan)))
+def _collect(acc: dict, name: str, lrt: np.ndarray, f_out: dict, fq_out: dict,
+             ref: dict) -> None:
+    """Append one sample of tensor ``name`` (LiteRT's value, the float and fake-quant runs',
+    the reference's when it ran) to ``acc``."""
+    entry = acc.setdefault(name, {"float": [], "fq": [], "ref": [], "lrt": [], "lrt_ref": []})
+    entry["float"].append(f_out[name])
+    entry["fq"].append(fq_out.get(name, np.full_like(f_out[name], np.nan)))
     entry["lrt"].append(lrt)
-    if t.name in ref:
-        entry["ref"].append(ref[t.name])
+    if name in ref:
+        entry["ref"].append(ref[name])
         entry["lrt_ref"].append(lrt)
 
 

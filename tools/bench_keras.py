@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from bench_vs_converter import quiet, run_model, set_bn_statistics, sqnr_db  # noqa: E402
+from bench_vs_converter import converter_int8, run_model, set_bn_statistics, sqnr_db  # noqa: E402
 
 MODELS = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50", "ConvNeXtTiny"]
 
@@ -77,19 +77,6 @@ def qatir_int8(model, calib: np.ndarray) -> tuple[bytes, float, dict[str, float]
     t4 = time.perf_counter()
     return buf, t4 - t0, {"load": t1 - t0, "quantize": t2 - t1, "calibrate": t3 - t2,
                           "write": t4 - t3}
-
-
-def converter_int8(model, calib: np.ndarray) -> tuple[bytes, float]:
-    import tensorflow as tf
-
-    t0 = time.perf_counter()
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    with quiet():
-        buf = conv.convert()
-    return buf, time.perf_counter() - t0
 
 
 def runs_on_reference_kernels(buf: bytes, x: np.ndarray) -> bool:
