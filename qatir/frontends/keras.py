@@ -12,8 +12,9 @@ A shared layer (one layer object called more than once) gets one set of nodes
 per call, named ``layer``, ``layer_call1``, ...; each call has its own copy of
 the weights, so ``qatir.fit`` trains the copies apart.
 
-Layers (``keras_layers``, ``keras_misc``) and the ``keras.ops`` operations a
-functional model may call (``keras_ops``) are converted by class; the class
+Layers (``keras_layers``, ``keras_misc``, ``keras_act``, MultiHeadAttention in
+``keras_attention``) and the ``keras.ops`` operations a functional model may call
+(``keras_ops``) are converted by class; the class
 must be Keras's own (a user subclass of ``Dense`` is refused, since its
 ``call`` may differ). Everything qatir cannot import is listed at once, each
 layer by name and class, with the way out: convert the model to float TFLite
@@ -29,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ModelFormatError, ShapeError, UnsupportedOpError
-from qatir.frontends import keras_act, keras_layers, keras_misc, keras_ops  # noqa: F401
+from qatir.frontends import (  # noqa: F401
+    keras_act,
+    keras_attention,
+    keras_layers,
+    keras_misc,
+    keras_ops,
+)
 from qatir.frontends.keras_ctx import Ctx, refusal
 from qatir.ir import Graph
 

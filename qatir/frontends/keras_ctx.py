@@ -9,7 +9,8 @@ anything is built, so every refusal is listed at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,17 @@ class Ctx:
         n: Node = self.g.add_node(op, ins, attrs, name=name,
                                   outputs=[self.g.unique_name(name)])
         return n.output
+
+    @contextmanager
+    def part(self, what: str) -> Iterator[None]:
+        """Name what is built inside as the part ``layer/what`` of the layer (a sublayer,
+        e.g. MultiHeadAttention's ``query``): its first node ``layer/what``, the rest
+        ``layer/what/op``, its constants ``layer/what/...``."""
+        outer, self.layer = self.layer, f"{self.layer}/{what}"
+        try:
+            yield
+        finally:
+            self.layer = outer
 
     def unsupported(self, layer: Any, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(self.source, {type(layer).__name__: 1},

@@ -145,7 +145,8 @@ def _tconv(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
     return _as_3d(ctx, y) if one_d else y
 
 
-def _check_dense(layer: Any) -> str | None:
+def check_dense(layer: Any) -> str | None:
+    """Why a Dense (or EinsumDense) layer's weights cannot be read as a float FC, or None."""
     if getattr(layer, "lora_enabled", False):
         return "LoRA weights"
     if getattr(layer, "quantization_mode", None):
@@ -153,11 +154,18 @@ def _check_dense(layer: Any) -> str | None:
     return activation_refusal(layer.activation)
 
 
-@converter("Dense", check=_check_dense)
+def fully_connected(ctx: Ctx, x: Tensor, kernel: np.ndarray, bias: np.ndarray | None) -> Tensor:
+    """FULLY_CONNECTED of ``x [..., K]`` by a Keras kernel ``[K, N]`` (the IR weight is
+    ``[N, K]``) and an optional bias ``[N]``; leading dims are kept."""
+    w = ctx.const(kernel.T, "kernel")
+    b = None if bias is None else ctx.const(bias, "bias")
+    return ctx.node("FULLY_CONNECTED", [x, w, b], {"keep_num_dims": x.rank > 2})
+
+
+@converter("Dense", check=check_dense)
 def _dense(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
-    x = args[0]
-    w = ctx.const(to_numpy(layer.kernel).T, "kernel")
-    y = ctx.node("FULLY_CONNECTED", [x, w, _bias(ctx, layer)], {"keep_num_dims": x.rank > 2})
+    bias = to_numpy(layer.bias) if layer.use_bias and layer.bias is not None else None
+    y = fully_connected(ctx, args[0], to_numpy(layer.kernel), bias)
     return activate(ctx, y, layer.activation)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from qatir.frontends.keras_act import SIMPLE, softmax
 from qatir.frontends.keras_ctx import Ctx, converter
+from qatir.frontends.keras_layers import fully_connected
 from qatir.frontends.keras_misc import BIG
 from qatir.ir import Tensor
 from qatir.numerics import normalize_axes, normalize_axis
@@ -140,8 +141,7 @@ def _matmul(ctx: Ctx, op: Any, args: list, kwargs: dict) -> Tensor:
     x, w = args[0], args[1]
     if not isinstance(x, Tensor) or isinstance(w, Tensor) or np.ndim(w) != 2:
         raise ctx.unsupported(op, "matmul other than tensor @ constant 2-D matrix")
-    wt = ctx.const(np.asarray(w, np.float32).T, "kernel")
-    return ctx.node("FULLY_CONNECTED", [x, wt], {"keep_num_dims": x.rank > 2})
+    return fully_connected(ctx, x, np.asarray(w, np.float32), None)
 
 
 @converter("GetItem", op=True)
