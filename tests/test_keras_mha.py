@@ -195,3 +195,28 @@ def test_every_refused_attention_layer_is_listed_at_once():
     b = layers.MultiHeadAttention(2, 4, name="fine")(a, a)
     msg = _refused(keras.Model(x, b), "'causal'")
     assert "'fine'" not in msg
+
+
+def test_dynamic_sequence_length_is_refused_naming_the_layer():
+    x = keras.Input((None, 8), name="x")
+    y = layers.MultiHeadAttention(2, 4, name="att")(x, x)
+    with pytest.raises(qatir.UnsupportedOpError, match="'att'.*dynamic dims"):
+        qatir.load(keras.Model(x, y))
+
+
+def test_saved_keras_file(rng, tmp_path):
+    model = vit_block()
+    _randomize(model, rng)
+    model.save(tmp_path / "vit.keras")
+    g = qatir.load(tmp_path / "vit.keras")
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    ref = np.asarray(model(x, training=False))
+    got = qatir.run(g, {"x": x})[g.outputs[0].name]
+    assert float(np.abs(got - ref).max()) <= RTOL * float(np.abs(ref).max())
+
+
+def test_a_keras_mask_on_the_inputs_is_refused():
+    x = keras.Input((6, 8), name="x")
+    m = layers.Masking(name="masking")(x)
+    y = layers.MultiHeadAttention(2, 4, name="att")(m, m)
+    _refused(keras.Model(x, y), "'att'", "a Keras mask on the query", "'masking'")

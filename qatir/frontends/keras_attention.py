@@ -84,12 +84,12 @@ def _call_refusal(layer: Any, args: Any, kwargs: Any) -> str | None:
     """Why one call of the layer (its arguments) cannot be imported, or None."""
     call = inspect.signature(layer.call).bind(*args, **kwargs).arguments
     masks = [m for m in MASKS if call.get(m) is not None]
-    if masks:
-        return f"{', '.join(masks)} (masked attention)"
-    for flag in ("use_causal_mask", "return_attention_scores"):
-        if call.get(flag):
-            return f"{flag}=True"
-    return None
+    masks += [f"a Keras mask on the {name}" for name in ("query", "value", "key")
+              if getattr(call.get(name), "_keras_mask", None) is not None]
+    why = [f"{', '.join(masks)} (masked attention)"] if masks else []
+    why += [f"{flag}=True" for flag in ("use_causal_mask", "return_attention_scores")
+            if call.get(flag)]
+    return "; ".join(why) or None
 
 
 def _project(ctx: Ctx, dense: Any, x: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ def _heads(ctx: Ctx, layer: Any, dense: Any, x: Tensor, scale: float | None = No
     """``x [B, *L, D]`` projected and split into heads, ``[B, N, prod(L), d]``; the query
     is multiplied by ``scale`` before the heads move ahead of the positions."""
     heads, d = (int(s) for s in dense.kernel.shape[-2:])
-    positions = math.prod(static_tail(ctx, layer, x, "attention over")[:-1])
+    positions = math.prod(static_tail(ctx, layer, x, "attention over the positions")[:-1])
     y = reshape(ctx, layer, _project(ctx, dense, x), [positions, heads, d])
     if scale is not None:
         y = ctx.node("MUL", [y, ctx.const(np.float32(scale), "scale")])
@@ -129,7 +129,7 @@ def _mha(ctx: Ctx, layer: Any, args: list, kwargs: dict) -> Tensor:
     with ctx.part("attention"):
         o = ctx.node("BATCH_MATMUL", [p, v], {"adj_x": False, "adj_y": False})
         o = ctx.node("TRANSPOSE", [o], {"perm": [0, 2, 1, 3]})       # [B, T, N, dv]
-        lq = static_tail(ctx, layer, query, "attention over")[:-1]
+        lq = static_tail(ctx, layer, query, "attention over the positions")[:-1]
         o = reshape(ctx, layer, o, [*lq, layer.num_heads * layer.value_dim])
     if getattr(layer, "_use_gate", False):
         with ctx.part("gate"):
