@@ -150,6 +150,17 @@ def test_vit_block_int8_is_bit_exact_in_litert(rng):
     assert compare_all(q, seeds=(1, 2, 3)) == {"reference": 0, "xnnpack": 0}
 
 
+@pytest.mark.parametrize("shape,options", [
+    ((3, 4, 8), {}), ((6, 8), {"use_gate": True, "output_shape": (2, 4), "value_dim": 3})],
+    ids=["image", "gate_output_shape"])
+def test_other_forms_int8_bit_exact(rng, shape, options):
+    g = check(self_attention(shape, **options), rng)
+    q = qatir.quantize(g)
+    qatir.calibrate(q, [{"x": rng.standard_normal((2, *shape)).astype(np.float32)}
+                        for _ in range(4)], progress=False)
+    assert compare_all(q, seeds=(1, 2)) == {"reference": 0, "xnnpack": 0}
+
+
 # ------------------------------------------------------------------ refusals
 def _refused(model, *parts):
     with pytest.raises(qatir.UnsupportedOpError) as e:
