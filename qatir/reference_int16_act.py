@@ -10,7 +10,9 @@ run under every resolver, XNNPACK delegates no int16 op):
   (``SigmoidPrepare``/``TanhPrepare``) picks the multiplier: ``3 << left_shift`` when the
   input scale is a power of two with ``12 + log2(scale)`` = 0 (TANH: 0 or 1, CheckedLog2's
   tolerance 1e-3), else ``int(scale·3·4096·2^k)`` with k the doublings that bring it above
-  16383.5. The power-of-two case (:func:`pot_case`) is the one place the resolvers differ:
+  16383.5 (0 when it truncates there: a scale below ~3.8e-14, which the lowering's floor
+  :data:`qatir.int16.INT16_MIN_SCALE` keeps away). A multiplier of 0 (:func:`pot_case`) is
+  the one place the resolvers differ:
   there the optimized kernel (default resolver) runs gemmlowp's int16 fixed-point logistic /
   tanh on the raw input instead (:func:`gemmlowp_logistic16`), up to 12 LSB away from the
   table. The output is (1/32768, 0), checked by LiteRT exactly.
@@ -73,26 +75,34 @@ def checked_log2(x: float) -> tuple[bool, int]:
     return bool(abs(f(x_log2 - rounded)) < f(1e-3)), int(rounded)
 
 
-def pot_case(op: str, in_scale: float) -> bool:
-    """The int16 LOGISTIC/TANH input scale is LiteRT's power-of-two case (multiplier 0)."""
-    pot, log2 = checked_log2(in_scale)
-    shift = 15 - _INPUT_INTEGER_BITS + log2
-    return pot and (shift == 0 or (op == "TANH" and shift == 1))
-
-
-def lut_params(op: str, in_scale: float) -> tuple[int, int]:
-    """(input_multiplier, input_left_shift) as SigmoidPrepare / TanhPrepare set them for an
-    int16 input, after the kernel's own power-of-two substitution (multiplier 3 << shift)."""
+def prepare_params(op: str, in_scale: float) -> tuple[int, int]:
+    """(input_multiplier, input_left_shift) as SigmoidPrepare / TanhPrepare leave them for an
+    int16 input: multiplier 0 in the power-of-two case (and when the scale is so small that
+    the multiplier truncates to 0)."""
     pot, log2 = checked_log2(in_scale)
     shift = 15 - _INPUT_INTEGER_BITS + log2
     if pot and (shift == 0 or (op == "TANH" and shift == 1)):
-        return 3 << shift, 0
+        return 0, shift
     m = float(np.float32(in_scale)) * 4096.0 * 3.0
     shift = 0
     while m <= 32767.0 / 2.0 and shift <= 30:
         shift += 1
         m *= 2.0
     return int(m), shift
+
+
+def pot_case(op: str, in_scale: float) -> bool:
+    """Prepare left the multiplier 0: the default resolver runs gemmlowp's fixed point."""
+    return prepare_params(op, in_scale)[0] == 0
+
+
+def lut_params(op: str, in_scale: float) -> tuple[int, int]:
+    """The reference kernel's (multiplier, right shift): a multiplier of 0 becomes
+    ``3 << left_shift`` with no shift (int32 arithmetic: it wraps past 2^31)."""
+    mult, shift = prepare_params(op, in_scale)
+    if mult == 0:
+        return int(wrap32(np.int64(3) << shift)), 0
+    return mult, shift
 
 
 def _rescale(x: np.ndarray, mult: int, shift: int) -> np.ndarray:
@@ -206,10 +216,10 @@ def logistic(node: Node, xs: list, mode: str) -> np.ndarray:
 
 def tanh(node: Node, xs: list, mode: str) -> np.ndarray:
     s = float(node.inputs[0].quant.scale[0])
-    if mode != "reference" and pot_case("TANH", s):
-        _, log2 = checked_log2(s)
+    mult, shift = prepare_params("TANH", s)
+    if mode != "reference" and mult == 0:
         x = xs[0].astype(np.int64)
-        if 15 - _INPUT_INTEGER_BITS + log2 == 1:
+        if shift != 0:
             x = _sat_shl(x, 1)  # SaturatingRoundingMultiplyByPOT<1>
         return gemmlowp_tanh16(x).astype(np.int16)
     return tanh16(xs[0], s)

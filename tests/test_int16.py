@@ -421,3 +421,21 @@ def test_int8_in_int16_out_softmax_keeps_version_2():
     x = qb.input("x", [1, 1000], -8.0, 8.0)
     g = qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
     assert _file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 2), ("QUANTIZE", 1)]
+
+
+def test_tiny_int16_logistic_input_is_floored_and_bit_exact():
+    """A dead channel's range (scale ~1e-14, below LiteRT's multiplier floor) reaches the int16
+    LOGISTIC through a QUANTIZE onto 2^-30: sigmoid 0.5, bit exact; the MUL of SiLU keeps the
+    fine grid."""
+    from qatir.lowering.int16 import LUT16_MIN_INPUT_SCALE
+
+    qb, x16 = _int16_in([1, 64, 1024], 32767 * 1e-14)
+    s = qb.op("LOGISTIC", [x16])
+    g = qb.output(fq16(qb, qb.op("MUL", [x16, s]), 32767 * 0.6e-14))
+    low = lower(g, io="int8")
+    sig = next(n for n in low.nodes if n.op == "LOGISTIC")
+    assert sig.inputs[0].producer.op == "QUANTIZE"
+    assert sig.inputs[0].quant.scale == (LUT16_MIN_INPUT_SCALE,)
+    mul = next(n for n in low.nodes if n.op == "MUL")
+    assert mul.inputs[0].quant.scale[0] < 1e-13
+    assert _worst(g, {"x": EVERY_INT16}) == {"reference": 0, "xnnpack": 0}
