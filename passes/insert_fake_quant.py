@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import NumericsError, TableError
-from qatir.int16 import INT16_FQ, has_int16
+from qatir.int16 import INT16_FIXED_OUTPUT, INT16_FQ, has_int16
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.numerics import MIN_RANGE
 from qatir.ops import get_op, has_op
@@ -136,10 +136,11 @@ class _Inserter:
 
     def activation(self, t: Tensor, producer: Node | None, bits: int | None = None) -> Node:
         """The activation FAKE_QUANT of ``t``; ``bits=16``: a 16x8 one (:data:`INT16_FQ`)."""
-        fixed = self._fixed_params(producer)
-        wide = bits == 16 and fixed is None
+        fixed16 = bits == 16 and producer is not None and producer.op in INT16_FIXED_OUTPUT
+        fixed = INT16_FIXED_OUTPUT[producer.op] if fixed16 else self._fixed_params(producer)
+        wide = bits == 16 and (fixed is None or fixed16)
         bits = 16 if wide else int(self.act["bits"])
-        sym = wide or bool(self.act["symmetric"])
+        sym = (wide and not fixed16) or bool(self.act["symmetric"])
         if fixed is not None:
             lo, hi = range_for(fixed[0], fixed[1], bits)
             quantizer = self.cal["fixed"]
@@ -152,7 +153,7 @@ class _Inserter:
         attrs = {"bits": bits, "narrow_range": bool(self.act.get("narrow_range", False)),
                  "axis": None, "symmetric": sym and fixed is None, "quantizer": quantizer,
                  "kind": "activation"}
-        if wide:
+        if wide and not fixed16:
             attrs.update(INT16_FQ)
         node = self._fq(t, lo, hi, attrs, "" if bits == int(self.act["bits"]) else f"{bits}")
         self.bits[id(node.output)] = bits

@@ -25,7 +25,7 @@ from qatir.ops.registry import get_op
 INT16_OPS: frozenset[str] = frozenset({
     "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL",
     "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "TRANSPOSE", "CONCATENATION",
-    "PAD", "STRIDED_SLICE", "RESIZE_NEAREST_NEIGHBOR",
+    "PAD", "STRIDED_SLICE", "RESIZE_NEAREST_NEIGHBOR", "LOGISTIC", "TANH", "SOFTMAX", "MEAN",
 })
 
 #: conv-like 16x8 ops: int8 weights, int64 bias. LiteRT runs an int64 bias on its
@@ -66,12 +66,20 @@ def act_params16(scale: float) -> QuantParams:
 #: ("if the op accepts int16"); ADD 3 (``pot_scale_int16`` false: the general rescale);
 #: MUL 4; pools and CONCATENATION 3; PAD/PADV2 3; RESHAPE 1; QUANTIZE 2 (int16 output),
 #: 1 (int16 -> int8); DEQUANTIZE 3; TRANSPOSE 5; RESIZE_NEAREST_NEIGHBOR 4; SQUEEZE and
-#: STRIDED_SLICE 1 (no int16 branch: the int8-free default).
+#: STRIDED_SLICE 1 (no int16 branch: the int8-free default); LOGISTIC, TANH, SOFTMAX and MEAN 3.
 INT16_VERSION: dict[str, int] = {
     "CONV_2D": 8, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 11, "ADD": 3, "MUL": 4,
     "MAX_POOL_2D": 3, "AVERAGE_POOL_2D": 3, "CONCATENATION": 3, "PAD": 3, "PADV2": 3,
     "RESHAPE": 1, "SQUEEZE": 1, "STRIDED_SLICE": 1, "TRANSPOSE": 5,
     "RESIZE_NEAREST_NEIGHBOR": 4, "DEQUANTIZE": 3,
+    "LOGISTIC": 3, "TANH": 3, "SOFTMAX": 3, "MEAN": 3,
+}
+
+#: op -> (scale, zero point) LiteRT fixes for its int16 output: LOGISTIC checks
+#: ``scale == 1./32768`` exactly and TANH a log2 of -15 (``activations.cc`` SigmoidPrepare,
+#: TanhPrepare), SOFTMAX 1/32768 within 0.1 % (SoftmaxPrepare); zero point 0 for all.
+INT16_FIXED_OUTPUT: dict[str, tuple[float, int]] = {
+    "LOGISTIC": (1.0 / 32768.0, 0), "TANH": (1.0 / 32768.0, 0), "SOFTMAX": (1.0 / 32768.0, 0),
 }
 #: TFLite TensorType INT64, the ``quantized_bias_type`` of a conv/FC with an int64 bias.
 TENSOR_TYPE_INT64 = 4

@@ -18,6 +18,8 @@ sources:
 - pools, data movement: the int8 formulas on int16 values.
 - QUANTIZE int8/int16 -> int8/int16 (``quantize.cc`` Requantize): MBQM of ``x - zp_in``
   by in/out, plus ``zp_out``.
+- LOGISTIC, TANH, SOFTMAX, MEAN: :mod:`qatir.reference_int16_act` (LiteRT's sigmoid table,
+  its 513-entry exp / reciprocal tables, QuantizedMeanOrSum).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from qatir import reference_int16_act as A
 from qatir import reference_kernels as K
 from qatir.int16 import I16_MAX, I16_MIN, touches_int16
 from qatir.ir import Node
@@ -152,7 +155,8 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
 KERNELS: dict[str, Kernel] = {
     "CONV_2D": conv2d, "DEPTHWISE_CONV_2D": depthwise_conv2d, "FULLY_CONNECTED": fully_connected,
     "ADD": add, "MUL": mul, "MAX_POOL_2D": max_pool, "AVERAGE_POOL_2D": avg_pool,
-    "QUANTIZE": quantize,
+    "QUANTIZE": quantize, "LOGISTIC": A.logistic, "TANH": A.tanh, "SOFTMAX": A.softmax,
+    "MEAN": A.mean,
 }
 #: ops whose int8 kernel in :mod:`qatir.reference` moves values without arithmetic, so it
 #: runs int16 values as they are.

@@ -183,7 +183,8 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("POW", 1): "1.10.0", ("LOCAL_RESPONSE_NORMALIZATION", 1): "1.5.0",
     # 16x8 forms (qatir/int16.py INT16_VERSION)
     ("CONV_2D", 8): "2.15.0", ("DEPTHWISE_CONV_2D", 5): "2.3.0", ("FULLY_CONNECTED", 11): "2.15.0",
-    ("RESIZE_NEAREST_NEIGHBOR", 4): "2.4.0",
+    ("RESIZE_NEAREST_NEIGHBOR", 4): "2.4.0", ("LOGISTIC", 3): "2.3.0", ("TANH", 3): "2.3.0",
+    ("MEAN", 3): "2.4.0",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qatir.errors import ExportError
-from qatir.int16 import INT16_VERSION, int16_fields
+from qatir.int16 import INT16_VERSION, int16_fields, touches_int16
 from qatir.ir import Node, Tensor
 from qatir.numerics import normalize_axes, normalize_axis, round_half_away
 from qatir.ops.infer import conv_groups
@@ -402,8 +402,7 @@ for _code, _v in INT16_VERSION.items():  # the 16x8 forms (qatir/int16.py)
 
 def _int16_form(node: Node, spec: OpSpec) -> OpSpec:
     """The 16x8 form of ``spec`` when ``node`` reads or writes int16 activations."""
-    acts = [t for t in (*node.inputs, *node.outputs) if t is not None and not t.is_const]
-    if not any(t.dtype == np.int16 and t.quant is not None for t in acts):
+    if not touches_int16(node):  # the wide_softmax step's int8 -> int16 SOFTMAX stays v2
         return spec
     if spec.code == "QUANTIZE":
         spec.version = 2 if node.outputs[0].dtype == np.int16 else spec.version

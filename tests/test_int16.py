@@ -156,9 +156,9 @@ def test_whole_model_16x8_bit_exact():
     low = lower(q, io="int8")
     wide = {n.name for n in low.nodes if n.outputs[0].dtype == np.int16}
     assert {"conv0", "dw1", "conv2", "avg", "maxp", "cat", "flat", "fc3", "fc4"} <= wide
-    # no int16 kernel: HARD_SWISH and SOFTMAX stay int8 between requantizing QUANTIZEs
+    # no int16 kernel: HARD_SWISH stays int8 between requantizing QUANTIZEs; SOFTMAX is int16
     kept = {n.op: n.outputs[0].dtype for n in low.nodes}
-    assert kept["HARD_SWISH"] == np.int8 and kept["SOFTMAX"] == np.int8
+    assert kept["HARD_SWISH"] == np.int8 and kept["SOFTMAX"] == np.int16
     assert compare_all(q) == {"reference": 0, "xnnpack": 0}
 
 
@@ -277,3 +277,165 @@ def test_fake_quant_bias_of_a_16x8_conv_is_not_clipped_at_int32():
     ints = run_reference(g, {"x": x})[out.name].astype(np.float64) * out.quant.scale[0]
     assert np.abs(fake[out.name] - 10.0).max() < 0.1  # not clipped to ~5
     np.testing.assert_allclose(fake[out.name], ints, atol=2 * out.quant.scale[0])
+
+
+# ---------------------------------------------------- int16 LOGISTIC, TANH, SOFTMAX, MEAN
+
+def _worst(g, feeds) -> dict[str, int]:
+    """Max |LiteRT - reference| per resolver on int16 ``feeds`` (0: bit exact)."""
+    from qatir.reference import run_reference
+    from tests.helpers import litert_run
+
+    buf = to_tflite(g, io="int8")
+    worst = {}
+    for mode, ref in (("reference", True), ("xnnpack", False)):
+        got, _ = litert_run(buf, feeds, ref)
+        want = run_reference(g, feeds, kernels=mode)
+        worst[mode] = max(int(np.abs(got[k].astype(np.int32) - want[k].astype(np.int32)).max())
+                          for k in want)
+    return worst
+
+
+def _int16_in(shape, m: float):
+    """A graph whose input is itself int16 (a 16-bit FAKE_QUANT on it), scale m/32767."""
+    qb = QB(0)
+    return qb, fq16(qb, qb.g.add_input("x", shape), m)
+
+
+EVERY_INT16 = np.arange(-32768, 32768, dtype=np.int16).reshape(1, 64, 1024)
+
+
+@pytest.mark.parametrize("op", ["LOGISTIC", "TANH"])
+@pytest.mark.parametrize("m", [0.5, 3.0, 8.0, 8.5, 16.0, 40.0, 1000.0])
+def test_logistic_tanh_int16_every_input_both_resolvers(op, m):
+    """All 65536 inputs. Range 8 (scale 2^-12) is LiteRT's power-of-two case for both ops and
+    16 (2^-11) for TANH: the default resolver runs gemmlowp's int16 fixed point there, the
+    reference kernel the sigmoid table; elsewhere both run the table."""
+    from qatir.reference_int16_act import pot_case
+
+    qb, x16 = _int16_in([1, 64, 1024], m)
+    g = qb.output(qb.op(op, [x16]))
+    ops, types = _file_ops(to_tflite(g, io="int8"))
+    assert ops == [(op, 3)] and set(types.values()) == {"INT16"}
+    low = lower(g, io="int8")
+    assert low.outputs[0].quant.scale == (1.0 / 32768,) and low.outputs[0].quant.zero_point == (0,)
+    assert pot_case(op, low.inputs[0].quant.scale[0]) == (m == 8.0 or (op == "TANH" and m == 16.0))
+    assert _worst(g, {"x": EVERY_INT16}) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("m,beta", [(0.5, 1.0), (4.0, 1.0), (30.0, 1.0), (1000.0, 1.0), (6.0, 0.5)])
+def test_softmax_int16_both_resolvers(m, beta):
+    qb, x16 = _int16_in([2, 16, 100], m)
+    g = qb.output(qb.op("SOFTMAX", [x16], {"beta": beta}))
+    assert _file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 3)]
+    rng = np.random.default_rng(int(m))
+    x = rng.integers(-32768, 32768, (2, 16, 100)).astype(np.int16)
+    x[0] //= 256  # rows close to flat as well as spread out
+    assert _worst(g, {"x": x}) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("axis,keep,m_out", [([1, 2], True, 0.7), ([2], False, 3.0),
+                                              ([1], False, 0.05)])
+def test_mean_int16_both_resolvers(axis, keep, m_out):
+    qb, x16 = _int16_in([1, 7, 9, 24], 3.0)
+    g = qb.output(fq16(qb, qb.op("MEAN", [x16], {"axis": axis, "keep_dims": keep}), m_out))
+    assert _file_ops(to_tflite(g, io="int8"))[0] == [("MEAN", 3)]
+    x = np.random.default_rng(5).integers(-32768, 32768, (1, 7, 9, 24)).astype(np.int16)
+    assert _worst(g, {"x": x}) == {"reference": 0, "xnnpack": 0}
+
+
+def _silu_net(seed: int = 0):
+    """conv → BN → x·sigmoid(x) (SiLU) → global mean → FC → BN → x·sigmoid(x) → FC → tanh."""
+    from qatir.ir import Graph
+    from tests.helpers.graphs import batch_norm
+
+    rng = np.random.default_rng(seed)
+    g = Graph("silu_net")
+    x = g.add_input("x", [1, 8, 8, 3])
+    y = g.add_node("CONV_2D", [x, g.const(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w0"),
+                               g.const(rng.normal(0, 0.2, 8).astype(np.float32), "b0")],
+                   {"padding": "SAME"}, name="conv0").output
+    y = batch_norm(g, y, rng, "bn0")
+    s = g.add_node("LOGISTIC", [y], name="sig0").output
+    y = g.add_node("MUL", [y, s], name="silu0").output
+    y = g.add_node("MEAN", [y], {"axis": [1, 2], "keep_dims": False}, name="gap").output
+    y = g.add_node("FULLY_CONNECTED", [y, g.const(rng.normal(0, 0.4, (12, 8)).astype(np.float32), "w1"),
+                                       g.const(rng.normal(0, 0.2, 12).astype(np.float32), "b1")],
+                   name="fc1").output
+    s = g.add_node("LOGISTIC", [y], name="sig1").output
+    y = g.add_node("MUL", [y, s], name="silu1").output
+    y = g.add_node("FULLY_CONNECTED", [y, g.const(rng.normal(0, 0.4, (5, 12)).astype(np.float32), "w2")],
+                   name="fc2").output
+    y = g.add_node("TANH", [y], name="tanh", outputs=["out"]).output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def _silu_quantized(int16, seed=0):
+    q = qatir.quantize(_silu_net(seed), table=_table(int16))
+    rng = np.random.default_rng(seed)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)} for _ in range(4)])
+    return q
+
+
+def test_silu_graph_all_int16_bit_exact():
+    q = _silu_quantized([{"name": "."}])
+    low = lower(q, io="int8")
+    dtypes = {n.name: n.outputs[0].dtype for n in low.nodes}
+    for name in ("conv0", "sig0", "silu0", "gap", "fc1", "sig1", "silu1", "fc2", "tanh"):
+        assert dtypes[name] == np.int16, name
+    sig = next(n for n in low.nodes if n.name == "sig0")
+    assert sig.outputs[0].quant.scale == (1.0 / 32768,)
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_silu_graph_mixed_int8_int16_bit_exact():
+    q = _silu_quantized([{"ops": ["LOGISTIC", "MUL", "MEAN"]}], seed=1)
+    low = lower(q, io="int8")
+    dtypes = {n.name: n.outputs[0].dtype for n in low.nodes}
+    assert dtypes["conv0"] == np.int8 and dtypes["fc1"] == np.int8 and dtypes["tanh"] == np.int8
+    assert dtypes["sig0"] == np.int16 and dtypes["silu0"] == np.int16 and dtypes["gap"] == np.int16
+    req = {(n.inputs[0].dtype.name, n.outputs[0].dtype.name) for n in low.nodes
+           if n.op == "QUANTIZE" and n.inputs[0].dtype != np.float32}
+    assert req == {("int8", "int16"), ("int16", "int8")}
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
+def test_int16_silu_closer_to_float_than_int8():
+    from qatir.reference import run_lowered
+
+    g = _silu_net(2)
+    x = np.random.default_rng(2).normal(size=(1, 8, 8, 3)).astype(np.float32)
+    want = qatir.run(g, {"x": x})["out"]
+    errs = {}
+    for key, int16 in (("int8", []), ("int16", [{"name": "."}])):
+        low = lower(_silu_quantized(int16, seed=2), io="float")
+        errs[key] = float(np.abs(run_lowered(low, {"x": x})["out"] - want).max())
+    assert errs["int16"] < errs["int8"]  # weights stay int8 in both: their error remains
+
+
+def test_int8_in_int16_out_softmax_keeps_version_2():
+    """The wide_softmax step's SOFTMAX (int8 in, int16 out) is the int8 kernel: version 2."""
+    qb = QB(0)
+    x = qb.input("x", [1, 1000], -8.0, 8.0)
+    g = qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
+    assert _file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 2), ("QUANTIZE", 1)]
+
+
+def test_tiny_int16_logistic_input_is_floored_and_bit_exact():
+    """A dead channel's range (scale ~1e-14, below LiteRT's multiplier floor) reaches the int16
+    LOGISTIC through a QUANTIZE onto 2^-30: sigmoid 0.5, bit exact; the MUL of SiLU keeps the
+    fine grid."""
+    from qatir.lowering.int16 import LUT16_MIN_INPUT_SCALE
+
+    qb, x16 = _int16_in([1, 64, 1024], 32767 * 1e-14)
+    s = qb.op("LOGISTIC", [x16])
+    g = qb.output(fq16(qb, qb.op("MUL", [x16, s]), 32767 * 0.6e-14))
+    low = lower(g, io="int8")
+    sig = next(n for n in low.nodes if n.op == "LOGISTIC")
+    assert sig.inputs[0].producer.op == "QUANTIZE"
+    assert sig.inputs[0].quant.scale == (LUT16_MIN_INPUT_SCALE,)
+    mul = next(n for n in low.nodes if n.op == "MUL")
+    assert mul.inputs[0].quant.scale[0] < 1e-13
+    assert _worst(g, {"x": EVERY_INT16}) == {"reference": 0, "xnnpack": 0}

@@ -23,7 +23,8 @@ Anything LiteRT cannot run, or would abort on under either resolver, is refused 
 
 The steps (:data:`STEPS`), each a module of this package, run in order:
 ``legalise`` (→ ``float_bias`` for a float graph) → ``islands`` → ``constants`` →
-``activations`` → ``island_edges`` → ``bias`` → ``same_scale`` → ``wide_softmax`` →
+``activations`` → ``island_edges`` → ``bias`` → ``same_scale`` → ``exact_mean`` →
+``wide_softmax`` → ``int16_lut_floor`` →
 ``checks`` → ``edges`` → ``limits``. Float islands (nodes the table keeps float, or
 without an int8 kernel) are emitted as float ops between DEQUANTIZE and QUANTIZE
 (:mod:`qatir.lowering.islands`); their names are in ``metadata["float_islands"]``. ``lower(..., print_ir_after="all")`` dumps the IR
@@ -56,7 +57,7 @@ from qatir.lowering.common import (
 )
 from qatir.lowering.constants import lower_constants
 from qatir.lowering.edges import IO_MODES, apply_io
-from qatir.lowering.int16 import check_int16_region
+from qatir.lowering.int16 import check_int16_region, floor_lut_inputs
 from qatir.lowering.islands import enter_islands, mark_islands
 from qatir.lowering.legalise import add_float_bias, legalise
 from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, warn_xnnpack_ratios
@@ -122,6 +123,8 @@ STEPS: tuple[Step, ...] = (
          "int8 MEAN over the innermost axis -> FULLY_CONNECTED (exact on XNNPACK too)"),
     Step("wide_softmax", lambda g, io: widen_softmax(g), _INT8,
          "int8 SOFTMAX over 511 classes -> int16 SOFTMAX + QUANTIZE (LiteRT's REF limit)"),
+    Step("int16_lut_floor", lambda g, io: floor_lut_inputs(g), _Q,
+         "an int16 LOGISTIC/TANH input scale below 2^-30 -> QUANTIZE onto 2^-30"),
     Step("checks", _checks, _Q, "int8 region complete; saturated clamps dropped"),
     Step("edges", _edges, _INT8, "edges follow io; dead code removed"),
     Step("limits", _limits, _INT8, "quantization spec and LiteRT/XNNPACK limits"),

@@ -3,7 +3,8 @@
 Walking in topological order, a FAKE_QUANT on a float tensor gives it its params; one
 on an already-int8 tensor whose params differ becomes a requantizing ``QUANTIZE``
 (after a fixed-output op a range within 1 % / one zero-point step is dropped instead).
-Outputs without a FAKE_QUANT take the fixed params (LOGISTIC, SOFTMAX, TANH) or inherit
+Outputs without a FAKE_QUANT take the fixed params (LOGISTIC, SOFTMAX, TANH; on an int16
+input their int16 grid, 1/32768) or inherit
 their input's (grid-preserving ops, RELU). Float-island nodes keep float outputs.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.errors import ExportError
-from qatir.int16 import act_params16
+from qatir.int16 import INT16_FIXED_OUTPUT, act_params16
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import (
     CLOSE_RTOL,
@@ -82,7 +83,10 @@ def _assign_output_params(node: Node) -> None:
         return
     if node.op in FIXED_OUTPUT:
         x = node.inputs[0]
-        if x is not None and x.quant is not None:
+        if x is not None and x.quant is not None and x.dtype == np.int16 \
+                and node.op in INT16_FIXED_OUTPUT:  # a 16x8 node: LiteRT's int16 grid
+            out.quant, out.dtype = act_params16(INT16_FIXED_OUTPUT[node.op][0]), np.dtype(np.int16)
+        elif x is not None and x.quant is not None:
             out.quant, out.dtype = act_params(*FIXED_OUTPUT[node.op]), np.dtype(np.int8)
         return
     if fq_consumers(out):

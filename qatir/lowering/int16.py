@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from qatir.errors import ExportError
-from qatir.int16 import touches_int16
+from qatir.int16 import act_params16, touches_int16
 from qatir.ir import Graph, Node, QuantParams
-from qatir.lowering.common import MIN_SCALE, channels
+from qatir.lowering.common import MIN_SCALE, channels, requantize
 from qatir.reference_math import round_half_away
 
 #: LiteRT's int64-input MultiplyByQuantizedMultiplier assumes |acc + bias| < 2^47
@@ -47,6 +47,30 @@ def lower_bias64(g: Graph, node: Node) -> None:
         node.add_input(new)
     else:
         node.set_input(2, new)
+
+
+#: the smallest input scale an int16 LOGISTIC/TANH reads (2^-30, a range of ±3e-5). Below
+#: ~3.8e-14 LiteRT's SigmoidPrepare/TanhPrepare truncate the input multiplier to 0 and
+#: the kernels compute garbage (sigmoid alternately 1 and 16384 by the input's parity;
+#: measured on torchvision EfficientNet-B0's random-init SE blocks, scale 9.9e-15); below
+#: 2^-30 the multiplier loses bits; at 2^-30 it is exactly 24576 with a shift of 31.
+LUT16_MIN_INPUT_SCALE = 2.0**-30
+
+
+def floor_lut_inputs(g: Graph) -> None:
+    """Step ``int16_lut_floor``: an int16 LOGISTIC/TANH whose input scale is below
+    :data:`LUT16_MIN_INPUT_SCALE` reads it through a QUANTIZE (int16 -> int16) onto that
+    scale. Its output is then 0.5 / 0, as it should be for inputs that small; the input's
+    other readers keep its own grid."""
+    for node in list(g.nodes):
+        if node.op not in ("LOGISTIC", "TANH") or not touches_int16(node):
+            continue
+        x = node.inputs[0]
+        if x.dtype != np.int16 or x.quant is None or x.quant.scale[0] >= LUT16_MIN_INPUT_SCALE:
+            continue
+        node.set_input(0, requantize(g, x, act_params16(LUT16_MIN_INPUT_SCALE),
+                                     g.unique_name(f"{node.name}_floor"), f"{x.name}_floor"))
+    g.toposort()
 
 
 #: ADD's 16-bit general rescale (``add.cc``, left shift 15) needs 2·max(input scale) /
