@@ -190,8 +190,10 @@ def first_behind(q, qatir_buf: bytes, aeq_buf: bytes, float_buf: bytes, tests: l
     return None
 
 
-def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: float) -> bytes:
-    """ai-edge-quantizer's static int8 file for ``float_path`` (in its own venv)."""
+def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: float,
+                 recipe: str = "static_wi8_ai8") -> bytes:
+    """ai-edge-quantizer's file for ``float_path`` (in its own venv) with ``recipe``
+    (``RECIPES`` in ``tools/_aeq_quantize.py``; default its static int8 one)."""
     import numpy as np
 
     if not os.path.exists(AEQ_PYTHON):
@@ -199,7 +201,7 @@ def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: flo
     npz = out_path + ".calib.npz"
     np.savez(npz, **{f"{name}__{k}": x for k, feed in enumerate(calib)
                      for name, x in feed.items()})
-    proc = subprocess.run([AEQ_PYTHON, AEQ_SCRIPT, float_path, npz, out_path],
+    proc = subprocess.run([AEQ_PYTHON, AEQ_SCRIPT, float_path, npz, out_path, recipe],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
