@@ -70,6 +70,13 @@ VARIANTS: dict[str, dict] = {
     "mse": {"activation": "mse"},
     "moving_average": {"activation": "moving_average"},
     "minmax": {"activation": "minmax"},
+    # ai-edge-quantizer's range rule (EMA of per-sample min/max, decay 0.95, started at the
+    # first sample's): on every activation, or on the graph inputs only
+    "ema": {"activation": "ema"},
+    "input_ema": {"input": "ema"},
+    "input_moving_average": {"input": "moving_average"},
+    "input_mse": {"input": "mse"},
+    "input_percentile": {"input": "percentile"},
 }
 BEHIND_DB = 0.5
 
