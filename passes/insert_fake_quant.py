@@ -149,7 +149,7 @@ class _Inserter:
             if sym:
                 m = max(abs(lo), abs(hi))
                 lo, hi = -m, m
-            quantizer = self.cal["activation"]
+            quantizer = self.cal["input" if t.producer is None else "activation"]
         attrs = {"bits": bits, "narrow_range": bool(self.act.get("narrow_range", False)),
                  "axis": None, "symmetric": sym and fixed is None, "quantizer": quantizer,
                  "kind": "activation"}
@@ -188,7 +188,7 @@ class _Inserter:
                 if root is not None and root.attrs.get("symmetric") and root.attrs["narrow_range"]:
                     continue
                 if root is not None and id(root) in mine and _own_range(root, tied) \
-                        and root.attrs["quantizer"] == self.cal["activation"]:
+                        and root.attrs["quantizer"] in (self.cal["activation"], self.cal["input"]):
                     _make_symmetric(root)
                     continue
                 fq = self.activation(node.inputs[i], None)

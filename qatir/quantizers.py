@@ -148,6 +148,33 @@ class MovingAverageQuantizer(Quantizer):
                 (state["sum_max"] / n).astype(np.float32))
 
 
+@register_quantizer("ema")
+class EmaQuantizer(Quantizer):
+    """Calibration: exponential moving average of per-batch min/max, started at the first
+    batch's, ``r <- d*r + (1 - d)*r_batch`` (``decay`` option, default 0.95): the first
+    batches weigh most (with 8 batches, the first 0.95^7 = 0.70). ai-edge-quantizer's
+    rule for every activation (``qsv_utils.moving_average_update``, per-sample min/max).
+    ``fit``: EMA of batch min/max."""
+
+    ema_in_fit = True
+
+    def new_state(self, channels: int) -> dict[str, Any]:
+        state = super().new_state(channels)
+        state["ema_min"] = np.zeros(channels, np.float64)
+        state["ema_max"] = np.zeros(channels, np.float64)
+        return state
+
+    def observe_minmax(self, state: dict[str, Any], lo: np.ndarray, hi: np.ndarray) -> None:
+        d = float(self.options.get("decay", 0.95))
+        first = state["batches"] == 0
+        super().observe_minmax(state, lo, hi)
+        for key, v in (("ema_min", lo), ("ema_max", hi)):
+            state[key] = np.asarray(v, np.float64) if first else d * state[key] + (1 - d) * v
+
+    def compute_range(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return state["ema_min"].astype(np.float32), state["ema_max"].astype(np.float32)
+
+
 class _SampledQuantizer(Quantizer):
     """Keeps a uniform random sample of the observed rows (reservoir by random keys)."""
 

@@ -85,8 +85,11 @@ class Table:
 
     @property
     def calibration(self) -> dict[str, str]:
-        """Quantizer name per tensor kind (activation, weight, fixed)."""
-        return {k: self.data["calibration"][k] for k in QUANTIZER_KINDS}
+        """Quantizer name per tensor kind (activation, weight, fixed; input: the graph
+        inputs', the activation one unless the table names its own)."""
+        cal = self.data["calibration"]
+        return {**{k: cal[k] for k in QUANTIZER_KINDS},
+                "input": cal.get("input", cal["activation"])}
 
     @property
     def bias_correction(self) -> bool | str:
@@ -274,8 +277,9 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
     w = data["weights"]
     _check_ops(w["ops"], source, "weights.ops")
     _check_ops(w.get("per_channel_axis", {}).keys(), source, "weights.per_channel_axis")
-    for kind in QUANTIZER_KINDS:
-        _check_quantizer(data["calibration"][kind], source, f"calibration.{kind}")
+    for kind in (*QUANTIZER_KINDS, "input"):
+        if kind in data["calibration"]:
+            _check_quantizer(data["calibration"][kind], source, f"calibration.{kind}")
     _check_weight_facts(w, source)
     cons = data["constraints"]
     for key in ("inherit", "same_scale"):

@@ -83,3 +83,33 @@ def test_widening_stops_at_the_xnnpack_requantization_limit(op):
         got = run_reference(g, int8_feed(g))[g.outputs[0].name].reshape(-1, 6)
     want = np.where(BIAS > 0, 127, -128)
     assert np.all(got == want)
+
+
+@pytest.mark.parametrize("op", ["CONV_2D", "FULLY_CONNECTED"])
+def test_a_bias_that_fits_int32_with_its_accumulator_is_kept_exact(op):
+    """|bias| / (in x w scale) = 1.5e9: past 2^30 (where it was clipped, costing RepVGG-A0
+    0.65 dB) but inside int32 with the largest accumulator the weights can add, so it is
+    stored exactly, without widening or clipping, and LiteRT still matches the reference."""
+    qb = QB(0)
+    shape = [1, 3, 3, 4] if op == "CONV_2D" else [1, 4]
+    x = qb.input("x", shape, -1.0, 1.0)
+    w = RNG.normal(0, 1e-3, (6, 1, 1, 4) if op == "CONV_2D" else (6, 4)).astype(np.float32)
+    wq = qb.weight(w, 0 if op == "CONV_2D" else None, name="w")
+    s_in = np.float32(2 / 255)
+    s_w = (np.abs(w).reshape(6, -1).max(axis=1) if op == "CONV_2D"
+           else np.full(6, np.abs(w).max())).astype(np.float32) / np.float32(127)
+    bias = (1.5e9 * s_in * s_w * np.sign(BIAS)).astype(np.float32)
+    attrs = {"padding": "VALID"} if op == "CONV_2D" else {}
+    g = qb.output(qb.op(op, [x, wq, qb.g.const(bias, name="b")], attrs, rng=(-2.0, 2.0),
+                        name="node"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither widened nor clipped
+        lg = lower(g)
+    node = next(n for n in lg.nodes if n.op == op)
+    stored = node.inputs[2].data.astype(np.int64)
+    assert np.all(np.abs(stored) > 2**30)
+    b_s = np.asarray(node.inputs[2].quant.scale, np.float64)
+    np.testing.assert_array_equal(stored, np.round(bias.astype(np.float64) / b_s))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert compare_all(g) == {"reference": 0, "xnnpack": 0}

@@ -208,3 +208,14 @@ def test_batches_of_many_sizes_keep_few_interpreters():
         n = batch["x"].shape[0]
         np.testing.assert_array_equal(out, [[n, -2 * n], [n, -2 * n]])
         assert len(engine._interpreters) <= litert_capture.KEEP_INTERPRETERS
+
+
+@pytest.mark.parametrize("engine", ["litert", "tf"])
+def test_ema_starts_at_the_first_batch_and_decays(engine):
+    """ai-edge-quantizer's rule: r = 0.95 r + 0.05 r_batch after the first batch's r."""
+    g = two_channel_net("ema")
+    batches = [{"x": np.full((1, 3, 2), v, np.float32)} for v in (1.0, 3.0, 5.0)]
+    qatir.calibrate(g, batches, progress=False, engine=engine)
+    want = 0.95 * (0.95 * 1.0 + 0.05 * 3.0) + 0.05 * 5.0
+    np.testing.assert_allclose(g.tensors["hi"].data, [want, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(g.tensors["lo"].data, [0.0, -2 * want], rtol=1e-6)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import qatir
 from qatir.errors import TableError
 from qatir.pipeline import list_tables
 from qatir.quantizers import Quantizer, register_quantizer
@@ -222,3 +224,28 @@ def test_register_fusion_kind_is_exported_beside_register_pass():
 
     assert qatir.register_fusion_kind is register_fusion_kind
     assert {"register_fusion_kind", "register_pass"} <= set(qatir.__all__)
+
+
+def test_graph_inputs_take_the_input_quantizer_when_the_table_names_one(tmp_path):
+    from qatir.ir import Graph
+
+    g = Graph("fc")
+    x = g.add_input("x", [1, 4])
+    w = g.const(np.eye(4, dtype=np.float32))
+    g.outputs = [g.add_node("FULLY_CONNECTED", [x, w, g.const(np.zeros(4, np.float32))]).output]
+
+    def quantizers(table) -> dict[str, str]:
+        q = qatir.quantize(g, table=table)
+        return {n.inputs[0].name: n.attrs["quantizer"] for n in q.nodes
+                if n.op == "FAKE_QUANT" and n.attrs["kind"] == "activation"}
+
+    assert load_table(None).calibration["input"] == "minmax"
+    assert set(quantizers(None).values()) == {"minmax"}
+    path = _write(tmp_path, _edit('activation = "minmax"',
+                                  'activation = "minmax"\ninput = "moving_average"'))
+    got = quantizers(str(path))
+    assert got.pop("x") == "moving_average" and set(got.values()) == {"minmax"} and got
+    bad = _write(tmp_path, _edit('activation = "minmax"', 'activation = "minmax"\ninput = "nope"'),
+                 "bad.toml")
+    with pytest.raises(TableError, match=r"calibration\.input: unknown quantizer 'nope'"):
+        load_table(bad)

@@ -1,5 +1,5 @@
 """qatir's four file modes (float32, float16, dynamic range, int8) on three corpus models,
-next to TF's converter in the same modes for the Keras one.
+next to TF's converter (the Keras model) or ai-edge-quantizer (the ONNX ones) in the same modes.
 
 Models (``tools/corpus/models``): ``tv_mobilenet_v2.onnx`` and ``tv_resnet18.onnx``
 (torchvision, random init), and ``keras_resnet50`` rebuilt by the corpus recipe
@@ -13,6 +13,13 @@ converter's float export, which qatir loads like the corpus file.
 - converter (Keras model only): ``TFLiteConverter.from_keras_model`` plain (float32),
   ``target_spec.supported_types=[tf.float16]`` (float16), ``optimizations=[DEFAULT]``
   (dynamic range) and DEFAULT + representative dataset + ``TFLITE_BUILTINS_INT8`` (int8);
+- ai-edge-quantizer (ONNX models: no converter runs on them), on qatir's float32 file of
+  the model, as ``tools/compare_peers.py`` does, in its own venv (``tools/.venv-aeq``,
+  ``tools/_aeq_quantize.py``): ``weight_only_wf16_afp32`` (float16: it has no float16
+  recipe function; its ``float_casting`` algorithm as a weight-only config, which stores
+  the weights of FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D / TRANSPOSE_CONV as
+  float16 and leaves other constants, biases included, float32), ``dynamic_wi8_afp32``
+  (dynamic) and ``static_wi8_ai8`` on the same ``--calib`` samples (int8);
 - size in bytes; LiteRT latency: default resolver (XNNPACK), 1 thread, median of
   ``--runs`` invokes, a model's files taking turns invoke by invoke; SQNR of each file's
   output against the float32 file's on ``--holdout`` held-out samples; for qatir's
@@ -44,6 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 CORPUS = Path(__file__).resolve().parent / "corpus" / "models"
 MODELS = ("tv_mobilenet_v2", "keras_resnet50", "tv_resnet18")
 MODES = ("float32", "float16", "dynamic", "int8")
+#: ai-edge-quantizer's recipe (``tools/_aeq_quantize.py``) for each quantized mode
+AEQ_RECIPES = {"float16": "weight_only_wf16_afp32", "dynamic": "dynamic_wi8_afp32",
+               "int8": "static_wi8_ai8"}
 
 
 @contextlib.contextmanager
@@ -120,6 +130,17 @@ def qatir_files(path: str, calib: np.ndarray) -> tuple[dict[str, bytes], dict[st
     return files, secs
 
 
+def aeq_files(float_path: str, input_name: str, calib: np.ndarray, tmp: str,
+              timeout: float = 900.0) -> dict[str, bytes]:
+    """ai-edge-quantizer's file in each quantized mode, from qatir's float32 file."""
+    from compare_peers import aeq_quantize
+
+    feeds = [{input_name: calib[i:i + 1]} for i in range(len(calib))]
+    stem = os.path.join(tmp, Path(float_path).stem)
+    return {mode: aeq_quantize(float_path, feeds, f"{stem}.aeq_{mode}.tflite", timeout, recipe)
+            for mode, recipe in AEQ_RECIPES.items()}
+
+
 def run(buf: bytes, xs: np.ndarray) -> np.ndarray:
     from qatir.litert_run import LiteRTRunner
 
@@ -156,18 +177,24 @@ def bench_model(name: str, args, tmp: str) -> list[tuple]:
         conv = converter_files(model, calib)
         path = os.path.join(tmp, "keras_resnet50.tflite")
         Path(path).write_bytes(conv["float32"])
+        peer = "converter"
     else:
-        conv = {}
         path = str(CORPUS / f"{name}.onnx")
         import qatir
 
-        shape = tuple(qatir.load(path).inputs[0].shape)
+        inp = qatir.load(path).inputs[0]
+        shape = tuple(inp.shape)
         calib = samples(shape, args.calib, 0)
+        peer = "ai-edge-quantizer"
     mine, _ = qatir_files(path, calib)
+    if peer == "ai-edge-quantizer":
+        float_path = os.path.join(tmp, f"{name}.float.tflite")
+        Path(float_path).write_bytes(mine["float32"])
+        conv = aeq_files(float_path, inp.name, calib, tmp)
     held = samples(shape, args.holdout, 1)
     ref = run(mine["float32"], held)
     bufs = {("qatir", m): b for m, b in mine.items()}
-    bufs.update({("converter", m): b for m, b in conv.items()})
+    bufs.update({(peer, m): b for m, b in conv.items()})
     lat = latencies_ms({f"{t}/{m}": b for (t, m), b in bufs.items()}, held[0], args.runs)
     rows = []
     for (tool, mode), buf in bufs.items():
@@ -195,13 +222,13 @@ def main() -> None:
           f"{sys.version.split()[0]}; LiteRT default resolver (XNNPACK), 1 thread, median of "
           f"{args.runs} invokes, a model's files taking turns; SQNR against the float32 file "
           f"on {args.holdout} held-out synthetic samples; int8 calibrated on {args.calib}")
-    print(f"| {'model':<16} | {'file':<17} | {'size (MiB)':>10} | {'latency (ms)':>12} | "
+    print(f"| {'model':<16} | {'file':<25} | {'size (MiB)':>10} | {'latency (ms)':>12} | "
           f"{'SQNR vs float (dB)':>18} | {'vs qatir reference':>18} |")
-    print(f"|{'-' * 18}|{'-' * 19}|{'-' * 12}|{'-' * 14}|{'-' * 20}|{'-' * 20}|")
+    print(f"|{'-' * 18}|{'-' * 27}|{'-' * 12}|{'-' * 14}|{'-' * 20}|{'-' * 20}|")
     for name, tool, mode, size, ms, db, diff in rows:
         dbs = "reference" if db is None else ("exact" if db == float("inf") else f"{db:.1f}")
         ds = "" if diff is None else ("bit-exact" if diff == 0 else f"max {diff:.2g}")
-        print(f"| {name:<16} | {tool + ' ' + mode:<17} | {size / 2**20:>10.2f} | {ms:>12.2f} | "
+        print(f"| {name:<16} | {tool + ' ' + mode:<25} | {size / 2**20:>10.2f} | {ms:>12.2f} | "
               f"{dbs:>18} | {ds:>18} |")
 
 

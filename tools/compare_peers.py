@@ -70,6 +70,13 @@ VARIANTS: dict[str, dict] = {
     "mse": {"activation": "mse"},
     "moving_average": {"activation": "moving_average"},
     "minmax": {"activation": "minmax"},
+    # ai-edge-quantizer's range rule (EMA of per-sample min/max, decay 0.95, started at the
+    # first sample's): on every activation, or on the graph inputs only
+    "ema": {"activation": "ema"},
+    "input_ema": {"input": "ema"},
+    "input_moving_average": {"input": "moving_average"},
+    "input_mse": {"input": "mse"},
+    "input_percentile": {"input": "percentile"},
 }
 BEHIND_DB = 0.5
 
@@ -190,8 +197,10 @@ def first_behind(q, qatir_buf: bytes, aeq_buf: bytes, float_buf: bytes, tests: l
     return None
 
 
-def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: float) -> bytes:
-    """ai-edge-quantizer's static int8 file for ``float_path`` (in its own venv)."""
+def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: float,
+                 recipe: str = "static_wi8_ai8") -> bytes:
+    """ai-edge-quantizer's file for ``float_path`` (in its own venv) with ``recipe``
+    (``RECIPES`` in ``tools/_aeq_quantize.py``; default its static int8 one)."""
     import numpy as np
 
     if not os.path.exists(AEQ_PYTHON):
@@ -199,7 +208,7 @@ def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: flo
     npz = out_path + ".calib.npz"
     np.savez(npz, **{f"{name}__{k}": x for k, feed in enumerate(calib)
                      for name, x in feed.items()})
-    proc = subprocess.run([AEQ_PYTHON, AEQ_SCRIPT, float_path, npz, out_path],
+    proc = subprocess.run([AEQ_PYTHON, AEQ_SCRIPT, float_path, npz, out_path, recipe],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
