@@ -364,10 +364,20 @@ def format_table(results: list[dict], behind: float) -> str:
     return "\n".join(lines)
 
 
+def _model_names(spec: str) -> list[str]:
+    """``--models``: comma-separated names, or ``all`` for the manifest's models in order."""
+    if spec != "all":
+        return [m for m in spec.split(",") if m]
+    with open(MANIFEST) as f:
+        manifest = json.load(f)
+    return [e["name"] for e in manifest["models"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="qatir vs ai-edge-quantizer post-training int8")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                    help="comma-separated corpus model names")
+                    help="comma-separated corpus model names, or 'all' (every model of "
+                         "the manifest)")
     ap.add_argument("--table", help="qatir pattern table (name or path); default int8_default")
     ap.add_argument("--behind", type=float, default=BEHIND_DB,
                     help="dB margin that counts as behind (default %(default)s)")
@@ -387,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(res, f, indent=1)
         return 0
     results = []
-    for name in [m for m in a.models.split(",") if m]:
+    for name in _model_names(a.models):
         results.append(run_child(name, a))
         r = results[-1]
         print(f"  {name}: {r.get('status')} qatir {_db(r.get('qatir_db'))} dB, "
