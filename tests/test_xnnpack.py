@@ -75,3 +75,61 @@ def test_grouped_conv_is_one_delegated_conv():
     qb = QB(seed=3)
     g = qb.output(CASES["conv_grouped4_s2"](qb))
     assert xnnpack_coverage(to_tflite(g)) == [("CONV_2D", True)]
+
+
+def _fine_add(qb, other):
+    """conv output on a grid 4000x finer than the ADD's output, plus ``other``."""
+    x = qb.input("x", [1, 4, 4, 8], -1, 1)
+    y = qb.conv("CONV_2D", x, [8, 1, 1, 8], {"padding": "VALID"}, (-1e-3, 1e-3), wscale=1e-3)
+    return qb.op("ADD", [y, other], {"fused_activation": "RELU6"}, (0.0, 6.0), name="add")
+
+
+def test_fine_add_operand_goes_onto_a_grid_xnnpack_takes():
+    """ADD(conv(x), 3) where the conv's grid is under 2^-10 of the ADD's (hard sigmoid's
+    +3 after a squeeze-excite conv): the conv output and the constant go onto output
+    scale x 2^-10, XNNPACK takes the ADD, and the file is bit-exact on both resolvers."""
+    import numpy as np
+
+    from tests.helpers import compare_all
+
+    qb = QB(seed=2)
+    three = qb.fq(qb.g.const(np.full([1], 3.0, np.float32), name="three"), 0.0, 6.0)
+    g = qb.output(_fine_add(qb, three))
+    buf = to_tflite(g)
+    assert xnnpack_coverage(buf) == [("CONV_2D", True), ("ADD", True)]
+    from qatir.lower import lower
+
+    lg = lower(g)
+    add = next(n for n in lg.nodes if n.op == "ADD")
+    so = add.outputs[0].quant.scale[0]
+    assert add.inputs[0].quant.scale[0] == np.float32(so) * np.float32(2.0**-10)
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+def test_fine_add_operand_shared_or_an_input_is_requantized():
+    """An operand that cannot simply change grid (a graph input) gets a QUANTIZE onto
+    output scale x 2^-10; both nodes are delegated, and the file is bit-exact."""
+    from tests.helpers import compare_all
+
+    qb = QB(seed=4)
+    x = qb.input("x", [1, 4, 4, 8], -1, 1)
+    y = qb.conv("CONV_2D", x, [8, 1, 1, 8], {"padding": "VALID"}, (-4.0, 4.0))
+    z = qb.input("z", [1, 4, 4, 8], -1e-3, 1e-3)
+    g = qb.output(qb.op("ADD", [y, z], None, (-4.0, 4.0), name="add"))
+    buf = to_tflite(g)
+    cover = xnnpack_coverage(buf)
+    assert ("QUANTIZE", True) in cover and ("ADD", True) in cover, cover
+    assert all(taken for _, taken in cover), cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+def test_hard_sigmoid_with_alpha_one_sixth_has_no_mul_by_one():
+    from qatir.ir import Graph
+    from qatir.pipeline import run_pipeline
+
+    g = Graph("hsig")
+    x = g.add_input("x", [1, 8])
+    g.outputs = [g.add_node("HARD_SIGMOID", [x], {"alpha": 1.0 / 6.0, "beta": 0.5},
+                            name="hs").output]
+    run_pipeline(g, ["fuse_hard_swish"])
+    assert [n.op for n in g.nodes] == ["ADD", "MUL"]
