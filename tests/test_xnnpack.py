@@ -133,3 +133,46 @@ def test_hard_sigmoid_with_alpha_one_sixth_has_no_mul_by_one():
                             name="hs").output]
     run_pipeline(g, ["fuse_hard_swish"])
     assert [n.op for n in g.nodes] == ["ADD", "MUL"]
+
+
+def test_concatenation_of_many_inputs_is_a_delegated_tree():
+    """XNNPACK takes a CONCATENATION of 2 to 5 inputs: one of 12 becomes a tree of
+    CONCATENATIONs of at most 5 (DenseNet's blocks), all delegated, bit-exact."""
+    from tests.helpers import compare_all
+
+    qb = QB(seed=5)
+    xs = [qb.input(f"x{i}", [1, 2, 2, 3], -1, 1) for i in range(12)]
+    g = qb.output(qb.op("CONCATENATION", xs, {"axis": 3}, (-1, 1), name="cat"))
+    cover = xnnpack_coverage(to_tflite(g))
+    assert [op for op, _ in cover] == ["CONCATENATION"] * 4 and all(t for _, t in cover)
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("act", ["RELU", "RELU6", "RELU_N1_TO_1"])
+def test_standalone_int8_clamp_is_a_delegated_add_of_zero(act):
+    """XNNPACK takes int8 RELU/RELU6/RELU_N1_TO_1 in float only; ADD(x, 0) with the
+    activation fused is the same function bit for bit, and XNNPACK takes it."""
+    import numpy as np
+
+    from qatir.reference import run_reference
+    from tests.helpers import compare_all, int8_feed
+
+    qb = QB(seed=6)
+    x = qb.input("x", [1, 4, 4, 8], -8, 8)
+    y = qb.conv("CONV_2D", x, [8, 1, 1, 8], {"padding": "VALID"}, (-8, 8))
+    rng = None if act == "RELU" else (-8, 8)  # the input's grid: the clamp alone
+    g = qb.output(y, qb.op(act, [y], None, rng, name="clamp"))  # y has two users: not fused
+    cover = xnnpack_coverage(to_tflite(g))
+    assert cover == [("CONV_2D", True), ("ADD", True)]
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    feeds = int8_feed(g, 3)
+    yq, out = (run_reference(g, feeds)[t.name].astype(int) for t in g.outputs)
+    lo = {"RELU": 0.0, "RELU6": 0.0, "RELU_N1_TO_1": -1.0}[act]
+    hi = {"RELU": np.inf, "RELU6": 6.0, "RELU_N1_TO_1": 1.0}[act]
+    from qatir.lower import lower
+
+    q = lower(g).outputs[0].quant
+    s, z = q.scale[0], q.zero_point[0]
+    qlo = max(-128, z + int(np.round(lo / s)))
+    qhi = 127 if np.isinf(hi) else min(127, z + int(np.round(hi / s)))
+    assert np.array_equal(out, np.clip(yq, qlo, qhi))
