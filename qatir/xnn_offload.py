@@ -76,6 +76,9 @@ def xnn_refusal(op: str, ins: list[dict], outs: list[dict]) -> str | None:
                     "[1/256, 128]")
     if op == "CONCATENATION" and not 2 <= len(ins) <= 5:
         return f"VisitConcatenationNode: CheckNumInputsAndOutputs, {len(ins)} inputs (2 to 5)"
+    if op == "STRIDED_SLICE":
+        return ("VisitStridedSliceNode: needs every stride 1 and no shrink-axis, ellipsis or "
+                "new-axis mask (the node has one of these)")
     if op == "BATCH_MATMUL" and len(ins) > 1 and ins[1].get("zero_point", 0) != 0:
         return "VisitBatchMatMulNode: int8 right-hand input with a nonzero zero point"
     return None

@@ -58,6 +58,20 @@ def test_out_of_range_scale_ratio_is_reported():
     with pytest.warns(UserWarning, match=r"'add' \(ADD, ratio 600\)"):
         buf = to_tflite(g)
     assert xnnpack_coverage(buf) == [("ADD", False)]
+    from qatir.xnn_offload import xnnpack_offload
+
+    (row,) = xnnpack_offload(buf)
+    assert row["op"] == "ADD" and "CheckTensorsInputOutputScale, input 0" in row["reason"]
+
+
+def test_offload_names_the_delegate_check():
+    from qatir.xnn_offload import xnnpack_offload
+
+    qb = QB(seed=3)
+    g = qb.output(CASES["graph_residual"](qb))
+    rows = xnnpack_offload(to_tflite(g))
+    assert [r["op"] for r in rows] == ["SOFTMAX"]
+    assert rows[0]["reason"].startswith("VisitSoftmaxNode: CheckTensorFloatType")
 
 
 def test_max_pool_padding_after_relu_is_a_delegated_pad():
