@@ -21,11 +21,16 @@ def _lower_hard_sigmoid(rw: Rewriter, m: Match) -> None:
     hs, x = m.root, m["x"]
     # clip(αx + β, 0, 1) = RELU6(6αx + 6β) / 6: every op here has an int8 TFLite kernel
     # (RELU_0_TO_1 has none), so the lowered form exports bit-exact.
-    a = rw.const(np.asarray(6.0 * hs.attrs["alpha"], x.dtype), name=hs.name + "_alpha6")
+    # With α = 1/6 (PyTorch's and Keras' hard sigmoid) 6α is 1 and the MUL is left out:
+    # a MUL by one would requantize x, and its output grid would then have to meet both
+    # the MUL's and the ADD's XNNPACK scale limits.
+    alpha6 = np.float32(6.0 * hs.attrs["alpha"])
     b = rw.const(np.asarray(6.0 * hs.attrs["beta"], x.dtype), name=hs.name + "_beta6")
     sixth = rw.const(np.asarray(1.0 / 6.0, x.dtype), name=hs.name + "_sixth")
-    mul = rw.add_node("MUL", [x, a], name=hs.name + "_mul")
-    add = rw.add_node("ADD", [mul.output, b], attrs={"fused_activation": "RELU6"},
+    if alpha6 != np.float32(1.0):
+        a = rw.const(np.asarray(alpha6, x.dtype), name=hs.name + "_alpha6")
+        x = rw.add_node("MUL", [x, a], name=hs.name + "_mul").output
+    add = rw.add_node("ADD", [x, b], attrs={"fused_activation": "RELU6"},
                       name=hs.name + "_add")
     out = rw.add_node("MUL", [add.output, sixth], name=hs.name)
     rw.replace(hs.output, out.output)
@@ -49,5 +54,5 @@ def rules_from_table(table: Table) -> RuleTable:
 
 @register_pass("fuse_hard_swish")
 def fuse_hard_swish(graph: Graph, ctx: PassContext) -> bool:
-    """x·HARD_SIGMOID(x) with α=1/6, β=1/2 → HARD_SWISH; other HARD_SIGMOID → MUL, ADD+RELU6, MUL by 1/6."""
+    """x·HARD_SIGMOID(x) with α=1/6, β=1/2 → HARD_SWISH; other HARD_SIGMOID → MUL (none when 6α = 1), ADD+RELU6, MUL by 1/6."""
     return apply_rules(graph, rules_from_table(ctx.table), ctx.trace, ctx.pass_name)

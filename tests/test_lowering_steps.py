@@ -25,7 +25,8 @@ def test_step_names_are_in_the_documented_order():
     assert step_names() == ["lower.legalise", "lower.float_bias", "lower.islands",
                             "lower.constants", "lower.activations", "lower.island_edges",
                             "lower.bias", "lower.same_scale", "lower.exact_mean",
-                            "lower.wide_softmax", "lower.int16_lut_floor", "lower.checks", "lower.edges", "lower.limits"]
+                            "lower.xnn_add_ratios", "lower.xnn_forms", "lower.wide_softmax",
+                            "lower.int16_lut_floor", "lower.checks", "lower.edges", "lower.limits"]
     assert all(s.doc for s in STEPS)
 
 
@@ -47,7 +48,7 @@ def test_every_step_verifies_and_dumps():
 def test_selected_steps_dump_to_a_folder(tmp_path):
     lower(_graph(), print_ir_after=["bias", "lower.edges"], ir_out=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lower_06_bias.txt",
-                                                         "lower_12_edges.txt"]
+                                                         "lower_14_edges.txt"]
 
 
 def test_to_tflite_passes_the_dump_through(capsys):

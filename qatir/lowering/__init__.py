@@ -24,7 +24,7 @@ Anything LiteRT cannot run, or would abort on under either resolver, is refused 
 The steps (:data:`STEPS`), each a module of this package, run in order:
 ``legalise`` (→ ``float_bias`` for a float graph) → ``islands`` → ``constants`` →
 ``activations`` → ``island_edges`` → ``bias`` → ``same_scale`` → ``exact_mean`` →
-``wide_softmax`` → ``int16_lut_floor`` →
+``xnn_add_ratios`` → ``xnn_forms`` → ``wide_softmax`` → ``int16_lut_floor`` →
 ``checks`` → ``edges`` → ``limits``. Float islands (nodes the table keeps float, or
 without an int8 kernel) are emitted as float ops between DEQUANTIZE and QUANTIZE
 (:mod:`qatir.lowering.islands`); their names are in ``metadata["float_islands"]``. ``lower(..., print_ir_after="all")`` dumps the IR
@@ -64,6 +64,8 @@ from qatir.lowering.litert import check_litert_limits, relax_saturated_clamps, w
 from qatir.lowering.mean import exact_means
 from qatir.lowering.same_scale import unify_same_scale
 from qatir.lowering.softmax import widen_softmax
+from qatir.lowering.xnn_forms import xnn_forms
+from qatir.lowering.xnn_ratios import widen_fine_operands
 from qatir.target import ADD_MAX_RATIO, INT32_MAX, XNN_MAX_REQUANT
 
 __all__ = ["ADD_MAX_RATIO", "CLOSE_RTOL", "FIXED_OUTPUT", "INHERIT", "INT32_MAX", "INT8_OPS",
@@ -121,6 +123,10 @@ STEPS: tuple[Step, ...] = (
          "requantize inputs of same-scale ops onto the output grid"),
     Step("exact_mean", lambda g, io: exact_means(g), _Q,
          "int8 MEAN over the innermost axis -> FULLY_CONNECTED (exact on XNNPACK too)"),
+    Step("xnn_add_ratios", lambda g, io: widen_fine_operands(g), _Q,
+         "ADD/SUB operands below XNNPACK's 2^-10 scale ratio -> output scale x 2^-10"),
+    Step("xnn_forms", lambda g, io: xnn_forms(g), _INT8,
+         "CONCATENATION of over 5 inputs -> a tree of 5; int8 RELU* -> ADD(x, 0) + act"),
     Step("wide_softmax", lambda g, io: widen_softmax(g), _INT8,
          "int8 SOFTMAX over 511 classes -> int16 SOFTMAX + QUANTIZE (LiteRT's REF limit)"),
     Step("int16_lut_floor", lambda g, io: floor_lut_inputs(g), _Q,

@@ -214,6 +214,12 @@ CASES = {
     ),
     "minimum": lambda qb: qb.op("MINIMUM", [_x(qb), _x(qb, name="y")], None),
     "relu_n1_to_1": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb)], None, (-1, 1)),
+    # an input grid 256x the output's or more: an ADD(x, 0) would leave XNNPACK's
+    # ratio limits, so the lowering keeps these as the builtin clamps
+    "relu_kept": lambda qb: qb.op("RELU", [_x(qb, lo=-300, hi=300)], None, (0, 1)),
+    "relu6_kept": lambda qb: qb.op("RELU6", [_x(qb, lo=-2000, hi=2000)], None, (0, 8)),
+    "relu_n1_to_1_kept": lambda qb: qb.op("RELU_N1_TO_1", [_x(qb, lo=-300, hi=300)], None,
+                                          (-1, 1)),
     "requantize": lambda qb: qb.fq(qb.op("RESHAPE", [_x(qb)], {"new_shape": [1, 81, 8]}), -2, 3),
     "squared_difference": lambda qb: qb.op(
         "SQUARED_DIFFERENCE", [_x(qb), _x(qb, lo=-0.5, hi=4, name="y")], None, (0, 12)
