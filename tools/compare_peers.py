@@ -274,12 +274,17 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
                 qatir.calibrate(qv, calib, progress=False)
                 res["variants_db"][v] = output_sqnr(float_buf, qatir.to_tflite(qv, io="float"),
                                                     tests)
-        t1 = time.time()
-        aeq_buf = aeq_quantize(float_path, calib, os.path.join(workdir, f"{name}.aeq.tflite"),
-                               timeout)
-        res["aeq_s"] = round(time.time() - t1, 1)
         res["qatir_db"] = output_sqnr(float_buf, qatir_buf, tests)
-        res["aeq_db"] = output_sqnr(float_buf, aeq_buf, tests)
+        t1 = time.time()
+        try:  # the peer failing (its quantizer, or LiteRT on its file) is a result too
+            aeq_buf = aeq_quantize(float_path, calib, os.path.join(workdir, f"{name}.aeq.tflite"),
+                                   timeout)
+            res["aeq_s"] = round(time.time() - t1, 1)
+            res["aeq_db"] = output_sqnr(float_buf, aeq_buf, tests)
+        except Exception as e:  # noqa: BLE001
+            res["aeq_error"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            res["status"] = "ok"
+            return res
         if res["qatir_db"] < res["aeq_db"] - behind:
             res["first_behind"] = first_behind(q, qatir_buf, aeq_buf, float_buf, tests, behind)
         res["status"] = "ok"
@@ -320,7 +325,7 @@ def _db(v) -> str:
 
 def format_variants(results: list[dict]) -> str:
     """Per model, qatir's SQNR under each ``--variant`` (and the default, and aeq's)."""
-    ok = [r for r in results if r.get("status") == "ok" and r.get("variants_db")]
+    ok = [r for r in results if r.get("status") == "ok" and r.get("variants_db") and "aeq_db" in r]
     if not ok:
         return ""
     names = list(ok[0]["variants_db"])
@@ -342,10 +347,14 @@ def format_table(results: list[dict], behind: float) -> str:
     """The per-model table and a summary line (median, models behind)."""
     head = f"{'model':<30} {'data':<18} {'qatir dB':>8} {'aeq dB':>8} {'diff':>6}  first tensor behind"
     lines = [head, "-" * len(head)]
-    ok = [r for r in results if r.get("status") == "ok"]
+    ok = [r for r in results if r.get("status") == "ok" and "aeq_db" in r]
     for r in results:
         if r.get("status") != "ok":
             lines.append(f"{r['name']:<30} {r.get('status', 'fail')}: {r.get('error', '')[:90]}")
+            continue
+        if "aeq_db" not in r:
+            lines.append(f"{r['name']:<30} {r['data']:<18} {_db(r['qatir_db']):>8} {'-':>8} "
+                         f"{'':>6}  ai-edge-quantizer failed: {r['aeq_error'][:70]}")
             continue
         d = r["qatir_db"] - r["aeq_db"]
         fb = r.get("first_behind")
@@ -361,6 +370,12 @@ def format_table(results: list[dict], behind: float) -> str:
         lines.append(f"median: qatir {statistics.median(finite('qatir_db')):.1f} dB, "
                      f"ai-edge-quantizer {statistics.median(finite('aeq_db')):.1f} dB; "
                      f"qatir more than {behind} dB behind on {worse} of {len(ok)}")
+    peer_failed = [r["name"] for r in results if r.get("status") == "ok" and "aeq_db" not in r]
+    qatir_failed = [r["name"] for r in results if r.get("status") != "ok"]
+    if peer_failed or qatir_failed:
+        lines.append(f"ai-edge-quantizer failed where qatir ran: {len(peer_failed)} "
+                     f"({', '.join(peer_failed) or 'none'}); qatir failed: {len(qatir_failed)} "
+                     f"({', '.join(qatir_failed) or 'none'})")
     return "\n".join(lines)
 
 
