@@ -121,6 +121,9 @@ class Report:
     units: list[tuple[Node | None, str, list[Node]]] = field(repr=False)
     #: set by :meth:`suggest`: a :class:`qatir.recipes.Suggestion`
     suggestion: Any = field(default=None, repr=False)
+    #: seconds by step: "quantize" (quantize + calibrate), "build" (the gated program, its
+    #: first calls), "evaluate"; and the samples one call evaluates at most ("batch")
+    timing: dict[str, float] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -182,7 +185,10 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     tab = load_table(table)
     q = qatir.quantize(graph, table=tab)
     qatir.calibrate(q, feeds)
+    t_quant = time.perf_counter()
     gated = Gated(q, feeds)
+    _ = gated.ref  # traces and runs the program: part of building it
+    t_build = time.perf_counter()
     units = _units(q)
     n = len(gated.fqs)
     zeros, ones = np.zeros(n, np.float32), np.ones(n, np.float32)
@@ -213,8 +219,11 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         rows.append(Row(name, node.op if node is not None else "INPUT", int(macs), so, sf, v,
                         _base=full))
     rows.sort(key=lambda r: (r.sqnr_db, r.node))
-    return Report(rows, full, time.perf_counter() - start, gated.calls, graph, tab, feeds,
-                  gated, units)
+    end = time.perf_counter()
+    timing = {"quantize": t_quant - start, "build": t_build - t_quant, "evaluate": end - t_build,
+              "batch": float(gated.batch * len(feeds))}
+    return Report(rows, full, end - start, gated.calls, graph, tab, feeds, gated, units,
+                  timing=timing)
 
 
 def name_regex(names: Iterable[str]) -> str:
