@@ -57,10 +57,11 @@ def _dynamic_batch(q: Graph) -> Graph | None:
 
 
 class Gated:
-    """The gated program of a quantized, calibrated graph ``q`` on fixed ``feeds``."""
+    """The gated program of a quantized, calibrated graph ``q`` on fixed ``feeds``
+    (``batched=False``: one configuration on one feed per call)."""
 
     def __init__(self, q: Graph, feeds: list[Mapping[str, np.ndarray]],
-                 max_samples: int = MAX_SAMPLES):
+                 max_samples: int = MAX_SAMPLES, batched: bool = True):
         from qatir.feeds import check_feeds
 
         self.q = q
@@ -79,7 +80,7 @@ class Gated:
                          if not t.is_const and all(isinstance(d, int) for d in t.shape))
         self.batch = max(1, min(max_samples, MAX_BATCH_BYTES // max(per_sample, 1))
                          // max(len(feeds), 1))
-        qb = _dynamic_batch(q) if self.batch > 1 or len(feeds) > 1 else None
+        qb = _dynamic_batch(q) if batched and (self.batch > 1 or len(feeds) > 1) else None
         if qb is not None:
             self._use_batched(qb)
         if self._batched is None:
