@@ -87,9 +87,8 @@ def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, fl
     return picks + rest
 
 
-def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
-    from qatir.sensitivity import sqnr_db
-
+def _config(rep, chosen: list[tuple[Any, str, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The gates of ``chosen`` taken out of int8 (every other unit int8)."""
     gated = rep.gated
     n = len(gated.fqs)
     g8, g16 = np.ones(n, np.float32), np.zeros(n, np.float32)
@@ -101,9 +100,24 @@ def _estimate(rep, chosen: list[tuple[Any, str, float]]) -> float:
                 g8[i] = 0.0
             elif f.attrs.get("kind") == "activation":  # int16: 16-bit activations, int8 weights
                 g8[i], g16[i] = 0.0, 1.0
-    if not hasattr(rep, "_ref"):
-        rep._ref = gated.run(np.zeros(n, np.float32), np.zeros(n, np.float32))
-    return sqnr_db(rep._ref, gated.run(g8, g16))
+    return g8, g16
+
+
+def _first_reaching(rep, order: list[tuple[Any, str, float]], target: float
+                    ) -> tuple[int, float]:
+    """The shortest prefix of ``order`` whose gated estimate reaches ``target`` (or all of
+    it) and that estimate; prefixes are evaluated a batch at a time."""
+    from qatir.sensitivity import sqnrs
+
+    k, est = 0, rep.full_int8_sqnr_db
+    step = max(1, rep.gated.batch)
+    while est < target and k < len(order):
+        ks = list(range(k + 1, min(len(order), k + step) + 1))
+        for j, e in zip(ks, sqnrs(rep.gated, [_config(rep, order[:j]) for j in ks])):
+            k, est = j, e
+            if e >= target:
+                break
+    return k, est
 
 
 def table_with(base: dict[str, Any], int16: list[str], floats: list[str]) -> dict[str, Any]:
@@ -192,10 +206,7 @@ def suggest_table(rep, target: float, allow_int16: bool = True,
     """See the module docstring; ``rep.suggestion`` holds the :class:`Suggestion`."""
     base = dict(rep.table.data)
     order = _order(rep, allow_int16, allow_float)
-    k, est = 0, rep.full_int8_sqnr_db
-    while est < target and k < len(order):
-        k += 1
-        est = _estimate(rep, order[:k])
+    k, est = _first_reaching(rep, order, target)
     checks, real, closed = 0, -math.inf, False
     while True:
         chosen = _close(rep, order[:k], allow_int16) if closed else order[:k]

@@ -2,8 +2,9 @@
 
 ``analyze(graph, calib)`` quantizes and calibrates ``graph`` once, then runs its
 fake-quant TF execution with every FAKE_QUANT *gated*: ``y = x + g8·(fq8(x) − x) +
-g16·(fq16(x) − x)``, the gates a per-call input vector, so one traced program evaluates
-every configuration without retracing. A *unit* is a quantized compute node with the
+g16·(fq16(x) − x)``, the gates inputs of the call, so one traced program evaluates
+every configuration without retracing, many configurations × all batches per call
+(:mod:`qatir.tf.gated`). A *unit* is a quantized compute node with the
 FAKE_QUANTs it owns (its weights' and its outputs'); a graph input's FAKE_QUANT is a unit
 of its own. Per unit it measures the output SQNR (against the float run) when
 
@@ -76,64 +77,13 @@ def sqnr_db(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return 10.0 * math.log10(max(sig, 1e-30) / err)
 
 
-class _Gated:
-    """One traced fake-quant program of a quantized graph with gated FAKE_QUANTs."""
-
-    def __init__(self, q: Graph, feeds: list[Mapping[str, np.ndarray]]):
-        from qatir.feeds import check_feeds
-        from qatir.tf.env import import_tensorflow
-        from qatir.tf.executor import program_for
-        from qatir.tf.kernels import KernelContext
-
-        tf = import_tensorflow()
-        self.tf = tf
-        self.q = q
-        self.fqs = [n for n in q.nodes if n.op == "FAKE_QUANT"]
-        self.index = {id(n): i for i, n in enumerate(self.fqs)}
-        self.prog = program_for(q)
-        self.prog.sync_from_graph()
-        self.args = [check_feeds(q, f) for f in feeds]
-        prog, index = self.prog, self.index
-        n = len(self.fqs)
-
-        def hook(node: Node, args: list, outs: Any) -> Any:
-            i = index.get(id(node))
-            if i is None:
-                return outs
-            x, g8, g16 = args[0], self._g8[i], self._g16[i]
-            # branches, so a configuration pays only for the fake-quant it switches on
-            y = tf.cond(g8 > 0, lambda: x + g8 * (outs - x), lambda: x)
-            if node.attrs.get("kind") == "activation" and node.attrs.get("axis") is None:
-                lo, hi = tf.reshape(args[1], []), tf.reshape(args[2], [])
-
-                def wide():
-                    m = tf.maximum(-lo, hi)
-                    y16 = tf.quantization.fake_quant_with_min_max_vars(
-                        x, -m, m, num_bits=16, narrow_range=True)
-                    return y + g16 * (y16 - x)
-
-                y = tf.cond(g16 > 0, wide, lambda: y)
-            return y
-
-        spec = [tf.TensorSpec([n], tf.float32), tf.TensorSpec([n], tf.float32)]
-        spec += [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype)) for t in q.inputs]
-
-        def fn(g8, g16, *inputs):
-            self._g8, self._g16 = g8, g16
-            return prog.forward(list(inputs), KernelContext(prog.params), hook=hook)
-
-        self.fn = tf.function(fn, input_signature=spec, autograph=False)
-        self.calls = 0
-
-    def run(self, g8: np.ndarray, g16: np.ndarray) -> list[np.ndarray]:
-        """All outputs over all feeds, flattened into one list."""
-        out = []
-        for args in self.args:
-            self.calls += 1
-            ys = self.fn(self.tf.constant(g8, self.tf.float32),
-                         self.tf.constant(g16, self.tf.float32), *args)
-            out.extend(y.numpy() for y in ys)
-        return out
+def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """The output SQNR against the float run of each (g8, g16) configuration of ``gated``
+    (a :class:`qatir.tf.gated.Gated`), evaluated in batches."""
+    ref = gated.ref
+    out: list[float] = []
+    gated.run_many(configs, lambda got: out.append(sqnr_db(ref, got)))
+    return out
 
 
 def _units(q: Graph) -> list[tuple[Node | None, str, list[Node]]]:
@@ -167,10 +117,13 @@ class Report:
     graph: Graph = field(repr=False)
     table: Any = field(repr=False)
     calib: list[Mapping[str, np.ndarray]] = field(repr=False)
-    gated: _Gated = field(repr=False)
+    gated: Any = field(repr=False)  # qatir.tf.gated.Gated
     units: list[tuple[Node | None, str, list[Node]]] = field(repr=False)
     #: set by :meth:`suggest`: a :class:`qatir.recipes.Suggestion`
     suggestion: Any = field(default=None, repr=False)
+    #: seconds by step: "quantize" (quantize + calibrate), "build" (the gated program, its
+    #: first calls), "evaluate"; and the samples one call evaluates at most ("batch")
+    timing: dict[str, float] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -218,6 +171,7 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     import qatir
     from qatir.lowering.islands import node_macs
     from qatir.ops import has_op
+    from qatir.tf.gated import Gated
 
     if any(n.op == "FAKE_QUANT" for n in graph.nodes):
         raise QatirError(f"analyze: graph {graph.name!r} is already quantized; give the float "
@@ -231,36 +185,45 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     tab = load_table(table)
     q = qatir.quantize(graph, table=tab)
     qatir.calibrate(q, feeds)
-    gated = _Gated(q, feeds)
+    t_quant = time.perf_counter()
+    gated = Gated(q, feeds)
+    _ = gated.ref  # traces and runs the program: part of building it
+    t_build = time.perf_counter()
     units = _units(q)
     n = len(gated.fqs)
     zeros, ones = np.zeros(n, np.float32), np.ones(n, np.float32)
-    ref = gated.run(zeros, zeros)
-    full = sqnr_db(ref, gated.run(ones, zeros))
+    owned = [[gated.index[id(f)] for f in fqs] for _, _, fqs in units]
+    configs = [(ones, zeros)]
+    for idx in owned:
+        only, kept = zeros.copy(), ones.copy()
+        only[idx], kept[idx] = 1.0, 0.0
+        configs += [(only, zeros), (kept, zeros)]
+    full, *pairs = sqnrs(gated, configs)
+    s_only, s_float = pairs[0::2], pairs[1::2]
+    wide, s16 = [], [None] * len(units)
+    for u, ((node, _, fqs), sf) in enumerate(zip(units, s_float)):
+        if not (int16 and node is not None and has_op(node.op) and has_int16(node.op)):
+            continue
+        if sf - full < MIN_GAIN_DB:
+            s16[u] = sf  # kept float does not help: int16 cannot
+            continue
+        acts = [gated.index[id(f)] for f in fqs if f.attrs.get("kind") == "activation"]
+        g8, g16 = ones.copy(), zeros.copy()
+        g8[acts], g16[acts] = 0.0, 1.0
+        wide.append((u, (g8, g16)))
+    for (u, _), v in zip(wide, sqnrs(gated, [c for _, c in wide])):
+        s16[u] = v
     rows: list[Row] = []
-    for node, name, fqs in units:
-        idx = [gated.index[id(f)] for f in fqs]
-        only = zeros.copy()
-        only[idx] = 1.0
-        kept = ones.copy()
-        kept[idx] = 0.0
-        s_only = sqnr_db(ref, gated.run(only, zeros))
-        s_float = sqnr_db(ref, gated.run(kept, zeros))
-        s16 = None
-        if s_float - full < MIN_GAIN_DB:
-            s16 = s_float if int16 and node is not None and has_op(node.op) \
-                and has_int16(node.op) else None  # kept float does not help: int16 cannot
-        elif int16 and node is not None and has_op(node.op) and has_int16(node.op):
-            acts = [gated.index[id(f)] for f in fqs if f.attrs.get("kind") == "activation"]
-            g8, g16 = ones.copy(), zeros.copy()
-            g8[acts], g16[acts] = 0.0, 1.0
-            s16 = sqnr_db(ref, gated.run(g8, g16))
+    for (node, name, _), so, sf, v in zip(units, s_only, s_float, s16):
         macs = node_macs(node) if node is not None else 0
-        rows.append(Row(name, node.op if node is not None else "INPUT", int(macs), s_only,
-                        s_float, s16, _base=full))
+        rows.append(Row(name, node.op if node is not None else "INPUT", int(macs), so, sf, v,
+                        _base=full))
     rows.sort(key=lambda r: (r.sqnr_db, r.node))
-    return Report(rows, full, time.perf_counter() - start, gated.calls, graph, tab, feeds,
-                  gated, units)
+    end = time.perf_counter()
+    timing = {"quantize": t_quant - start, "build": t_build - t_quant, "evaluate": end - t_build,
+              "batch": float(gated.batch * len(feeds))}
+    return Report(rows, full, end - start, gated.calls, graph, tab, feeds, gated, units,
+                  timing=timing)
 
 
 def name_regex(names: Iterable[str]) -> str:

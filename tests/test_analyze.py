@@ -71,6 +71,25 @@ def test_suggest_float_only(report):
     assert s.int8_or_int16_mac_share == pytest.approx(1 - 2 * 4096 / (2048 + 4096 * 2 + 2048))
 
 
+def test_batched_evaluation_matches_one_feed_per_call():
+    from qatir.sensitivity import sqnrs
+    from qatir.tf.gated import Gated
+
+    q = qatir.quantize(bad_layer_chain())
+    qatir.calibrate(q, _calib())
+    fast, slow = Gated(q, _calib()), Gated(q, _calib(), batched=False)
+    assert fast.batch > 1 and slow.batch == 1
+    n = len(fast.fqs)
+    rng = np.random.default_rng(0)
+    configs = [(np.ones(n), np.zeros(n)), (np.zeros(n), np.zeros(n))]
+    configs += [((rng.random(n) > 0.5).astype(np.float32), np.zeros(n)) for _ in range(5)]
+    acts = np.array([f.attrs.get("kind") == "activation" for f in fast.fqs])
+    configs += [(np.where(acts & (rng.random(n) > 0.5), 0.0, 1.0), acts * 1.0)
+                for _ in range(3)]  # some activations int16 instead of int8
+    assert sqnrs(fast, configs) == pytest.approx(sqnrs(slow, configs), abs=1e-3)
+    assert fast.calls == slow.calls == len(configs) * 4 + 4  # and the float run
+
+
 def test_analyze_refuses_a_quantized_graph():
     q = qatir.quantize(bad_layer_chain())
     with pytest.raises(qatir.QatirError, match="already quantized"):

@@ -1,8 +1,9 @@
 """Sensitivity analysis and suggested recipes on the hardest corpus models.
 
-For each model (``tools/corpus/models``, default: timm_repvgg_a0, tv_efficientnet_b0,
-mp_pose_landmark_full, and EfficientNetV2-S / FCN-ResNet50 / a YOLO-style detector when
-present), as the corpus has them (torchvision/timm random init, MediaPipe as published):
+For each model (``tools/corpus/models``, default: timm_repvgg_a0, tv_efficientnet_v2_s,
+tv_fcn_resnet50, tv_efficientnet_b0, mp_pose_landmark_full and the YOLO-style yolov8n; a
+model not built yet is skipped with a message), as the corpus has them (torchvision/timm
+random init, MediaPipe as published):
 
 1. ``qatir.analyze`` on 4 calibration samples (the corpus' real task samples where it has
    them, else standard normal inputs in the source layout), timed;
@@ -13,7 +14,9 @@ present), as the corpus has them (torchvision/timm random init, MediaPipe as pub
 
 Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
 MAC share and int8-or-int16 MAC share, the units taken out of int8, analysis and suggestion
-seconds. Usage: ``python tools/bench_sensitivity.py [--only NAME] [--target 30]``.
+seconds (``--time`` also prints where the analysis' time went: quantize + calibrate, building
+the gated program, evaluations). Usage:
+``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--time]``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(HERE, "corpus", "models")
-DEFAULT = ["timm_repvgg_a0", "tv_efficientnet_b0", "mp_pose_landmark_full",
-           "tv_efficientnet_v2_s", "tv_fcn_resnet50", "yolo"]
+DEFAULT = ["timm_repvgg_a0", "tv_efficientnet_v2_s", "tv_fcn_resnet50", "tv_efficientnet_b0",
+           "mp_pose_landmark_full", "yolov8n"]
 
 
 def _corpus():
@@ -100,7 +103,8 @@ def bench_one(name: str, target: float) -> dict:
             "suggest_file_db": _file_sqnr(g, table, calib, evals),
             "int8_mac_share": s.int8_mac_share, "int8_or_int16_mac_share": s.int8_or_int16_mac_share,
             "int16": s.int16, "float": s.float, "reached_on_calib": s.reached,
-            "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]]}
+            "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]],
+            "timing": rep.timing}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,16 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="Model name (repeatable).")
     ap.add_argument("--target", type=float, default=30.0)
     ap.add_argument("--json", help="Also write the results here.")
+    ap.add_argument("--time", action="store_true",
+                    help="Also print where each analysis' time went.")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(HERE))
-    names = args.only or [n for n in DEFAULT if os.path.exists(os.path.join(MODELS,
-                                                                            f"{n}.entry.json"))]
-    missing = [n for n in DEFAULT if n not in names and not args.only]
+    wanted = args.only or DEFAULT
+    missing = [n for n in wanted if not os.path.exists(os.path.join(MODELS, f"{n}.entry.json"))]
+    names = [n for n in wanted if n not in missing]
     print(f"# tools/bench_sensitivity.py, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
           f"{os.cpu_count()} cores; target {args.target:g} dB; corpus models (torchvision/timm "
           "random init; MediaPipe as published), real task samples where the corpus has them")
     if missing:
-        print(f"# not in tools/corpus/models: {', '.join(missing)}")
+        print(f"# skipped, not in tools/corpus/models (build it with tools/corpus/build.py): "
+              f"{', '.join(missing)}")
     print(f"{'model':<24} {'int8 dB':>8} {'recipe dB':>9} {'int8 MACs':>9} {'8|16 MACs':>9} "
           f"{'analysis':>9} {'suggest':>8}  out of int8")
     results = []
@@ -131,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    fake-quant on the calibration samples: int8 {r['int8_fake_quant_db']:.2f} dB,"
               f" recipe {r['suggest_fake_quant_db']:.2f} dB; {r['units']} units, "
               f"{r['evaluations']} evaluations; most sensitive: {r['top'][:3]}", flush=True)
+        if args.time:
+            t = r["timing"]
+            print(f"    analysis time: quantize + calibrate {t['quantize']:.1f} s, gated program "
+                  f"{t['build']:.1f} s, {r['evaluations']} evaluations {t['evaluate']:.1f} s "
+                  f"(up to {t['batch']:.0f} per call)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
