@@ -110,7 +110,7 @@ class Passes:
     def __init__(self, graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]],
                  max_batches: int | None = None):
         self.graph, self.batches, self.max_batches = graph, batches, max_batches
-        self.one_shot = not callable(batches) and iter(batches) is batches
+        self.one_shot = not callable(batches) and isinstance(batches, Iterator)
         self._passes = 0
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
