@@ -107,6 +107,31 @@ def child_qatir(model: str, n: int, threads: int | None) -> dict:
     return {"setup_s": t1 - t0, "calib_s": t2 - t1, "images": n}
 
 
+def child_threads(model: str, rounds: int) -> dict:
+    """qatir's LiteRT capture on one thread and on all, invoke by invoke in turn (so both
+    see the same load from other jobs): median ms per image."""
+    import statistics
+
+    import qatir
+    from qatir.calibration import range_groups
+    from qatir.calibration_taps import Tap
+    from qatir.litert_capture import LiteRTCapture
+    from qatir.litert_run import all_threads
+
+    q = qatir.quantize(qatir.load(model))
+    taps = [Tap(n.name, n.attrs.get("axis"), False) for ns in range_groups(q).values() for n in ns]
+    caps = {t: LiteRTCapture(q, taps, threads=t) for t in sorted({1, all_threads()})}
+    times: dict[int, list[float]] = {t: [] for t in caps}
+    for k in range(rounds + 1):
+        xs = (image(k),)
+        for t, c in caps.items():
+            t0 = time.perf_counter()
+            c.run(xs)
+            if k:  # the first builds the interpreter
+                times[t].append(time.perf_counter() - t0)
+    return {"ms": {str(t): 1000 * statistics.median(v) for t, v in times.items()}}
+
+
 def child_aeq(float_path: str, input_name: str, n: int, chunk: int, threads: int) -> dict:
     import contextlib
     import io
@@ -160,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aeq-chunk", type=int, nargs="+", default=[0, 32],
                     help="samples per aeq.calibrate call, one aeq run each (0: one list of all)")
     ap.add_argument("--skip-aeq", action="store_true")
+    ap.add_argument("--threads-only", action="store_true",
+                    help="only the interleaved one-thread / all-threads capture timing")
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -167,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = a.child
         if kind == "export":
             res = child_export(*rest)
+        elif kind == "threads":
+            res = child_threads(rest[0], int(rest[1]))
         elif kind == "qatir":
             res = child_qatir(rest[0], int(rest[1]), int(rest[2]) or None)
         else:
@@ -178,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"calibration: {a.images} images {SIZE}x{SIZE} (smooth random fields, streamed), "
           f"{os.path.basename(a.model)}, {cores} cores", flush=True)
+    th = run_child(sys.executable, ["threads", a.model, "10"], a.timeout)["ms"]
+    print("LiteRT capture per image, invokes in turn (median of 10): "
+          + ", ".join(f"{t} thread{'s' if t != '1' else ''} {ms:.0f} ms" for t, ms in th.items()),
+          flush=True)
+    if a.threads_only:
+        return 0
     results = []
     qa = run_child(sys.executable, ["qatir", a.model, str(a.images), "0"], a.timeout)
     results.append((f"qatir (LiteRT, {cores} threads)", qa))
