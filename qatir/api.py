@@ -115,8 +115,11 @@ def quantize(graph: Graph, table: str | os.PathLike | None = None,
     return _quantize(graph, table=table, passes=passes, **options)
 
 
-def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], **options: Any) -> Graph:
-    """Set activation ranges of a quantized graph from representative data (in place)."""
+def calibrate(graph: Graph, batches: Iterable[Any], **options: Any) -> Graph:
+    """Set activation ranges of a quantized graph from representative data (in place).
+
+    ``batches`` is streamed: a list, a generator, a ``tf.data.Dataset`` or a callable
+    returning a fresh iterable (:func:`qatir.calibration.calibrate`)."""
     from qatir.calibration import calibrate as _calibrate
 
     return _calibrate(graph, batches, **options)

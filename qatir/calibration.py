@@ -15,9 +15,14 @@ Two engines run the float graph:
 
 ``engine="auto"`` (the default) takes LiteRT when the float graph can be
 written as TFLite and TensorFlow otherwise. Both reduce each batch to
-per-channel min/max inside the runtime for quantizers that need no more
+per-channel min/max for quantizers that need no more
 (:meth:`qatir.quantizers.Quantizer.needs_rows`); the others get whole
-activations.
+activations, of which they keep a bounded sample.
+
+Calibration streams: batches are read one at a time from any iterable (a list,
+a generator, a ``tf.data.Dataset``) and only the quantizers' states are kept,
+so the data never has to fit in memory. Bias correction makes further passes
+over the data (:class:`Passes`): it needs ``batches`` to be re-iterable.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -92,12 +97,42 @@ def _progress(items: Iterable[Any], enabled: bool | None, desc: str):
     return tqdm(items, desc=desc, disable=not enabled, unit="batch")
 
 
+class Passes:
+    """Calibration data that can be read more than once, one checked batch at a time.
+
+    ``batches``: a re-iterable (a list, a ``tf.data.Dataset``, any object whose
+    ``iter()`` starts afresh), a callable returning a fresh iterable, or a
+    one-shot iterator (a generator), which allows a single pass only. Each pass
+    yields graph-sized tuples in input order (:func:`qatir.feeds.iterate_feeds`),
+    at most ``max_batches`` of them.
+    """
+
+    def __init__(self, graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]],
+                 max_batches: int | None = None):
+        self.graph, self.batches, self.max_batches = graph, batches, max_batches
+        self.one_shot = not callable(batches) and isinstance(batches, Iterator)
+        self._passes = 0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        if self.one_shot and self._passes:
+            raise QatirError(f"calibrate: graph {self.graph.name!r}: the batches were a "
+                             "one-shot iterator, already read")
+        self._passes += 1
+        source = self.batches() if callable(self.batches) else self.batches
+        feeds = iterate_feeds(self.graph, source)
+        if self.max_batches is not None:
+            feeds = itertools.islice(feeds, max(0, self.max_batches))
+        return feeds
+
+
 def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
-                engine: str = "auto") -> tuple[CaptureEngine, dict[str, np.ndarray]]:
+                engine: str = "auto", threads: int | None = None
+                ) -> tuple[CaptureEngine, dict[str, np.ndarray]]:
     """The capture engine for ``taps`` and its capture of the ``first`` batch.
 
     Running the first batch here lets ``"auto"`` fall back to TensorFlow when
-    LiteRT refuses the float model at build or at its first invoke.
+    LiteRT refuses the float model at build or at its first invoke. ``threads``:
+    LiteRT's thread count (default: every core this process may use).
     """
     if engine not in ENGINES:
         raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
@@ -107,7 +142,7 @@ def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
         why = unsupported_reason(graph)
         if why is None:
             try:
-                capture = LiteRTCapture(graph, taps)
+                capture = LiteRTCapture(graph, taps, threads=threads)
                 return capture, capture.run(first)
             except QatirError as e:
                 why = str(e)
@@ -120,23 +155,38 @@ def make_engine(graph: Graph, taps: list[Tap], first: tuple[np.ndarray, ...],
     return capture, capture.run(first)
 
 
-def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None,
-              max_batches: int | None = None, quantizer_options: dict[str, dict] | None = None,
-              engine: str = "auto") -> Graph:
+def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]],
+              progress: bool | None = None, max_batches: int | None = None,
+              quantizer_options: dict[str, dict] | None = None, engine: str = "auto",
+              threads: int | None = None) -> Graph:
     """Set the activation ranges of ``graph`` (in place) from representative ``batches``.
 
-    ``batches``: iterable of ``{input_name: array}`` (or bare arrays for a
-    one-input graph). When the table asks for it (``[calibration] bias_correction``),
-    biases are then corrected for weight rounding (:mod:`qatir.bias_correction`).
-    ``quantizer_options`` maps a quantizer name to options
-    for it, e.g. ``{"percentile": {"percentile": 99.9}}``. ``engine``: "auto",
-    "litert" or "tf" (module docstring). Returns ``graph``.
+    ``batches``: any iterable, read one batch at a time (never held whole), of
+    ``{input_name: array}``, bare arrays for a one-input graph, or
+    ``(features, label)`` tuples; a ``tf.data.Dataset`` of those works as it is.
+    Batches larger than a fixed-batch graph's are split into graph-sized pieces
+    (:func:`qatir.feeds.split_batch`); ``max_batches`` counts those pieces. A
+    callable returning a fresh iterable is accepted too. When the table asks for
+    it (``[calibration] bias_correction``), biases are then corrected for weight
+    rounding (:mod:`qatir.bias_correction`), which reads the data again: a one-shot
+    iterator (a generator) is then refused up front. ``quantizer_options`` maps a
+    quantizer name to options for it, e.g. ``{"percentile": {"percentile": 99.9}}``.
+    ``engine``: "auto", "litert" or "tf" (module docstring); ``threads``: LiteRT's
+    thread count (default: all cores). Returns ``graph``.
     """
     if not any(n.op == "FAKE_QUANT" for n in graph.nodes):
         raise QatirError(f"calibrate: graph {graph.name!r} has no FAKE_QUANT nodes "
                          "(quantize it first with qatir.quantize)")
     if engine not in ENGINES:
         raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
+    data = Passes(graph, batches, max_batches)
+    correct = bool(graph.metadata.get("bias_correction"))
+    if correct and data.one_shot:
+        raise QatirError(f"calibrate: graph {graph.name!r} has bias correction on "
+                         "([calibration] bias_correction), which reads the data a second "
+                         f"time, but the batches are a one-shot {type(batches).__name__}: "
+                         "pass a re-iterable (a list, a tf.data.Dataset) or a callable "
+                         "returning a fresh iterator")
     opts = quantizer_options or {}
     groups = range_groups(graph)
     quantizers: dict[tuple[int, int], Quantizer] = {}
@@ -145,25 +195,21 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
         quantizers[key] = get_quantizer(qname)(**opts.get(qname, {}))
     taps = [Tap(n.name, n.attrs.get("axis"), quantizers[key].needs_rows())
             for key, nodes in groups.items() for n in nodes]
-    feeds = iterate_feeds(graph, batches)
-    if max_batches is not None:
-        feeds = itertools.islice(feeds, max(0, max_batches))
+    feeds = iter(data)
     first = next(feeds, None)
     if first is None:
         raise QatirError(f"calibrate: no batches given for graph {graph.name!r}")
     states: dict[tuple[int, int], dict] = {}
-    correct = bool(graph.metadata.get("bias_correction"))
-    seen: list[tuple[np.ndarray, ...]] = []  # kept for bias correction only
     if taps:
-        capture, captured = make_engine(graph, taps, first, engine)
+        capture, captured = make_engine(graph, taps, first, engine, threads)
         for i, xs in enumerate(_progress(itertools.chain([first], feeds), progress, "calibrate")):
-            if correct:
-                seen.append(xs)
             if i:
                 captured = capture.run(xs)
             for key, nodes in groups.items():
                 for node in nodes:
                     _observe(quantizers[key], states, key, node, captured[node.name])
+        del capture, captured  # the interpreter's arena, before bias correction runs
+    del first, feeds
     for key, nodes in groups.items():
         lo, hi = include_zero(*quantizers[key].compute_range(states[key]))
         if nodes[0].attrs.get("symmetric"):
@@ -174,7 +220,6 @@ def calibrate(graph: Graph, batches: Iterable[Any], progress: bool | None = None
     if correct:
         from qatir import bias_correction
 
-        data = seen or [first, *feeds]
         if graph.metadata["bias_correction"] == "auto":
             bias_correction.correct_if_better(graph, data)
         else:

@@ -86,13 +86,77 @@ def check_feeds(graph: Graph, feeds: Mapping[str, Any], cast: bool = True,
     return [check_array(t, feeds[t.name], cast, where) for t in graph.inputs]
 
 
+def batch_features(graph: Graph, batch: Any) -> Mapping[str, Any]:
+    """The features of one calibration batch, by input name.
+
+    A batch is ``{input_name: x}``, a bare array for a one-input graph, or a
+    ``(features, label)`` / ``(features, label, weight)`` tuple as Keras and
+    ``tf.data`` pipelines yield them (labels are not needed); a tuple's
+    features may also be a tuple of arrays in graph-input order.
+    """
+    names = [t.name for t in graph.inputs]
+    if (isinstance(batch, tuple) and 1 <= len(batch) <= 3) or (
+            isinstance(batch, list) and len(batch) == 2 and isinstance(batch[0], Mapping)):
+        batch = batch[0]
+    if isinstance(batch, Mapping):
+        return batch
+    if isinstance(batch, tuple):
+        if len(batch) != len(names):
+            raise DataError(f"graph {graph.name!r} has inputs {names}: a batch's features are a "
+                            f"tuple of {len(batch)}; pass a dict by input name")
+        return dict(zip(names, batch))
+    if len(names) != 1:
+        raise DataError(f"graph {graph.name!r} has inputs {names}: pass a dict by input name")
+    return {names[0]: batch}
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+
+
+def split_batch(graph: Graph, xs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """A batch larger than a fixed-batch graph's, as graph-sized pieces (in order).
+
+    Only the leading dimension is split, and only where it is a multiple of the
+    graph's batch and every input agrees on the number of pieces; anything else
+    is left whole for :func:`check_array` to judge (a DataError naming the input).
+    """
+    pieces = set()
+    for t, x in zip(graph.inputs, xs):
+        want = t.shape[0] if t.shape else None
+        if (want is None or x.ndim != len(t.shape) or x.shape[0] == want
+                or not fits(x.shape[1:], t.shape[1:])):
+            pieces.add(1)
+        elif x.shape[0] % want:
+            raise DataError(f"input {t.name!r}: a batch of {x.shape[0]} does not split into "
+                            f"the graph's batch of {want} (shape {list(x.shape)}, graph "
+                            f"{shape_str(t.shape)})")
+        else:
+            pieces.add(x.shape[0] // want)
+    if len(pieces) > 1:
+        raise DataError(f"graph {graph.name!r}: inputs "
+                        f"{[list(np.shape(x)) for x in xs]} hold different numbers of batches "
+                        f"of the graph's sizes {[shape_str(t.shape) for t in graph.inputs]}")
+    n = pieces.pop() if pieces else 1
+    if n == 1:
+        return [tuple(xs)]
+    return [tuple(x[i * t.shape[0]:(i + 1) * t.shape[0]] for t, x in zip(graph.inputs, xs))
+            for i in range(n)]
+
+
 def iterate_feeds(graph: Graph, batches: Iterable[Any]) -> Iterator[tuple[np.ndarray, ...]]:
-    """Calibration batches ({input name: x} or bare arrays) as checked tuples in input order."""
+    """Calibration batches as checked tuples in input order, one graph-sized batch at a time.
+
+    ``batches``: any iterable (a list, a generator, a ``tf.data.Dataset``) of what
+    :func:`batch_features` accepts; TF tensors are converted with ``.numpy()``. A
+    batch larger than a fixed-batch graph's is split (:func:`split_batch`). Nothing
+    is kept: each batch is read when the previous one has been used.
+    """
     for batch in batches:
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Mapping):
-            batch = batch[0]  # a (features, label) pair: labels are not needed
-        feeds = batch if isinstance(batch, Mapping) else dict(zip([graph.inputs[0].name], [batch]))
-        xs = check_feeds(graph, {k: (v.numpy() if hasattr(v, "numpy") else v)
-                                 for k, v in feeds.items()})
-        check_finite(graph, xs)
-        yield tuple(xs)
+        feeds = {k: _to_numpy(v) for k, v in batch_features(graph, batch).items()}
+        check_names(graph, feeds)
+        xs = [feeds[t.name] for t in graph.inputs]
+        for piece in split_batch(graph, xs):
+            checked = [check_array(t, x) for t, x in zip(graph.inputs, piece)]
+            check_finite(graph, checked)
+            yield tuple(checked)

@@ -61,8 +61,9 @@ def float_tap_graph(graph: Graph, names: set[str]) -> tuple[Graph, dict[str, Ten
 class LiteRTCapture:
     """Capture engine running the FAKE_QUANT-free float graph in LiteRT."""
 
-    def __init__(self, graph: Graph, taps: list[Tap]):
+    def __init__(self, graph: Graph, taps: list[Tap], threads: int | None = None):
         self.taps = taps
+        self.threads = all_threads() if threads is None else threads
         self.graph, self.sources = float_tap_graph(graph, {t.node for t in taps})
         self.dynamic_batch = bool(graph.inputs) and all(t.shape[:1] == (None,)
                                                          for t in graph.inputs)
@@ -80,7 +81,7 @@ class LiteRTCapture:
 
         buf = to_tflite(self.graph, batch_size=batch)
         try:
-            it = interpreter(buf, threads=all_threads())
+            it = interpreter(buf, threads=self.threads)
         except (RuntimeError, ValueError) as e:
             raise QatirError(f"LiteRT refused the float model of graph {self.graph.name!r}: "
                              f"{e}") from e

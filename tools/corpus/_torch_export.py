@@ -55,10 +55,16 @@ MODELS: dict[str, tuple[str, str, dict, int]] = {
     "timm_poolformer_s12": ("timm", "poolformer_s12", {}, 128),
     "timm_maxvit_nano_rw": ("timm", "maxvit_nano_rw_256", {"img_size": 128}, 128),
     "timm_fastvit_t8": ("timm", "fastvit_t8", {}, 128),
+    "yolov8n": ("torch", "yolov8n", {}, 640),  # hand-written in _yolo.py (no ultralytics)
 }
 
 
 def build_model(lib: str, ctor: str, kwargs: dict):
+    if lib == "torch":  # a module written out here (_yolo.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import _yolo
+
+        return getattr(_yolo, ctor)(**kwargs)
     if lib == "timm":
         import timm
 
