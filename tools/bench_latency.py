@@ -51,18 +51,12 @@ def corpus_files(name: str, workdir: str) -> tuple[bytes, bytes, str]:
     """(qatir's file, ai-edge-quantizer's file, its name) for a corpus model."""
     import warnings
 
-    from compare_peers import MANIFEST, aeq_quantize, model_feeds
+    from compare_peers import aeq_quantize, load_model, model_feeds
 
     import qatir
     from qatir.evaluate import strip_fake_quant
 
-    with open(MANIFEST) as f:
-        man = json.load(f)
-    entry = next(e for e in man["models"] if e["name"] == name)
-    models_dir = man.get("models_dir") or os.path.dirname(MANIFEST)
-    shapes = {s["name"]: s["shape"] for s in entry["inputs"]} if entry["format"] == "onnx" \
-        else None
-    g = qatir.load(os.path.join(models_dir, entry["path"]), input_shapes=shapes)
+    entry, g, models_dir = load_model(name)
     calib, _, _ = model_feeds(entry, g, models_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "corpus"))
@@ -237,6 +238,22 @@ def variant_table(variant: str, table: str | None = None) -> dict:
     return data
 
 
+def load_model(name: str) -> tuple[dict, Any, str]:
+    """A corpus model by manifest name: (its manifest entry, ``qatir.load`` of it, the folder)."""
+    import qatir
+
+    with open(MANIFEST) as f:
+        man = json.load(f)
+    entry = next((e for e in man["models"] if e["name"] == name), None)
+    if entry is None:
+        raise KeyError(f"{name!r} is not in {MANIFEST}")
+    models_dir = man.get("models_dir") or os.path.dirname(MANIFEST)
+    shapes = {s["name"]: s["shape"] for s in entry["inputs"]} \
+        if entry["format"] == "onnx" else None
+    return entry, qatir.load(os.path.join(models_dir, entry["path"]), input_shapes=shapes), \
+        models_dir
+
+
 def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: float,
             variants: list[str] | None = None) -> dict:
     """Measure one model (see the module doc); the result dict, also on failure."""
@@ -249,13 +266,7 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
         import qatir
         from qatir.evaluate import strip_fake_quant
 
-        with open(MANIFEST) as f:
-            man = json.load(f)
-        entry = next(e for e in man["models"] if e["name"] == name)
-        models_dir = man.get("models_dir") or os.path.dirname(MANIFEST)
-        shapes = {s["name"]: s["shape"] for s in entry["inputs"]} \
-            if entry["format"] == "onnx" else None
-        g = qatir.load(os.path.join(models_dir, entry["path"]), input_shapes=shapes)
+        entry, g, models_dir = load_model(name)
         calib, tests, res["data"] = model_feeds(entry, g, models_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -30,18 +30,12 @@ sys.path.insert(0, HERE)
 def measure(name: str) -> dict:
     """One model's row: nodes taken, and the refused nodes with reasons."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from compare_peers import MANIFEST, model_feeds
+    from compare_peers import load_model, model_feeds
 
     import qatir
     from qatir.xnn_offload import xnnpack_offload
 
-    with open(MANIFEST) as f:
-        man = json.load(f)
-    entry = next(e for e in man["models"] if e["name"] == name)
-    models_dir = man.get("models_dir") or os.path.dirname(MANIFEST)
-    shapes = {s["name"]: s["shape"] for s in entry["inputs"]} if entry["format"] == "onnx" \
-        else None
-    g = qatir.load(os.path.join(models_dir, entry["path"]), input_shapes=shapes)
+    entry, g, models_dir = load_model(name)
     calib, _, _ = model_feeds(entry, g, models_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
