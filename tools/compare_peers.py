@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict] = {
     # first sample's): on every activation, or on the graph inputs only
     "ema": {"activation": "ema"},
     "input_ema": {"input": "ema"},
+    # each range's rule (minmax or ema) chosen by the held-out output error (qatir.auto_range)
+    "auto": {"activation": "auto"},
     "input_moving_average": {"input": "moving_average"},
     "input_mse": {"input": "mse"},
     "input_percentile": {"input": "percentile"},
@@ -268,10 +270,12 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
             qatir.calibrate(q, calib, progress=False)
             qatir_buf = qatir.to_tflite(q, io="float")
             res["qatir_s"] = round(time.time() - t1, 1)
-            res["variants_db"] = {}
+            res["variants_db"], res["variants_s"] = {}, {}
             for v in variants or []:  # the same float reference: each variant is exact in float
                 qv = qatir.quantize(g, table=variant_table(v, table))
+                t1 = time.time()
                 qatir.calibrate(qv, calib, progress=False)
+                res["variants_s"][v] = round(time.time() - t1, 1)
                 res["variants_db"][v] = output_sqnr(float_buf, qatir.to_tflite(qv, io="float"),
                                                     tests)
         res["qatir_db"] = output_sqnr(float_buf, qatir_buf, tests)
