@@ -55,48 +55,48 @@ class AutoRanges:
         self.candidates = [get_quantizer(n)(**opts.get(n, {})) for n in names]
         self.held_out = int(auto.options.get("held_out", 4))
         self.refine = int(auto.options.get("refine", 4))
-        self.fit: dict[tuple[Key, int], dict] = {}
-        self.all: dict[tuple[Key, int], dict] = {}
-        self.held: list[tuple[np.ndarray, ...]] = []
+        self.folds = int(auto.options.get("folds", 2))
+        if self.folds not in (1, 2):
+            raise QatirError(f"quantizer 'auto': folds must be 1 or 2, got {self.folds!r}")
+        #: (range, candidate, parity of the batch index) -> state; parity None: all batches
+        self.states: dict[tuple[Key, int, int | None], dict] = {}
+        self.held: list[list[tuple[np.ndarray, ...]]] = [[], []]
 
     def needs_rows(self) -> bool:
         return any(c.needs_rows() for c in self.candidates)
 
-    def holds_out(self, index: int, xs: tuple[np.ndarray, ...]) -> bool:
-        """Whether batch ``index`` is held out for scoring (then it is kept)."""
-        if index % 2 == 1 and len(self.held) < self.held_out:
-            self.held.append(tuple(np.array(x) for x in xs))
-            return True
-        return False
+    def part(self, index: int, xs: tuple[np.ndarray, ...]) -> int:
+        """The parity of batch ``index``; the first ``held_out`` batches of each scored
+        parity (odd; even too with two folds) are kept for scoring."""
+        p = index % 2
+        if (p == 1 or self.folds == 2) and len(self.held[p]) < self.held_out:
+            self.held[p].append(tuple(np.array(x) for x in xs))
+        return p
 
     def observe(self, observe: Callable[[Quantizer, dict, Any, Node, np.ndarray], None],
-                key: Key, node: Node, value: np.ndarray, held: bool) -> None:
-        """Hand one captured value to every candidate (fitting states unless ``held``)."""
+                key: Key, node: Node, value: np.ndarray, part: int) -> None:
+        """Hand one captured value to every candidate: its all-batch and its parity state."""
         for k, q in enumerate(self.candidates):
-            observe(q, self.all, (key, k), node, value)
-            if not held:
-                observe(q, self.fit, (key, k), node, value)
+            observe(q, self.states, (key, k, None), node, value)
+            observe(q, self.states, (key, k, part), node, value)
 
-    def ranges(self, states: dict, key: Key, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if (key, k) not in states:  # no fitting batch reached this range: use all
-            states = self.all
-        return include_zero(*self.candidates[k].compute_range(states[(key, k)]))
+    def ranges(self, key: Key, k: int, part: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate ``k``'s range for ``key`` from the batches of parity ``part`` (all
+        batches when None, or when no batch of that parity reached the range)."""
+        state = self.states.get((key, k, part)) or self.states[(key, k, None)]
+        return include_zero(*self.candidates[k].compute_range(state))
 
     def choose(self, graph: Graph, groups: dict[Key, list[Node]],
                apply: Callable[[dict[Key, tuple[np.ndarray, np.ndarray]]], None]) -> dict[Key, int]:
         """The candidate index per ``auto`` range (module doc); ``apply`` sets ranges."""
-        keys = [k for k in groups if (k, 0) in self.all]
+        keys = [k for k in groups if (k, 0, None) in self.states]
         choice = {k: 0 for k in keys}
         graph.metadata["auto_range_errors"] = {}
-        if len(self.candidates) < 2 or not self.held or not keys:
+        if len(self.candidates) < 2 or not self.held[1] or not keys:
             return choice
         try:
             score = _Scorer(graph, self.held)
-        except QatirError as e:
-            log.info("calibrate: quantizer 'auto' on graph %r takes %r: %s", graph.name,
-                     self.names[0], e)
-            return choice
-        try:
             return self._search(graph, groups, keys, score, apply)
         except QatirError as e:
             log.info("calibrate: quantizer 'auto' on graph %r takes %r: %s", graph.name,
@@ -108,8 +108,11 @@ class AutoRanges:
         errors: dict[str, float] = {}
 
         def error(assign: dict[Key, int]) -> float:
-            apply({k: self.ranges(self.fit, k, c) for k, c in assign.items()})
-            return score(graph)
+            total = 0.0
+            for p in (1, 0) if self.held[0] else (1,):  # score parity p, ranges from 1 - p
+                apply({k: self.ranges(k, c, 1 - p) for k, c in assign.items()})
+                total += score(graph, p)
+            return total
 
         best, best_err = {}, None
         for c, name in enumerate(self.names):
@@ -134,7 +137,7 @@ class AutoRanges:
         def spread(key: Key) -> float:
             widths = []
             for c in range(len(self.candidates)):
-                lo, hi = self.ranges(self.fit, key, c)
+                lo, hi = self.ranges(key, c)
                 widths.append(float(np.max(hi - lo)))
             w = np.maximum(np.array(widths), 1e-12)
             return float(np.log(w.max() / w.min()))
@@ -144,17 +147,18 @@ class AutoRanges:
 
 
 class _Scorer:
-    """Output squared error of the graph's int8 file on the held-out batches."""
+    """Output squared error of the graph's int8 file on the held-out batches of a parity."""
 
-    def __init__(self, graph: Graph, held: list[tuple[np.ndarray, ...]]):
+    def __init__(self, graph: Graph, held: list[list[tuple[np.ndarray, ...]]]):
         from qatir.evaluate import FloatRun, strip_fake_quant
 
-        self.feeds = [{t.name: x for t, x in zip(graph.inputs, xs)} for xs in held]
         run = FloatRun(strip_fake_quant(graph), engine="litert")
-        self.want = [[np.asarray(run.run(f)[t.name], np.float64) for t in run.graph.outputs]
-                     for f in self.feeds]
+        self.feeds = [[{t.name: x for t, x in zip(graph.inputs, xs)} for xs in part]
+                      for part in held]
+        self.want = [[[np.asarray(run.run(f)[t.name], np.float64) for t in run.graph.outputs]
+                      for f in part] for part in self.feeds]
 
-    def __call__(self, graph: Graph) -> float:
+    def __call__(self, graph: Graph, part: int) -> float:
         from qatir.calibration import refresh_weight_ranges
         from qatir.litert_run import LiteRTRunner
         from qatir.quant import refresh_quant
@@ -170,7 +174,7 @@ class _Scorer:
                 raise QatirError(f"quantizer 'auto': graph {graph.name!r} has no int8 "
                                  f"LiteRT file to score: {e}") from e
         total = 0.0
-        for feed, want in zip(self.feeds, self.want):
+        for feed, want in zip(self.feeds[part], self.want[part]):
             got = runner.run(feed)
             total += float(sum(np.sum((np.asarray(g, np.float64) - np.reshape(w, np.shape(g)))
                                       ** 2) for g, w in zip(got, want)))

@@ -209,11 +209,11 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
         for i, xs in enumerate(_progress(itertools.chain([first], feeds), progress, "calibrate")):
             if i:
                 captured = capture.run(xs)
-            held = auto is not None and auto.holds_out(i, xs)
+            part = auto.part(i, xs) if auto is not None else 0
             for key, nodes in groups.items():
                 for node in nodes:
                     if key in auto_keys:
-                        auto.observe(_observe, key, node, captured[node.name], held)
+                        auto.observe(_observe, key, node, captured[node.name], part)
                     else:
                         _observe(quantizers[key], states, key, node, captured[node.name])
         del capture, captured  # the interpreter's arena, before bias correction runs
@@ -229,7 +229,7 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
            for key in groups if key not in auto_keys})
     if auto is not None:
         choice = auto.choose(graph, {k: groups[k] for k in auto_keys}, apply)
-        apply({key: auto.ranges(auto.all, key, c) for key, c in choice.items()})
+        apply({key: auto.ranges(key, c) for key, c in choice.items()})
         graph.metadata["auto_ranges"] = {groups[k][0].name: auto.names[c]
                                          for k, c in choice.items()}
         del auto

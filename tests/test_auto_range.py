@@ -53,8 +53,9 @@ def ranges(g: Graph) -> dict[str, tuple[list, list]]:
 
 
 def test_an_outlier_in_one_batch_makes_auto_take_ema():
-    data = batches([1.0] * 8, spike={2: 200.0})  # batch 2 fits ranges, 1, 3, 5, 7 score
-    g = calibrate_auto(data)
+    # one fold: batches 0, 2, 4, 6 set the ranges (the outlier in 2), 1, 3, 5, 7 score them
+    data = batches([1.0] * 8, spike={2: 200.0})
+    g = calibrate_auto(data, quantizer_options={"auto": {"folds": 1}})
     err = g.metadata["auto_range_errors"]
     assert err["ema"] < err["minmax"] / 4
     assert g.metadata["auto_ranges"]["x_fq"] == "ema"
@@ -63,7 +64,7 @@ def test_an_outlier_in_one_batch_makes_auto_take_ema():
 
 def test_a_narrow_first_batch_makes_auto_take_minmax():
     data = batches([0.05] + [1.0] * 7)  # ema starts at the narrow first batch
-    g = calibrate_auto(data)
+    g = calibrate_auto(data)  # two folds: odd batches scored on the even's ranges, and back
     err = g.metadata["auto_range_errors"]
     assert err["minmax"] < err["ema"] / 4
     assert g.metadata["auto_ranges"]["x_fq"] == "minmax"
@@ -72,8 +73,9 @@ def test_a_narrow_first_batch_makes_auto_take_minmax():
 
 def test_auto_is_deterministic_and_streams_from_a_generator():
     data = batches([1.0] * 8, spike={2: 200.0})
-    a = calibrate_auto(data)
-    b = calibrate_auto(x for x in data)  # a one-shot generator: one pass is enough
+    a = calibrate_auto(data, quantizer_options={"auto": {"folds": 1}})
+    b = calibrate_auto((x for x in data),  # a one-shot generator: one pass is enough
+                       quantizer_options={"auto": {"folds": 1}})
     assert a.metadata["auto_ranges"] == b.metadata["auto_ranges"]
     assert a.metadata["auto_range_errors"] == b.metadata["auto_range_errors"]
     assert ranges(a) == ranges(b) and ranges(a)
@@ -98,6 +100,14 @@ def test_one_batch_takes_the_first_candidate_and_alone_auto_is_minmax():
 def test_candidates_are_an_option():
     data = batches([1.0] * 8, spike={2: 200.0})
     g = calibrate_auto(data, quantizer_options={"auto": {"candidates": ["ema", "minmax"],
-                                                         "refine": 0}})
+                                                         "refine": 0, "folds": 1}})
     assert set(g.metadata["auto_range_errors"]) == {"ema", "minmax"}
     assert g.metadata["auto_ranges"]["x_fq"] == "ema"
+
+
+def test_two_folds_score_both_parities_and_one_fold_only_the_odd_batches():
+    data = batches([1.0] * 8)
+    two = calibrate_auto(data, quantizer_options={"auto": {"refine": 0}})
+    one = calibrate_auto(data, quantizer_options={"auto": {"refine": 0, "folds": 1}})
+    for name in ("minmax", "ema"):
+        assert two.metadata["auto_range_errors"][name] > one.metadata["auto_range_errors"][name]
