@@ -4,23 +4,25 @@ Neither range rule wins everywhere on the corpus: ``minmax`` (the overall extrem
 loses to ``ema`` (ai-edge-quantizer's moving average of per-sample extremes) where a
 few samples carry outliers, and ``ema`` loses where the extremes matter (MixNet,
 PP-OCRv4 rec, README). ``auto`` measures instead of guessing. In the one calibration
-pass every candidate rule (option ``candidates``, default ``minmax`` and ``ema``) observes
-every ``auto`` range twice: on all batches, and on the *fitting* batches only, which are
-all but the held-out ones (every second batch, batches 1, 3, 5, ..., at most
-``held_out``, default 4, kept in memory: the only data calibration holds). Then:
+pass every candidate rule (option ``candidates``, default ``minmax`` and ``ema``)
+observes every ``auto`` range three times: on all batches, on the even and on the odd ones. The first
+``held_out`` (default 4) batches of each parity are kept in memory, the only data
+calibration holds. Then:
 
-1. each candidate, applied to every ``auto`` range, sets the ranges from its fitting
-   states; the int8 file (LiteRT, float edges) is scored by its output squared error
-   against the float graph on the held-out batches (data its ranges never saw);
+1. each candidate, applied to every ``auto`` range, sets the ranges from the even
+   batches; the int8 file (LiteRT, float edges) is scored by its output squared error
+   against the float graph on the kept odd batches (data its ranges never saw) and,
+   with ``folds = 2`` (the default), the other way round, the two errors summed;
 2. greedy per tensor: for the ``refine`` (default 4) ranges where the candidates'
-   widths differ most, the other candidates' rule is tried on that range alone and
-   kept when it lowers the held-out error;
+   widths differ most, the other candidates' rules are tried on that range alone and
+   kept when they lower the held-out error;
 3. the chosen rule of each range sets it from its state on *all* batches.
 
 The squared error over all outputs joined is what an SQNR of the joined outputs
-ranks by. Cost: one int8 export and ``held_out`` LiteRT runs per scored assignment
-(``len(candidates) + refine``), plus one float run per held-out batch. With fewer than
-two batches, or a graph LiteRT cannot run in int8, the first candidate is taken.
+ranks by. Cost: ``folds`` int8 exports and ``folds * held_out`` LiteRT runs per scored
+assignment (``len(candidates) + refine`` of them), plus one float run per kept batch.
+With fewer than two batches, or a graph LiteRT cannot run in int8, the first candidate
+is taken.
 The choice is written to ``graph.metadata["auto_ranges"]`` (FAKE_QUANT name -> rule)
 and the held-out errors to ``graph.metadata["auto_range_errors"]``.
 """
