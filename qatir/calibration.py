@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from qatir.auto_range import AutoRanges
 from qatir.calibration_taps import CaptureEngine, Tap, as_rows, minmax  # noqa: F401  (re-exported)
 from qatir.errors import NumericsError, QatirError
 from qatir.feeds import iterate_feeds
 from qatir.ir import Graph, Node
 from qatir.numerics import MIN_RANGE
 from qatir.quant import refresh_quant
-from qatir.quantizers import Quantizer, get_quantizer, include_zero, symmetric_range
+from qatir.quantizers import AutoQuantizer, Quantizer, get_quantizer, include_zero, symmetric_range
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,10 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
     for key, nodes in groups.items():
         qname = nodes[0].attrs["quantizer"]
         quantizers[key] = get_quantizer(qname)(**opts.get(qname, {}))
-    taps = [Tap(n.name, n.attrs.get("axis"), quantizers[key].needs_rows())
+    auto_keys = {key for key, q in quantizers.items() if isinstance(q, AutoQuantizer)}
+    auto = AutoRanges(quantizers[next(iter(auto_keys))], opts) if auto_keys else None
+    taps = [Tap(n.name, n.attrs.get("axis"), (auto.needs_rows() if key in auto_keys
+                                              else quantizers[key].needs_rows()))
             for key, nodes in groups.items() for n in nodes]
     feeds = iter(data)
     first = next(feeds, None)
@@ -205,16 +209,30 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
         for i, xs in enumerate(_progress(itertools.chain([first], feeds), progress, "calibrate")):
             if i:
                 captured = capture.run(xs)
+            part = auto.part(i, xs) if auto is not None else 0
             for key, nodes in groups.items():
                 for node in nodes:
-                    _observe(quantizers[key], states, key, node, captured[node.name])
+                    if key in auto_keys:
+                        auto.observe(_observe, key, node, captured[node.name], part)
+                    else:
+                        _observe(quantizers[key], states, key, node, captured[node.name])
         del capture, captured  # the interpreter's arena, before bias correction runs
     del first, feeds
-    for key, nodes in groups.items():
-        lo, hi = include_zero(*quantizers[key].compute_range(states[key]))
-        if nodes[0].attrs.get("symmetric"):
-            lo, hi = symmetric_range(lo, hi)
-        set_range(nodes[0], lo, hi)
+
+    def apply(ranges: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]) -> None:
+        for key, (lo, hi) in ranges.items():
+            if groups[key][0].attrs.get("symmetric"):
+                lo, hi = symmetric_range(lo, hi)
+            set_range(groups[key][0], lo, hi)
+
+    apply({key: include_zero(*quantizers[key].compute_range(states[key]))
+           for key in groups if key not in auto_keys})
+    if auto is not None:
+        choice = auto.choose(graph, {k: groups[k] for k in auto_keys}, apply)
+        apply({key: auto.ranges(key, c) for key, c in choice.items()})
+        graph.metadata["auto_ranges"] = {groups[k][0].name: auto.names[c]
+                                         for k, c in choice.items()}
+        del auto
     refresh_weight_ranges(graph)
     refresh_quant(graph)
     if correct:

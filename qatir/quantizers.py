@@ -262,3 +262,11 @@ class LearnedQuantizer(Quantizer):
     fake-quant op gives ``min`` and ``max`` (clipping gradients, PACT-like)."""
 
     trainable = True
+
+
+@register_quantizer("auto")
+class AutoQuantizer(MinMaxQuantizer):
+    """Calibration chooses each range's rule among ``candidates`` (default minmax and
+    ema) by the int8 file's output error on held-out calibration batches
+    (:mod:`qatir.auto_range`); alone (outside ``qatir.calibrate``) it is ``minmax``.
+    ``fit`` holds an activation range fixed."""

@@ -75,6 +75,10 @@ VARIANTS: dict[str, dict] = {
     # first sample's): on every activation, or on the graph inputs only
     "ema": {"activation": "ema"},
     "input_ema": {"input": "ema"},
+    # each range's rule (minmax or ema) chosen by the held-out output error (qatir.auto_range)
+    "auto": {"activation": "auto"},
+    "auto_no_refine": {"activation": "auto", "quantizer_options": {"auto": {"refine": 0}}},
+    "auto_one_fold": {"activation": "auto", "quantizer_options": {"auto": {"folds": 1}}},
     "input_moving_average": {"input": "moving_average"},
     "input_mse": {"input": "mse"},
     "input_percentile": {"input": "percentile"},
@@ -231,6 +235,8 @@ def variant_table(variant: str, table: str | None = None) -> dict:
             data["fusions"] = [f for f in data["fusions"] if f["kind"] != value["kind"]] + [value]
         elif key == "no_fusion":
             data["fusions"] = [f for f in data["fusions"] if f["kind"] != value]
+        elif key == "quantizer_options":
+            continue  # calibrate's argument (run_one), not table data
         elif key == "per_channel_axis":
             data["weights"]["per_channel_axis"] = value(data["weights"]["per_channel_axis"])
         else:
@@ -279,10 +285,13 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
             qatir.calibrate(q, calib, progress=False)
             qatir_buf = qatir.to_tflite(q, io="float")
             res["qatir_s"] = round(time.time() - t1, 1)
-            res["variants_db"] = {}
+            res["variants_db"], res["variants_s"] = {}, {}
             for v in variants or []:  # the same float reference: each variant is exact in float
                 qv = qatir.quantize(g, table=variant_table(v, table))
-                qatir.calibrate(qv, calib, progress=False)
+                t1 = time.time()
+                qatir.calibrate(qv, calib, progress=False,
+                                quantizer_options=VARIANTS[v].get("quantizer_options"))
+                res["variants_s"][v] = round(time.time() - t1, 1)
                 res["variants_db"][v] = output_sqnr(float_buf, qatir.to_tflite(qv, io="float"),
                                                     tests)
         res["qatir_db"] = output_sqnr(float_buf, qatir_buf, tests)
