@@ -110,14 +110,19 @@ def _rescale(x: np.ndarray, mult: int, shift: int) -> np.ndarray:
     return wrap32(x.astype(np.int64) * mult + rnd) >> shift
 
 
+def _table_interp(a: np.ndarray, frac: int, saturated: int) -> np.ndarray:
+    """The sigmoid table at ``|v|``: entry ``a >> frac``, linear in the ``frac`` low bits,
+    ``saturated`` past the last entry (the two kernels differ only in ``frac``)."""
+    uh = a >> frac
+    i = np.minimum(uh, 254)
+    ua, ub = SIGMOID_TABLE[i], SIGMOID_TABLE[i + 1]
+    return np.where(uh >= 255, saturated, (ua << frac) + (a & ((1 << frac) - 1)) * (ub - ua))
+
+
 def logistic16(x: np.ndarray, in_scale: float) -> np.ndarray:
     """reference_integer_ops::Logistic, int16 in and out (output (1/32768, 0))."""
     v = _rescale(x, *lut_params("LOGISTIC", in_scale))
-    a = np.abs(v)
-    uh = a >> 9
-    i = np.minimum(uh, 254)
-    ua, ub = SIGMOID_TABLE[i], SIGMOID_TABLE[i + 1]
-    r = np.where(uh >= 255, 0x7FFF << 10, (ua << 9) + (a & 0x1FF) * (ub - ua))
+    r = _table_interp(np.abs(v), 9, 0x7FFF << 10)
     r = np.where(v >= 0, r + (1 << 9), (1 << 25) - r + (1 << 9) - 1)
     return (r >> 10).astype(np.int16)
 
@@ -125,11 +130,7 @@ def logistic16(x: np.ndarray, in_scale: float) -> np.ndarray:
 def tanh16(x: np.ndarray, in_scale: float) -> np.ndarray:
     """reference_integer_ops::Tanh, int16 in and out (output (1/32768, 0))."""
     v = _rescale(x, *lut_params("TANH", in_scale))
-    a = np.abs(v)
-    uh = a >> 8
-    i = np.minimum(uh, 254)
-    ua, ub = SIGMOID_TABLE[i], SIGMOID_TABLE[i + 1]
-    r = np.where(uh >= 255, 0xFFFF << 8, (ua << 8) + (a & 0xFF) * (ub - ua))
+    r = _table_interp(np.abs(v), 8, 0xFFFF << 8)
     r = np.where(v >= 0, r - (1 << 23) + (1 << 7), -r + (1 << 23) + (1 << 7) - 1)
     return (r >> 8).astype(np.int16)
 
