@@ -247,6 +247,32 @@ def _close(rep, chosen: list[tuple[Any, str, float]], allow_int16: bool
     return out
 
 
+def _int16_followers(rep, int16: list[str]) -> list[str]:
+    """``int16`` plus the nodes that own no unit (a PAD or RESHAPE sharing its input's
+    scale) reading an int16 node's output, where they have a 16x8 kernel: left out, each
+    would put an int8 requantize between two int16 nodes (EfficientNet-B0, every unit int16:
+    27.69 dB in the file; with its 5 PADs and 1 RESHAPE too: 30.61 dB)."""
+    from qatir.int16 import has_int16
+    from qatir.ops import has_op
+
+    units = {r.node for r in rep.rows}
+    wide = set(int16)
+    out = list(int16)
+    for node in rep.gated.q.nodes:
+        if node.op == "FAKE_QUANT" or node.name in units or node.name in wide:
+            continue
+        if not (has_op(node.op) and has_int16(node.op)):
+            continue
+        src = next((t for t in node.inputs if t is not None and not t.is_const), None)
+        p = src.producer if src is not None else None
+        while p is not None and p.op == "FAKE_QUANT":
+            p = p.inputs[0].producer
+        if p is not None and p.name in wide:
+            wide.add(node.name)
+            out.append(node.name)
+    return out
+
+
 def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: bool = True,
                   margin_db: float = MARGIN_DB, check: str = "fake_quant") -> dict[str, Any]:
     """See the module docstring; ``rep.suggestion`` holds the :class:`Suggestion`."""
@@ -264,7 +290,7 @@ def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: boo
     checks, real, closed = 0, -math.inf, False
     while True:
         chosen = _close(rep, order[:k], allow_int16) if closed else order[:k]
-        i16 = [r.node for r, m, _ in chosen if m == "int16"]
+        i16 = _int16_followers(rep, [r.node for r, m, _ in chosen if m == "int16"])
         fl = [r.node for r, m, _ in chosen if m == "float"]
         data = table_with(base, i16, fl)
         real = measure(rep.graph, data, rep.calib)

@@ -181,3 +181,34 @@ def test_peak_bytes_counts_live_values_only():
 
     # x (1 KiB) -> c1 -> bad -> c3 (2 KiB each) -> c4 (1 KiB): two 2 KiB values at once
     assert peak_bytes(bad_layer_chain()) == GATE_COPIES * 4096
+
+
+def test_suggest_takes_a_pad_between_int16_nodes_along():
+    """A PAD owns no unit (it shares its input's scale); between two int16 nodes it goes
+    int16 too, or the file requantizes the outlier value to int8 on it."""
+    from qatir.ir import Graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("bad_pad_chain")
+    x = g.add_input("x", [1, 8, 8, 4])
+
+    def conv(y, cin, cout, name, w=None, b=None):
+        w = (rng.normal(size=(cout, 1, 1, cin)) * 0.4).astype(np.float32) if w is None else w
+        b = (rng.normal(size=cout) * 0.1).astype(np.float32) if b is None else b
+        return g.add_node("CONV_2D", [y, g.const(w, f"{name}_w"), g.const(b, f"{name}_b")],
+                          {"padding": "SAME"}, name=name).output
+
+    b = np.zeros(8, np.float32)
+    b[0] = 400.0
+    y = conv(conv(x, 4, 8, "c1"), 8, 8, "bad", b=b)
+    y = g.add_node("PAD", [y], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]]}, name="pad").output
+    w = (rng.normal(size=(8, 1, 1, 8)) * 0.4).astype(np.float32)
+    w[..., 0] = 0.0
+    g.outputs = [conv(conv(y, 8, 8, "c3", w=w), 8, 4, "c4")]
+    g.verify()
+    rep = qatir.analyze(g, _calib())
+    assert "pad" not in {r.node for r in rep.rows}
+    table = rep.suggest(30, check="file")
+    s = rep.suggestion
+    assert s.reached and {"bad", "pad", "c3"} <= set(s.int16) and not s.float
+    assert "pad" in tomllib.loads(dump_toml(table))["int16"][0]["name"]
