@@ -7,16 +7,21 @@ random init, MediaPipe as published):
 
 1. ``qatir.analyze`` on 4 calibration samples (the corpus' real task samples where it has
    them, else standard normal inputs in the source layout), timed;
-2. ``Report.suggest(TARGET)`` (greedy by SQNR gain per MAC, checked on the real table);
+2. ``Report.suggest(TARGET, margin_db=MARGIN, check=CHECK)`` (greedy by SQNR gain per
+   MAC; each table checked on the calibration samples, by default on the exported file in
+   LiteRT, against TARGET + MARGIN);
 3. both tables (the default full-int8 one and the suggested one) quantized, calibrated on
    the same samples and exported with float edges; the file run in LiteRT (default
    resolver) on 4 held-out samples and its output SQNR measured against qatir's float run.
 
 Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
-MAC share and int8-or-int16 MAC share, the units taken out of int8, analysis and suggestion
-seconds (``--time`` also prints where the analysis' time went: quantize + calibrate, building
-the gated program, evaluations). Usage:
-``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--time]``.
+MAC share and int8-or-int16 MAC share, analysis and suggestion seconds, "input q" (the
+fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on: what
+int8 graph inputs alone leave, a cap on any recipe, since a recipe keeps them int8), the
+units taken out of int8 (``--time`` also prints where the analysis' time went: quantize +
+calibrate, building the gated program, evaluations). Usage:
+``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--margin 0.5]
+[--check file|fake_quant] [--time]``.
 """
 
 from __future__ import annotations
