@@ -267,11 +267,19 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
 @click.option("--target-sqnr", "target", type=float, default=30.0, show_default=True,
               help="Output SQNR (dB) the suggested table must reach.")
 @click.option("--no-int16", "no_int16", is_flag=True, help="Suggest float islands only.")
+@click.option("--margin", "margin", type=click.FloatRange(min=0.0), default=0.5,
+              show_default=True, metavar="DB",
+              help="dB above --target-sqnr the suggestion's checks aim at (they run on the "
+                   "calibration samples; deployment sees others).")
+@click.option("--check", "check", type=click.Choice(["fake-quant", "file"]),
+              default="fake-quant", show_default=True,
+              help="Check the suggested table on the fake-quant run or on the exported file "
+                   "in LiteRT (slower; what the file computes).")
 @debug_option
 def analyze_cmd(model: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, samples: int, table: str | None, fmt: str,
                 output: str | None, suggest: str | None, target: float, no_int16: bool,
-                debug: bool) -> None:
+                margin: float, check: str, debug: bool) -> None:
     """Rank MODEL's nodes by how much int8 costs its output SQNR; suggest a table."""
     import_tensorflow_quietly(debug)
     from qatir.data import load_npz, random_batches, single_samples
@@ -305,7 +313,8 @@ def analyze_cmd(model: str, input_shape: tuple[str, ...], calib: str | None,
     if suggest:
         from qatir.recipes import dump_toml
 
-        data = rep.suggest(target, allow_int16=not no_int16)
+        data = rep.suggest(target, allow_int16=not no_int16, margin_db=margin,
+                           check=check.replace("-", "_"))
         write_output(suggest, dump_toml(data), model, table)
         click.echo(f"wrote {suggest}: {rep.suggestion.format_text()}", err=True)
 

@@ -16,8 +16,8 @@ of its own. Per unit it measures the output SQNR (against the float run) when
 Rows are ranked by ``sqnr_db``, lowest first. :meth:`Report.suggest` picks the units
 to take out of int8 greedily by SQNR gain per MAC (int16 where the op has a 16x8 kernel
 and it recovers most of the float gain, else a float island), until the gated estimate
-reaches the target, then checks the real table (quantize + calibrate + fake-quant run)
-and adds units until that reaches it too. The table it returns is the input table plus
+reaches the target plus a margin, then checks the real table (quantize + calibrate +
+fake-quant run, or the exported file in LiteRT) and adds units until that reaches it too. The table it returns is the input table plus
 ``[[int16]]`` and ``[[exclude]]`` entries naming those nodes.
 """
 
@@ -152,12 +152,16 @@ class Report:
         return "\n".join(lines)
 
     def suggest(self, target_sqnr: float, *, allow_int16: bool = True,
-                allow_float: bool = True) -> dict[str, Any]:
+                allow_float: bool = True, margin_db: float | None = None,
+                check: str = "fake_quant") -> dict[str, Any]:
         """A pattern table (plain data) reaching ``target_sqnr`` dB with the fewest MACs out
-        of int8; ``table["suggestion"]`` reports what it kept (see the module docstring)."""
-        from qatir.recipes import suggest_table
+        of int8, its checks aiming ``margin_db`` dB above (default
+        :data:`qatir.recipes.MARGIN_DB`) on the fake-quant run or, ``check="file"``, on the
+        exported file; :attr:`suggestion` reports what it chose (see :mod:`qatir.recipes`)."""
+        from qatir.recipes import MARGIN_DB, suggest_table
 
-        return suggest_table(self, float(target_sqnr), allow_int16, allow_float)
+        return suggest_table(self, float(target_sqnr), allow_int16, allow_float,
+                             MARGIN_DB if margin_db is None else float(margin_db), check)
 
 
 def _finite(v: float) -> float | None:

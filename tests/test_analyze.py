@@ -124,3 +124,91 @@ def test_cli_analyze_and_compile_target_sqnr(tmp_path):
     assert main(["compile", str(model), "-o", str(tfl), "--calib", str(tmp_path / "c.npz"),
                  "--target-sqnr", "30"]) == 0
     assert tfl.stat().st_size > 0
+
+
+def _sigmoid_tail(seed: int = 0) -> qatir.Graph:
+    """A conv whose outputs sit near -6 and a LOGISTIC on them: sigmoid ≈ 0.0025, a value
+    LiteRT's fixed int8 output grid (1/256) rounds to 0 or 1 step; its int16 grid (1/32768)
+    keeps it."""
+    from qatir.ir import Graph
+
+    rng = np.random.default_rng(seed)
+    g = Graph("sigmoid_tail")
+    x = g.add_input("x", [1, 8, 8, 4])
+    w = (rng.normal(size=(8, 1, 1, 4)) * 0.1).astype(np.float32)
+    y = g.add_node("CONV_2D", [x, g.const(w, "c1_w"), g.const(np.full(8, -6.0, np.float32),
+                                                                 "c1_b")],
+                   {"padding": "SAME"}, name="c1").output
+    g.outputs = [g.add_node("LOGISTIC", [y], name="sig").output]
+    g.verify()
+    return g
+
+
+def test_suggest_takes_a_logistic_to_int16_checked_on_the_file():
+    from qatir.recipes import file_sqnr
+
+    g = _sigmoid_tail()
+    rep = qatir.analyze(g, _calib())
+    row = next(r for r in rep.rows if r.node == "sig")
+    assert row.op == "LOGISTIC" and row.sqnr_db < 20.0 and row.sqnr_int16_db > 35.0
+    table = rep.suggest(30, check="file")
+    s = rep.suggestion
+    assert s.reached and s.check == "file" and s.int16 == ["sig"] and not s.float
+    assert s.int8_or_int16_mac_share == 1.0
+    assert s.sqnr_db >= 30.5  # the default margin, 0.5 dB
+    assert file_sqnr(g, table, _calib()) == pytest.approx(s.sqnr_db)
+    # held-out samples: the exported file reaches the target there too
+    assert file_sqnr(g, table, _calib(), _calib(seed=7)) >= 30.0
+
+
+def test_suggest_margin_keeps_adding_units(report):
+    report.suggest(30, margin_db=0.0)
+    low = report.suggestion
+    assert low.reached and low.margin_db == 0.0
+    report.suggest(30, margin_db=500.0)  # unreachable: it takes every unit, then stops
+    s = report.suggestion
+    assert s.reached and 30.0 < low.sqnr_db < s.sqnr_db < 530.0
+    assert len(low.int16) < len(s.int16)
+    assert len(s.int16) + len(s.float) == len(report.rows) - 1  # all but the graph input
+    with pytest.raises(qatir.QatirError, match="check must be one of"):
+        report.suggest(30, check="onnx")
+    with pytest.raises(qatir.QatirError, match="margin_db"):
+        report.suggest(30, margin_db=-1)
+
+
+def test_peak_bytes_counts_live_values_only():
+    from qatir.tf.gated import GATE_COPIES, peak_bytes
+
+    # x (1 KiB) -> c1 -> bad -> c3 (2 KiB each) -> c4 (1 KiB): two 2 KiB values at once
+    assert peak_bytes(bad_layer_chain()) == GATE_COPIES * 4096
+
+
+def test_suggest_takes_a_pad_between_int16_nodes_along():
+    """A PAD owns no unit (it shares its input's scale); between two int16 nodes it goes
+    int16 too, or the file requantizes the outlier value to int8 on it."""
+    from qatir.ir import Graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("bad_pad_chain")
+    x = g.add_input("x", [1, 8, 8, 4])
+
+    def conv(y, cin, cout, name, w=None, b=None):
+        w = (rng.normal(size=(cout, 1, 1, cin)) * 0.4).astype(np.float32) if w is None else w
+        b = (rng.normal(size=cout) * 0.1).astype(np.float32) if b is None else b
+        return g.add_node("CONV_2D", [y, g.const(w, f"{name}_w"), g.const(b, f"{name}_b")],
+                          {"padding": "SAME"}, name=name).output
+
+    b = np.zeros(8, np.float32)
+    b[0] = 400.0
+    y = conv(conv(x, 4, 8, "c1"), 8, 8, "bad", b=b)
+    y = g.add_node("PAD", [y], {"paddings": [[0, 0], [1, 1], [2, 0], [0, 0]]}, name="pad").output
+    w = (rng.normal(size=(8, 1, 1, 8)) * 0.4).astype(np.float32)
+    w[..., 0] = 0.0
+    g.outputs = [conv(conv(y, 8, 8, "c3", w=w), 8, 4, "c4")]
+    g.verify()
+    rep = qatir.analyze(g, _calib())
+    assert "pad" not in {r.node for r in rep.rows}
+    table = rep.suggest(30, check="file")
+    s = rep.suggestion
+    assert s.reached and {"bad", "pad", "c3"} <= set(s.int16) and not s.float
+    assert "pad" in tomllib.loads(dump_toml(table))["int16"][0]["name"]

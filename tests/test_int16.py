@@ -174,6 +174,35 @@ def test_mixed_region_by_name_and_op():
     assert compare_all(q) == {"reference": 0, "xnnpack": 0}
 
 
+def test_int16_add_of_a_constant_exports_bit_exact():
+    """An int16 ADD of a constant (YOLOv8n's box decode): the constant's int8 values go onto
+    the int16 grid (zero point 0, same scale), as LiteRT's int16 ADD reads both inputs."""
+    from qatir.ir import Graph
+    from qatir.recipes import table_with
+    from qatir.table import load_table
+
+    rng = np.random.default_rng(0)
+    g = Graph("add_const")
+    x = g.add_input("x", [1, 8, 8, 4])
+    w = (rng.normal(size=(4, 1, 1, 4)) * 0.4).astype(np.float32)
+    y = g.add_node("CONV_2D", [x, g.const(w, "w"), g.const(np.zeros(4, np.float32), "b")],
+                   {"padding": "SAME"}, name="c1").output
+    k = g.const(rng.normal(size=(1, 1, 1, 4)).astype(np.float32), "k")
+    y = g.add_node("ADD", [k, y], name="add").output
+    g.outputs = [g.add_node("CONV_2D", [y, g.const(w, "w2"), g.const(np.zeros(4, np.float32),
+                                                                      "b2")],
+                            {"padding": "SAME"}, name="c2").output]
+    g.verify()
+    q = qatir.quantize(g, table=table_with(dict(load_table(None).data), ["c1", "add", "c2"], []))
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 4)).astype(np.float32)}
+                        for _ in range(4)])
+    low = lower(q, io="int8")
+    add = next(n for n in low.nodes if n.op == "ADD")
+    assert [t.dtype for t in add.inputs] == [np.int16, np.int16]
+    assert add.inputs[0].is_const and add.inputs[0].quant.zero_point == (0,)
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
+
+
 def test_int16_closer_to_float_than_int8():
     g = mobile_block(seed=3, hw=8)
     rng = np.random.default_rng(3)

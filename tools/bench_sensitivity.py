@@ -7,16 +7,21 @@ random init, MediaPipe as published):
 
 1. ``qatir.analyze`` on 4 calibration samples (the corpus' real task samples where it has
    them, else standard normal inputs in the source layout), timed;
-2. ``Report.suggest(TARGET)`` (greedy by SQNR gain per MAC, checked on the real table);
+2. ``Report.suggest(TARGET, margin_db=MARGIN, check=CHECK)`` (greedy by SQNR gain per
+   MAC; each table checked on the calibration samples, by default on the exported file in
+   LiteRT, against TARGET + MARGIN);
 3. both tables (the default full-int8 one and the suggested one) quantized, calibrated on
    the same samples and exported with float edges; the file run in LiteRT (default
    resolver) on 4 held-out samples and its output SQNR measured against qatir's float run.
 
 Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
-MAC share and int8-or-int16 MAC share, the units taken out of int8, analysis and suggestion
-seconds (``--time`` also prints where the analysis' time went: quantize + calibrate, building
-the gated program, evaluations). Usage:
-``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--time]``.
+MAC share and int8-or-int16 MAC share, analysis and suggestion seconds, "input q" (the
+fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on: what
+int8 graph inputs alone leave, a cap on any recipe, since a recipe keeps them int8), the
+units taken out of int8 (``--time`` also prints where the analysis' time went: quantize +
+calibrate, building the gated program, evaluations). Usage:
+``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--margin 0.5]
+[--check file|fake_quant] [--time]``.
 """
 
 from __future__ import annotations
@@ -55,28 +60,23 @@ def _feeds(run, entry, g, n: int, seed0: int) -> list[dict]:
             for f in (run._random_source_feed(entry, seed=seed0 + i) for i in range(n))]
 
 
-def _file_sqnr(g, table, calib, evals) -> float:
+def _input_only_sqnr(rep) -> float | None:
+    """Fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs
+    on: what int8 graph inputs alone leave (None when the graph has none)."""
+    from qatir.sensitivity import sqnrs
+
+    gated = rep.gated
+    g8, g16 = np.zeros(len(gated.fqs), np.float32), np.zeros(len(gated.fqs), np.float32)
+    idx = [gated.index[id(f)] for node, _, fqs in rep.units if node is None for f in fqs]
+    if not idx:
+        return None
+    g8[idx] = 1.0
+    return sqnrs(gated, [(g8, g16)])[0]
+
+
+def bench_one(name: str, target: float, margin: float, check: str) -> dict:
     import qatir
-    from qatir.sensitivity import sqnr_db
-    from tests.helpers import litert_run
-
-    q = qatir.quantize(g, table=table)
-    qatir.calibrate(q, calib, progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        buf = qatir.to_tflite(q, io="float")
-    ref, got = [], []
-    for f in evals:
-        want = qatir.run(g, f)
-        outs, _ = litert_run(buf, f, ref=False)
-        for t in g.outputs:
-            ref.append(np.asarray(want[t.name]))
-            got.append(np.asarray(outs[t.name]).reshape(np.shape(want[t.name])))
-    return sqnr_db(ref, got)
-
-
-def bench_one(name: str, target: float) -> dict:
-    import qatir
+    from qatir.recipes import file_sqnr
 
     run = _corpus()
     path = os.path.join(MODELS, f"{name}.entry.json")
@@ -91,16 +91,18 @@ def bench_one(name: str, target: float) -> dict:
         warnings.simplefilter("ignore")
         rep = qatir.analyze(g, calib)
         t0 = time.perf_counter()
-        table = rep.suggest(target)
+        table = rep.suggest(target, margin_db=margin, check=check)
         t_suggest = time.perf_counter() - t0
     s = rep.suggestion
     from qatir.table import load_table
 
     return {"model": name, "units": len(rep.rows), "evaluations": rep.evaluations,
             "analysis_s": rep.seconds, "suggest_s": t_suggest,
-            "int8_fake_quant_db": rep.full_int8_sqnr_db, "suggest_fake_quant_db": s.sqnr_db,
-            "int8_file_db": _file_sqnr(g, dict(load_table(None).data), calib, evals),
-            "suggest_file_db": _file_sqnr(g, table, calib, evals),
+            "int8_fake_quant_db": rep.full_int8_sqnr_db,
+            "int8_file_db": file_sqnr(g, dict(load_table(None).data), calib, evals),
+            "suggest_file_db": file_sqnr(g, table, calib, evals),
+            "input_only_db": _input_only_sqnr(rep), "checked_db": s.sqnr_db, "check": s.check,
+            "checks": s.checks,
             "int8_mac_share": s.int8_mac_share, "int8_or_int16_mac_share": s.int8_or_int16_mac_share,
             "int16": s.int16, "float": s.float, "reached_on_calib": s.reached,
             "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]],
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", help="Model name (repeatable).")
     ap.add_argument("--target", type=float, default=30.0)
+    ap.add_argument("--margin", type=float, default=0.5,
+                    help="dB above the target the suggestion's checks aim at.")
+    ap.add_argument("--check", choices=("file", "fake_quant"), default="file",
+                    help="What the suggestion is checked on (calibration samples).")
     ap.add_argument("--json", help="Also write the results here.")
     ap.add_argument("--time", action="store_true",
                     help="Also print where each analysis' time went.")
@@ -120,23 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     missing = [n for n in wanted if not os.path.exists(os.path.join(MODELS, f"{n}.entry.json"))]
     names = [n for n in wanted if n not in missing]
     print(f"# tools/bench_sensitivity.py, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
-          f"{os.cpu_count()} cores; target {args.target:g} dB; corpus models (torchvision/timm "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; target {args.target:g} dB "
+          f"(checks on the {args.check.replace('_', '-')} run, {args.margin:g} dB margin); corpus models (torchvision/timm "
           "random init; MediaPipe as published), real task samples where the corpus has them")
     if missing:
         print(f"# skipped, not in tools/corpus/models (build it with tools/corpus/build.py): "
               f"{', '.join(missing)}")
     print(f"{'model':<24} {'int8 dB':>8} {'recipe dB':>9} {'int8 MACs':>9} {'8|16 MACs':>9} "
-          f"{'analysis':>9} {'suggest':>8}  out of int8")
+          f"{'analysis':>9} {'suggest':>8} {'input q':>8}  out of int8")
     results = []
     for name in names:
-        r = bench_one(name, args.target)
+        r = bench_one(name, args.target, args.margin, args.check)
         results.append(r)
         out = f"int16 {len(r['int16'])}, float {len(r['float'])}"
+        inq = "-" if r["input_only_db"] is None else f"{r['input_only_db']:8.2f}"
         print(f"{name:<24} {r['int8_file_db']:8.2f} {r['suggest_file_db']:9.2f} "
               f"{100 * r['int8_mac_share']:8.1f}% {100 * r['int8_or_int16_mac_share']:8.1f}% "
-              f"{r['analysis_s']:8.1f}s {r['suggest_s']:7.1f}s  {out}", flush=True)
-        print(f"    fake-quant on the calibration samples: int8 {r['int8_fake_quant_db']:.2f} dB,"
-              f" recipe {r['suggest_fake_quant_db']:.2f} dB; {r['units']} units, "
+              f"{r['analysis_s']:8.1f}s {r['suggest_s']:7.1f}s {inq:>8}  {out}", flush=True)
+        print(f"    on the calibration samples: fake-quant int8 {r['int8_fake_quant_db']:.2f} dB,"
+              f" recipe {r['checked_db']:.2f} dB ({r['check']}, {r['checks']} checks); "
+              f"{r['units']} units, "
               f"{r['evaluations']} evaluations; most sensitive: {r['top'][:3]}", flush=True)
         if args.time:
             t = r["timing"]

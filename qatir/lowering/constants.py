@@ -61,12 +61,26 @@ def _lower_const_fq(g: Graph, node: Node) -> None:
                                   f"{'per-tensor' if want is None else f'axis {want} or per-tensor'}")
     if bits < 8 and any(z != 0 for z in p.zero_point):
         raise ExportError(f"node {node.name!r}: {bits}-bit constant %{const.name} must be symmetric")
-    qp = QuantParams(p.scale, p.zero_point, p.axis, bits, p.narrow_range or bits < 8, "int8")
-    new = g.const(q.astype(np.int8), name=out.name, quant=qp)
+    if p.axis is None and out.uses and all(_writes_int16(u) and (u.op not in WEIGHT_OPS or i !=
+                                           get_op(u.op).weight) for u, i in out.uses):
+        # an operand of 16x8 nodes only (an ADD of a constant): the same values on the int16
+        # grid, zero point 0 (|q - zp| <= 255), as LiteRT's int16 kernels read both inputs
+        qp = QuantParams(p.scale, (0,), None, 16, False, "int16")
+        new = g.const((q - int(p.zero_point[0])).astype(np.int16), name=out.name, quant=qp)
+    else:
+        qp = QuantParams(p.scale, p.zero_point, p.axis, bits, p.narrow_range or bits < 8, "int8")
+        new = g.const(q.astype(np.int8), name=out.name, quant=qp)
     g.replace_all_uses_with(out, new)
     g.erase(node)
     if out.name not in g.tensors and new.name != out.name:
         g.rename_tensor(new, out.name)
+
+
+def _writes_int16(node: Node) -> bool:
+    """``node``'s output is 16-bit fake-quantized (an ``[[int16]]`` node, before the
+    ``activations`` step gives it int16 params)."""
+    return any(u.op == "FAKE_QUANT" and int(u.attrs.get("bits", 8)) == 16
+               for o in node.outputs for u in o.users)
 
 
 def _zero_channels_symmetric(node: Node, const: Tensor, q: np.ndarray, p: QuantParams
