@@ -38,6 +38,7 @@ import numpy as np
 
 from qatir.errors import QatirError
 from qatir.ir import Graph, Node
+from qatir.metrics import squared_error
 from qatir.quantizers import Quantizer, get_quantizer, include_zero
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,5 @@ class _Scorer:
         total = 0.0
         for feed, want in zip(self.feeds[part], self.want[part]):
             got = runner.run(feed)
-            total += float(sum(np.sum((np.asarray(g, np.float64) - np.reshape(w, np.shape(g)))
-                                      ** 2) for g, w in zip(got, want)))
+            total += squared_error(got, want)
         return total

@@ -253,6 +253,7 @@ def output_errors(reference: Graph, feeds: Iterable[tuple[np.ndarray, ...]],
     against the float graph ``reference``, summed over ``feeds`` in one pass."""
     from qatir.evaluate import FloatRun
     from qatir.litert_run import LiteRTRunner
+    from qatir.metrics import squared_error
 
     float_run = FloatRun(reference)
     runners = [LiteRTRunner(b) for b in bufs]
@@ -262,9 +263,7 @@ def output_errors(reference: Graph, feeds: Iterable[tuple[np.ndarray, ...]],
         out = float_run.run(feed)
         want = [np.asarray(out[t.name], np.float64) for t in float_run.graph.outputs]
         for k, runner in enumerate(runners):
-            got = runner.run(feed)
-            totals[k] += float(sum(np.sum((np.asarray(g, np.float64) - np.reshape(w, np.shape(g)))
-                                          ** 2) for g, w in zip(got, want)))
+            totals[k] += squared_error(runner.run(feed), want)
     return totals
 
 

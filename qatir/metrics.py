@@ -26,6 +26,13 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def squared_error(got, want) -> float:
+    """Sum of squared differences of a model's outputs ``got`` against ``want`` (same
+    order; ``want`` reshaped to each output's shape), in float64."""
+    return float(sum(np.sum((np.asarray(g, np.float64) - np.reshape(w, np.shape(g))) ** 2)
+                     for g, w in zip(got, want)))
+
+
 def tflite_op_counts(buf: bytes) -> dict[str, int]:
     """Ops by builtin name in a TFLite flatbuffer (read back from the file itself)."""
     import tflite

@@ -53,6 +53,24 @@ XNN_RATIO: dict[str, tuple[float, float]] = {
     "ADD": (2.0**-10, 2.0**8), "SUB": (2.0**-10, 2.0**8), "MUL": (2.0**-16, 2.0**8),
     "LEAKY_RELU": (2.0**-8, 2.0**7),
 }
+
+
+def xnn_scale_ratios(op: str, in_scales, out_scale: float) -> list[float]:
+    """The scale ratios XNNPACK checks against :data:`XNN_RATIO` for an int8 binary op,
+    in float32 as the delegate computes them: in1·in2/out for MUL of two quantized inputs,
+    each input's / out otherwise."""
+    so = np.float32(out_scale)
+    if op == "MUL" and len(in_scales) == 2:
+        return [float(np.float32(np.float32(in_scales[0]) * np.float32(in_scales[1])) / so)]
+    return [float(np.float32(s) / so) for s in in_scales]
+
+
+def xnn_ratios_ok(op: str, in_scales, out_scale: float) -> bool:
+    """Every ratio of :func:`xnn_scale_ratios` within XNNPACK's bounds for ``op``."""
+    lo, hi = XNN_RATIO[op]
+    return all(lo <= r < hi for r in xnn_scale_ratios(op, in_scales, out_scale))
+
+
 #: LiteRT's BATCH_MATMUL takes operands of rank 2 to 5 (batch_matmul.cc Prepare).
 BATCH_MATMUL_MAX_RANK = 5
 #: XNNPACK's int8 convert/requantize (QUANTIZE int8 -> int8) accepts in/out in [2^-8, 2^7].

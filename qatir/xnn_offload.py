@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from qatir.target import XNN_CVT_RATIO, XNN_RATIO
+from qatir.target import XNN_CVT_RATIO, XNN_RATIO, xnn_scale_ratios
 
 #: int8 ops the delegate takes in float only: the Visit*Node function and its check.
 FLOAT_ONLY: dict[str, str] = {
@@ -37,15 +37,14 @@ NOT_VISITED = frozenset({
 
 def _ratio_reason(op: str, ins: list[dict], out: dict) -> str | None:
     lo, hi = XNN_RATIO[op]
-    so = np.float32(out["scale"])
+    ratios = xnn_scale_ratios(op, [t["scale"] for t in ins], out["scale"])
     if op == "MUL":
-        r = np.float32(np.float32(ins[0]["scale"]) * np.float32(ins[1]["scale"])) / so
+        r = ratios[0]
         if not lo <= r < hi:
             return (f"VisitBinaryNode: CheckTensorsInputProductOutputScale, in1*in2/out = "
                     f"{float(r):.3g} not in [2^{np.log2(lo):.0f}, 2^{np.log2(hi):.0f})")
         return None
-    for k, t in enumerate(ins):
-        r = np.float32(t["scale"]) / so
+    for k, r in enumerate(ratios):
         if not lo <= r < hi:
             return (f"VisitBinaryNode: CheckTensorsInputOutputScale, input {k} / output scale "
                     f"= {float(r):.3g} not in [2^{np.log2(lo):.0f}, 2^{np.log2(hi):.0f})")

@@ -32,6 +32,7 @@ from qatir.target import (
     XNN_RATIO,
     softmax_ref_limit,
     squared_difference_multiplier,
+    xnn_scale_ratios,
 )
 
 
@@ -133,8 +134,7 @@ def warn_xnnpack_ratios(g: Graph) -> None:
             continue
         so = node.outputs[0].quant.scale[0]
         ins = [t.quant.scale[0] for t in node.inputs if t is not None and t.quant is not None]
-        ratios = [ins[0] * ins[1] / so] if node.op == "MUL" and len(ins) == 2 else \
-            [s / so for s in ins]
+        ratios = xnn_scale_ratios(node.op, ins, so)
         lo, hi = XNN_RATIO[node.op]
         if any(not lo <= r < hi for r in ratios):
             worst = max(ratios, key=lambda r: abs(np.log2(r)))

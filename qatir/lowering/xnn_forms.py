@@ -18,7 +18,8 @@ import numpy as np
 
 from qatir.ir import Graph, Node
 from qatir.lowering.common import act_params
-from qatir.target import XNN_RATIO
+from qatir.lowering.xnn_ratios import per_tensor_int8
+from qatir.target import xnn_ratios_ok
 
 #: VisitConcatenationNode's CheckNumInputsAndOutputs(node, 2, 5, 1)
 XNN_CONCAT_MAX_INPUTS = 5
@@ -26,8 +27,7 @@ _CLAMPS = ("RELU", "RELU6", "RELU_N1_TO_1")
 
 
 def _int8_act(t) -> bool:
-    return t is not None and t.dtype == np.int8 and t.quant is not None \
-        and not t.quant.per_channel and not t.is_const
+    return per_tensor_int8(t) and not t.is_const
 
 
 def _split_concat(g: Graph, node: Node) -> None:
@@ -58,8 +58,7 @@ def _set_inputs(node: Node, ins: list) -> None:
 
 def _clamp_as_add(g: Graph, node: Node) -> bool:
     x, out = node.inputs[0], node.outputs[0]
-    lo, hi = XNN_RATIO["ADD"]
-    if not lo <= float(np.float32(x.quant.scale[0]) / np.float32(out.quant.scale[0])) < hi:
+    if not xnn_ratios_ok("ADD", [x.quant.scale[0]], out.quant.scale[0]):
         return False
     zero = g.const(np.zeros([1], np.int8), name=g.unique_name(f"{node.name}_zero"),
                    quant=act_params(x.quant.scale[0], 0))

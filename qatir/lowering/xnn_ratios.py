@@ -29,19 +29,20 @@ import numpy as np
 
 from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.lowering.common import WEIGHT_OPS, act_params, requantize
-from qatir.target import XNN_CVT_RATIO, XNN_RATIO
+from qatir.target import XNN_CVT_RATIO, XNN_RATIO, xnn_ratios_ok, xnn_scale_ratios
 
 _OPS = ("ADD", "SUB")
 
 
-def _int8(t: Tensor | None) -> bool:
+def per_tensor_int8(t: Tensor | None) -> bool:
+    """``t`` is an int8 tensor with per-tensor params (activation or constant)."""
     return t is not None and t.quant is not None and t.dtype == np.int8 \
         and not t.quant.per_channel
 
 
 def _ratio(s_in: float, s_out: float) -> float:
     """The ratio as the delegate computes it (float32 division)."""
-    return float(np.float32(s_in) / np.float32(s_out))
+    return xnn_scale_ratios("ADD", [s_in], s_out)[0]
 
 
 def _wider(p: QuantParams, scale: float) -> QuantParams:
@@ -53,14 +54,10 @@ def _wider(p: QuantParams, scale: float) -> QuantParams:
 def _in_bounds(node: Node, out_scale: float | None = None) -> bool:
     """Whether an ADD/SUB/MUL meets XNNPACK's scale limits (with ``out_scale`` for its output)."""
     so = out_scale if out_scale is not None else node.outputs[0].quant.scale[0]
-    ins = [t.quant.scale[0] for t in node.inputs if _int8(t)]
-    lo, hi = XNN_RATIO[node.op]
-    if node.op == "MUL":
-        if len(ins) != 2:
-            return False
-        r = float(np.float32(np.float32(ins[0]) * np.float32(ins[1])) / np.float32(so))
-        return lo <= r < hi
-    return all(lo <= _ratio(s, so) < hi for s in ins)
+    ins = [t.quant.scale[0] for t in node.inputs if per_tensor_int8(t)]
+    if node.op == "MUL" and len(ins) != 2:
+        return False
+    return xnn_ratios_ok(node.op, ins, so)
 
 
 def _free_output(g: Graph, t: Tensor, node: Node, scale: float) -> bool:
@@ -102,8 +99,8 @@ def widen_fine_operands(g: Graph) -> None:
     lo = XNN_RATIO["ADD"][0]
     changed = False
     for node in list(g.nodes):
-        if node.op not in _OPS or len(node.inputs) != 2 or not _int8(node.outputs[0]) \
-                or not all(_int8(t) for t in node.inputs):
+        if node.op not in _OPS or len(node.inputs) != 2 or not per_tensor_int8(node.outputs[0]) \
+                or not all(per_tensor_int8(t) for t in node.inputs):
             continue
         so = node.outputs[0].quant.scale[0]
         scale = float(np.float32(so) * np.float32(lo))  # exact: a power-of-two factor
