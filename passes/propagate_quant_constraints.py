@@ -7,6 +7,13 @@ activation inputs (looking through ``constraints.inherit`` ops) form one group
 reads the *same* ``min``/``max`` constant tensors, initialised to the union of the
 members' ranges. Fixed-range (LOGISTIC/SOFTMAX/TANH) and weight FAKE_QUANTs are
 never tied; such conflicts are listed in ``graph.metadata["quant_conflicts"]``.
+
+An input of an op in ``constraints.requantize_shared_inputs`` (CONCATENATION by
+default) that other nodes read too (the value itself, or one an ``inherit`` op
+passes on to it) is not tied: tying would widen its range to the union of all the
+concatenated ranges on every reader. It keeps its own range, and export requantizes
+it onto the output grid (:mod:`qatir.lowering.same_scale`); these are listed in
+``graph.metadata["requantized_shared_inputs"]``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,20 @@ def _fq_behind(t: Tensor | None, inherit: frozenset[str]) -> Node | None:
             return None
         t = p.inputs[0]
     return None
+
+
+def _fans_out(t: Tensor, node: Node, inherit: frozenset[str]) -> bool:
+    """Some other node than ``node`` reads ``t`` or a tensor it inherits from (up to its
+    FAKE_QUANT)."""
+    reader = node
+    while t is not None:
+        if any(u is not reader for u, _ in t.uses):
+            return True
+        p = t.producer
+        if p is None or p.op == "FAKE_QUANT" or p.op not in inherit or not p.inputs:
+            return False
+        reader, t = p, p.inputs[0]
+    return False
 
 
 def _fq_after(t: Tensor) -> Node | None:
@@ -75,9 +96,11 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
     table = ctx.table
     same = table.constraint_ops("same_scale")
     inherit = table.constraint_ops("inherit")
+    own = table.constraint_ops("requantize_shared_inputs")
     fixed_q = table.calibration["fixed"]
     uf = _UnionFind()
     conflicts: list[str] = []
+    kept: list[str] = []
     for node in graph.nodes:
         if node.op not in same or not node.outputs:
             continue
@@ -89,6 +112,9 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
             if t is None or t.dtype.kind != "f":
                 continue
             fq = _fq_behind(t, inherit)
+            if fq is not None and node.op in own and _fans_out(t, node, inherit):
+                kept.append(f"{node.name}: {fq.name}")
+                continue  # its other readers keep its own grid; export requantizes it
             if fq is not None:
                 members.append(fq)
         for fq in members:
@@ -117,5 +143,6 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
         graph.prune_tensors()
         set_quant(retied)
     graph.metadata["quant_conflicts"] = conflicts
+    graph.metadata["requantized_shared_inputs"] = kept
     ctx.notes["quant_conflicts"] = conflicts
     return bool(retied)

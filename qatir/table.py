@@ -286,6 +286,10 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
         _check_ops(cons.get(key, ()), source, f"constraints.{key}")
         _check_grid_facts(key, cons.get(key, ()), source)
     _check_ops(cons.get("symmetric_inputs", {}).keys(), source, "constraints.symmetric_inputs")
+    loose = set(cons.get("requantize_shared_inputs", ())) - set(cons.get("same_scale", ()))
+    if loose:
+        raise TableError(f"{source}: constraints.requantize_shared_inputs: {sorted(loose)} not "
+                         "in constraints.same_scale (only tied inputs can be untied)")
     both = set(cons.get("inherit", ())) & set(cons.get("same_scale", ()))
     if both:
         raise TableError(f"{source}: constraints: {sorted(both)} listed in both inherit and same_scale")

@@ -1,7 +1,7 @@
 """qatir's post-training int8 vs ai-edge-quantizer's, on the same float file and data.
 
     python tools/compare_peers.py [--models a,b,...] [--table T] [--timeout 900]
-                                  [--json OUT] [--workdir DIR]
+                                  [--tests 2] [--variant V ...] [--json OUT] [--workdir DIR]
 
 For each corpus model (``tools/corpus/models/manifest.json``; default: the
 CNN subset in :data:`DEFAULT_MODELS`), a child process
@@ -13,7 +13,7 @@ CNN subset in :data:`DEFAULT_MODELS`), a child process
 3. runs ai-edge-quantizer (static int8 recipe, ``recipe.static_wi8_ai8``) on the
    same float file with the same 8 inputs, in its own venv
    (``tools/.venv-aeq``, see ``tools/README.md``) via ``tools/_aeq_quantize.py``;
-4. measures, on 2 further inputs, each int8 file's output SQNR (dB) against the
+4. measures, on 2 further inputs (``--tests``), each int8 file's output SQNR (dB) against the
    float file (all run by LiteRT's default resolver): the outputs of both inputs
    concatenated, as ``tools/corpus/run.py`` measures;
 5. where qatir is behind by more than ``--behind`` dB, runs qatir's parity
@@ -23,14 +23,17 @@ CNN subset in :data:`DEFAULT_MODELS`), a child process
    files keep the float file's names).
 
 Inputs: models with a real task (``task`` in the entry) use the corpus's real
-samples (8 for calibration, the next 2 for the test); the others get standard
-normal inputs (seeds 0-7 calibrate, 100-101 test), as the corpus run does.
+samples (8 for calibration, the next 2 for the test: crops of the corpus's two photos,
+or its 16 text lines, so at most 8 tests there); the others get standard normal
+inputs (seeds 0-7 calibrate, 100-101 test, 100-115 with ``--tests 16``), as the
+corpus run does.
 Prints one table; ``--json`` also writes the per-model results.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -79,6 +82,11 @@ VARIANTS: dict[str, dict] = {
     "auto": {"activation": "auto"},
     "auto_no_refine": {"activation": "auto", "quantizer_options": {"auto": {"refine": 0}}},
     "auto_one_fold": {"activation": "auto", "quantizer_options": {"auto": {"folds": 1}}},
+    # PRELU float, as ai-edge-quantizer 0.10.0 leaves it (LiteRT's int8 PRELU has one alpha scale)
+    "float_prelu": {"exclude": {"ops": ["PRELU"]}},
+    # a CONCATENATION input other nodes read too keeps its own range (requantized at export)
+    "requant_shared": {"constraints": {"requantize_shared_inputs": ["CONCATENATION"]}},
+    "tie_shared": {"constraints": {"requantize_shared_inputs": []}},
     "input_moving_average": {"input": "moving_average"},
     "input_mse": {"input": "mse"},
     "input_percentile": {"input": "percentile"},
@@ -87,21 +95,24 @@ BEHIND_DB = 0.5
 
 
 # =========================================================================== child
-def model_feeds(entry: dict, g, models_dir: str) -> tuple[list[dict], list[dict], str]:
-    """(calibration feeds, test feeds, what they are), keyed by the IR's input names."""
+def model_feeds(entry: dict, g, models_dir: str, n_test: int = N_TEST
+                ) -> tuple[list[dict], list[dict], str]:
+    """(calibration feeds, test feeds, what they are), keyed by the IR's input names.
+    Real samples give at most what the data holds (text lines: 16, so 8 tests)."""
     import run as corpus  # tools/corpus/run.py
 
-    real = corpus.task_samples(entry, g, os.path.join(models_dir, "data"))
-    if real and len(real) >= N_CALIB + N_TEST:
-        return real[:N_CALIB], real[N_CALIB:N_CALIB + N_TEST], "real task samples"
+    real = corpus.task_samples(entry, g, os.path.join(models_dir, "data"),
+                               crops=N_CALIB + n_test)
+    if real and len(real) > N_CALIB:
+        return real[:N_CALIB], real[N_CALIB:N_CALIB + n_test], "real"
     by_src = [s["name"] for s in entry["inputs"]]
 
     def feed(seed: int) -> dict:
         src = corpus._random_source_feed(entry, seed)
         return {t.name: corpus._to_ir(t, src[s]) for t, s in zip(g.inputs, by_src)}
 
-    return ([feed(i) for i in range(N_CALIB)], [feed(100 + i) for i in range(N_TEST)],
-            "standard normal")
+    return ([feed(i) for i in range(N_CALIB)], [feed(100 + i) for i in range(n_test)],
+            "normal")
 
 
 def set_inputs(it, feed: dict) -> None:
@@ -202,6 +213,109 @@ def first_behind(q, qatir_buf: bytes, aeq_buf: bytes, float_buf: bytes, tests: l
     return None
 
 
+def file_tensors(buf: bytes) -> tuple[dict, list]:
+    """(tensor details by name, ops) of a file, as LiteRT reads it."""
+    from qatir.litert_run import interpreter
+
+    it = interpreter(buf, "default", threads=1, preserve_all=True)
+    by_index = {d["index"]: d for d in it.get_tensor_details()}
+    ops = [{"op": o["op_name"], "inputs": [by_index[i]["name"] for i in o["inputs"] if i >= 0],
+            "outputs": [by_index[i]["name"] for i in o["outputs"]]}
+           for o in it._get_ops_details() if o["op_name"] != "DELEGATE"]
+    return {d["name"]: d for d in by_index.values()}, ops
+
+
+def aeq_params(aeq_buf: bytes) -> dict[str, tuple[float, int]]:
+    """ai-edge-quantizer's (scale, zero point) per float-file tensor name: its int8 tensors',
+    and for a tensor it leaves float, the QUANTIZE that follows it."""
+    import numpy as np
+
+    details, ops = file_tensors(aeq_buf)
+    out = {n: (float(d["quantization"][0]), int(d["quantization"][1]))
+           for n, d in details.items() if d["dtype"] == np.int8 and d["quantization"][0]}
+    for o in ops:
+        if o["op"] == "QUANTIZE" and details[o["inputs"][0]]["dtype"] == np.float32:
+            out.setdefault(o["inputs"][0], out.get(o["outputs"][0]))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def aeq_float_ops(aeq_buf: bytes) -> list[str]:
+    """The ops ai-edge-quantizer's file computes in float (not QUANTIZE/DEQUANTIZE)."""
+    import numpy as np
+
+    details, ops = file_tensors(aeq_buf)
+    return [o["op"] for o in ops if o["op"] not in ("QUANTIZE", "DEQUANTIZE")
+            and any(details[t]["dtype"] == np.float32 for t in o["outputs"])]
+
+
+def with_aeq_ranges(q, aeq_buf: bytes) -> bytes:
+    """qatir's int8 file (float edges) with every per-tensor activation range set to
+    ai-edge-quantizer's for the same tensor (a shared range: the union of its members');
+    ``q`` is left as it was. Same ranges, same file: what is left is not the ranges."""
+    import numpy as np
+
+    import qatir
+    from qatir.calibration import range_groups, set_range
+    from qatir.quant import refresh_quant
+
+    params = aeq_params(aeq_buf)
+    saved = []
+    for nodes in range_groups(q).values():
+        spans = [params[n.inputs[0].name] for n in nodes if n.inputs[0].name in params]
+        if not spans or nodes[0].inputs[1].data.size != 1:
+            continue
+        saved.append((nodes[0], nodes[0].inputs[1].data.copy(), nodes[0].inputs[2].data.copy()))
+        set_range(nodes[0], np.float32(min(sc * (-128 - z) for sc, z in spans)),
+                  np.float32(max(sc * (127 - z) for sc, z in spans)))
+    refresh_quant(q)
+    buf = qatir.to_tflite(q, io="float")
+    for node, lo, hi in saved:
+        set_range(node, lo, hi)
+    refresh_quant(q)
+    return buf
+
+
+def tensor_rows(float_buf: bytes, qatir_buf: bytes, aeq_buf: bytes, tests: list[dict]) -> list:
+    """Per tensor of the float file (its op order): op, name, qatir's and
+    ai-edge-quantizer's (scale, zero point) ("f32" where float) and SQNR vs float."""
+    import numpy as np
+
+    from qatir.metrics import sqnr_db
+
+    _, ops = file_tensors(float_buf)
+    vals = {k: [tensor_values(b, t) for t in tests]
+            for k, b in (("float", float_buf), ("qatir", qatir_buf), ("aeq", aeq_buf))}
+    info = {"qatir": file_tensors(qatir_buf)[0], "aeq": file_tensors(aeq_buf)[0]}
+
+    def grid(who: str, name: str) -> str:
+        d = info[who].get(name)
+        if d is None:
+            return "-"
+        if d["dtype"] == np.float32:
+            return "f32"
+        return f"{d['quantization'][0]:.4g}/{d['quantization'][1]}"
+
+    def db(who: str, name: str) -> float:
+        if not all(name in v for v in vals[who] + vals["float"]):
+            return float("nan")
+        return float(sqnr_db(np.concatenate([v[name].ravel() for v in vals["float"]]),
+                             np.concatenate([v[name].ravel() for v in vals[who]])))
+
+    return [[o["op"], n, grid("qatir", n), grid("aeq", n), round(db("qatir", n), 2),
+             round(db("aeq", n), 2)] for o in ops for n in o["outputs"]]
+
+
+def format_tensors(r: dict) -> str:
+    """``--tensors``: one model's per-tensor rows."""
+    lines = [f"{r['name']}: qatir {_db(r['qatir_db'])} dB, aeq {_db(r['aeq_db'])} dB, qatir "
+             f"with aeq's ranges {_db(r.get('aeq_ranges_db'))} dB; ops aeq leaves float: "
+             f"{dict(collections.Counter(r.get('aeq_float_ops', []))) or 'none'}",
+             f"  {'op':<18} {'qatir s/zp':<16} {'aeq s/zp':<16} {'qatir':>6} {'aeq':>6}  tensor"]
+    for op, name, qg, ag, qd, ad in r.get("tensors", []):
+        lines.append(f"  {op:<18} {qg:<16} {ag:<16} {_db(qd):>6} {_db(ad):>6}  {name[:60]}")
+    return "\n".join(lines)
+
+
 def aeq_quantize(float_path: str, calib: list[dict], out_path: str, timeout: float,
                  recipe: str = "static_wi8_ai8") -> bytes:
     """ai-edge-quantizer's file for ``float_path`` (in its own venv) with ``recipe``
@@ -237,6 +351,10 @@ def variant_table(variant: str, table: str | None = None) -> dict:
             data["fusions"] = [f for f in data["fusions"] if f["kind"] != value]
         elif key == "quantizer_options":
             continue  # calibrate's argument (run_one), not table data
+        elif key == "constraints":
+            data["constraints"] = {**data["constraints"], **value}
+        elif key == "exclude":  # ops kept float (ai-edge-quantizer's float islands)
+            data["exclude"] = list(data.get("exclude", [])) + [value]
         elif key == "per_channel_axis":
             data["weights"]["per_channel_axis"] = value(data["weights"]["per_channel_axis"])
         else:
@@ -261,7 +379,8 @@ def load_model(name: str) -> tuple[dict, Any, str]:
 
 
 def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: float,
-            variants: list[str] | None = None) -> dict:
+            variants: list[str] | None = None, n_test: int = N_TEST,
+            tensors: bool = False) -> dict:
     """Measure one model (see the module doc); the result dict, also on failure."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     res: dict = {"name": name, "status": "fail"}
@@ -273,7 +392,10 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
         from qatir.evaluate import strip_fake_quant
 
         entry, g, models_dir = load_model(name)
-        calib, tests, res["data"] = model_feeds(entry, g, models_dir)
+        calib, tests, res["data"] = model_feeds(entry, g, models_dir, n_test)
+        res["tests"] = len(tests)
+        if len(tests) < n_test:
+            res["data"] += f"/{len(tests)}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = qatir.quantize(g, table=table)
@@ -307,6 +429,10 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
             return res
         if res["qatir_db"] < res["aeq_db"] - behind:
             res["first_behind"] = first_behind(q, qatir_buf, aeq_buf, float_buf, tests, behind)
+        if tensors:
+            res["aeq_float_ops"] = aeq_float_ops(aeq_buf)
+            res["aeq_ranges_db"] = output_sqnr(float_buf, with_aeq_ranges(q, aeq_buf), tests)
+            res["tensors"] = tensor_rows(float_buf, qatir_buf, aeq_buf, tests)
         res["status"] = "ok"
     except Exception as e:  # noqa: BLE001 - every failure is a result of this tool
         res["error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
@@ -323,7 +449,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
         os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--result", out,
            "--workdir", args.workdir, "--behind", str(args.behind),
-           "--timeout", str(args.timeout)] + (["--table", args.table] if args.table else []) \
+           "--timeout", str(args.timeout), "--tests", str(args.tests)] \
+        + (["--tensors"] if args.tensors else []) + (["--table", args.table] if args.table else []) \
         + [f"--variant={v}" for v in args.variant]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -417,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--behind", type=float, default=BEHIND_DB,
                     help="dB margin that counts as behind (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    ap.add_argument("--tests", type=int, default=N_TEST,
+                    help="test inputs per model (default %(default)s; real text lines "
+                         "give at most 8)")
+    ap.add_argument("--tensors", action="store_true",
+                    help="also print, per model, every tensor's scale/zero point and SQNR in "
+                         "both files, the ops ai-edge-quantizer leaves float, and qatir's "
+                         "SQNR with ai-edge-quantizer's activation ranges")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", help="write the per-model results here")
     ap.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
@@ -427,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     a.workdir = a.workdir or tempfile.mkdtemp(prefix="qatir-peers-")
     os.makedirs(a.workdir, exist_ok=True)
     if a.one:
-        res = run_one(a.one, a.table, a.workdir, a.behind, a.timeout, a.variant)
+        res = run_one(a.one, a.table, a.workdir, a.behind, a.timeout, a.variant, a.tests,
+                      a.tensors)
         with open(a.result, "w") as f:
             json.dump(res, f, indent=1)
         return 0
@@ -438,11 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {r.get('status')} qatir {_db(r.get('qatir_db'))} dB, "
               f"aeq {_db(r.get('aeq_db'))} dB ({r.get('seconds', '-')} s)", file=sys.stderr)
     print(f"# compare_peers: table {a.table or 'int8_default'}; {N_CALIB} calibration and "
-          f"{N_TEST} test inputs per model; SQNR vs qatir's float export on LiteRT (XNNPACK)")
+          f"{a.tests} test inputs per model (data: real samples or standard normal; "
+          f"'real/N': only N test samples); SQNR vs qatir's float export on LiteRT (XNNPACK)")
     print(format_table(results, a.behind))
     if a.variant:
         print("\nvariants (qatir SQNR dB, each one change to the table):")
         print(format_variants(results))
+    for r in results if a.tensors else []:
+        if r.get("tensors"):
+            print("\n" + format_tensors(r))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

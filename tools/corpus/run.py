@@ -195,8 +195,10 @@ def _norm(x, how: str):
     return x / 255.0
 
 
-def task_samples(entry, g, data_dir) -> list | None:
-    """Real-data feeds for the IR (NHWC) for an entry's task, or None."""
+def task_samples(entry, g, data_dir, crops: int = 12) -> list | None:
+    """Real-data feeds for the IR (NHWC) for an entry's task, or None. Image tasks get
+    ``crops`` crops of the two photos (the first 12 are the same whatever ``crops``);
+    text tasks get every stored text line (16)."""
     np = _np()
     task = entry.get("task")
     if not task:
@@ -224,7 +226,7 @@ def task_samples(entry, g, data_dir) -> list | None:
     photos = np.load(p)["images"]
     rng = np.random.default_rng(0)
     feeds = []
-    for k in range(12):  # crops of the two photos
+    for k in range(crops):  # crops of the two photos
         im = photos[k % 2]
         side = int(rng.integers(min(im.shape[:2]) // 3, min(im.shape[:2])))
         y0 = int(rng.integers(0, im.shape[0] - side + 1))
