@@ -27,6 +27,7 @@ over the data (:class:`Passes`): it needs ``batches`` to be re-iterable.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sys
@@ -212,8 +213,9 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
             part = auto.part(i, xs) if auto is not None else 0
             for key, nodes in groups.items():
                 for node in nodes:
-                    if key in auto_keys:
-                        auto.observe(_observe, key, node, captured[node.name], part)
+                    if key in auto_keys:  # whole activations if any candidate needs them
+                        auto.observe(functools.partial(_observe, whole=auto.needs_rows()),
+                                     key, node, captured[node.name], part)
                     else:
                         _observe(quantizers[key], states, key, node, captured[node.name])
         del capture, captured  # the interpreter's arena, before bias correction runs
@@ -248,9 +250,16 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
 
 
 def _observe(q: Quantizer, states: dict[tuple[int, int], dict], key: tuple[int, int],
-             node: Node, value: np.ndarray) -> None:
+             node: Node, value: np.ndarray, whole: bool | None = None) -> None:
+    """Hand one captured value to ``q``: the whole activation when ``whole`` (default: when
+    ``q`` needs rows, as its tap then asked), else its ``[2, channels]`` min/max."""
     axis = node.attrs.get("axis")
-    if q.needs_rows():
+    if whole is None:
+        whole = q.needs_rows()
+    if whole and not q.needs_rows():  # an ``auto`` range whose other candidate needs rows
+        value = minmax(value, axis)
+        whole = False
+    if whole:
         rows = as_rows(value, axis)
         finite = bool(np.all(np.isfinite(rows)))
     else:

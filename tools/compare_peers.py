@@ -82,6 +82,9 @@ VARIANTS: dict[str, dict] = {
     "auto": {"activation": "auto"},
     "auto_no_refine": {"activation": "auto", "quantizer_options": {"auto": {"refine": 0}}},
     "auto_one_fold": {"activation": "auto", "quantizer_options": {"auto": {"folds": 1}}},
+    # each range minmax or percentile (99.99), chosen by the held-out output error
+    "auto_percentile": {"activation": "auto",
+                        "quantizer_options": {"auto": {"candidates": ["minmax", "percentile"]}}},
     # PRELU float, as ai-edge-quantizer 0.10.0 leaves it (LiteRT's int8 PRELU has one alpha scale)
     "float_prelu": {"exclude": {"ops": ["PRELU"]}},
     # a CONCATENATION input other nodes read too keeps its own range (requantized at export)
@@ -380,8 +383,10 @@ def load_model(name: str) -> tuple[dict, Any, str]:
 
 def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: float,
             variants: list[str] | None = None, n_test: int = N_TEST,
-            tensors: bool = False) -> dict:
-    """Measure one model (see the module doc); the result dict, also on failure."""
+            tensors: bool = False, more_tests: int = 0) -> dict:
+    """Measure one model (see the module doc); the result dict, also on failure. With
+    ``more_tests`` > ``n_test``, every file is also measured on that many test inputs (the
+    first ``n_test`` of them the same), in ``res["more"]``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     res: dict = {"name": name, "status": "fail"}
     t0 = time.time()
@@ -392,7 +397,9 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
         from qatir.evaluate import strip_fake_quant
 
         entry, g, models_dir = load_model(name)
-        calib, tests, res["data"] = model_feeds(entry, g, models_dir, n_test)
+        calib, all_tests, res["data"] = model_feeds(entry, g, models_dir,
+                                                    max(n_test, more_tests))
+        tests = all_tests[:n_test]
         res["tests"] = len(tests)
         if len(tests) < n_test:
             res["data"] += f"/{len(tests)}"
@@ -407,15 +414,15 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
             qatir.calibrate(q, calib, progress=False)
             qatir_buf = qatir.to_tflite(q, io="float")
             res["qatir_s"] = round(time.time() - t1, 1)
-            res["variants_db"], res["variants_s"] = {}, {}
+            res["variants_db"], res["variants_s"], bufs = {}, {}, {"qatir": qatir_buf}
             for v in variants or []:  # the same float reference: each variant is exact in float
                 qv = qatir.quantize(g, table=variant_table(v, table))
                 t1 = time.time()
                 qatir.calibrate(qv, calib, progress=False,
                                 quantizer_options=VARIANTS[v].get("quantizer_options"))
                 res["variants_s"][v] = round(time.time() - t1, 1)
-                res["variants_db"][v] = output_sqnr(float_buf, qatir.to_tflite(qv, io="float"),
-                                                    tests)
+                bufs[v] = qatir.to_tflite(qv, io="float")
+                res["variants_db"][v] = output_sqnr(float_buf, bufs[v], tests)
         res["qatir_db"] = output_sqnr(float_buf, qatir_buf, tests)
         t1 = time.time()
         try:  # the peer failing (its quantizer, or LiteRT on its file) is a result too
@@ -423,10 +430,16 @@ def run_one(name: str, table: str | None, workdir: str, behind: float, timeout: 
                                    timeout)
             res["aeq_s"] = round(time.time() - t1, 1)
             res["aeq_db"] = output_sqnr(float_buf, aeq_buf, tests)
+            bufs["aeq"] = aeq_buf
         except Exception as e:  # noqa: BLE001
             res["aeq_error"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
             res["status"] = "ok"
             return res
+        finally:
+            if len(all_tests) > len(tests):
+                db = {k: output_sqnr(float_buf, b, all_tests) for k, b in bufs.items()}
+                res["more"] = {"tests": len(all_tests), "qatir_db": db.pop("qatir"),
+                               "aeq_db": db.pop("aeq", None), "variants_db": db}
         if res["qatir_db"] < res["aeq_db"] - behind:
             res["first_behind"] = first_behind(q, qatir_buf, aeq_buf, float_buf, tests, behind)
         if tensors:
@@ -449,7 +462,8 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
         os.remove(out)
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--result", out,
            "--workdir", args.workdir, "--behind", str(args.behind),
-           "--timeout", str(args.timeout), "--tests", str(args.tests)] \
+           "--timeout", str(args.timeout), "--tests", str(args.tests),
+           "--more-tests", str(args.more_tests)] \
         + (["--tensors"] if args.tensors else []) + (["--table", args.table] if args.table else []) \
         + [f"--variant={v}" for v in args.variant]
     try:
@@ -487,6 +501,40 @@ def format_variants(results: list[dict]) -> str:
     lines.append(f"{'median':<30} {med([r['qatir_db'] for r in ok]):>8.1f} "
                  + " ".join(f"{med([r['variants_db'][v] for r in ok]):>14.1f}" for v in names)
                  + f" {med([r['aeq_db'] for r in ok]):>8.1f}")
+    lines.append(f"more than {BEHIND_DB} dB behind ai-edge-quantizer: default "
+                 f"{sum(r['qatir_db'] < r['aeq_db'] - BEHIND_DB for r in ok)}"
+                 + "".join(f"; {v} {sum(r['variants_db'][v] < r['aeq_db'] - BEHIND_DB for r in ok)}"
+                           for v in names) + f" (of {len(ok)})")
+    return "\n".join(lines)
+
+
+def format_more(results: list[dict], behind: float) -> str:
+    """``--more-tests``: per model, the figures on the first ``--tests`` inputs and on all."""
+    ok = [r for r in results if r.get("status") == "ok" and r.get("more", {}).get("aeq_db")
+          is not None and "aeq_db" in r]
+    if not ok:
+        return "(no model measured on more inputs)"
+    names = list(ok[0]["more"]["variants_db"])
+    head = (f"{'model':<30} {'tests':>5} {'qatir':>7} {'aeq':>7} {'qatir@N':>8} {'aeq@N':>7} "
+            + " ".join(f"{v[:12] + '@N':>14}" for v in names))
+    lines = [head, "-" * len(head)]
+    for r in ok:
+        m = r["more"]
+        lines.append(f"{r['name']:<30} {m['tests']:>5} {_db(r['qatir_db']):>7} "
+                     f"{_db(r['aeq_db']):>7} {_db(m['qatir_db']):>8} {_db(m['aeq_db']):>7} "
+                     + " ".join(f"{_db(m['variants_db'][v]):>14}" for v in names))
+    med = lambda xs: statistics.median([x for x in xs if math.isfinite(x)])  # noqa: E731
+    lines.append(f"{'median':<30} {'':>5} {med([r['qatir_db'] for r in ok]):>7.1f} "
+                 f"{med([r['aeq_db'] for r in ok]):>7.1f} "
+                 f"{med([r['more']['qatir_db'] for r in ok]):>8.1f} "
+                 f"{med([r['more']['aeq_db'] for r in ok]):>7.1f} "
+                 + " ".join(f"{med([r['more']['variants_db'][v] for r in ok]):>14.1f}"
+                            for v in names))
+    worse = sum(r["more"]["qatir_db"] < r["more"]["aeq_db"] - behind for r in ok)
+    lines.append(f"on all N inputs qatir more than {behind} dB behind on {worse} of {len(ok)}"
+                 + "".join(f"; {v}: " + str(sum(r["more"]["variants_db"][v]
+                                                 < r["more"]["aeq_db"] - behind for r in ok))
+                           for v in names))
     return "\n".join(lines)
 
 
@@ -547,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", type=int, default=N_TEST,
                     help="test inputs per model (default %(default)s; real text lines "
                          "give at most 8)")
+    ap.add_argument("--more-tests", type=int, default=0,
+                    help="also measure every file on this many test inputs (the first "
+                         "--tests of them the same ones): a second table")
     ap.add_argument("--tensors", action="store_true",
                     help="also print, per model, every tensor's scale/zero point and SQNR in "
                          "both files, the ops ai-edge-quantizer leaves float, and qatir's "
@@ -562,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.workdir, exist_ok=True)
     if a.one:
         res = run_one(a.one, a.table, a.workdir, a.behind, a.timeout, a.variant, a.tests,
-                      a.tensors)
+                      a.tensors, a.more_tests)
         with open(a.result, "w") as f:
             json.dump(res, f, indent=1)
         return 0
@@ -579,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.variant:
         print("\nvariants (qatir SQNR dB, each one change to the table):")
         print(format_variants(results))
+    if a.more_tests > a.tests:
+        print(f"\nthe same files on up to {a.more_tests} test inputs (SQNR dB; the first "
+              f"{a.tests} are the inputs above):")
+        print(format_more(results, a.behind))
     for r in results if a.tensors else []:
         if r.get("tensors"):
             print("\n" + format_tensors(r))
