@@ -13,7 +13,10 @@ default) that other nodes read too (the value itself, or one an ``inherit`` op
 passes on to it) is not tied: tying would widen its range to the union of all the
 concatenated ranges on every reader. It keeps its own range, and export requantizes
 it onto the output grid (:mod:`qatir.lowering.same_scale`); these are listed in
-``graph.metadata["requantized_shared_inputs"]``.
+``graph.metadata["requantized_shared_inputs"]`` as ``[op, input FAKE_QUANT, output
+FAKE_QUANT]`` names. Calibration ties such an input again where its calibrated range
+already holds the output's (:func:`qatir.calibration.retie_shared_inputs`): untied, it
+would gain nothing and be rounded twice.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
     fixed_q = table.calibration["fixed"]
     uf = _UnionFind()
     conflicts: list[str] = []
-    kept: list[str] = []
+    kept: list[list[str]] = []
     for node in graph.nodes:
         if node.op not in same or not node.outputs:
             continue
@@ -113,7 +116,7 @@ def propagate_quant_constraints(graph: Graph, ctx: PassContext) -> bool:
                 continue
             fq = _fq_behind(t, inherit)
             if fq is not None and node.op in own and _fans_out(t, node, inherit):
-                kept.append(f"{node.name}: {fq.name}")
+                kept.append([node.name, fq.name, out_fq.name])
                 continue  # its other readers keep its own grid; export requantizes it
             if fq is not None:
                 members.append(fq)

@@ -91,6 +91,33 @@ def refresh_weight_ranges(graph: Graph) -> None:
         set_range(node, lo, hi)
 
 
+def retie_shared_inputs(graph: Graph) -> list[str]:
+    """Tie again each untied same-scale input (``graph.metadata["requantized_shared_inputs"]``,
+    ``passes/propagate_quant_constraints.py``) whose calibrated range holds its output's:
+    tying would not widen it for its other readers, and untied its values would be rounded
+    twice (its own grid, then the output's). The output group then takes the input's range,
+    as tying does. Returns the re-tied input FAKE_QUANT names; the metadata keeps the rest."""
+    by_name = {n.name: n for n in graph.nodes}
+    kept, tied = [], []
+    for entry in graph.metadata.get("requantized_shared_inputs", []):
+        fq, out = by_name.get(entry[1]), by_name.get(entry[2])
+        if fq is None or out is None:
+            continue
+        lo, hi = float(np.min(fq.inputs[1].data)), float(np.max(fq.inputs[2].data))
+        if fq.inputs[1].data.size == 1 and lo <= float(np.min(out.inputs[1].data)) \
+                and hi >= float(np.max(out.inputs[2].data)):
+            set_range(out, np.float32(lo), np.float32(hi))
+            fq.set_input(1, out.inputs[1])
+            fq.set_input(2, out.inputs[2])
+            tied.append(fq.name)
+        else:
+            kept.append(entry)
+    if tied:
+        graph.prune_tensors()
+    graph.metadata["requantized_shared_inputs"] = kept
+    return tied
+
+
 def _progress(items: Iterable[Any], enabled: bool | None, desc: str):
     from tqdm.auto import tqdm
 
@@ -235,6 +262,7 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
         graph.metadata["auto_ranges"] = {groups[k][0].name: auto.names[c]
                                          for k, c in choice.items()}
         del auto
+    retie_shared_inputs(graph)
     refresh_weight_ranges(graph)
     refresh_quant(graph)
     if correct:

@@ -20,9 +20,9 @@ def _table(untie: list[str]) -> dict:
     return {**data, "constraints": {**data["constraints"], "requantize_shared_inputs": untie}}
 
 
-def fan_out_concat(seed: int = 0) -> Graph:
-    """x -> conv "narrow" (small weights) -> concat(narrow, wide) and -> conv "after";
-    x -> conv "wide" (weights 30x larger) -> concat only."""
+def fan_out_concat(seed: int = 0, shared: float = 0.1, other: float = 3.0) -> Graph:
+    """x -> conv "narrow" (weights ~ ``shared``) -> concat(narrow, wide) and -> conv "after";
+    x -> conv "wide" (weights ~ ``other``) -> concat only."""
     rng = np.random.default_rng(seed)
     g = Graph("fan_out_concat")
     x = g.add_input("x", [1, 6, 6, 3])
@@ -33,7 +33,7 @@ def fan_out_concat(seed: int = 0) -> Graph:
                                       g.const(np.zeros(4, np.float32), f"{name}_b")],
                           {"padding": "SAME"}, name=name).output
 
-    narrow, wide = conv("narrow", x, 0.1), conv("wide", x, 3.0)
+    narrow, wide = conv("narrow", x, shared), conv("wide", x, other)
     cat = g.add_node("CONCATENATION", [narrow, wide], {"axis": 3}, name="cat").output
     after = conv("after", narrow, 1.0, c_in=4)
     g.outputs = [cat, after]
@@ -46,8 +46,8 @@ def _fq_of(q: Graph, producer: str):
                 and n.inputs[0].producer is not None and n.inputs[0].producer.name == producer)
 
 
-def _calibrated(untie: list[str]) -> Graph:
-    g = fan_out_concat()
+def _calibrated(untie: list[str], **scales: float) -> Graph:
+    g = fan_out_concat(**scales)
     q = qatir.quantize(g, table=_table(untie))
     rng = np.random.default_rng(1)
     qatir.calibrate(q, [{"x": rng.standard_normal((1, 6, 6, 3)).astype(np.float32)}
@@ -61,7 +61,7 @@ def test_shared_input_keeps_its_own_range_and_is_requantized():
     assert narrow.inputs[1] is not cat.inputs[1]  # untied: its own range
     assert wide.inputs[1] is cat.inputs[1] and wide.inputs[2] is cat.inputs[2]  # still tied
     assert float(narrow.inputs[2].data) < float(cat.inputs[2].data) / 5
-    assert q.metadata["requantized_shared_inputs"] == [f"cat: {narrow.name}"]
+    assert q.metadata["requantized_shared_inputs"] == [["cat", narrow.name, cat.name]]
     lg = lower(q)
     reqs = [n for n in lg.nodes if n.op == "QUANTIZE" and n.inputs[0].dtype == np.int8]
     assert len(reqs) == 1 and reqs[0].outputs[0].uses[0][0].op == "CONCATENATION"
@@ -98,3 +98,15 @@ def test_entry_must_be_a_same_scale_op():
         data = load_table().data
         load_table({**data, "constraints": {**data["constraints"],
                                             "requantize_shared_inputs": ["MAX_POOL_2D"]}})
+
+
+def test_shared_input_whose_range_holds_the_output_is_tied_again():
+    """The shared input is the wide one: tying would not widen it, so calibration ties it
+    again (no requantize, no double rounding): the same ranges as the tied table."""
+    q = _calibrated(["CONCATENATION"], shared=3.0, other=0.1)
+    narrow, cat = _fq_of(q, "narrow"), _fq_of(q, "cat")
+    assert narrow.inputs[1] is cat.inputs[1] and narrow.inputs[2] is cat.inputs[2]
+    assert q.metadata["requantized_shared_inputs"] == []
+    tied = _calibrated([], shared=3.0, other=0.1)
+    assert float(cat.inputs[2].data) == float(_fq_of(tied, "cat").inputs[2].data)
+    assert not [n for n in lower(q).nodes if n.op == "QUANTIZE" and n.inputs[0].dtype == np.int8]
