@@ -3,8 +3,6 @@ to one that needs only min/max (``minmax``): each gets what it reads."""
 
 from __future__ import annotations
 
-import numpy as np
-
 import qatir
 from qatir.quantizers import get_quantizer
 from tests.test_auto_range import auto_table, batches, conv_net
