@@ -342,8 +342,10 @@ def test_compare_peers_variants_are_valid_tables_one_change_each():
     for name in cp.VARIANTS:
         data = cp.variant_table(name)
         validate_table(data, f"variant {name}")
-        changed = [k for k in ("fusions", "calibration", "weights") if data[k] != base[k]]
-        if name not in ("minmax", "no_bias_correction", "no_cle", "no_scale_shift"):
+        changed = [k for k in ("fusions", "calibration", "weights", "constraints", "exclude")
+                   if data.get(k) != base.get(k)]
+        if name not in ("minmax", "no_bias_correction", "no_cle", "no_scale_shift",
+                        "requant_shared"):
             assert len(changed) == 1, (name, changed)  # the defaults' own values change nothing
 
 
@@ -358,3 +360,15 @@ def test_compare_peers_table_counts_the_models_behind():
     assert "conv (CONV_2D): 20.0 vs 22.0 dB" in text and "c " in text and "CRASH" in text
     assert "median: qatir 30.0 dB, ai-edge-quantizer 30.0 dB" in text
     assert "behind on 1 of 2" in text
+
+
+def test_compare_peers_more_tests_table_counts_on_all_inputs():
+    cp = _compare_peers()
+    rows = [{"name": "a", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 31.0,
+             "more": {"tests": 16, "qatir_db": 31.0, "aeq_db": 31.2,
+                      "variants_db": {"v": 30.0}}},
+            {"name": "b", "status": "ok", "data": "real", "qatir_db": 30.0, "aeq_db": 29.0,
+             "more": {"tests": 8, "qatir_db": 20.0, "aeq_db": 29.0, "variants_db": {"v": 29.0}}}]
+    text = cp.format_more(rows, 0.5)
+    assert "on all N inputs qatir more than 0.5 dB behind on 1 of 2; v: 1" in text
+    assert text.splitlines()[3].split()[:2] == ["b", "8"]
