@@ -10,13 +10,24 @@
   return ``x`` exactly before the clamp (XNNPACK: multiplier 2^20 on a 20-bit shift;
   builtin: 1/2 then 2^-19, both exact), so the result equals the activation's bit for
   bit; otherwise the ADD requantizes as the integer reference models it.
+- A 4-D int8 STRIDED_SLICE with strides ``[1, b, b, 1]``, ``b >= 2``, over H and W that
+  ``b`` divides (Swin's patch merging ``x[:, i::2, j::2, :]``; VisitStridedSliceNode takes
+  stride 1 only) becomes ``SPACE_TO_DEPTH(b)`` (VisitSpaceToDepthNode takes int8) and a
+  stride-1 STRIDED_SLICE of its output: input row ``r = a + k·b`` is row ``r // b`` of
+  phase ``r % b``, and phase ``(p_h, p_w)`` holds channels ``[(p_h·b + p_w)·C, +C)``. The
+  slices of one input share one SPACE_TO_DEPTH. Pure data movement, exact.
+
+Each form is named in :data:`FORMS`; :data:`DEFAULT_FORMS` are those the step applies
+(every one measured not slower, ``tools/bench_xnn_forms.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from qatir.ir import Graph, Node
+from collections.abc import Callable, Iterable
+
+from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import act_params
 from qatir.lowering.xnn_ratios import per_tensor_int8
 from qatir.target import xnn_ratios_ok
@@ -68,16 +79,93 @@ def _clamp_as_add(g: Graph, node: Node) -> bool:
     return True
 
 
-def xnn_forms(g: Graph) -> None:
-    """Rewrite the nodes listed in the module docstring."""
-    changed = False
+def _s2d_plan(node: Node) -> tuple[int, list[int], list[int]] | None:
+    """(block size, begin, end) of the stride-1 slice of ``SPACE_TO_DEPTH(b)`` that equals
+    this STRIDED_SLICE, or None when it has no such form."""
+    x = node.inputs[0]
+    strides = [int(s) for s in node.attrs["strides"]]
+    if x.rank != 4 or node.attrs.get("shrink_axis") or any(d is None for d in x.shape) \
+            or strides[0] != 1 or strides[3] != 1 or strides[1] != strides[2] or strides[1] < 2:
+        return None
+    b = strides[1]
+    if x.shape[1] % b or x.shape[2] % b:
+        return None
+    ranges = [range(*slice(int(lo), int(hi), s).indices(int(d))) for d, lo, hi, s in
+              zip(x.shape, node.attrs["begin"], node.attrs["end"], strides)]
+    if any(len(r) == 0 for r in ranges):
+        return None
+    (n, h, w, c), ch = ranges, x.shape[3]
+    phase = (h.start % b) * b + w.start % b
+    begin = [n.start, h.start // b, w.start // b, phase * ch + c.start]
+    end = [n.stop, begin[1] + len(h), begin[2] + len(w), phase * ch + c.stop]
+    return b, begin, end
+
+
+def _s2d_of(g: Graph, x: Tensor, b: int, made: dict) -> Tensor:
+    """The (shared) ``SPACE_TO_DEPTH(b)`` of ``x``, on ``x``'s grid."""
+    key = (x.name, b)
+    if key not in made:
+        s2d = g.add_node("SPACE_TO_DEPTH", [x], {"block_size": b},
+                         name=g.unique_name(f"{x.name}_s2d{b}"),
+                         outputs=[g.unique_name(f"{x.name}_s2d{b}")])
+        s2d.output.quant, s2d.output.dtype = x.quant, x.dtype
+        made[key] = s2d.output
+    return made[key]
+
+
+def _strided_as_s2d(g: Graph, node: Node, made: dict) -> bool:
+    plan = _s2d_plan(node)
+    if plan is None:
+        return False
+    b, begin, end = plan
+    node.set_input(0, _s2d_of(g, node.inputs[0], b, made))
+    node.attrs = {**node.attrs, "begin": begin, "end": end, "strides": [1, 1, 1, 1]}
+    g.reinfer(node)
+    return True
+
+
+def _concat_matches(node: Node) -> bool:
+    return node.op == "CONCATENATION" and len(node.inputs) > XNN_CONCAT_MAX_INPUTS \
+        and _int8_act(node.outputs[0]) \
+        and all(t.quant == node.outputs[0].quant for t in node.inputs)
+
+
+def _concat_form(g: Graph, node: Node, made: dict) -> bool:
+    if not _concat_matches(node):
+        return False
+    _split_concat(g, node)
+    return True
+
+
+def _clamp_form(g: Graph, node: Node, made: dict) -> bool:
+    return node.op in _CLAMPS and _int8_act(node.inputs[0]) and _int8_act(node.outputs[0]) \
+        and _clamp_as_add(g, node)
+
+
+def _slice_form(g: Graph, node: Node, made: dict) -> bool:
+    return node.op == "STRIDED_SLICE" and _int8_act(node.inputs[0]) \
+        and _int8_act(node.outputs[0]) and node.inputs[0].quant == node.outputs[0].quant \
+        and _strided_as_s2d(g, node, made)
+
+
+#: name -> rewrite(graph, node, shared) -> whether it rewrote the node (module docstring).
+FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
+    "concat_tree": _concat_form, "clamp_as_add": _clamp_form,
+    "strided_slice_s2d": _slice_form,
+}
+#: the forms the ``xnn_forms`` step applies (each measured: tools/bench_xnn_forms.py).
+DEFAULT_FORMS: frozenset[str] = frozenset(FORMS)
+
+
+def xnn_forms(g: Graph, forms: Iterable[str] | None = None) -> None:
+    """Rewrite the nodes listed in the module docstring, with ``forms`` (names in
+    :data:`FORMS`; default :data:`DEFAULT_FORMS`)."""
+    chosen = [FORMS[f] for f in sorted(DEFAULT_FORMS if forms is None else forms)]
+    changed, made = False, {}
     for node in list(g.nodes):
-        if node.op == "CONCATENATION" and len(node.inputs) > XNN_CONCAT_MAX_INPUTS \
-                and _int8_act(node.outputs[0]) \
-                and all(t.quant == node.outputs[0].quant for t in node.inputs):
-            _split_concat(g, node)
-            changed = True
-        elif node.op in _CLAMPS and _int8_act(node.inputs[0]) and _int8_act(node.outputs[0]):
-            changed |= _clamp_as_add(g, node)
+        for form in chosen:
+            if form(g, node, made):
+                changed = True
+                break
     if changed:
         g.toposort()

@@ -1,0 +1,90 @@
+"""The ``xnn_forms`` lowering step's strided-slice form: a spatially strided int8
+STRIDED_SLICE becomes SPACE_TO_DEPTH plus a stride-1 slice, which XNNPACK takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qatir.lower import lower
+from qatir.parity import xnnpack_coverage
+from qatir.tflite_writer import to_tflite
+from tests.helpers import QB, compare_all, int8_feed
+
+BIG = 1 << 31
+
+
+def _patch_merging(qb: QB, hw: int = 8, ch: int = 6):
+    """Swin's patch merging: the four phases x[:, i::2, j::2, :] concatenated on channels."""
+    x = qb.input("x", [1, hw, hw, ch], -2, 2)
+    y = qb.conv("CONV_2D", x, [ch, 1, 1, ch], {"padding": "VALID"}, (-3, 3))
+    parts = [qb.op("STRIDED_SLICE", [y], {"begin": [0, i, j, 0], "end": [1, BIG, BIG, ch],
+                                          "strides": [1, 2, 2, 1]}, name=f"s{i}{j}")
+             for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    return qb.op("CONCATENATION", parts, {"axis": 3}, None, name="cat")
+
+
+def _ops(g) -> list[str]:
+    return [n.op for n in g.nodes]
+
+
+def test_patch_merging_slices_share_one_delegated_space_to_depth():
+    qb = QB(seed=7)
+    g = qb.output(_patch_merging(qb))
+    lg = lower(g)
+    assert _ops(lg).count("SPACE_TO_DEPTH") == 1 and _ops(lg).count("STRIDED_SLICE") == 4
+    assert all(n.attrs["strides"] == [1, 1, 1, 1] for n in lg.nodes if n.op == "STRIDED_SLICE")
+    cover = xnnpack_coverage(to_tflite(g))
+    assert all(taken for _, taken in cover), cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+def test_slice_form_outputs_equal_the_strided_slice():
+    """The rewritten graph returns the very values of x[:, i::2, j::2, :]: the conv output
+    is a graph output too, and each phase output equals numpy's strided slice of it."""
+    from qatir.reference import run_reference
+
+    qb = QB(seed=8)
+    x = qb.input("x", [1, 6, 4, 5], -2, 2)
+    y = qb.conv("CONV_2D", x, [5, 1, 1, 5], {"padding": "VALID"}, (-3, 3))
+    cases = {"a": ([0, 1, 0, 1], [1, 6, 4, 4]), "b": ([0, 2, 3, 0], [1, 5, 4, 5]),
+             "c": ([0, 0, 1, 2], [1, 4, BIG, 3])}
+    outs = [qb.op("STRIDED_SLICE", [y], {"begin": b, "end": e, "strides": [1, 2, 2, 1]},
+                  name=k) for k, (b, e) in cases.items()]
+    g = qb.output(y, *outs)
+    lg = lower(g)
+    assert _ops(lg).count("SPACE_TO_DEPTH") == 1
+    feeds = int8_feed(g, 2)
+    got = run_reference(g, feeds)
+    yq = got[g.outputs[0].name]
+    for t, (b, e) in zip(g.outputs[1:], cases.values()):
+        want = yq[tuple(slice(lo, hi, s) for lo, hi, s in zip(b, e, [1, 2, 2, 1]))]
+        np.testing.assert_array_equal(got[t.name], want)
+    assert all(taken for _, taken in xnnpack_coverage(to_tflite(g)))
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("attrs, shape", [
+    ({"begin": [0, 0, 0, 0], "end": [1, 7, 8, 4], "strides": [1, 2, 2, 1]}, [1, 7, 8, 4]),
+    ({"begin": [0, 0, 0, 0], "end": [1, 8, 8, 4], "strides": [1, 2, 1, 1]}, [1, 8, 8, 4]),
+    ({"begin": [0, 0, 0, 0], "end": [1, 8, 8, 4], "strides": [1, 2, 2, 2]}, [1, 8, 8, 4]),
+])
+def test_slices_without_a_space_to_depth_form_stay(attrs, shape):
+    """H not divisible by the stride, unequal H/W strides, a channel stride: no form."""
+    qb = QB(seed=9)
+    g = qb.output(qb.op("STRIDED_SLICE", [qb.input("x", shape, -1, 1)], attrs))
+    assert _ops(lower(g)) == ["STRIDED_SLICE"]
+
+
+def test_forms_can_be_chosen(monkeypatch):
+    """The step applies DEFAULT_FORMS; without the slice form the slices stay strided."""
+    import importlib
+
+    xnn_forms = importlib.import_module("qatir.lowering.xnn_forms")  # the module, not the step
+    assert xnn_forms.DEFAULT_FORMS <= set(xnn_forms.FORMS)
+    monkeypatch.setattr(xnn_forms, "DEFAULT_FORMS",
+                        xnn_forms.DEFAULT_FORMS - {"strided_slice_s2d"})
+    qb = QB(seed=7)
+    lg = lower(qb.output(_patch_merging(qb)))
+    assert "SPACE_TO_DEPTH" not in _ops(lg)
+    assert [n.attrs["strides"] for n in lg.nodes if n.op == "STRIDED_SLICE"] == [[1, 2, 2, 1]] * 4
