@@ -23,9 +23,9 @@ Each form is named in :data:`FORMS`; :data:`DEFAULT_FORMS` are those the step ap
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Callable, Iterable
+
+import numpy as np
 
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import act_params
