@@ -88,3 +88,71 @@ def test_forms_can_be_chosen(monkeypatch):
     lg = lower(qb.output(_patch_merging(qb)))
     assert "SPACE_TO_DEPTH" not in _ops(lg)
     assert [n.attrs["strides"] for n in lg.nodes if n.op == "STRIDED_SLICE"] == [[1, 2, 2, 1]] * 4
+
+
+@pytest.fixture
+def with_nearest_form(monkeypatch):
+    """The nearest-resize form is off by default (measured slower): turn it on."""
+    import importlib
+
+    forms = importlib.import_module("qatir.lowering.xnn_forms")
+    assert "nearest_as_d2s" not in forms.DEFAULT_FORMS
+    monkeypatch.setattr(forms, "DEFAULT_FORMS", forms.DEFAULT_FORMS | {"nearest_as_d2s"})
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_nearest_upsample_by_two_is_a_delegated_depth_to_space(half, with_nearest_form):
+    """RESIZE_NEAREST_NEIGHBOR x2 (no XNNPACK case) becomes D2S(2) of 4 channel copies:
+    both delegated, bit-exact, and equal to numpy's repeat of the resize input."""
+    from qatir.reference import run_reference
+
+    qb = QB(seed=10)
+    x = qb.input("x", [1, 3, 5, 4], -2, 2)
+    y = qb.conv("CONV_2D", x, [4, 1, 1, 4], {"padding": "VALID"}, (-3, 3))
+    up = qb.op("RESIZE_NEAREST_NEIGHBOR", [y], {"size": [6, 10], "half_pixel_centers": half})
+    g = qb.output(y, up)
+    assert _ops(lower(g)) == ["CONV_2D", "CONCATENATION", "DEPTH_TO_SPACE"]
+    cover = xnnpack_coverage(to_tflite(g))
+    assert all(taken for _, taken in cover), cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    got = run_reference(g, int8_feed(g, 4))
+    yq, upq = (got[t.name] for t in g.outputs)
+    np.testing.assert_array_equal(upq, yq.repeat(2, axis=1).repeat(2, axis=2))
+
+
+@pytest.mark.parametrize("attrs", [
+    {"size": [6, 10], "align_corners": True, "half_pixel_centers": True},  # not o // 2
+    {"size": [9, 15]},                            # factor 3
+    {"size": [6, 5]},                             # only H doubled
+])
+def test_other_nearest_resizes_stay(attrs, with_nearest_form):
+    qb = QB(seed=11)
+    g = qb.output(qb.op("RESIZE_NEAREST_NEIGHBOR", [qb.input("x", [1, 3, 5, 4], -1, 1)], attrs))
+    assert _ops(lower(g)) == ["RESIZE_NEAREST_NEIGHBOR"]
+
+
+def test_two_one_axis_slices_compose_into_the_space_to_depth_form():
+    """ONNX spells x[:, i::2, j::2] as a slice of H then one of W (YOLOX's Focus): the pair
+    composes into one stride-2 slice of x, then the SPACE_TO_DEPTH form; the inner slice
+    is dead and removed. Bit-exact and equal to numpy's slice."""
+    from qatir.reference import run_reference
+
+    qb = QB(seed=12)
+    x = qb.input("x", [1, 8, 6, 3], -2, 2)
+    y = qb.conv("CONV_2D", x, [3, 1, 1, 3], {"padding": "VALID"}, (-3, 3))
+    parts = []
+    for i, j in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        hs = qb.op("STRIDED_SLICE", [y], {"begin": [0, i, 0, 0], "end": [1, BIG, 6, 3],
+                                          "strides": [1, 2, 1, 1]})
+        parts.append(qb.op("STRIDED_SLICE", [hs], {"begin": [0, 0, j, 0], "end": [1, 4, BIG, 3],
+                                                   "strides": [1, 1, 2, 1]}))
+    g = qb.output(y, qb.op("CONCATENATION", parts, {"axis": 3}, None, name="cat"))
+    lg = lower(g)
+    assert _ops(lg).count("SPACE_TO_DEPTH") == 1 and _ops(lg).count("STRIDED_SLICE") == 4
+    cover = xnnpack_coverage(to_tflite(g))
+    assert all(taken for _, taken in cover), cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    got = run_reference(g, int8_feed(g, 5))
+    yq, cat = (got[t.name] for t in g.outputs)
+    want = np.concatenate([yq[:, i::2, j::2] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))], 3)
+    np.testing.assert_array_equal(cat, want)

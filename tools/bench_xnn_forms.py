@@ -6,7 +6,8 @@
 For each form of :data:`qatir.lowering.xnn_forms.FORMS` and each model (a corpus name from
 ``tools/corpus/models/manifest.json``, or ``synth:patch_merging`` — Swin-T's first patch
 merging, ``x[:, i::2, j::2, :]`` of a 56x56x96 conv output concatenated, then a
-FULLY_CONNECTED), qatir's int8 file is written twice from the same calibrated graph: with
+FULLY_CONNECTED; ``synth:upsample`` — an FPN step, a 40x40x64 conv output upsampled 2x by
+RESIZE_NEAREST_NEIGHBOR and added to an 80x80x64 one), qatir's int8 file is written twice from the same calibrated graph: with
 every default form ("on") and with that one form left out ("off"). Printed: the nodes
 XNNPACK takes in each, and the median invoke time on LiteRT's default path (XNNPACK, 1
 thread, batch 1), the files taking turns invoke by invoke; "off again" is a second
@@ -27,7 +28,8 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODELS = {"strided_slice_s2d": ["synth:patch_merging", "tv_swin_t"],
+MODELS = {"strided_slice_s2d": ["synth:patch_merging", "tv_swin_t", "ddddocr_common_det"],
+          "nearest_as_d2s": ["synth:upsample", "ddddocr_common_det"],
           "concat_tree": ["tv_densenet121"], "clamp_as_add": ["tv_densenet121"]}
 
 
@@ -55,9 +57,36 @@ def _synth_patch_merging():
     return g, calib
 
 
+def _conv1x1(g, x, ch: int, rng, name: str):
+    import numpy as np
+
+    w = g.const(rng.normal(0, 0.1, (ch, 1, 1, x.shape[3])).astype(np.float32), name=f"{name}_w")
+    b = g.const(np.zeros(ch, np.float32), name=f"{name}_b")
+    return g.add_node("CONV_2D", [x, w, b], {"padding": "VALID"}, name=name).output
+
+
+def _synth_upsample():
+    import numpy as np
+
+    from qatir.ir import Graph
+
+    g = Graph("upsample")
+    rng = np.random.default_rng(1)
+    lo, hi = g.add_input("lo", [1, 40, 40, 64]), g.add_input("hi", [1, 80, 80, 64])
+    up = g.add_node("RESIZE_NEAREST_NEIGHBOR", [_conv1x1(g, lo, 64, rng, "c1")],
+                    {"size": [80, 80]}).output
+    g.outputs = [g.add_node("ADD", [up, _conv1x1(g, hi, 64, rng, "c2")]).output]
+    g.verify()
+    calib = [{"lo": rng.normal(size=(1, 40, 40, 64)).astype(np.float32),
+              "hi": rng.normal(size=(1, 80, 80, 64)).astype(np.float32)} for _ in range(4)]
+    return g, calib
+
+
 def _graph(name: str):
     if name == "synth:patch_merging":
         return _synth_patch_merging()
+    if name == "synth:upsample":
+        return _synth_upsample()
     from compare_peers import load_model, model_feeds
 
     entry, g, models_dir = load_model(name)

@@ -11,14 +11,22 @@
   builtin: 1/2 then 2^-19, both exact), so the result equals the activation's bit for
   bit; otherwise the ADD requantizes as the integer reference models it.
 - A 4-D int8 STRIDED_SLICE with strides ``[1, b, b, 1]``, ``b >= 2``, over H and W that
-  ``b`` divides (Swin's patch merging ``x[:, i::2, j::2, :]``; VisitStridedSliceNode takes
+  ``b`` divides (Swin's patch merging ``x[:, i::2, j::2, :]``, YOLOX's Focus, which ONNX
+  spells as two slices of one axis each, composed here; VisitStridedSliceNode takes
   stride 1 only) becomes ``SPACE_TO_DEPTH(b)`` (VisitSpaceToDepthNode takes int8) and a
   stride-1 STRIDED_SLICE of its output: input row ``r = a + k·b`` is row ``r // b`` of
   phase ``r % b``, and phase ``(p_h, p_w)`` holds channels ``[(p_h·b + p_w)·C, +C)``. The
   slices of one input share one SPACE_TO_DEPTH. Pure data movement, exact.
+- An int8 RESIZE_NEAREST_NEIGHBOR that doubles H and W (VisitNode has no case for it; FPN
+  and U-Net upsampling) becomes ``DEPTH_TO_SPACE(2)`` (VisitDepthToSpaceNode takes int8)
+  of ``CONCATENATION(x, x, x, x)`` on channels, taken only where LiteRT's index map
+  (:func:`qatir.reference_kernels.nearest_index`) is ``o // 2`` on both axes (every
+  setting but ``align_corners`` with ``half_pixel_centers``): output ``(2h + dy, 2w + dx, c)`` reads channel ``(2·dy + dx)·C + c``
+  of the concatenation, which is ``x[h, w, c]``. Pure data movement, exact.
 
 Each form is named in :data:`FORMS`; :data:`DEFAULT_FORMS` are those the step applies
-(every one measured not slower, ``tools/bench_xnn_forms.py``).
+(every one measured not slower, ``tools/bench_xnn_forms.py``); ``xnn_forms(g, forms=...)``
+applies others.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import numpy as np
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import act_params
 from qatir.lowering.xnn_ratios import per_tensor_int8
+from qatir.reference_kernels import nearest_index
 from qatir.target import xnn_ratios_ok
 
 #: VisitConcatenationNode's CheckNumInputsAndOutputs(node, 2, 5, 1)
@@ -79,26 +88,50 @@ def _clamp_as_add(g: Graph, node: Node) -> bool:
     return True
 
 
-def _s2d_plan(node: Node) -> tuple[int, list[int], list[int]] | None:
-    """(block size, begin, end) of the stride-1 slice of ``SPACE_TO_DEPTH(b)`` that equals
-    this STRIDED_SLICE, or None when it has no such form."""
+def _slice_ranges(node: Node) -> list[range] | None:
+    """The index range a STRIDED_SLICE takes along each axis (None: dynamic, or shrinks)."""
     x = node.inputs[0]
-    strides = [int(s) for s in node.attrs["strides"]]
-    if x.rank != 4 or node.attrs.get("shrink_axis") or any(d is None for d in x.shape) \
-            or strides[0] != 1 or strides[3] != 1 or strides[1] != strides[2] or strides[1] < 2:
+    if node.attrs.get("shrink_axis") or any(d is None for d in x.shape):
         return None
-    b = strides[1]
-    if x.shape[1] % b or x.shape[2] % b:
+    return [range(*slice(int(lo), int(hi), int(s)).indices(int(d))) for d, lo, hi, s in
+            zip(x.shape, node.attrs["begin"], node.attrs["end"], node.attrs["strides"])]
+
+
+def _slice_source(node: Node) -> tuple[Tensor, list[range]] | None:
+    """The tensor this STRIDED_SLICE reads through a chain of forward STRIDED_SLICEs on its
+    grid (ONNX slices one axis per node: x[:, ::2] then [:, :, ::2]), and the composed
+    ranges on it: ``inner[outer]`` per axis."""
+    ranges = _slice_ranges(node)
+    if ranges is None:
         return None
-    ranges = [range(*slice(int(lo), int(hi), s).indices(int(d))) for d, lo, hi, s in
-              zip(x.shape, node.attrs["begin"], node.attrs["end"], strides)]
-    if any(len(r) == 0 for r in ranges):
+    x = node.inputs[0]
+    while x.producer is not None and x.producer.op == "STRIDED_SLICE" \
+            and x.producer.inputs[0].quant == x.quant:
+        inner = _slice_ranges(x.producer)
+        if inner is None or any(r.step < 0 for r in (*inner, *ranges)):
+            break
+        ranges = [a[b.start:b.stop:b.step] for a, b in zip(inner, ranges)]
+        x = x.producer.inputs[0]
+    return x, ranges
+
+
+def _s2d_plan(node: Node) -> tuple[Tensor, int, list[int], list[int]] | None:
+    """(source, block size, begin, end) of the stride-1 slice of ``SPACE_TO_DEPTH(b)`` of
+    the source that equals this STRIDED_SLICE, or None when it has no such form."""
+    found = _slice_source(node)
+    if found is None or found[0].rank != 4:
+        return None
+    x, ranges = found
+    steps = [r.step for r in ranges]
+    b = steps[1]
+    if steps[0] != 1 or steps[3] != 1 or steps[2] != b or b < 2 \
+            or x.shape[1] % b or x.shape[2] % b or any(len(r) == 0 for r in ranges):
         return None
     (n, h, w, c), ch = ranges, x.shape[3]
     phase = (h.start % b) * b + w.start % b
     begin = [n.start, h.start // b, w.start // b, phase * ch + c.start]
-    end = [n.stop, begin[1] + len(h), begin[2] + len(w), phase * ch + c.stop]
-    return b, begin, end
+    end = [n.start + len(n), begin[1] + len(h), begin[2] + len(w), phase * ch + c.start + len(c)]
+    return x, b, begin, end
 
 
 def _s2d_of(g: Graph, x: Tensor, b: int, made: dict) -> Tensor:
@@ -117,10 +150,45 @@ def _strided_as_s2d(g: Graph, node: Node, made: dict) -> bool:
     plan = _s2d_plan(node)
     if plan is None:
         return False
-    b, begin, end = plan
-    node.set_input(0, _s2d_of(g, node.inputs[0], b, made))
+    x, b, begin, end = plan
+    node.set_input(0, _s2d_of(g, x, b, made))
     node.attrs = {**node.attrs, "begin": begin, "end": end, "strides": [1, 1, 1, 1]}
     g.reinfer(node)
+    return True
+
+
+#: the resize factor the nearest-neighbour form handles: 2x2 copies fit one CONCATENATION
+_NEAREST_FACTOR = 2
+
+
+def _nearest_factor(node: Node) -> int | None:
+    """The integer factor k of a RESIZE_NEAREST_NEIGHBOR equal to D2S(k) of k·k copies."""
+    x = node.inputs[0]
+    if x.rank != 4 or any(d is None for d in x.shape):
+        return None
+    k = _NEAREST_FACTOR
+    align, half = bool(node.attrs["align_corners"]), bool(node.attrs["half_pixel_centers"])
+    for out, size in zip(node.attrs["size"], x.shape[1:3]):
+        if out != k * size or not np.array_equal(nearest_index(out, size, align, half),
+                                                 np.arange(out) // k):
+            return None
+    return k
+
+
+def _nearest_form(g: Graph, node: Node, made: dict) -> bool:
+    if node.op != "RESIZE_NEAREST_NEIGHBOR" or not _int8_act(node.inputs[0]) \
+            or node.inputs[0].quant != node.outputs[0].quant:
+        return False
+    k = _nearest_factor(node)
+    if k is None:
+        return False
+    x = node.inputs[0]
+    cat = g.add_node("CONCATENATION", [x] * (k * k), {"axis": 3, "fused_activation": "NONE"},
+                     name=g.unique_name(f"{node.name}_copies"),
+                     outputs=[g.unique_name(f"{x.name}_copies")])
+    cat.output.quant, cat.output.dtype = x.quant, x.dtype
+    _set_inputs(node, [cat.output])
+    node.op, node.attrs = "DEPTH_TO_SPACE", {"block_size": k}
     return True
 
 
@@ -151,10 +219,14 @@ def _slice_form(g: Graph, node: Node, made: dict) -> bool:
 #: name -> rewrite(graph, node, shared) -> whether it rewrote the node (module docstring).
 FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
     "concat_tree": _concat_form, "clamp_as_add": _clamp_form,
-    "strided_slice_s2d": _slice_form,
+    "strided_slice_s2d": _slice_form, "nearest_as_d2s": _nearest_form,
 }
-#: the forms the ``xnn_forms`` step applies (each measured: tools/bench_xnn_forms.py).
-DEFAULT_FORMS: frozenset[str] = frozenset(FORMS)
+#: the forms the ``xnn_forms`` step applies, each measured not slower with an interleaved
+#: timing (``tools/bench_xnn_forms.py``). ``nearest_as_d2s`` is left out: it copies the
+#: upsampled tensor twice (CONCATENATION, then DEPTH_TO_SPACE) where LiteRT's builtin
+#: nearest resize copies it once, and measured slower (on/off 1.21 on a 40x40x64 -> 80x80
+#: FPN step, 1.01 on ddddocr's detector, 2026-12-02).
+DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s"}
 
 
 def xnn_forms(g: Graph, forms: Iterable[str] | None = None) -> None:
