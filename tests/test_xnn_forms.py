@@ -156,3 +156,72 @@ def test_two_one_axis_slices_compose_into_the_space_to_depth_form():
     yq, cat = (got[t.name] for t in g.outputs)
     want = np.concatenate([yq[:, i::2, j::2] for i, j in ((0, 0), (1, 0), (0, 1), (1, 1))], 3)
     np.testing.assert_array_equal(cat, want)
+
+
+def _unchanged_by(form: str, g, monkeypatch, seeds=(1, 2, 3)) -> None:
+    """The graph's outputs with ``form`` equal those without it, on both reference modes."""
+    import importlib
+
+    from qatir.reference import run_reference
+
+    forms = importlib.import_module("qatir.lowering.xnn_forms")
+    on = lower(g)
+    monkeypatch.setattr(forms, "DEFAULT_FORMS", forms.DEFAULT_FORMS - {form})
+    off = lower(g)
+    monkeypatch.undo()
+    assert str(on) != str(off)
+    for seed in seeds:
+        feeds = int8_feed(g, seed)
+        for mode in ("reference", "xnnpack"):
+            a, b = run_reference(on, feeds, kernels=mode), run_reference(off, feeds, kernels=mode)
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{name} {mode}")
+
+
+def test_squeeze_is_a_delegated_reshape(monkeypatch):
+    qb = QB(seed=13)
+    x = qb.input("x", [1, 4, 1, 8], -2, 2)
+    y = qb.conv("CONV_2D", x, [8, 1, 1, 8], {"padding": "VALID"}, (-3, 3))
+    g = qb.output(qb.op("SQUEEZE", [y], {"squeeze_dims": [2]}))
+    assert _ops(lower(g)) == ["CONV_2D", "RESHAPE"]
+    cover = xnnpack_coverage(to_tflite(g))
+    assert cover == [("CONV_2D", True), ("RESHAPE", True)], cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    _unchanged_by("squeeze_as_reshape", g, monkeypatch)
+
+
+def _relu_pad_pool(qb: QB, act: str, pads=((1, 1), (1, 1))):
+    """conv (fused ``act``) on a grid with zero point above -128 -> PAD(-inf) -> max pool."""
+    x = qb.input("x", [1, 8, 8, 4], -2, 2)
+    y = qb.conv("CONV_2D", x, [4, 3, 3, 4], {"padding": "SAME", "fused_activation": act},
+                (-2.0, 6.0))
+    p = qb.op("PAD", [y], {"paddings": [[0, 0], list(pads[0]), list(pads[1]), [0, 0]],
+                           "constant_value": float(np.finfo(np.float32).min)})
+    return qb.op("MAX_POOL_2D", [p], {"filter": [3, 3], "stride": [2, 2], "padding": "VALID"})
+
+
+@pytest.mark.parametrize("act", ["RELU", "RELU6"])
+def test_max_pool_padding_of_a_clamped_tensor_is_a_delegated_pad(act, monkeypatch):
+    """-inf padding before a max pool, of a ReLU output whose zero point is above -128
+    (DenseNet's stem on the dense block's grid): padding with the zero point is the same
+    pool, and it is a PAD, which XNNPACK takes (PADV2 it does not)."""
+    qb = QB(seed=14)
+    g = qb.output(_relu_pad_pool(qb, act))
+    assert lower(g).outputs[0].quant.zero_point[0] > -128
+    cover = xnnpack_coverage(to_tflite(g))
+    assert cover == [("CONV_2D", True), ("PAD", True), ("MAX_POOL_2D", True)], cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    _unchanged_by("maxpool_pad_at_zero", g, monkeypatch)
+
+
+@pytest.mark.parametrize("act, pads", [("NONE", ((1, 1), (1, 1))), ("RELU", ((3, 0), (1, 1)))])
+def test_max_pool_padding_stays_where_the_zero_point_would_change_it(act, pads):
+    """No clamp at the zero point, or a window of padding only: the PADV2 stays."""
+    qb = QB(seed=14)
+    g = qb.output(_relu_pad_pool(qb, act, pads))
+    assert [op for op, _ in xnnpack_coverage(to_tflite(g))] == ["CONV_2D", "PADV2", "MAX_POOL_2D"]
+
+
+def test_slice_form_leaves_outputs_unchanged(monkeypatch):
+    qb = QB(seed=7)
+    _unchanged_by("strided_slice_s2d", qb.output(_patch_merging(qb)), monkeypatch)

@@ -23,6 +23,16 @@
   (:func:`qatir.reference_kernels.nearest_index`) is ``o // 2`` on both axes (every
   setting but ``align_corners`` with ``half_pixel_centers``): output ``(2h + dy, 2w + dx, c)`` reads channel ``(2·dy + dx)·C + c``
   of the concatenation, which is ``x[h, w, c]``. Pure data movement, exact.
+- An int8 SQUEEZE (VisitNode has no case for it) becomes the RESHAPE to its output shape
+  (VisitReshapeNode takes int8). Exact.
+- A PAD by a value below the zero point (a max-pool's ``-inf``, written as PADV2, which
+  VisitNode has no case for) of a tensor whose producer clamps it at its zero point (a
+  fused RELU / RELU6: CalculateActivationRangeQuantized's floor is ``q(0)``, the zero
+  point), read only by MAX_POOL_2Ds whose every window holds an input element (padding
+  under the filter size), pads with the zero point instead (a PAD, which XNNPACK takes):
+  each window's maximum is an input element at or above the zero point either way, so
+  the pool's output is unchanged. DenseNet's stem, whose ReLU output shares the dense
+  block's grid (zero point above -128).
 
 Each form is named in :data:`FORMS`; :data:`DEFAULT_FORMS` are those the step applies
 (every one measured not slower, ``tools/bench_xnn_forms.py``); ``xnn_forms(g, forms=...)``
@@ -192,6 +202,37 @@ def _nearest_form(g: Graph, node: Node, made: dict) -> bool:
     return True
 
 
+def _squeeze_form(g: Graph, node: Node, made: dict) -> bool:
+    out = node.outputs[0]
+    if node.op != "SQUEEZE" or not _int8_act(node.inputs[0]) or not _int8_act(out) \
+            or sum(d is None for d in out.shape) > 1:
+        return False
+    node.op, node.attrs = "RESHAPE", {"new_shape": [-1 if d is None else int(d)
+                                                    for d in out.shape]}
+    return True
+
+
+def _windows_hold_input(pool: Node, pads: list) -> bool:
+    """Every window of this VALID MAX_POOL_2D over the padded tensor holds an input element."""
+    return pool.op == "MAX_POOL_2D" and pool.attrs["padding"] == "VALID" \
+        and all(0 <= p < f for (a, b), f in zip(pads[1:3], pool.attrs["filter"]) for p in (a, b))
+
+
+def _maxpool_pad_form(g: Graph, node: Node, made: dict) -> bool:
+    x, out = node.inputs[0], node.outputs[0]
+    if node.op != "PAD" or not _int8_act(x) or x.quant != out.quant or out in g.outputs \
+            or x.producer is None or x.producer.attrs.get("fused_activation") not in \
+            ("RELU", "RELU6") or len(x.producer.outputs) != 1:
+        return False
+    pads = [list(p) for p in node.attrs["paddings"]]
+    value = float(node.attrs.get("constant_value", 0.0))
+    if x.rank != 4 or value >= 0.0 or any(pads[i] != [0, 0] for i in (0, 3)) \
+            or not out.users or not all(_windows_hold_input(u, pads) for u in out.users):
+        return False
+    node.attrs = {**node.attrs, "constant_value": 0.0}
+    return True
+
+
 def _concat_matches(node: Node) -> bool:
     return node.op == "CONCATENATION" and len(node.inputs) > XNN_CONCAT_MAX_INPUTS \
         and _int8_act(node.outputs[0]) \
@@ -220,6 +261,7 @@ def _slice_form(g: Graph, node: Node, made: dict) -> bool:
 FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
     "concat_tree": _concat_form, "clamp_as_add": _clamp_form,
     "strided_slice_s2d": _slice_form, "nearest_as_d2s": _nearest_form,
+    "squeeze_as_reshape": _squeeze_form, "maxpool_pad_at_zero": _maxpool_pad_form,
 }
 #: the forms the ``xnn_forms`` step applies, each measured not slower with an interleaved
 #: timing (``tools/bench_xnn_forms.py``). ``nearest_as_d2s`` is left out: it copies the
