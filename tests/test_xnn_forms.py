@@ -225,3 +225,29 @@ def test_max_pool_padding_stays_where_the_zero_point_would_change_it(act, pads):
 def test_slice_form_leaves_outputs_unchanged(monkeypatch):
     qb = QB(seed=7)
     _unchanged_by("strided_slice_s2d", qb.output(_patch_merging(qb)), monkeypatch)
+
+
+@pytest.mark.parametrize("indices, want_ops", [
+    (np.int32(1), ["STRIDED_SLICE", "RESHAPE"]),                         # qkv[1]
+    (np.array([2, 3, 4], np.int32), ["STRIDED_SLICE"]),                   # one run
+    (np.array([3, 4, 5, 0, 1, 2], np.int32), ["STRIDED_SLICE"] * 2 + ["CONCATENATION"]),  # roll
+    (np.array([-1, 0], np.int32), ["STRIDED_SLICE"] * 2 + ["CONCATENATION"]),
+])
+def test_gather_of_constant_runs_is_delegated_slices(indices, want_ops, monkeypatch):
+    qb = QB(seed=15)
+    x = qb.input("x", [1, 6, 4, 5], -2, 2)
+    y = qb.conv("CONV_2D", x, [5, 1, 1, 5], {"padding": "VALID"}, (-3, 3))
+    g = qb.output(qb.op("GATHER", [y, qb.g.const(indices, name="idx")], {"axis": 1}))
+    assert sorted(_ops(lower(g))) == sorted(["CONV_2D", *want_ops])
+    cover = xnnpack_coverage(to_tflite(g))
+    assert all(taken for _, taken in cover), cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    _unchanged_by("gather_as_slices", g, monkeypatch)
+
+
+def test_gather_of_scattered_indices_stays():
+    qb = QB(seed=15)
+    x = qb.input("x", [1, 12, 4], -2, 2)
+    idx = qb.g.const(np.array([0, 2, 4, 6, 8, 10], np.int32), name="idx")  # 6 runs
+    g = qb.output(qb.op("GATHER", [x, idx], {"axis": 1}))
+    assert _ops(lower(g)) == ["GATHER"]

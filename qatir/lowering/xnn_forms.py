@@ -23,6 +23,10 @@
   (:func:`qatir.reference_kernels.nearest_index`) is ``o // 2`` on both axes (every
   setting but ``align_corners`` with ``half_pixel_centers``): output ``(2h + dy, 2w + dx, c)`` reads channel ``(2·dy + dx)·C + c``
   of the concatenation, which is ``x[h, w, c]``. Pure data movement, exact.
+- An int8 GATHER of constant indices (VisitNode has no case for it) whose indices are at
+  most 5 ascending runs ``k, k+1, ...`` becomes stride-1 STRIDED_SLICEs of those runs
+  along its axis, joined by one CONCATENATION when there are several (``torch.roll``),
+  and a RESHAPE for a scalar index (``qkv[0]``: Swin's and ViT's attention). Exact.
 - An int8 SQUEEZE (VisitNode has no case for it) becomes the RESHAPE to its output shape
   (VisitReshapeNode takes int8). Exact.
 - A PAD by a value below the zero point (a max-pool's ``-inf``, written as PADV2, which
@@ -202,6 +206,55 @@ def _nearest_form(g: Graph, node: Node, made: dict) -> bool:
     return True
 
 
+def _index_runs(idx: np.ndarray, dim: int) -> list[tuple[int, int]]:
+    """The ascending runs ``(start, length)`` of consecutive indices, in order."""
+    runs: list[tuple[int, int]] = []
+    for i in (int(v) + dim if v < 0 else int(v) for v in idx.reshape(-1)):
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def _axis_slice(g: Graph, x: Tensor, axis: int, start: int, length: int, name: str) -> Tensor:
+    begin, end = [0] * x.rank, [int(d) for d in x.shape]
+    begin[axis], end[axis] = start, start + length
+    sl = g.add_node("STRIDED_SLICE", [x], {"begin": begin, "end": end, "strides": [1] * x.rank},
+                    name=g.unique_name(name), outputs=[g.unique_name(name)])
+    sl.output.quant, sl.output.dtype = x.quant, x.dtype
+    return sl.output
+
+
+def _gather_form(g: Graph, node: Node, made: dict) -> bool:
+    if node.op != "GATHER" or not _int8_act(node.inputs[0]) or not node.inputs[1].is_const \
+            or node.inputs[0].quant != node.outputs[0].quant or node.inputs[1].data.ndim > 1:
+        return False
+    x, idx = node.inputs
+    if any(d is None for d in x.shape):
+        return False
+    axis = int(node.attrs["axis"]) % x.rank
+    runs = _index_runs(idx.data, int(x.shape[axis]))
+    if not runs or len(runs) > XNN_CONCAT_MAX_INPUTS:
+        return False
+    if idx.data.ndim == 1 and len(runs) == 1:  # one run: the node is that slice
+        (a, n), = runs
+        begin, end = [0] * x.rank, [int(d) for d in x.shape]
+        begin[axis], end[axis] = a, a + n
+        node.op, node.attrs = "STRIDED_SLICE", {"begin": begin, "end": end,
+                                                "strides": [1] * x.rank, "shrink_axis": []}
+        _set_inputs(node, [x])
+        return True
+    parts = [_axis_slice(g, x, axis, a, n, f"{node.name}_run{i}") for i, (a, n) in
+             enumerate(runs)]
+    if idx.data.ndim == 0:
+        node.op, node.attrs = "RESHAPE", {"new_shape": [int(d) for d in node.outputs[0].shape]}
+    else:
+        node.op, node.attrs = "CONCATENATION", {"axis": axis, "fused_activation": "NONE"}
+    _set_inputs(node, parts)
+    return True
+
+
 def _squeeze_form(g: Graph, node: Node, made: dict) -> bool:
     out = node.outputs[0]
     if node.op != "SQUEEZE" or not _int8_act(node.inputs[0]) or not _int8_act(out) \
@@ -261,7 +314,7 @@ def _slice_form(g: Graph, node: Node, made: dict) -> bool:
 FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
     "concat_tree": _concat_form, "clamp_as_add": _clamp_form,
     "strided_slice_s2d": _slice_form, "nearest_as_d2s": _nearest_form,
-    "squeeze_as_reshape": _squeeze_form, "maxpool_pad_at_zero": _maxpool_pad_form,
+    "squeeze_as_reshape": _squeeze_form, "gather_as_slices": _gather_form, "maxpool_pad_at_zero": _maxpool_pad_form,
 }
 #: the forms the ``xnn_forms`` step applies, each measured not slower with an interleaved
 #: timing (``tools/bench_xnn_forms.py``). ``nearest_as_d2s`` is left out: it copies the
