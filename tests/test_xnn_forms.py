@@ -3,6 +3,8 @@ STRIDED_SLICE becomes SPACE_TO_DEPTH plus a stride-1 slice, which XNNPACK takes.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -215,11 +217,21 @@ def test_max_pool_padding_of_a_clamped_tensor_is_a_delegated_pad(act, monkeypatc
 
 
 @pytest.mark.parametrize("act, pads", [("NONE", ((1, 1), (1, 1))), ("RELU", ((3, 0), (1, 1)))])
-def test_max_pool_padding_stays_where_the_zero_point_would_change_it(act, pads):
-    """No clamp at the zero point, or a window of padding only: the PADV2 stays."""
+def test_other_padding_is_a_delegated_concatenation_of_constant_blocks(act, pads, monkeypatch):
+    """No clamp at the zero point, or a window of padding only: the zero point would change
+    the pool, so the -inf padding (PADV2) becomes constant blocks of its int8 value
+    concatenated on each padded axis: delegated, bit-exact, outputs unchanged."""
     qb = QB(seed=14)
     g = qb.output(_relu_pad_pool(qb, act, pads))
-    assert [op for op, _ in xnnpack_coverage(to_tflite(g))] == ["CONV_2D", "PADV2", "MAX_POOL_2D"]
+    cover = xnnpack_coverage(to_tflite(g))
+    assert cover == [("CONV_2D", True), ("CONCATENATION", True), ("CONCATENATION", True),
+                     ("MAX_POOL_2D", True)], cover
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}
+    _unchanged_by("pad_as_concat", g, monkeypatch)
+    monkeypatch.setattr(importlib.import_module("qatir.lowering.xnn_forms"), "DEFAULT_FORMS",
+                        frozenset())
+    assert [op for op, _ in xnnpack_coverage(to_tflite(g))] == ["CONV_2D", "PADV2",
+                                                                "MAX_POOL_2D"]
 
 
 def test_slice_form_leaves_outputs_unchanged(monkeypatch):

@@ -37,6 +37,11 @@
   each window's maximum is an input element at or above the zero point either way, so
   the pool's output is unchanged. DenseNet's stem, whose ReLU output shares the dense
   block's grid (zero point above -128).
+- Any other int8 PAD by a value that does not quantize to the zero point (a PADV2) becomes
+  one CONCATENATION per padded axis of the input and constant blocks filled with that
+  value as the writer quantizes it (:func:`qatir.numerics.quantized_fill`), on the
+  input's grid (XNNPACK takes a CONCATENATION with static inputs, measured). EfficientViT's
+  ``F.pad(v, value=1)``. Exact.
 
 Each form is named in :data:`FORMS`; :data:`DEFAULT_FORMS` are those the step applies
 (every one measured not slower, ``tools/bench_xnn_forms.py``); ``xnn_forms(g, forms=...)``
@@ -52,6 +57,7 @@ import numpy as np
 from qatir.ir import Graph, Node, Tensor
 from qatir.lowering.common import act_params
 from qatir.lowering.xnn_ratios import per_tensor_int8
+from qatir.numerics import quantized_fill
 from qatir.reference_kernels import nearest_index
 from qatir.target import xnn_ratios_ok
 
@@ -286,6 +292,40 @@ def _maxpool_pad_form(g: Graph, node: Node, made: dict) -> bool:
     return True
 
 
+def _pad_block(g: Graph, like: Tensor, axis: int, n: int, fill: int, name: str) -> Tensor:
+    shape = [int(d) for d in like.shape]
+    shape[axis] = n
+    return g.const(np.full(shape, fill, np.int8), name=g.unique_name(name), quant=like.quant)
+
+
+def _pad_as_concat(g: Graph, node: Node, made: dict) -> bool:
+    x, out = node.inputs[0], node.outputs[0]
+    if node.op != "PAD" or not _int8_act(x) or x.quant != out.quant \
+            or any(d is None for d in x.shape):
+        return False
+    q = x.quant
+    fill = quantized_fill(float(node.attrs.get("constant_value", 0.0)), q.scale[0],
+                          q.zero_point[0], x.dtype)
+    axes = [(a, int(lo), int(hi)) for a, (lo, hi) in enumerate(node.attrs["paddings"])
+            if lo or hi]
+    if fill == int(q.zero_point[0]) or not axes or any(lo < 0 or hi < 0 for _, lo, hi in axes):
+        return False
+    cur = x
+    for k, (axis, lo, hi) in enumerate(axes):
+        parts = ([_pad_block(g, cur, axis, lo, fill, f"{node.name}_fill")] if lo else []) + \
+            [cur] + ([_pad_block(g, cur, axis, hi, fill, f"{node.name}_fill")] if hi else [])
+        if k == len(axes) - 1:
+            node.op, node.attrs = "CONCATENATION", {"axis": axis, "fused_activation": "NONE"}
+            _set_inputs(node, parts)
+        else:
+            cat = g.add_node("CONCATENATION", parts, {"axis": axis, "fused_activation": "NONE"},
+                             name=g.unique_name(f"{node.name}_axis{axis}"),
+                             outputs=[g.unique_name(f"{out.name}_axis{axis}")])
+            cat.output.quant, cat.output.dtype = q, x.dtype
+            cur = cat.output
+    return True
+
+
 def _concat_matches(node: Node) -> bool:
     return node.op == "CONCATENATION" and len(node.inputs) > XNN_CONCAT_MAX_INPUTS \
         and _int8_act(node.outputs[0]) \
@@ -310,11 +350,14 @@ def _slice_form(g: Graph, node: Node, made: dict) -> bool:
         and _strided_as_s2d(g, node, made)
 
 
-#: name -> rewrite(graph, node, shared) -> whether it rewrote the node (module docstring).
+#: name -> rewrite(graph, node, shared) -> whether it rewrote the node (module docstring);
+#: tried in this order, the first that rewrites a node wins (``maxpool_pad_at_zero``, one
+#: PAD, before ``pad_as_concat``).
 FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
     "concat_tree": _concat_form, "clamp_as_add": _clamp_form,
     "strided_slice_s2d": _slice_form, "nearest_as_d2s": _nearest_form,
-    "squeeze_as_reshape": _squeeze_form, "gather_as_slices": _gather_form, "maxpool_pad_at_zero": _maxpool_pad_form,
+    "squeeze_as_reshape": _squeeze_form, "gather_as_slices": _gather_form,
+    "maxpool_pad_at_zero": _maxpool_pad_form, "pad_as_concat": _pad_as_concat,
 }
 #: the forms the ``xnn_forms`` step applies, each measured not slower with an interleaved
 #: timing (``tools/bench_xnn_forms.py``). ``nearest_as_d2s`` is left out: it copies the
@@ -327,7 +370,8 @@ DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s"}
 def xnn_forms(g: Graph, forms: Iterable[str] | None = None) -> None:
     """Rewrite the nodes listed in the module docstring, with ``forms`` (names in
     :data:`FORMS`; default :data:`DEFAULT_FORMS`)."""
-    chosen = [FORMS[f] for f in sorted(DEFAULT_FORMS if forms is None else forms)]
+    names = set(DEFAULT_FORMS if forms is None else forms)
+    chosen = [form for name, form in FORMS.items() if name in names]  # in FORMS' order
     changed, made = False, {}
     for node in list(g.nodes):
         for form in chosen:
