@@ -263,3 +263,55 @@ def test_gather_of_scattered_indices_stays():
     idx = qb.g.const(np.array([0, 2, 4, 6, 8, 10], np.int32), name="idx")  # 6 runs
     g = qb.output(qb.op("GATHER", [x, idx], {"axis": 1}))
     assert _ops(lower(g)) == ["GATHER"]
+
+
+def _windows_summing_to_every_value(n: int) -> np.ndarray:
+    """[1, 1, n, 255·n + ...] int8: channel c's n values sum to the c-th of every sum an
+    n-window of int8 values can have (-128·n .. 127·n)."""
+    sums = np.arange(-128 * n, 127 * n + 1)
+    base, extra = np.divmod(sums, n)
+    vals = base[None, :] + (np.arange(n)[:, None] < extra[None, :])
+    return vals.astype(np.int8).reshape(1, 1, n, sums.size)
+
+
+@pytest.mark.parametrize("filt, stride", [((1, 3), (1, 3)), ((1, 1), (1, 2)), ((1, 5), (1, 5))])
+def test_odd_valid_average_pool_is_an_exact_delegated_depthwise_conv(filt, stride, monkeypatch):
+    """AVERAGE_POOL_2D (int8 refused by XNNPACK) with VALID padding and an odd window
+    count is a DEPTHWISE_CONV_2D of weights 127 on 1/(127·n): for every sum a window can
+    have, LiteRT's file (both resolvers), the reference with and without the form agree."""
+    n = filt[0] * filt[1]
+    x8 = _windows_summing_to_every_value(n)
+    if stride[1] != n:  # 1x1 windows: every value, strided
+        x8 = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 1, 256).repeat(2, axis=2)
+    qb = QB(seed=16)
+    x = qb.input("x", list(x8.shape), -1.3, 2.1)
+    g = qb.output(qb.op("AVERAGE_POOL_2D", [x], {"filter": list(filt), "stride": list(stride),
+                                                 "padding": "VALID"}))
+    lg = lower(g)
+    assert _ops(lg) == ["DEPTHWISE_CONV_2D"]
+    buf = to_tflite(g)
+    assert xnnpack_coverage(buf) == [("DEPTHWISE_CONV_2D", True)]
+    from qatir.reference import run_reference
+    from tests.helpers import litert_run
+
+    forms = importlib.import_module("qatir.lowering.xnn_forms")
+    monkeypatch.setattr(forms, "DEFAULT_FORMS", forms.DEFAULT_FORMS - {"avgpool_as_dwconv"})
+    pool = lower(g)
+    assert _ops(pool) == ["AVERAGE_POOL_2D"]
+    feeds = {"x": x8}
+    (want,) = run_reference(pool, feeds).values()
+    for ref, mode in ((True, "reference"), (False, "xnnpack")):
+        (got,) = litert_run(buf, feeds, ref)[0].values()
+        np.testing.assert_array_equal(got, want, err_msg=mode)
+        (mine,) = run_reference(lg, feeds, kernels=mode).values()
+        np.testing.assert_array_equal(mine, want, err_msg=mode)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"filter": [2, 2], "stride": [2, 2], "padding": "VALID"},   # even count: ties
+    {"filter": [3, 3], "stride": [1, 1], "padding": "SAME"},    # border counts differ
+])
+def test_other_average_pools_stay(attrs):
+    qb = QB(seed=17)
+    g = qb.output(qb.op("AVERAGE_POOL_2D", [qb.input("x", [1, 6, 6, 4], -1, 1)], attrs))
+    assert _ops(lower(g)) == ["AVERAGE_POOL_2D"]

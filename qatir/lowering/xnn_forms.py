@@ -37,6 +37,18 @@
   each window's maximum is an input element at or above the zero point either way, so
   the pool's output is unchanged. DenseNet's stem, whose ReLU output shares the dense
   block's grid (zero point above -128).
+- An int8 AVERAGE_POOL_2D (VisitAveragePool2DNode takes float only) with VALID padding and
+  an odd window count ``n = fh·fw`` (3x3 stride 2, 1x1 stride 2: NASNet's reductions)
+  becomes a DEPTHWISE_CONV_2D with every weight 127 on the scale ``1/(127·n)`` and a zero
+  bias (as ``exact_mean`` writes 1/C). The pool returns ``round(Σq / n)`` half away from
+  zero (``(acc ± n/2) / n``); the conv requantizes ``127·Σ(q - z)`` by ``1/(127·n)`` and
+  adds ``z``. An odd ``n`` has no ties (``Σq / n`` is at least ``1/(2n)`` from a
+  half-integer), and both requantizations err far less: XNNPACK's float32 product, and
+  BUILTIN_REF's double rounding, whose first rounding is ``2^-10`` of an output step with
+  the factor 127 (with weight 1 it is ``1/16``, above ``1/18``: checked exhaustively).
+  So both round to the pool's integer. Not for an even ``n`` (ties round half to even in
+  fp32, half away in the pool: DenseNet's 2x2 transitions) nor SAME padding (the pool
+  divides by the in-bounds count at the borders).
 - Any other int8 PAD by a value that does not quantize to the zero point (a PADV2) becomes
   one CONCATENATION per padded axis of the input and constant blocks filled with that
   value as the writer quantizes it (:func:`qatir.numerics.quantized_fill`), on the
@@ -54,7 +66,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from qatir.ir import Graph, Node, Tensor
+from qatir.ir import Graph, Node, QuantParams, Tensor
 from qatir.lowering.common import act_params
 from qatir.lowering.xnn_ratios import per_tensor_int8
 from qatir.numerics import quantized_fill
@@ -292,6 +304,31 @@ def _maxpool_pad_form(g: Graph, node: Node, made: dict) -> bool:
     return True
 
 
+#: the weight value that stands for 1 in the average-pool form (its scale 1/(127·n))
+_POOL_ONE = 127
+
+
+def _avgpool_form(g: Graph, node: Node, made: dict) -> bool:
+    x, out = node.inputs[0], node.outputs[0]
+    fh, fw = (int(f) for f in node.attrs["filter"])
+    if node.op != "AVERAGE_POOL_2D" or not _int8_act(x) or x.quant != out.quant \
+            or node.attrs["padding"] != "VALID" or (fh * fw) % 2 == 0 or x.shape[3] is None:
+        return False
+    c, ws = int(x.shape[3]), float(np.float32(1.0 / (_POOL_ONE * fh * fw)))
+    w = g.const(np.full((1, fh, fw, c), _POOL_ONE, np.int8),
+                name=g.unique_name(f"{node.name}_ones"),
+                quant=QuantParams((ws,) * c, (0,) * c, 3, 8, True, "int8"))
+    bs = float(np.float32(np.float32(x.quant.scale[0]) * np.float32(ws)))
+    b = g.const(np.zeros(c, np.int32), name=g.unique_name(f"{node.name}_bias"),
+                quant=QuantParams((bs,) * c, (0,) * c, 0, 32, False, "int32"))
+    act = node.attrs.get("fused_activation", "NONE")
+    node.op = "DEPTHWISE_CONV_2D"
+    node.attrs = {"stride": list(node.attrs["stride"]), "dilation": [1, 1], "padding": "VALID",
+                  "fused_activation": act, "depth_multiplier": 1}
+    _set_inputs(node, [x, w, b])
+    return True
+
+
 def _pad_block(g: Graph, like: Tensor, axis: int, n: int, fill: int, name: str) -> Tensor:
     shape = [int(d) for d in like.shape]
     shape[axis] = n
@@ -358,6 +395,7 @@ FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
     "strided_slice_s2d": _slice_form, "nearest_as_d2s": _nearest_form,
     "squeeze_as_reshape": _squeeze_form, "gather_as_slices": _gather_form,
     "maxpool_pad_at_zero": _maxpool_pad_form, "pad_as_concat": _pad_as_concat,
+    "avgpool_as_dwconv": _avgpool_form,
 }
 #: the forms the ``xnn_forms`` step applies, each measured not slower with an interleaved
 #: timing (``tools/bench_xnn_forms.py``). ``nearest_as_d2s`` is left out: it copies the
