@@ -315,3 +315,21 @@ def test_other_average_pools_stay(attrs):
     qb = QB(seed=17)
     g = qb.output(qb.op("AVERAGE_POOL_2D", [qb.input("x", [1, 6, 6, 4], -1, 1)], attrs))
     assert _ops(lower(g)) == ["AVERAGE_POOL_2D"]
+
+
+def test_every_form_passes_over_the_other_ops():
+    """Each form looks at its own op only: a graph with one node of each op they rewrite
+    plus others lowers (every form sees every node)."""
+    qb = QB(seed=18)
+    x = qb.input("x", [1, 8, 8, 4], -2, 2)
+    y = qb.conv("CONV_2D", x, [4, 3, 3, 4], {"padding": "SAME", "fused_activation": "RELU"},
+                (-1, 6))
+    pool = qb.op("AVERAGE_POOL_2D", [y], {"filter": [3, 3], "stride": [2, 2],
+                                          "padding": "VALID"})
+    sl = qb.op("STRIDED_SLICE", [y], {"begin": [0, 0, 0, 0], "end": [1, 8, 8, 4],
+                                      "strides": [1, 2, 2, 1]})
+    g = qb.output(pool, sl, qb.op("MAX_POOL_2D", [y], {"filter": [2, 2], "stride": [2, 2]}),
+                  qb.op("SQUEEZE", [qb.op("MEAN", [y], {"axis": [1, 2], "keep_dims": True},
+                                          (0, 3))], {"squeeze_dims": [1, 2]}))
+    assert all(taken for _, taken in xnnpack_coverage(to_tflite(g)))
+    assert compare_all(g) == {"reference": 0, "xnnpack": 0}

@@ -309,10 +309,12 @@ _POOL_ONE = 127
 
 
 def _avgpool_form(g: Graph, node: Node, made: dict) -> bool:
+    if node.op != "AVERAGE_POOL_2D":
+        return False
     x, out = node.inputs[0], node.outputs[0]
     fh, fw = (int(f) for f in node.attrs["filter"])
-    if node.op != "AVERAGE_POOL_2D" or not _int8_act(x) or x.quant != out.quant \
-            or node.attrs["padding"] != "VALID" or (fh * fw) % 2 == 0 or x.shape[3] is None:
+    if not _int8_act(x) or x.quant != out.quant or node.attrs["padding"] != "VALID" \
+            or (fh * fw) % 2 == 0 or x.shape[3] is None:
         return False
     c, ws = int(x.shape[3]), float(np.float32(1.0 / (_POOL_ONE * fh * fw)))
     w = g.const(np.full((1, fh, fw, c), _POOL_ONE, np.int8),
