@@ -80,8 +80,6 @@ def test_slices_without_a_space_to_depth_form_stay(attrs, shape):
 
 def test_forms_can_be_chosen(monkeypatch):
     """The step applies DEFAULT_FORMS; without the slice form the slices stay strided."""
-    import importlib
-
     xnn_forms = importlib.import_module("qatir.lowering.xnn_forms")  # the module, not the step
     assert xnn_forms.DEFAULT_FORMS <= set(xnn_forms.FORMS)
     monkeypatch.setattr(xnn_forms, "DEFAULT_FORMS",
@@ -92,14 +90,21 @@ def test_forms_can_be_chosen(monkeypatch):
     assert [n.attrs["strides"] for n in lg.nodes if n.op == "STRIDED_SLICE"] == [[1, 2, 2, 1]] * 4
 
 
+def _turn_on(monkeypatch, form: str) -> None:
+    """Forms off by default (measured not faster) are turned on for their tests."""
+    forms = importlib.import_module("qatir.lowering.xnn_forms")
+    assert form in forms.FORMS and form not in forms.DEFAULT_FORMS
+    monkeypatch.setattr(forms, "DEFAULT_FORMS", forms.DEFAULT_FORMS | {form})
+
+
 @pytest.fixture
 def with_nearest_form(monkeypatch):
-    """The nearest-resize form is off by default (measured slower): turn it on."""
-    import importlib
+    _turn_on(monkeypatch, "nearest_as_d2s")
 
-    forms = importlib.import_module("qatir.lowering.xnn_forms")
-    assert "nearest_as_d2s" not in forms.DEFAULT_FORMS
-    monkeypatch.setattr(forms, "DEFAULT_FORMS", forms.DEFAULT_FORMS | {"nearest_as_d2s"})
+
+@pytest.fixture
+def with_maxpool_pad_form(monkeypatch):
+    _turn_on(monkeypatch, "maxpool_pad_at_zero")
 
 
 @pytest.mark.parametrize("half", [False, True])
@@ -162,8 +167,6 @@ def test_two_one_axis_slices_compose_into_the_space_to_depth_form():
 
 def _unchanged_by(form: str, g, monkeypatch, seeds=(1, 2, 3)) -> None:
     """The graph's outputs with ``form`` equal those without it, on both reference modes."""
-    import importlib
-
     from qatir.reference import run_reference
 
     forms = importlib.import_module("qatir.lowering.xnn_forms")
@@ -203,7 +206,8 @@ def _relu_pad_pool(qb: QB, act: str, pads=((1, 1), (1, 1))):
 
 
 @pytest.mark.parametrize("act", ["RELU", "RELU6"])
-def test_max_pool_padding_of_a_clamped_tensor_is_a_delegated_pad(act, monkeypatch):
+def test_max_pool_padding_of_a_clamped_tensor_is_a_delegated_pad(act, monkeypatch,
+                                                                  with_maxpool_pad_form):
     """-inf padding before a max pool, of a ReLU output whose zero point is above -128
     (DenseNet's stem on the dense block's grid): padding with the zero point is the same
     pool, and it is a PAD, which XNNPACK takes (PADV2 it does not)."""

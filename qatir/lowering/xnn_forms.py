@@ -404,7 +404,10 @@ FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
 #: upsampled tensor twice (CONCATENATION, then DEPTH_TO_SPACE) where LiteRT's builtin
 #: nearest resize copies it once, and measured slower (on/off 1.21 on a 40x40x64 -> 80x80
 #: FPN step, 1.01 on ddddocr's detector, 2026-12-02).
-DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s"}
+#: ``maxpool_pad_at_zero`` is left out too: with ``pad_as_concat`` taking the same PADV2,
+#: the single PAD measured no faster than the constant blocks (on/off 1.008 and 1.041 on
+#: torchvision DenseNet-121, noise 0.985 and 0.979, 2026-12-02).
+DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s", "maxpool_pad_at_zero"}
 
 
 def xnn_forms(g: Graph, forms: Iterable[str] | None = None) -> None:
