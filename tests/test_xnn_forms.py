@@ -103,6 +103,11 @@ def with_nearest_form(monkeypatch):
 
 
 @pytest.fixture
+def with_gather_form(monkeypatch):
+    _turn_on(monkeypatch, "gather_as_slices")
+
+
+@pytest.fixture
 def with_maxpool_pad_form(monkeypatch):
     _turn_on(monkeypatch, "maxpool_pad_at_zero")
 
@@ -249,7 +254,8 @@ def test_slice_form_leaves_outputs_unchanged(monkeypatch):
     (np.array([3, 4, 5, 0, 1, 2], np.int32), ["STRIDED_SLICE"] * 2 + ["CONCATENATION"]),  # roll
     (np.array([-1, 0], np.int32), ["STRIDED_SLICE"] * 2 + ["CONCATENATION"]),
 ])
-def test_gather_of_constant_runs_is_delegated_slices(indices, want_ops, monkeypatch):
+def test_gather_of_constant_runs_is_delegated_slices(indices, want_ops, monkeypatch,
+                                                     with_gather_form):
     qb = QB(seed=15)
     x = qb.input("x", [1, 6, 4, 5], -2, 2)
     y = qb.conv("CONV_2D", x, [5, 1, 1, 5], {"padding": "VALID"}, (-3, 3))
@@ -261,7 +267,7 @@ def test_gather_of_constant_runs_is_delegated_slices(indices, want_ops, monkeypa
     _unchanged_by("gather_as_slices", g, monkeypatch)
 
 
-def test_gather_of_scattered_indices_stays():
+def test_gather_of_scattered_indices_stays(with_gather_form):
     qb = QB(seed=15)
     x = qb.input("x", [1, 12, 4], -2, 2)
     idx = qb.g.const(np.array([0, 2, 4, 6, 8, 10], np.int32), name="idx")  # 6 runs

@@ -407,7 +407,10 @@ FORMS: dict[str, Callable[[Graph, Node, dict], bool]] = {
 #: ``maxpool_pad_at_zero`` is left out too: with ``pad_as_concat`` taking the same PADV2,
 #: the single PAD measured no faster than the constant blocks (on/off 1.008 and 1.041 on
 #: torchvision DenseNet-121, noise 0.985 and 0.979, 2026-12-02).
-DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s", "maxpool_pad_at_zero"}
+#: ``gather_as_slices`` is left out: not faster on Swin-T's 36 ``qkv[i]`` GATHERs (on/off
+#: 1.021, 0.987 and 1.058, noise 1.017, 1.003 and 1.006, 2026-12-02).
+DEFAULT_FORMS: frozenset[str] = frozenset(FORMS) - {"nearest_as_d2s", "maxpool_pad_at_zero",
+                                                    "gather_as_slices"}
 
 
 def xnn_forms(g: Graph, forms: Iterable[str] | None = None) -> None:
