@@ -44,6 +44,14 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------- range nudging
+
+def quantized_fill(value: float, scale: float, zero_point: int, dtype) -> int:
+    """The integer a quantized PAD/PADV2 fills with for the real ``value``: LiteRT's
+    constant operand as the writer quantizes it, ``round(value / scale) + zp``, clamped."""
+    info = np.iinfo(dtype)
+    return int(np.clip(round_half_away(np.float64(value) / scale) + zero_point,
+                       info.min, info.max))
+
 def nudged_params(lo: np.ndarray, hi: np.ndarray, bits: int = 8, narrow_range: bool = False,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """TF's ``Nudge()``: (scale, int8-domain zero point, nudged_min, nudged_max).

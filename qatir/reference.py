@@ -110,17 +110,7 @@ def _resize_nearest(node: Node, xs: list) -> np.ndarray:
     _, h, w, _ = x.shape
     oh, ow = node.attrs["size"]
     align, half = bool(node.attrs["align_corners"]), bool(node.attrs["half_pixel_centers"])
-
-    def index(out: int, size: int) -> np.ndarray:
-        scale = (size - 1) / (out - 1) if align and out > 1 else size / out
-        scale = np.float32(scale)
-        pos = np.arange(out, dtype=np.float32)
-        offset = np.float32(0.5) if half else np.float32(0.0)
-        v = (pos + offset) * scale
-        v = round_half_away(v) if align else np.floor(v)
-        return np.minimum(v.astype(np.int64), size - 1)
-
-    return x[:, index(oh, h)][:, :, index(ow, w)]
+    return x[:, K.nearest_index(oh, h, align, half)][:, :, K.nearest_index(ow, w, align, half)]
 
 
 def _minmax(node: Node, xs: list) -> np.ndarray:

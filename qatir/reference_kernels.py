@@ -452,3 +452,15 @@ def avg_pool(node: Node, xs: list, mode: str) -> np.ndarray:
     num = np.where(total > 0, total + half, total - half)
     avg = np.where(num >= 0, num // cnt, -((-num) // cnt))
     return np.clip(avg, lo, hi).astype(np.int8)
+
+
+def nearest_index(out: int, size: int, align: bool, half: bool) -> np.ndarray:
+    """The input index LiteRT's RESIZE_NEAREST_NEIGHBOR reads for each of ``out`` outputs
+    along an axis of ``size``."""
+    scale = (size - 1) / (out - 1) if align and out > 1 else size / out
+    scale = np.float32(scale)
+    pos = np.arange(out, dtype=np.float32)
+    offset = np.float32(0.5) if half else np.float32(0.0)
+    v = (pos + offset) * scale
+    v = round_half_away(v) if align else np.floor(v)
+    return np.minimum(v.astype(np.int64), size - 1)

@@ -19,7 +19,7 @@ import numpy as np
 from qatir.errors import ExportError
 from qatir.int16 import INT16_VERSION, int16_fields, touches_int16
 from qatir.ir import Node, Tensor
-from qatir.numerics import normalize_axes, normalize_axis, round_half_away
+from qatir.numerics import normalize_axes, normalize_axis, quantized_fill
 from qatir.ops.infer import conv_groups
 
 PADDING = {"SAME": 0, "VALID": 1}
@@ -255,8 +255,7 @@ def _pad(node: Node, ctx: Ctx) -> OpSpec:
     cv = None
     if x.quant is not None and x.dtype in (np.int8, np.int16):  # int16: a 16x8 region
         q = x.quant
-        info = np.iinfo(x.dtype)
-        cv = np.clip(round_half_away(value / q.scale[0]) + q.zero_point[0], info.min, info.max)
+        cv = quantized_fill(value, q.scale[0], q.zero_point[0], x.dtype)
     # A quantized PAD pads with the zero point, so a PADV2 whose value quantizes to it is a
     # PAD, which XNNPACK delegates (it leaves PADV2 to the builtin kernel). A max-pool's
     # -inf padding after a ReLU (zero point -128) is the common case.

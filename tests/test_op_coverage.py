@@ -47,6 +47,8 @@ NOT_EMITTED = {"CAST", "IDENTITY", "SHAPE"}
 NO_BIT_EXACT_CASE = {
     "DEQUANTIZE": "only at io='float' output edges, which the integer reference (int8 edges) "
                   "does not run; the float edges are checked in tests/test_writer.py",
+    "SQUEEZE": "an int8 SQUEEZE is written as RESHAPE (lowering step xnn_forms, form "
+               "squeeze_as_reshape: XNNPACK has no SQUEEZE), tests/test_xnn_forms.py",
 }
 #: ops with no TF kernel, and why.
 NO_TF_KERNEL: dict[str, str] = {}

@@ -1,7 +1,7 @@
 """Which nodes of qatir's int8 files XNNPACK leaves to LiteRT's builtin kernels, and why.
 
     python tools/xnn_offload.py [--models a,b,... | --only PATTERN] [--timeout 300]
-                                [--json OUT] [--detail]
+                                [--json OUT] [--detail] [--variant NAME]
 
 For each corpus model (``tools/corpus/models/manifest.json``), a child process loads it,
 quantizes it with the default table, calibrates on 4 inputs (the corpus's real samples
@@ -10,7 +10,8 @@ picks them), writes the int8 file (``io="int8"``) and lists the operators the XN
 delegate did not take with the delegate's check that refuses each
 (:func:`qatir.xnn_offload.xnnpack_offload`). No timing. Prints one line per model:
 the share of nodes taken and ``op xN (reason)`` per refused op; ``--detail`` adds one
-line per refused node with its tensors' scales.
+line per refused node with its tensors' scales; ``--variant`` quantizes with one of
+``tools/compare_peers.py``'s one-change tables (e.g. ``scale_shift``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-def measure(name: str) -> dict:
+def measure(name: str, variant: str | None = None) -> dict:
     """One model's row: nodes taken, and the refused nodes with reasons."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from compare_peers import load_model, model_feeds
+    from compare_peers import load_model, model_feeds, variant_table
 
     import qatir
     from qatir.xnn_offload import xnnpack_offload
@@ -39,7 +40,7 @@ def measure(name: str) -> dict:
     calib, _, _ = model_feeds(entry, g, models_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = qatir.quantize(g)
+        q = qatir.quantize(g, table=variant_table(variant) if variant else None)
         qatir.calibrate(q, calib[:4], progress=False)
         buf = qatir.to_tflite(q, io="int8")
     from qatir.parity import xnnpack_share
@@ -80,11 +81,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
     ap.add_argument("--json")
     ap.add_argument("--detail", action="store_true")
+    ap.add_argument("--variant", help="a tools/compare_peers.py table variant")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         try:
-            row = measure(args.one)
+            row = measure(args.one, args.variant)
         except Exception as e:  # noqa: BLE001 — reported as the row, the run goes on
             row = {"model": args.one, "error": f"{type(e).__name__}: {str(e)[:200]}"}
         print("ROW " + json.dumps(row))
@@ -100,7 +102,8 @@ def main() -> None:
     rows = []
     for name in names:
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name],
+            extra = ["--variant", args.variant] if args.variant else []
+            proc = subprocess.run([sys.executable, __file__, "--one", name, *extra],
                                   capture_output=True, text=True, timeout=args.timeout)
             found = [ln[4:] for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
             row = json.loads(found[-1]) if found else {

@@ -126,7 +126,8 @@ STEPS: tuple[Step, ...] = (
     Step("xnn_add_ratios", lambda g, io: widen_fine_operands(g), _Q,
          "ADD/SUB operands below XNNPACK's 2^-10 scale ratio -> output scale x 2^-10"),
     Step("xnn_forms", lambda g, io: xnn_forms(g), _INT8,
-         "CONCATENATION of over 5 inputs -> a tree of 5; int8 RELU* -> ADD(x, 0) + act"),
+         "CONCATENATION of over 5 inputs -> a tree of 5; int8 RELU* -> ADD(x, 0) + act; "
+         "spatially strided STRIDED_SLICE -> SPACE_TO_DEPTH + slice"),
     Step("wide_softmax", lambda g, io: widen_softmax(g), _INT8,
          "int8 SOFTMAX over 511 classes -> int16 SOFTMAX + QUANTIZE (LiteRT's REF limit)"),
     Step("int16_lut_floor", lambda g, io: floor_lut_inputs(g), _Q,
