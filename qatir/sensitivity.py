@@ -11,14 +11,17 @@ of its own. Per unit it measures the output SQNR (against the float run) when
 - only that unit is quantized (``sqnr_db``; low = sensitive),
 - every unit but it is quantized, it kept float (``sqnr_float_db``),
 - every unit is int8 but it int16 (``sqnr_int16_db``; 16-bit activations, int8 weights,
-  for ops with a 16x8 kernel, :mod:`qatir.int16`).
+  for ops with a 16x8 kernel, :mod:`qatir.int16`, and for graph inputs).
 
 Rows are ranked by ``sqnr_db``, lowest first. :meth:`Report.suggest` picks the units
 to take out of int8 greedily by SQNR gain per MAC (int16 where the op has a 16x8 kernel
 and it recovers most of the float gain, else a float island), until the gated estimate
 reaches the target plus a margin, then checks the real table (quantize + calibrate +
-fake-quant run, or the exported file in LiteRT) and adds units until that reaches it too. The table it returns is the input table plus
-``[[int16]]`` and ``[[exclude]]`` entries naming those nodes.
+fake-quant run, or the exported file in LiteRT) and adds units until that reaches it too.
+A graph input whose int8 quantization alone leaves the output too little headroom over the
+target goes int16 first (with its readers). The table it returns is the input table plus
+``[[int16]]`` and ``[[exclude]]`` entries naming those nodes (and an ``[[int16]]`` entry
+whose ``inputs`` names those graph inputs).
 """
 
 from __future__ import annotations
@@ -153,15 +156,17 @@ class Report:
 
     def suggest(self, target_sqnr: float, *, allow_int16: bool = True,
                 allow_float: bool = True, margin_db: float | None = None,
-                check: str = "fake_quant") -> dict[str, Any]:
+                check: str = "fake_quant", int16_inputs: bool = True) -> dict[str, Any]:
         """A pattern table (plain data) reaching ``target_sqnr`` dB with the fewest MACs out
         of int8, its checks aiming ``margin_db`` dB above (default
         :data:`qatir.recipes.MARGIN_DB`) on the fake-quant run or, ``check="file"``, on the
-        exported file; :attr:`suggestion` reports what it chose (see :mod:`qatir.recipes`)."""
+        exported file; ``int16_inputs=False`` keeps the graph inputs int8 (the file's
+        interface); :attr:`suggestion` reports what it chose (see :mod:`qatir.recipes`)."""
         from qatir.recipes import MARGIN_DB, suggest_table
 
         return suggest_table(self, float(target_sqnr), allow_int16, allow_float,
-                             MARGIN_DB if margin_db is None else float(margin_db), check)
+                             MARGIN_DB if margin_db is None else float(margin_db), check,
+                             int16_inputs)
 
 
 def _finite(v: float) -> float | None:
@@ -206,8 +211,8 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     s_only, s_float = pairs[0::2], pairs[1::2]
     wide, s16 = [], [None] * len(units)
     for u, ((node, _, fqs), sf) in enumerate(zip(units, s_float)):
-        if not (int16 and node is not None and has_op(node.op) and has_int16(node.op)):
-            continue
+        if not (int16 and (node is None or (has_op(node.op) and has_int16(node.op)))):
+            continue  # a graph input (node None) can be int16: an [[int16]] entry's inputs
         if sf - full < MIN_GAIN_DB:
             s16[u] = sf  # kept float does not help: int16 cannot
             continue
