@@ -16,8 +16,10 @@ random init, MediaPipe as published):
 
 Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
 MAC share and int8-or-int16 MAC share, analysis and suggestion seconds, "input q" (the
-fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on: what
-int8 graph inputs alone leave, a cap on any recipe, since a recipe keeps them int8), the
+fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on, at
+int8: what int8 graph inputs alone leave, a cap on any recipe that keeps them int8; the
+suggestion puts a graph input in int16 when its cap is less than 3 dB above the target plus
+margin, and "out of int8" then counts it as an int16 input), the
 units taken out of int8 (``--time`` also prints where the analysis' time went: quantize +
 calibrate, building the gated program, evaluations). Usage:
 ``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--margin 0.5]
@@ -104,7 +106,8 @@ def bench_one(name: str, target: float, margin: float, check: str) -> dict:
             "input_only_db": _input_only_sqnr(rep), "checked_db": s.sqnr_db, "check": s.check,
             "checks": s.checks,
             "int8_mac_share": s.int8_mac_share, "int8_or_int16_mac_share": s.int8_or_int16_mac_share,
-            "int16": s.int16, "float": s.float, "reached_on_calib": s.reached,
+            "int16": s.int16, "float": s.float, "int16_inputs": s.inputs,
+            "reached_on_calib": s.reached,
             "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]],
             "timing": rep.timing}
 
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_one(name, args.target, args.margin, args.check)
         results.append(r)
         out = f"int16 {len(r['int16'])}, float {len(r['float'])}"
+        if r["int16_inputs"]:
+            out += f", int16 inputs {len(r['int16_inputs'])}"
         inq = "-" if r["input_only_db"] is None else f"{r['input_only_db']:8.2f}"
         print(f"{name:<24} {r['int8_file_db']:8.2f} {r['suggest_file_db']:9.2f} "
               f"{100 * r['int8_mac_share']:8.1f}% {100 * r['int8_or_int16_mac_share']:8.1f}% "
