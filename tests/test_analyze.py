@@ -294,3 +294,36 @@ def test_cli_int8_inputs_keeps_the_interface(tmp_path):
                      str(tmp_path / "a.txt"), "--suggest", str(sug), *flag]) == 0
         entries = tomllib.loads(sug.read_text()).get("int16", [])
         assert any("inputs" in e for e in entries) == want
+
+
+def _biased_weights_net() -> qatir.Graph:
+    """Convs whose weights all round the same way on their int8 grid (0.3 next to a 1.0:
+    38.1 steps -> 38), on positive inputs: the int8 weights shift every output by about the
+    same amount, which int16 activations cannot remove and bias correction can."""
+    from qatir.ir import Graph
+
+    g = Graph("biased_weights")
+    y = g.add_input("x", [1, 8, 8, 8])
+    for i in range(3):
+        w = np.full((8, 1, 1, 8), 0.3, np.float32)
+        w[:, 0, 0, 0] = 1.0
+        y = g.add_node("CONV_2D", [y, g.const(w / 3, f"w{i}"), g.const(np.zeros(8, np.float32),
+                                                                        f"b{i}")],
+                       {"padding": "SAME"}, name=f"c{i}").output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def test_suggest_turns_bias_correction_on_when_int16_falls_short():
+    g = _biased_weights_net()
+    calib = [{"x": np.abs(f["x"]) + 1.0} for f in _calib(4)]
+    calib = [{"x": np.concatenate([f["x"], f["x"]], axis=-1)} for f in calib]
+    rep = qatir.analyze(g, calib)
+    table = rep.suggest(120)  # beyond reach: every unit int16, then bias correction
+    s = rep.suggestion
+    assert not s.reached and s.bias_correction and "bias correction on" in s.format_text()
+    assert table["calibration"]["bias_correction"] is True
+    plain = json.loads(json.dumps(table))
+    plain["calibration"]["bias_correction"] = False
+    assert s.sqnr_db > real_sqnr(g, plain, calib) + 3.0

@@ -523,3 +523,20 @@ def test_int16_sub_outside_xnnpack_ratios_is_not_warned_about():
     rng = np.random.default_rng(2)
     feeds = {k: rng.integers(-32768, 32768, (1, 64)).astype(np.int16) for k in "ab"}
     assert _worst(g, feeds) == {"reference": 0, "xnnpack": 0}
+
+
+def test_bias_correction_of_an_int16_conv_reading_an_int8_value():
+    """conv2 (int16) reads dw1's int8 output through a 16-bit edge FAKE_QUANT: bias
+    correction finds its float input behind both FAKE_QUANTs, and the file stays bit exact."""
+    data = _table([{"name": "^conv2$"}])
+    data["calibration"]["bias_correction"] = True
+    q = qatir.quantize(mobile_block(seed=4, hw=8), table=data)
+    conv2 = next(n for n in q.nodes if n.name == "conv2")
+    edge = conv2.inputs[0].producer
+    assert edge.op == "FAKE_QUANT" and edge.attrs["bits"] == 16
+    assert edge.inputs[0].producer.op == "FAKE_QUANT"  # dw1's own 8-bit one
+    rng = np.random.default_rng(4)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    assert "conv2" in q.metadata["bias_corrections"]
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}
