@@ -178,7 +178,7 @@ def _first_reaching(rep, order: list[tuple[Any, str, float]], target: float
     step = max(1, rep.gated.batch)
     while est < target and k < len(order):
         ks = list(range(k + 1, min(len(order), k + step) + 1))
-        for j, e in zip(ks, sqnrs(rep.gated, [_config(rep, order[:j]) for j in ks])):
+        for j, e in zip(ks, sqnrs(rep.gated, [_config(rep, order[:j]) for j in ks], rep.ref)):
             k, est = j, e
             if e >= target:
                 break

@@ -80,12 +80,29 @@ def sqnr_db(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return 10.0 * math.log10(max(sig, 1e-30) / err)
 
 
-def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
-    """The output SQNR against the float run of each (g8, g16) configuration of ``gated``
-    (a :class:`qatir.tf.gated.Gated`), evaluated in batches."""
-    ref = gated.ref
+def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]],
+          ref: list[np.ndarray] | None = None) -> list[float]:
+    """The output SQNR against ``ref`` (default: the gated program's float run) of each
+    (g8, g16) configuration of ``gated`` (a :class:`qatir.tf.gated.Gated`), in batches."""
+    ref = gated.ref if ref is None else ref
     out: list[float] = []
     gated.run_many(configs, lambda got: out.append(sqnr_db(ref, got)))
+    return out
+
+
+def float_ref(graph: Graph, q: Graph, feeds: list[Mapping[str, np.ndarray]]
+              ) -> list[np.ndarray] | None:
+    """The float graph's outputs on ``feeds`` (in the gated program's order) where ``q``'s
+    calibration corrected biases: the gated program's own float run (every gate 0) keeps
+    the corrected biases, so it is not the float model. None where it is."""
+    if not q.metadata.get("bias_corrections"):
+        return None
+    import qatir
+
+    out: list[np.ndarray] = []
+    for f in feeds:
+        ys = qatir.run(graph, f)
+        out.extend(np.asarray(ys[t.name]) for t in graph.outputs)
     return out
 
 
@@ -127,6 +144,9 @@ class Report:
     #: seconds by step: "quantize" (quantize + calibrate), "build" (the gated program, its
     #: first calls), "evaluate"; and the samples one call evaluates at most ("batch")
     timing: dict[str, float] = field(default_factory=dict, repr=False)
+    #: the float outputs SQNRs are measured against where the gated program's own float run
+    #: is not the float model (:func:`float_ref`); None: ``gated.ref``
+    ref: list[np.ndarray] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -207,7 +227,8 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         only, kept = zeros.copy(), ones.copy()
         only[idx], kept[idx] = 1.0, 0.0
         configs += [(only, zeros), (kept, zeros)]
-    full, *pairs = sqnrs(gated, configs)
+    ref = float_ref(graph, q, feeds)
+    full, *pairs = sqnrs(gated, configs, ref)
     s_only, s_float = pairs[0::2], pairs[1::2]
     wide, s16 = [], [None] * len(units)
     for u, ((node, _, fqs), sf) in enumerate(zip(units, s_float)):
@@ -220,7 +241,7 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         g8, g16 = ones.copy(), zeros.copy()
         g8[acts], g16[acts] = 0.0, 1.0
         wide.append((u, (g8, g16)))
-    for (u, _), v in zip(wide, sqnrs(gated, [c for _, c in wide])):
+    for (u, _), v in zip(wide, sqnrs(gated, [c for _, c in wide], ref)):
         s16[u] = v
     rows: list[Row] = []
     for (node, name, _), so, sf, v in zip(units, s_only, s_float, s16):
@@ -232,7 +253,7 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     timing = {"quantize": t_quant - start, "build": t_build - t_quant, "evaluate": end - t_build,
               "batch": float(gated.batch * len(feeds))}
     return Report(rows, full, end - start, gated.calls, graph, tab, feeds, gated, units,
-                  timing=timing)
+                  timing=timing, ref=ref)
 
 
 def name_regex(names: Iterable[str]) -> str:

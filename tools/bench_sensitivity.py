@@ -75,7 +75,7 @@ def _input_only_sqnr(rep) -> float | None:
     if not idx:
         return None
     g8[idx] = 1.0
-    return sqnrs(gated, [(g8, g16)])[0]
+    return sqnrs(gated, [(g8, g16)], rep.ref)[0]
 
 
 def _recipe_caps(g, table, calib) -> dict[str, float]:
@@ -83,7 +83,7 @@ def _recipe_caps(g, table, calib) -> dict[str, float]:
     with its weights float (what its activations, int8 or int16, leave) and with its
     activations float (what its int8 weights leave)."""
     import qatir
-    from qatir.sensitivity import sqnrs
+    from qatir.sensitivity import float_ref, sqnrs
     from qatir.tf.gated import Gated
 
     q = qatir.quantize(g, table=table)
@@ -91,7 +91,8 @@ def _recipe_caps(g, table, calib) -> dict[str, float]:
     gated = Gated(q, calib)
     w = np.array([f.attrs.get("kind") == "weight" for f in gated.fqs], np.float32)
     zero = np.zeros(len(w), np.float32)
-    got = sqnrs(gated, [(np.ones(len(w), np.float32), zero), (1.0 - w, zero), (w, zero)])
+    got = sqnrs(gated, [(np.ones(len(w), np.float32), zero), (1.0 - w, zero), (w, zero)],
+                float_ref(g, q, calib))
     return dict(zip(("as_is", "weights_float", "activations_float"), got))
 
 
