@@ -80,7 +80,8 @@ def _input_only_sqnr(rep) -> float | None:
 
 def _recipe_caps(g, table, calib) -> dict[str, float]:
     """Fake-quant SQNR on the calibration samples of ``g`` quantized with ``table``: as it is,
-    with its weights float (what its activations, int8 or int16, leave) and with its
+    with its weights float (what its activations, int8 or int16, leave; with bias
+    correction on, the corrected biases stay, so this falls below "as it is") and with its
     activations float (what its int8 weights leave)."""
     import qatir
     from qatir.sensitivity import float_ref, sqnrs
