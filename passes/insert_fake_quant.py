@@ -22,7 +22,9 @@ default table's (``int8_default``); the pass reads them from the table.
     default zero point is 0. One FAKE_QUANT per (constant, axis), shared by all its
     users. Biases (input 2 of ``weights.ops``) stay float, never fake-quantized.
   * ``"activation"`` — every float output of a quantized node, and every graph
-    input or float (excluded) producer output that a quantized node reads. The
+    input or float (excluded) producer output that a quantized node reads (a graph
+    input at the table's bits, or 16-bit where an ``[[int16]]`` entry's ``inputs``
+    regex selects its name; a float producer's output at its first reader's). The
     FAKE_QUANT output replaces the value for all consumers; a graph output then
     points at the FAKE_QUANT output, which takes over the output's name. The range
     starts as the table's ``activations.initial_range`` placeholder (default
@@ -297,6 +299,11 @@ def _needs_quant(node: Node) -> bool:
     return node.op not in SKIP_OPS and any(_is_float(t) for t in node.outputs)
 
 
+def _input_bits(table: Table, t: Tensor) -> int | None:
+    """16 for a graph input an ``[[int16]]`` entry's ``inputs`` selects, else the table's."""
+    return 16 if table.wants_int16_input(t.name) else None
+
+
 def _has_int8_kernel(node: Node) -> bool:
     """LiteRT has an int8 kernel for the op (IR-only ops are lowered before export)."""
     if not has_op(node.op):
@@ -342,9 +349,11 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
                 continue
             q = quantized.get(id(t))
             if q is None:
-                # a graph input stays 8-bit (the file's interface); a float producer's
-                # output is quantized at the width of its first quantized reader
-                q = ins.activation(t, None, None if t.producer is None else bits).output
+                # a graph input is 8-bit unless an [[int16]] entry's ``inputs`` names it
+                # (the file's interface); a float producer's output is quantized at the
+                # width of its first quantized reader
+                q = ins.activation(t, None, _input_bits(table, t) if t.producer is None
+                                   else bits).output
                 quantized[id(t)] = q
                 quantized[id(q)] = q
             q = ins.at_bits(q, bits)

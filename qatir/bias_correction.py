@@ -135,10 +135,11 @@ def _on_grid(fq: Node | None, v: np.ndarray) -> np.ndarray:
 
 
 def _input_name(node: Node) -> str:
-    """The float-graph name of ``node``'s input (the tensor before its FAKE_QUANT)."""
+    """The float-graph name of ``node``'s input (the tensor before its FAKE_QUANTs: an
+    int16 node reading an int8 value reads it through a second, 16-bit one)."""
     x = node.inputs[0]
-    if x.producer is not None and x.producer.op == "FAKE_QUANT":
-        return x.producer.inputs[0].name
+    while x.producer is not None and x.producer.op == "FAKE_QUANT":
+        x = x.producer.inputs[0]
     return x.name
 
 

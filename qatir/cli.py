@@ -267,6 +267,8 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
 @click.option("--target-sqnr", "target", type=float, default=30.0, show_default=True,
               help="Output SQNR (dB) the suggested table must reach.")
 @click.option("--no-int16", "no_int16", is_flag=True, help="Suggest float islands only.")
+@click.option("--int8-inputs", "int8_inputs", is_flag=True,
+              help="Keep the graph inputs int8 (the suggestion may otherwise make them int16).")
 @click.option("--margin", "margin", type=click.FloatRange(min=0.0), default=0.5,
               show_default=True, metavar="DB",
               help="dB above --target-sqnr the suggestion's checks aim at (they run on the "
@@ -279,7 +281,7 @@ def compile_cmd(model: str, output: str, input_shape: tuple[str, ...], calib: st
 def analyze_cmd(model: str, input_shape: tuple[str, ...], calib: str | None,
                 calib_random: int | None, samples: int, table: str | None, fmt: str,
                 output: str | None, suggest: str | None, target: float, no_int16: bool,
-                margin: float, check: str, debug: bool) -> None:
+                int8_inputs: bool, margin: float, check: str, debug: bool) -> None:
     """Rank MODEL's nodes by how much int8 costs its output SQNR; suggest a table."""
     import_tensorflow_quietly(debug)
     from qatir.data import load_npz, random_batches, single_samples
@@ -314,7 +316,7 @@ def analyze_cmd(model: str, input_shape: tuple[str, ...], calib: str | None,
         from qatir.recipes import dump_toml
 
         data = rep.suggest(target, allow_int16=not no_int16, margin_db=margin,
-                           check=check.replace("-", "_"))
+                           check=check.replace("-", "_"), int16_inputs=not int8_inputs)
         write_output(suggest, dump_toml(data), model, table)
         click.echo(f"wrote {suggest}: {rep.suggestion.format_text()}", err=True)
 

@@ -172,12 +172,13 @@ def _reference(quantized: Graph, samples: Sequence[Mapping[str, np.ndarray]],
 
 
 def quantize_float(t, x: np.ndarray) -> np.ndarray:
-    """A float feed as the int8 input ``t`` of a lowered graph (rounded half away); a float
-    input (read only by a float island) is passed as float32."""
+    """A float feed as the int8 (or int16) input ``t`` of a lowered graph (rounded half
+    away); a float input (read only by a float island) is passed as float32."""
     from qatir.reference_math import round_half_away
 
     if t.quant is None:
         return np.asarray(x, np.float32)
     s, z = np.float32(t.quant.scale[0]), int(t.quant.zero_point[0])
     q = round_half_away(np.asarray(x, np.float32) / s) + z
-    return np.clip(q, -128, 127).astype(np.int8)
+    info = np.iinfo(t.dtype)
+    return np.clip(q, info.min, info.max).astype(t.dtype)

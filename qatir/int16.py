@@ -23,7 +23,7 @@ from qatir.ops.registry import get_op
 
 #: ops with a 16x8 kernel in LiteRT that qatir's writer and integer reference support.
 INT16_OPS: frozenset[str] = frozenset({
-    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL",
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL",
     "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "TRANSPOSE", "CONCATENATION",
     "PAD", "STRIDED_SLICE", "RESIZE_NEAREST_NEIGHBOR", "LOGISTIC", "TANH", "SOFTMAX", "MEAN",
 })
@@ -63,12 +63,12 @@ def act_params16(scale: float) -> QuantParams:
 
 #: TFLite op version of the 16x8 form (``op_version.cc``): conv/FC at the versions that
 #: carry ``quantized_bias_type`` (CONV_2D 8, FULLY_CONNECTED 11); DEPTHWISE_CONV_2D 5
-#: ("if the op accepts int16"); ADD 3 (``pot_scale_int16`` false: the general rescale);
-#: MUL 4; pools and CONCATENATION 3; PAD/PADV2 3; RESHAPE 1; QUANTIZE 2 (int16 output),
+#: ("if the op accepts int16"); ADD 3 and SUB 5 (``pot_scale_int16`` false: the general
+#: rescale); MUL 4; pools and CONCATENATION 3; PAD/PADV2 3; RESHAPE 1; QUANTIZE 2 (int16 output),
 #: 1 (int16 -> int8); DEQUANTIZE 3; TRANSPOSE 5; RESIZE_NEAREST_NEIGHBOR 4; SQUEEZE and
 #: STRIDED_SLICE 1 (no int16 branch: the int8-free default); LOGISTIC, TANH, SOFTMAX and MEAN 3.
 INT16_VERSION: dict[str, int] = {
-    "CONV_2D": 8, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 11, "ADD": 3, "MUL": 4,
+    "CONV_2D": 8, "DEPTHWISE_CONV_2D": 5, "FULLY_CONNECTED": 11, "ADD": 3, "SUB": 5, "MUL": 4,
     "MAX_POOL_2D": 3, "AVERAGE_POOL_2D": 3, "CONCATENATION": 3, "PAD": 3, "PADV2": 3,
     "RESHAPE": 1, "SQUEEZE": 1, "STRIDED_SLICE": 1, "TRANSPOSE": 5,
     "RESIZE_NEAREST_NEIGHBOR": 4, "DEQUANTIZE": 3,
@@ -89,6 +89,6 @@ def int16_fields(code: str) -> dict[str, object]:
     """Builtin-option fields the 16x8 form of ``code`` sets beyond the int8 ones."""
     if code in ("CONV_2D", "FULLY_CONNECTED"):
         return {"QuantizedBiasType": TENSOR_TYPE_INT64}
-    if code == "ADD":
+    if code in ("ADD", "SUB"):
         return {"PotScaleInt16": False}
     return {}

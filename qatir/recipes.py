@@ -4,13 +4,21 @@ MACs out of int8 (:meth:`qatir.sensitivity.Report.suggest`), and a TOML writer f
 Greedy, by the analysis' SQNR gain per MAC: each unit is taken out of int8 as int16 (its
 op has a 16x8 kernel and int16 recovers :data:`~qatir.sensitivity.INT16_GAIN_SHARE` of the
 float gain, or comes within :data:`FLOAT_MARGIN_DB` of it) or as a float island; units the
-analysis sees no gain in come after the others (int16 first, most sensitive first). Units are added while the gated estimate stays below the
-target; the table is then built and checked for real (quantize, calibrate, fake-quant run
+analysis sees no gain in come after the others (int16 first, most sensitive first). A graph
+input is a unit too, int16 or int8 only (its int16 form is the file's interface with
+``io="int8"``, a QUANTIZE into int16 with float edges): one whose int8 quantization alone
+(its ``sqnr_db``) leaves less than :data:`INPUT_HEADROOM_DB` over the goal comes first, with
+its readers (no recipe that keeps it int8 gets far past that cap), the others last, taken
+only when nothing else reaches the goal. Units are added while the gated estimate stays
+below the target; the table is then built and checked for real (quantize, calibrate, fake-quant run
 against the float run). The gated estimate is optimistic where a unit's output is read by
 int8 nodes (they quantize it again on their input), so when the real SQNR falls short the
 picks' readers follow them first (int16 where they can, else float), then further units
 are added, a quarter more each check, until the real SQNR reaches the target or none are
 left (at most :data:`MAX_CHECKS` checks; the last one takes every unit worth taking).
+When that still falls short and the table does not correct biases, one more check turns
+``calibration.bias_correction`` on, kept if it measures better (16x8 keeps int8 weights:
+their error is what int16 activations leave).
 
 The checks aim at the target plus a margin (:data:`MARGIN_DB`): what is checked is the
 calibration samples, what is deployed meets others. ``check="file"`` checks the exported
@@ -38,6 +46,9 @@ FLOAT_MARGIN_DB = 1.0
 MARGIN_DB = 0.5
 #: what :func:`suggest_table` checks a table on: the fake-quant run or the exported file
 CHECKS = ("fake_quant", "file")
+#: a graph input goes int16 first when its int8 quantization alone leaves less than this
+#: above the goal (dB): it then takes at least half the noise the goal allows
+INPUT_HEADROOM_DB = 3.0
 
 
 @dataclass
@@ -49,6 +60,8 @@ class Suggestion:
     estimated_sqnr_db: float
     int16: list[str] = field(default_factory=list)
     float: list[str] = field(default_factory=list)
+    #: graph inputs put in int16 (the file's interface with ``io="int8"``; 0 MACs)
+    inputs: list[str] = field(default_factory=list)
     int8_mac_share: float = 1.0
     int8_or_int16_mac_share: float = 1.0
     reached: bool = False
@@ -56,6 +69,8 @@ class Suggestion:
     #: what ``sqnr_db`` was measured on (:data:`CHECKS`) and the margin the checks aimed at
     check: str = "fake_quant"
     margin_db: float = 0.0
+    #: the table turns ``calibration.bias_correction`` on (tried when the rest fell short)
+    bias_correction: bool = False
 
     def format_text(self) -> str:
         state = "reached" if self.reached else "NOT reached"
@@ -65,7 +80,8 @@ class Suggestion:
                 f"(estimate {self.estimated_sqnr_db:.2f}); int8 keeps "
                 f"{100 * self.int8_mac_share:.1f}% of MACs, int8 or int16 "
                 f"{100 * self.int8_or_int16_mac_share:.1f}%; int16: {self.int16 or 'none'}; "
-                f"float: {self.float or 'none'}")
+                f"float: {self.float or 'none'}; int16 graph inputs: {self.inputs or 'none'}"
+                + ("; bias correction on" if self.bias_correction else ""))
 
 
 def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | None:
@@ -81,14 +97,23 @@ def _choice(row, allow_int16: bool, allow_float: bool) -> tuple[str, float] | No
     return None
 
 
-def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, float]]:
-    """(row, mode, gain) of every unit that can leave int8: those the analysis says gain,
-    best gain per MAC first; then the rest, most sensitive first (a model whose noise is
-    spread over many layers gains little from any one of them, but from all of them)."""
-    picks, rest = [], []
+def _order(rep, allow_int16: bool, allow_float: bool, goal: float = math.inf,
+           int16_inputs: bool = True) -> list[tuple[Any, str, float]]:
+    """(row, mode, gain) of every unit that can leave int8: the graph inputs int8 would cap
+    below the goal first (:func:`_needed_inputs`); then those the analysis says gain, best
+    gain per MAC first; then the rest, most sensitive first (a model whose noise is spread
+    over many layers gains little from any one of them, but from all of them); the other
+    graph inputs last (the file's interface changes only where nothing else reaches it)."""
+    first = _needed_inputs(rep, goal) if allow_int16 and int16_inputs else []
+    taken = {r.node for r, _, _ in first}
+    picks, rest, last = [], [], []
     for row in rep.rows:
-        if row.op == "INPUT":
-            continue  # a graph input's quantization is the file's interface
+        if row.node in taken:
+            continue
+        if row.op == "INPUT":  # int16 or int8: a float input would be a float interface
+            if allow_int16 and int16_inputs and row.gain_int16_db is not None:
+                last.append((row, "int16", row.gain_int16_db))
+            continue
         c = _choice(row, allow_int16, allow_float)
         if c is not None and c[1] > 0:
             picks.append((row, c[0], c[1]))
@@ -100,7 +125,31 @@ def _order(rep, allow_int16: bool, allow_float: bool) -> list[tuple[Any, str, fl
     # int16 before float islands, cheap float islands before costly ones
     rest.sort(key=lambda p: (p[1] == "float", p[0].macs if p[1] == "float" else 0,
                              p[0].sqnr_db, p[0].node))
-    return picks + rest
+    return first + picks + rest + last
+
+
+def _needed_inputs(rep, goal: float) -> list[tuple[Any, str, float]]:
+    """The graph inputs whose int8 quantization alone (``sqnr_db``: only it quantized)
+    leaves less than :data:`INPUT_HEADROOM_DB` above ``goal``, as int16, each followed by
+    its readers that have a 16x8 kernel (an int8 reader requantizes an int16 input to int8,
+    and the input gains nothing there)."""
+    from qatir.int16 import has_int16
+    from qatir.ops import has_op
+
+    rows = {r.node: r for r in rep.rows}
+    out: list[tuple[Any, str, float]] = []
+    seen: set[str] = set()
+    for row in rep.rows:
+        if row.op != "INPUT" or row.gain_int16_db is None \
+                or row.sqnr_db >= goal + INPUT_HEADROOM_DB:
+            continue
+        out.append((row, "int16", row.gain_int16_db))
+        seen.add(row.node)
+        for u in _readers(rep.gated.q, row.node):
+            if u.name in rows and u.name not in seen and has_op(u.op) and has_int16(u.op):
+                seen.add(u.name)
+                out.append((rows[u.name], "int16", 0.0))
+    return out
 
 
 def _config(rep, chosen: list[tuple[Any, str, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,21 +178,25 @@ def _first_reaching(rep, order: list[tuple[Any, str, float]], target: float
     step = max(1, rep.gated.batch)
     while est < target and k < len(order):
         ks = list(range(k + 1, min(len(order), k + step) + 1))
-        for j, e in zip(ks, sqnrs(rep.gated, [_config(rep, order[:j]) for j in ks])):
+        for j, e in zip(ks, sqnrs(rep.gated, [_config(rep, order[:j]) for j in ks], rep.ref)):
             k, est = j, e
             if e >= target:
                 break
     return k, est
 
 
-def table_with(base: dict[str, Any], int16: list[str], floats: list[str]) -> dict[str, Any]:
-    """``base`` plus an ``[[int16]]`` entry naming ``int16`` and an ``[[exclude]]`` entry
-    naming ``floats`` (exact node names)."""
+def table_with(base: dict[str, Any], int16: list[str], floats: list[str],
+               inputs: list[str] = ()) -> dict[str, Any]:
+    """``base`` plus an ``[[int16]]`` entry naming ``int16`` (and one whose ``inputs`` names
+    the graph inputs ``inputs``) and an ``[[exclude]]`` entry naming ``floats`` (exact
+    names)."""
     from qatir.sensitivity import name_regex
 
     data = json.loads(json.dumps(base))  # a deep copy of plain data
     if int16:
         data["int16"] = [*data.get("int16", []), {"name": name_regex(int16)}]
+    if inputs:
+        data["int16"] = [*data.get("int16", []), {"inputs": name_regex(inputs)}]
     if floats:
         data["exclude"] = [*data.get("exclude", []), {"name": name_regex(floats)}]
     return data
@@ -207,11 +260,11 @@ _GRID_OPS = frozenset({"RESHAPE", "MAX_POOL_2D", "SQUEEZE", "PAD"})
 
 
 def _readers(q, name: str) -> list:
-    """Compute nodes reading ``name``'s output (through FAKE_QUANTs and grid-preserving
-    ops, which are returned too)."""
+    """Compute nodes reading ``name``'s output, or the graph input ``name`` (through
+    FAKE_QUANTs and grid-preserving ops, which are returned too)."""
     node = next((n for n in q.nodes if n.name == name), None)
     out: list = []
-    todo = list(node.outputs) if node is not None else []
+    todo = list(node.outputs) if node is not None else [t for t in q.inputs if t.name == name]
     seen: set[int] = set()
     while todo:
         t = todo.pop()
@@ -247,11 +300,12 @@ def _close(rep, chosen: list[tuple[Any, str, float]], allow_int16: bool
     return out
 
 
-def _int16_followers(rep, int16: list[str]) -> list[str]:
+def _int16_followers(rep, int16: list[str], inputs: list[str] = ()) -> list[str]:
     """``int16`` plus the nodes that own no unit (a PAD or RESHAPE sharing its input's
-    scale) reading an int16 node's output, where they have a 16x8 kernel: left out, each
-    would put an int8 requantize between two int16 nodes (EfficientNet-B0, every unit int16:
-    27.69 dB in the file; with its 5 PADs and 1 RESHAPE too: 30.61 dB)."""
+    scale) reading an int16 node's output or an int16 graph input, where they have a 16x8
+    kernel: left out, each would put an int8 requantize between two int16 nodes
+    (EfficientNet-B0, every unit int16: 27.69 dB in the file; with its 5 PADs and 1 RESHAPE
+    too: 30.61 dB)."""
     from qatir.int16 import has_int16
     from qatir.ops import has_op
 
@@ -263,18 +317,20 @@ def _int16_followers(rep, int16: list[str]) -> list[str]:
             continue
         if not (has_op(node.op) and has_int16(node.op)):
             continue
-        src = next((t for t in node.inputs if t is not None and not t.is_const), None)
-        p = src.producer if src is not None else None
-        while p is not None and p.op == "FAKE_QUANT":
-            p = p.inputs[0].producer
-        if p is not None and p.name in wide:
+        t = next((t for t in node.inputs if t is not None and not t.is_const), None)
+        while t is not None and t.producer is not None and t.producer.op == "FAKE_QUANT":
+            t = t.producer.inputs[0]
+        if t is None:
+            continue
+        if (t.producer.name in wide) if t.producer is not None else (t.name in inputs):
             wide.add(node.name)
             out.append(node.name)
     return out
 
 
 def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: bool = True,
-                  margin_db: float = MARGIN_DB, check: str = "fake_quant") -> dict[str, Any]:
+                  margin_db: float = MARGIN_DB, check: str = "fake_quant",
+                  int16_inputs: bool = True) -> dict[str, Any]:
     """See the module docstring; ``rep.suggestion`` holds the :class:`Suggestion`."""
     from qatir.errors import QatirError
 
@@ -284,15 +340,17 @@ def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: boo
         raise QatirError(f"suggest: margin_db must be >= 0, got {margin_db!r}")
     measure = file_sqnr if check == "file" else real_sqnr
     base = dict(rep.table.data)
-    order = _order(rep, allow_int16, allow_float)
     goal = target + margin_db
+    order = _order(rep, allow_int16, allow_float, goal, int16_inputs)
     k, est = _first_reaching(rep, order, goal)
     checks, real, closed = 0, -math.inf, False
     while True:
         chosen = _close(rep, order[:k], allow_int16) if closed else order[:k]
-        i16 = _int16_followers(rep, [r.node for r, m, _ in chosen if m == "int16"])
+        ins = [r.node for r, _, _ in chosen if r.op == "INPUT"]
+        i16 = _int16_followers(rep, [r.node for r, m, _ in chosen
+                                     if m == "int16" and r.op != "INPUT"], ins)
         fl = [r.node for r, m, _ in chosen if m == "float"]
-        data = table_with(base, i16, fl)
+        data = table_with(base, i16, fl, ins)
         real = measure(rep.graph, data, rep.calib)
         checks += 1
         if real >= goal or checks >= MAX_CHECKS or (closed and k >= len(order)):
@@ -302,10 +360,26 @@ def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: boo
             continue
         # then more units, a growing step at a time (the real check is the costly part)
         k = len(order) if checks == MAX_CHECKS - 1 else min(len(order), k + max(1, k // 4))
+    corrected = False
+    if real < goal and not base["calibration"].get("bias_correction"):
+        data, real, corrected = _with_bias_correction(rep, data, real, measure)
+        checks += 1
     s8, s816 = _shares(rep, i16, fl)
-    rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, s8,
-                                s816, real >= target, checks, check, margin_db)
+    rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, ins,
+                                s8, s816, real >= target, checks, check, margin_db, corrected)
     return data
+
+
+def _with_bias_correction(rep, data: dict[str, Any], real: float, measure
+                          ) -> tuple[dict[str, Any], float, bool]:
+    """``data`` with ``calibration.bias_correction = true`` when that measures better: what
+    int16 activations leave is mostly the int8 weights' error (16x8 keeps int8 weights), and
+    bias correction takes out its mean (YOLOv8n, every unit and the input int16: 26.63 ->
+    28.41 dB in the file)."""
+    fixed = json.loads(json.dumps(data))
+    fixed["calibration"]["bias_correction"] = True
+    got = measure(rep.graph, fixed, rep.calib)
+    return (fixed, got, True) if got > real else (data, real, False)
 
 
 # ------------------------------------------------------------------ TOML

@@ -13,7 +13,9 @@ sources:
   ``15 - shift``; no output offset (zero point 0).
 - FULLY_CONNECTED (``reference/integer_ops/fully_connected.h``, the overload given the
   scales): ``round(double(acc) * (double(in_s) * double(w_s) / double(out_s)))``.
-- ADD (``add.cc``, ``pot_scale_int16`` false): the int8 rescale with ``left_shift`` 15.
+- ADD, SUB (``add.cc``, ``sub.cc``, ``pot_scale_int16`` false): the int8 rescale with
+  ``left_shift`` 15; SUB subtracts the rescaled inputs (``reference_ops::Sub``,
+  ``optimized_integer_ops::Sub`` outside AVX2 builds).
 - MUL (``reference/integer_ops/mul.h``): the int8 formula, int32 product.
 - pools, data movement: the int8 formulas on int16 values.
 - QUANTIZE int8/int16 -> int8/int16 (``quantize.cc`` Requantize): MBQM of ``x - zp_in``
@@ -109,7 +111,7 @@ def fully_connected(node: Node, xs: list, mode: str) -> np.ndarray:
     return np.clip(y, lo, hi).astype(np.int16).reshape(node.outputs[0].shape)
 
 
-def add(node: Node, xs: list, mode: str) -> np.ndarray:
+def add_sub(node: Node, xs: list, mode: str) -> np.ndarray:
     s1, s2, so = (float(t.quant.scale[0]) for t in (*node.inputs, node.outputs[0]))
     tw = 2.0 * max(s1, s2)
     (m1, e1), (m2, e2), (mo, eo) = (quantize_multiplier(s1 / tw), quantize_multiplier(s2 / tw),
@@ -117,7 +119,8 @@ def add(node: Node, xs: list, mode: str) -> np.ndarray:
     a = mbqm(xs[0].astype(np.int64) << 15, m1, e1)
     b = mbqm(xs[1].astype(np.int64) << 15, m2, e2)
     lo, hi = _act16(node)
-    return np.clip(mbqm(a + b, mo, eo), lo, hi).astype(np.int16)
+    raw = a - b if node.op == "SUB" else a + b
+    return np.clip(mbqm(raw, mo, eo), lo, hi).astype(np.int16)
 
 
 def mul(node: Node, xs: list, mode: str) -> np.ndarray:
@@ -154,7 +157,7 @@ def quantize(node: Node, xs: list, mode: str) -> np.ndarray:
 
 KERNELS: dict[str, Kernel] = {
     "CONV_2D": conv2d, "DEPTHWISE_CONV_2D": depthwise_conv2d, "FULLY_CONNECTED": fully_connected,
-    "ADD": add, "MUL": mul, "MAX_POOL_2D": max_pool, "AVERAGE_POOL_2D": avg_pool,
+    "ADD": add_sub, "SUB": add_sub, "MUL": mul, "MAX_POOL_2D": max_pool, "AVERAGE_POOL_2D": avg_pool,
     "QUANTIZE": quantize, "LOGISTIC": A.logistic, "TANH": A.tanh, "SOFTMAX": A.softmax,
     "MEAN": A.mean,
 }

@@ -11,14 +11,17 @@ of its own. Per unit it measures the output SQNR (against the float run) when
 - only that unit is quantized (``sqnr_db``; low = sensitive),
 - every unit but it is quantized, it kept float (``sqnr_float_db``),
 - every unit is int8 but it int16 (``sqnr_int16_db``; 16-bit activations, int8 weights,
-  for ops with a 16x8 kernel, :mod:`qatir.int16`).
+  for ops with a 16x8 kernel, :mod:`qatir.int16`, and for graph inputs).
 
 Rows are ranked by ``sqnr_db``, lowest first. :meth:`Report.suggest` picks the units
 to take out of int8 greedily by SQNR gain per MAC (int16 where the op has a 16x8 kernel
 and it recovers most of the float gain, else a float island), until the gated estimate
 reaches the target plus a margin, then checks the real table (quantize + calibrate +
-fake-quant run, or the exported file in LiteRT) and adds units until that reaches it too. The table it returns is the input table plus
-``[[int16]]`` and ``[[exclude]]`` entries naming those nodes.
+fake-quant run, or the exported file in LiteRT) and adds units until that reaches it too.
+A graph input whose int8 quantization alone leaves the output too little headroom over the
+target goes int16 first (with its readers). The table it returns is the input table plus
+``[[int16]]`` and ``[[exclude]]`` entries naming those nodes (and an ``[[int16]]`` entry
+whose ``inputs`` names those graph inputs).
 """
 
 from __future__ import annotations
@@ -77,12 +80,29 @@ def sqnr_db(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return 10.0 * math.log10(max(sig, 1e-30) / err)
 
 
-def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
-    """The output SQNR against the float run of each (g8, g16) configuration of ``gated``
-    (a :class:`qatir.tf.gated.Gated`), evaluated in batches."""
-    ref = gated.ref
+def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]],
+          ref: list[np.ndarray] | None = None) -> list[float]:
+    """The output SQNR against ``ref`` (default: the gated program's float run) of each
+    (g8, g16) configuration of ``gated`` (a :class:`qatir.tf.gated.Gated`), in batches."""
+    ref = gated.ref if ref is None else ref
     out: list[float] = []
     gated.run_many(configs, lambda got: out.append(sqnr_db(ref, got)))
+    return out
+
+
+def float_ref(graph: Graph, q: Graph, feeds: list[Mapping[str, np.ndarray]]
+              ) -> list[np.ndarray] | None:
+    """The float graph's outputs on ``feeds`` (in the gated program's order) where ``q``'s
+    calibration corrected biases: the gated program's own float run (every gate 0) keeps
+    the corrected biases, so it is not the float model. None where it is."""
+    if not q.metadata.get("bias_corrections"):
+        return None
+    import qatir
+
+    out: list[np.ndarray] = []
+    for f in feeds:
+        ys = qatir.run(graph, f)
+        out.extend(np.asarray(ys[t.name]) for t in graph.outputs)
     return out
 
 
@@ -124,6 +144,9 @@ class Report:
     #: seconds by step: "quantize" (quantize + calibrate), "build" (the gated program, its
     #: first calls), "evaluate"; and the samples one call evaluates at most ("batch")
     timing: dict[str, float] = field(default_factory=dict, repr=False)
+    #: the float outputs SQNRs are measured against where the gated program's own float run
+    #: is not the float model (:func:`float_ref`); None: ``gated.ref``
+    ref: list[np.ndarray] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -153,15 +176,17 @@ class Report:
 
     def suggest(self, target_sqnr: float, *, allow_int16: bool = True,
                 allow_float: bool = True, margin_db: float | None = None,
-                check: str = "fake_quant") -> dict[str, Any]:
+                check: str = "fake_quant", int16_inputs: bool = True) -> dict[str, Any]:
         """A pattern table (plain data) reaching ``target_sqnr`` dB with the fewest MACs out
         of int8, its checks aiming ``margin_db`` dB above (default
         :data:`qatir.recipes.MARGIN_DB`) on the fake-quant run or, ``check="file"``, on the
-        exported file; :attr:`suggestion` reports what it chose (see :mod:`qatir.recipes`)."""
+        exported file; ``int16_inputs=False`` keeps the graph inputs int8 (the file's
+        interface); :attr:`suggestion` reports what it chose (see :mod:`qatir.recipes`)."""
         from qatir.recipes import MARGIN_DB, suggest_table
 
         return suggest_table(self, float(target_sqnr), allow_int16, allow_float,
-                             MARGIN_DB if margin_db is None else float(margin_db), check)
+                             MARGIN_DB if margin_db is None else float(margin_db), check,
+                             int16_inputs)
 
 
 def _finite(v: float) -> float | None:
@@ -202,12 +227,13 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         only, kept = zeros.copy(), ones.copy()
         only[idx], kept[idx] = 1.0, 0.0
         configs += [(only, zeros), (kept, zeros)]
-    full, *pairs = sqnrs(gated, configs)
+    ref = float_ref(graph, q, feeds)
+    full, *pairs = sqnrs(gated, configs, ref)
     s_only, s_float = pairs[0::2], pairs[1::2]
     wide, s16 = [], [None] * len(units)
     for u, ((node, _, fqs), sf) in enumerate(zip(units, s_float)):
-        if not (int16 and node is not None and has_op(node.op) and has_int16(node.op)):
-            continue
+        if not (int16 and (node is None or (has_op(node.op) and has_int16(node.op)))):
+            continue  # a graph input (node None) can be int16: an [[int16]] entry's inputs
         if sf - full < MIN_GAIN_DB:
             s16[u] = sf  # kept float does not help: int16 cannot
             continue
@@ -215,7 +241,7 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
         g8, g16 = ones.copy(), zeros.copy()
         g8[acts], g16[acts] = 0.0, 1.0
         wide.append((u, (g8, g16)))
-    for (u, _), v in zip(wide, sqnrs(gated, [c for _, c in wide])):
+    for (u, _), v in zip(wide, sqnrs(gated, [c for _, c in wide], ref)):
         s16[u] = v
     rows: list[Row] = []
     for (node, name, _), so, sf, v in zip(units, s_only, s_float, s16):
@@ -227,7 +253,7 @@ def analyze(graph: Graph, calib: Iterable[Mapping[str, np.ndarray]], *, table: A
     timing = {"quantize": t_quant - start, "build": t_build - t_quant, "evaluate": end - t_build,
               "batch": float(gated.batch * len(feeds))}
     return Report(rows, full, end - start, gated.calls, graph, tab, feeds, gated, units,
-                  timing=timing)
+                  timing=timing, ref=ref)
 
 
 def name_regex(names: Iterable[str]) -> str:

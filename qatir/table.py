@@ -66,6 +66,8 @@ class Table:
     exclude: tuple[Selector, ...] = ()
     int16: tuple[Selector, ...] = ()
     _fixed: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    #: the ``inputs`` regexes of the ``[[int16]]`` entries (graph inputs read in int16)
+    int16_inputs: tuple[re.Pattern[str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -125,6 +127,12 @@ class Table:
     def wants_int16(self, node: Node) -> bool:
         """True when an ``[[int16]]`` entry selects ``node`` (16x8 where LiteRT can run it)."""
         return any(s.matches(node) for s in self.int16)
+
+    def wants_int16_input(self, name: str) -> bool:
+        """True when an ``[[int16]]`` entry's ``inputs`` regex selects the graph input
+        ``name``: it is quantized to int16 (the file's interface, or its QUANTIZE with
+        float edges, becomes int16)."""
+        return any(p.search(name) is not None for p in self.int16_inputs)
 
 
 def builtin_tables() -> dict[str, Path]:
@@ -245,20 +253,31 @@ def _check_fixed_fact(op: str, scale: float, zp: int, source: str) -> None:
                          "its output on its input's grid; it cannot have a fixed output")
 
 
+def _regex(sel: Mapping[str, Any], key: str, where: str, source: str) -> re.Pattern[str]:
+    try:
+        return re.compile(sel[key])
+    except re.error as e:
+        raise TableError(f"{source}: {where}.{key}: bad regex {sel[key]!r}: {e}") from None
+
+
 def _compile_selectors(data: dict[str, Any], key: str, source: str) -> tuple[Selector, ...]:
+    """The node selectors of the ``key`` entries (an ``[[int16]]`` entry with only
+    ``inputs`` selects no node)."""
     out = []
     for i, sel in enumerate(data.get(key, [])):
         ops = sel.get("ops")
+        if ops is None and "name" not in sel:
+            continue
         if ops is not None:
             _check_ops(ops, source, f"{key}[{i}].ops")
-        pattern = None
-        if "name" in sel:
-            try:
-                pattern = re.compile(sel["name"])
-            except re.error as e:
-                raise TableError(f"{source}: {key}[{i}].name: bad regex {sel['name']!r}: {e}") from None
+        pattern = _regex(sel, "name", f"{key}[{i}]", source) if "name" in sel else None
         out.append(Selector(frozenset(ops) if ops is not None else None, pattern))
     return tuple(out)
+
+
+def _compile_inputs(data: dict[str, Any], source: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(_regex(sel, "inputs", f"int16[{i}]", source)
+                 for i, sel in enumerate(data.get("int16", [])) if "inputs" in sel)
 
 
 def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
@@ -309,7 +328,8 @@ def validate_table(data: dict[str, Any], source: str = "<table>") -> Table:
         fixed[op] = (scale, zp)
     return Table(source, data, _compile_selectors(data, "include", source),
                  _compile_selectors(data, "exclude", source),
-                 _compile_selectors(data, "int16", source), fixed)
+                 _compile_selectors(data, "int16", source), fixed,
+                 _compile_inputs(data, source))
 
 
 def load_table(table: str | os.PathLike | Mapping[str, Any] | Table | None = None) -> Table:

@@ -155,7 +155,7 @@ RUNTIME_VERSION: dict[tuple[str, int], str] = {
     ("DEPTHWISE_CONV_2D", 3): "1.14.0", ("DEPTHWISE_CONV_2D", 4): "2.2.0",
     ("DEPTHWISE_CONV_2D", 6): "2.3.0",
     ("ADD", 1): "1.5.0", ("ADD", 2): "1.14.0", ("ADD", 3): "2.4.0",
-    ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0", ("SUB", 3): "2.3.0",
+    ("SUB", 1): "1.6.0", ("SUB", 2): "1.14.0", ("SUB", 3): "2.3.0", ("SUB", 5): "2.4.0",
     ("DIV", 1): "1.6.0", ("DIV", 2): "2.3.0",
     ("CONCATENATION", 1): "1.5.0", ("CONCATENATION", 2): "1.14.0",
     ("CONCATENATION", 3): "2.3.0",

@@ -170,6 +170,7 @@ def test_suggest_margin_keeps_adding_units(report):
     assert s.reached and 30.0 < low.sqnr_db < s.sqnr_db < 530.0
     assert len(low.int16) < len(s.int16)
     assert len(s.int16) + len(s.float) == len(report.rows) - 1  # all but the graph input
+    assert s.inputs == ["x"]  # which comes last, as int16
     with pytest.raises(qatir.QatirError, match="check must be one of"):
         report.suggest(30, check="onnx")
     with pytest.raises(qatir.QatirError, match="margin_db"):
@@ -212,3 +213,130 @@ def test_suggest_takes_a_pad_between_int16_nodes_along():
     s = rep.suggestion
     assert s.reached and {"bad", "pad", "c3"} <= set(s.int16) and not s.float
     assert "pad" in tomllib.loads(dump_toml(table))["int16"][0]["name"]
+
+
+def _wide_input_net(seed: int = 0) -> qatir.Graph:
+    """Input channel 0 spans ±400 (calibrated so), the others ~N(0, 1), and the first conv
+    ignores channel 0: the int8 input grid (step ~3) leaves the other channels ~0 dB; an
+    int16 one (step ~0.012) keeps them."""
+    from qatir.ir import Graph
+
+    rng = np.random.default_rng(seed)
+    g = Graph("wide_input")
+    x = g.add_input("x", [1, 8, 8, 4])
+    w = (rng.normal(size=(8, 1, 1, 4)) * 0.4).astype(np.float32)
+    w[..., 0] = 0.0
+    y = g.add_node("CONV_2D", [x, g.const(w, "c1_w"), g.const(np.zeros(8, np.float32), "c1_b")],
+                   {"padding": "SAME"}, name="c1").output
+    w2 = (rng.normal(size=(4, 1, 1, 8)) * 0.4).astype(np.float32)
+    g.outputs = [g.add_node("CONV_2D", [y, g.const(w2, "c2_w"),
+                                        g.const(np.zeros(4, np.float32), "c2_b")],
+                            {"padding": "SAME"}, name="c2").output]
+    g.verify()
+    return g
+
+
+def _wide_calib(n: int = 4, seed: int = 1):
+    out = _calib(n, seed)
+    for f in out:
+        f["x"][..., 0] *= 400.0 / np.abs(f["x"][..., 0]).max()
+    return out
+
+
+def test_suggest_takes_a_capping_graph_input_to_int16():
+    from qatir.lower import lower
+    from qatir.recipes import file_sqnr
+    from qatir.reference import run_lowered
+    from qatir.tflite_writer import to_tflite
+    from tests.helpers import litert_run
+
+    g = _wide_input_net()
+    rep = qatir.analyze(g, _wide_calib())
+    row = next(r for r in rep.rows if r.node == "x")
+    assert row.op == "INPUT" and row.sqnr_db < 10.0 and row.sqnr_int16_db > 30.0
+    # kept int8, the input caps every recipe far below the target
+    rep.suggest(30, int16_inputs=False)
+    assert not rep.suggestion.reached and not rep.suggestion.inputs
+    table = rep.suggest(30, check="file")
+    s = rep.suggestion
+    assert s.reached and s.inputs == ["x"] and "c1" in s.int16 and not s.float
+    assert s.int8_or_int16_mac_share == 1.0 and "int16 graph inputs: ['x']" in s.format_text()
+    entries = tomllib.loads(dump_toml(table))["int16"]
+    assert {"inputs": "^(?:x)$"} in entries
+    assert file_sqnr(g, table, _wide_calib(), _wide_calib(seed=9)) >= 30.0
+    q = qatir.quantize(g, table=table)
+    qatir.calibrate(q, _wide_calib())
+    low = lower(q, io="int8")
+    assert low.inputs[0].dtype == np.int16
+    buf = to_tflite(q, io="int8")
+    feed = {"x": np.random.default_rng(3).integers(-32768, 32768, (1, 8, 8, 4)).astype(np.int16)}
+    for mode, ref in (("reference", True), ("xnnpack", False)):
+        got, _ = litert_run(buf, feed, ref)
+        for k, v in run_lowered(low, feed, kernels=mode).items():
+            np.testing.assert_array_equal(got[k], v)
+
+
+def test_suggest_keeps_an_uncapping_graph_input_int8(report):
+    """bad_layer_chain's input costs little: the suggestion leaves the interface int8."""
+    report.suggest(30)
+    assert report.suggestion.reached and report.suggestion.inputs == []
+
+
+def test_cli_int8_inputs_keeps_the_interface(tmp_path):
+    from qatir.cli import main
+
+    model = tmp_path / "wide.qatir"
+    qatir.save(_wide_input_net(), model)
+    np.savez(tmp_path / "c.npz", x=np.concatenate([c["x"] for c in _wide_calib()]))
+    for flag, want in (([], True), (["--int8-inputs"], False)):
+        sug = tmp_path / f"s{len(flag)}.toml"
+        assert main(["analyze", str(model), "--calib", str(tmp_path / "c.npz"), "-o",
+                     str(tmp_path / "a.txt"), "--suggest", str(sug), *flag]) == 0
+        entries = tomllib.loads(sug.read_text()).get("int16", [])
+        assert any("inputs" in e for e in entries) == want
+
+
+def _biased_weights_net() -> qatir.Graph:
+    """Convs whose weights all round the same way on their int8 grid (0.3 next to a 1.0:
+    38.1 steps -> 38), on positive inputs: the int8 weights shift every output by about the
+    same amount, which int16 activations cannot remove and bias correction can."""
+    from qatir.ir import Graph
+
+    g = Graph("biased_weights")
+    y = g.add_input("x", [1, 8, 8, 8])
+    for i in range(3):
+        w = np.full((8, 1, 1, 8), 0.3, np.float32)
+        w[:, 0, 0, 0] = 1.0
+        y = g.add_node("CONV_2D", [y, g.const(w / 3, f"w{i}"), g.const(np.zeros(8, np.float32),
+                                                                        f"b{i}")],
+                       {"padding": "SAME"}, name=f"c{i}").output
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def test_suggest_turns_bias_correction_on_when_int16_falls_short():
+    g = _biased_weights_net()
+    calib = [{"x": np.abs(f["x"]) + 1.0} for f in _calib(4)]
+    calib = [{"x": np.concatenate([f["x"], f["x"]], axis=-1)} for f in calib]
+    rep = qatir.analyze(g, calib)
+    table = rep.suggest(120)  # beyond reach: every unit int16, then bias correction
+    s = rep.suggestion
+    assert not s.reached and s.bias_correction and "bias correction on" in s.format_text()
+    assert table["calibration"]["bias_correction"] is True
+    plain = json.loads(json.dumps(table))
+    plain["calibration"]["bias_correction"] = False
+    assert s.sqnr_db > real_sqnr(g, plain, calib) + 3.0
+
+
+def test_analyze_with_bias_correction_measures_against_the_float_model():
+    """The gated program's float run keeps the corrected biases; analyze measures against
+    the float graph instead, so its full-int8 figure is the fake-quant run's."""
+    g = _biased_weights_net()
+    calib = [{"x": np.abs(f["x"]) + 1.0} for f in _calib(4)]
+    calib = [{"x": np.concatenate([f["x"], f["x"]], axis=-1)} for f in calib]
+    data = tomllib.loads(builtin_tables()["int8_default"].read_text())
+    data["calibration"]["bias_correction"] = True
+    rep = qatir.analyze(g, calib, table=data)
+    assert rep.ref is not None
+    assert rep.full_int8_sqnr_db == pytest.approx(real_sqnr(g, data, calib), abs=0.05)

@@ -50,6 +50,11 @@ def _single(which: str):
         y = fq16(qb, qb.conv("FULLY_CONNECTED", r, [10, 256], {}, None), 8.0)
     elif which == "add":
         y = fq16(qb, qb.op("ADD", [x16, z16]), 3.1)
+    elif which == "sub":
+        y = fq16(qb, qb.op("SUB", [x16, z16]), 3.1)
+    elif which == "sub_broadcast":  # the broadcast kernels (five-fold / generic)
+        r = fq16(qb, qb.op("MAX_POOL_2D", [z16], {"filter": [8, 8], "stride": [8, 8]}), 2.2)
+        y = fq16(qb, qb.op("SUB", [r, x16], {"fused_activation": "RELU"}), 4.0)
     elif which == "mul":
         y = fq16(qb, qb.op("MUL", [x16, z16]), 2.5)
     elif which == "avg_pool":
@@ -82,7 +87,7 @@ def _single(which: str):
     return qb.output(y)
 
 
-SINGLE = ["conv", "conv_relu6_strided", "depthwise", "fc", "add", "mul", "avg_pool", "max_pool",
+SINGLE = ["conv", "conv_relu6_strided", "depthwise", "fc", "add", "sub", "sub_broadcast", "mul", "avg_pool", "max_pool",
           "concat", "pad", "padv2", "transpose", "strided_slice", "squeeze", "resize_nearest",
           "back_to_int8"]
 
@@ -468,3 +473,70 @@ def test_tiny_int16_logistic_input_is_floored_and_bit_exact():
     mul = next(n for n in low.nodes if n.op == "MUL")
     assert mul.inputs[0].quant.scale[0] < 1e-13
     assert _worst(g, {"x": EVERY_INT16}) == {"reference": 0, "xnnpack": 0}
+
+
+@pytest.mark.parametrize("shapes,scales", [
+    (([1, 16, 64], [1, 16, 64]), (3.0, 2.2, 4.0)),    # elementwise (vector loop + tail)
+    (([1, 2, 8400], [1, 2, 8400]), (80.0, 80.0, 100.0)),  # YOLOv8n's box decode, ~ x2y2 - x1y1
+    (([1, 16, 64], [1, 1, 64]), (1.0, 5.0, 5.5)),     # broadcast: five-fold
+    (([1, 1, 63], [1, 16, 1]), (2.0, 0.7, 2.5)),      # broadcast: generic
+])
+def test_sub_int16_full_range_both_resolvers(shapes, scales):
+    """int16 SUB (version 5, pot_scale_int16 false) on random int16 values over the whole
+    range, both input orders of a broadcast; LiteRT's default resolver runs
+    optimized_integer_ops::Sub, BUILTIN_REF reference_ops::Sub."""
+    qb = QB(0)
+    a = fq16(qb, qb.g.add_input("a", shapes[0]), scales[0])
+    b = fq16(qb, qb.g.add_input("b", shapes[1]), scales[1])
+    g = qb.output(fq16(qb, qb.op("SUB", [a, b]), scales[2]),
+                  fq16(qb, qb.op("SUB", [b, a], name="rev"), scales[2]))
+    ops, _ = _file_ops(to_tflite(g, io="int8"))
+    assert ops == [("SUB", 5), ("SUB", 5)]
+    rng = np.random.default_rng(len(shapes[0]))
+    feeds = {"a": rng.integers(-32768, 32768, shapes[0]).astype(np.int16),
+             "b": rng.integers(-32768, 32768, shapes[1]).astype(np.int16)}
+    assert _worst(g, feeds) == {"reference": 0, "xnnpack": 0}
+
+
+def test_int16_sub_scale_ratio_refused():
+    qb = QB(0)
+    a = fq16(qb, qb.g.add_input("a", [1, 4]), 100.0)
+    b = fq16(qb, qb.g.add_input("b", [1, 4]), 1.0)
+    g = qb.output(fq16(qb, qb.op("SUB", [a, b], name="s"), 100.0 / 2**14))
+    with pytest.raises(ExportError, match="'s' \\(SUB, int16\\): input scale / output scale"):
+        to_tflite(g)
+
+
+def test_int16_sub_outside_xnnpack_ratios_is_not_warned_about():
+    """In/out scale 300 is outside XNNPACK's ADD/SUB limits, but XNNPACK delegates no int16
+    op: no warning, and bit exact."""
+    import warnings
+
+    qb = QB(0)
+    a = fq16(qb, qb.g.add_input("a", [1, 64]), 300.0)
+    b = fq16(qb, qb.g.add_input("b", [1, 64]), 2.0)
+    g = qb.output(fq16(qb, qb.op("SUB", [a, b]), 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buf = to_tflite(g, io="int8")
+    assert _file_ops(buf)[0] == [("SUB", 5)]
+    rng = np.random.default_rng(2)
+    feeds = {k: rng.integers(-32768, 32768, (1, 64)).astype(np.int16) for k in "ab"}
+    assert _worst(g, feeds) == {"reference": 0, "xnnpack": 0}
+
+
+def test_bias_correction_of_an_int16_conv_reading_an_int8_value():
+    """conv2 (int16) reads dw1's int8 output through a 16-bit edge FAKE_QUANT: bias
+    correction finds its float input behind both FAKE_QUANTs, and the file stays bit exact."""
+    data = _table([{"name": "^conv2$"}])
+    data["calibration"]["bias_correction"] = True
+    q = qatir.quantize(mobile_block(seed=4, hw=8), table=data)
+    conv2 = next(n for n in q.nodes if n.name == "conv2")
+    edge = conv2.inputs[0].producer
+    assert edge.op == "FAKE_QUANT" and edge.attrs["bits"] == 16
+    assert edge.inputs[0].producer.op == "FAKE_QUANT"  # dw1's own 8-bit one
+    rng = np.random.default_rng(4)
+    qatir.calibrate(q, [{"x": rng.normal(size=(1, 8, 8, 3)).astype(np.float32)}
+                        for _ in range(4)])
+    assert "conv2" in q.metadata["bias_corrections"]
+    assert compare_all(q) == {"reference": 0, "xnnpack": 0}

@@ -16,12 +16,16 @@ random init, MediaPipe as published):
 
 Printed per model: full-int8 SQNR of the file, the suggestion's SQNR of the file, its int8
 MAC share and int8-or-int16 MAC share, analysis and suggestion seconds, "input q" (the
-fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on: what
-int8 graph inputs alone leave, a cap on any recipe, since a recipe keeps them int8), the
+fake-quant SQNR on the calibration samples with only the graph inputs' FAKE_QUANTs on, at
+int8: what int8 graph inputs alone leave, a cap on any recipe that keeps them int8; the
+suggestion puts a graph input in int16 when its cap is less than 3 dB above the target plus
+margin, and "out of int8" then counts it as an int16 input), the
 units taken out of int8 (``--time`` also prints where the analysis' time went: quantize +
-calibrate, building the gated program, evaluations). Usage:
+calibrate, building the gated program, evaluations; ``--caps`` what caps the suggested
+table: its fake-quant SQNR on the calibration samples as it is, with its weights float and
+with its activations float). Usage:
 ``python tools/bench_sensitivity.py [--only NAME] [--target 30] [--margin 0.5]
-[--check file|fake_quant] [--time]``.
+[--check file|fake_quant] [--time] [--caps]``.
 """
 
 from __future__ import annotations
@@ -71,10 +75,29 @@ def _input_only_sqnr(rep) -> float | None:
     if not idx:
         return None
     g8[idx] = 1.0
-    return sqnrs(gated, [(g8, g16)])[0]
+    return sqnrs(gated, [(g8, g16)], rep.ref)[0]
 
 
-def bench_one(name: str, target: float, margin: float, check: str) -> dict:
+def _recipe_caps(g, table, calib) -> dict[str, float]:
+    """Fake-quant SQNR on the calibration samples of ``g`` quantized with ``table``: as it is,
+    with its weights float (what its activations, int8 or int16, leave; with bias
+    correction on, the corrected biases stay, so this falls below "as it is") and with its
+    activations float (what its int8 weights leave)."""
+    import qatir
+    from qatir.sensitivity import float_ref, sqnrs
+    from qatir.tf.gated import Gated
+
+    q = qatir.quantize(g, table=table)
+    qatir.calibrate(q, calib, progress=False)
+    gated = Gated(q, calib)
+    w = np.array([f.attrs.get("kind") == "weight" for f in gated.fqs], np.float32)
+    zero = np.zeros(len(w), np.float32)
+    got = sqnrs(gated, [(np.ones(len(w), np.float32), zero), (1.0 - w, zero), (w, zero)],
+                float_ref(g, q, calib))
+    return dict(zip(("as_is", "weights_float", "activations_float"), got))
+
+
+def bench_one(name: str, target: float, margin: float, check: str, caps: bool = False) -> dict:
     import qatir
     from qatir.recipes import file_sqnr
 
@@ -104,9 +127,10 @@ def bench_one(name: str, target: float, margin: float, check: str) -> dict:
             "input_only_db": _input_only_sqnr(rep), "checked_db": s.sqnr_db, "check": s.check,
             "checks": s.checks,
             "int8_mac_share": s.int8_mac_share, "int8_or_int16_mac_share": s.int8_or_int16_mac_share,
-            "int16": s.int16, "float": s.float, "reached_on_calib": s.reached,
+            "int16": s.int16, "float": s.float, "int16_inputs": s.inputs,
+            "reached_on_calib": s.reached,
             "top": [(r.node, r.op, round(r.sqnr_db, 2)) for r in rep.rows[:5]],
-            "timing": rep.timing}
+            "timing": rep.timing, "caps": _recipe_caps(g, table, calib) if caps else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="Also write the results here.")
     ap.add_argument("--time", action="store_true",
                     help="Also print where each analysis' time went.")
+    ap.add_argument("--caps", action="store_true",
+                    help="Also print what caps the suggested table: its fake-quant SQNR with "
+                         "its weights float, and with its activations float.")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(HERE))
     wanted = args.only or DEFAULT
@@ -136,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'analysis':>9} {'suggest':>8} {'input q':>8}  out of int8")
     results = []
     for name in names:
-        r = bench_one(name, args.target, args.margin, args.check)
+        r = bench_one(name, args.target, args.margin, args.check, args.caps)
         results.append(r)
         out = f"int16 {len(r['int16'])}, float {len(r['float'])}"
+        if r["int16_inputs"]:
+            out += f", int16 inputs {len(r['int16_inputs'])}"
         inq = "-" if r["input_only_db"] is None else f"{r['input_only_db']:8.2f}"
         print(f"{name:<24} {r['int8_file_db']:8.2f} {r['suggest_file_db']:9.2f} "
               f"{100 * r['int8_mac_share']:8.1f}% {100 * r['int8_or_int16_mac_share']:8.1f}% "
@@ -152,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    analysis time: quantize + calibrate {t['quantize']:.1f} s, gated program "
                   f"{t['build']:.1f} s, {r['evaluations']} evaluations {t['evaluate']:.1f} s "
                   f"(up to {t['batch']:.0f} per call)", flush=True)
+        if r["caps"]:
+            c = r["caps"]
+            print(f"    recipe caps (fake-quant, calibration samples): as suggested "
+                  f"{c['as_is']:.2f} dB, its weights float {c['weights_float']:.2f} dB, its "
+                  f"activations float (int8 weights) {c['activations_float']:.2f} dB", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

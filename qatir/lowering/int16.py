@@ -73,8 +73,9 @@ def floor_lut_inputs(g: Graph) -> None:
     g.toposort()
 
 
-#: ADD's 16-bit general rescale (``add.cc``, left shift 15) needs 2·max(input scale) /
-#: (2^15 · output scale) below 1 (QuantizeMultiplierSmallerThanOneExp checks it).
+#: ADD's and SUB's 16-bit general rescale (``add.cc``, ``sub.cc``, left shift 15) needs
+#: 2·max(input scale) / (2^15 · output scale) below 1 (QuantizeMultiplierSmallerThanOneExp
+#: checks it).
 ADD16_MAX_RATIO = 2.0**14
 #: the int64 MultiplyByQuantizedMultiplier assumes a shift below 8: in·w/out < 2^7.
 CONV16_MAX_REQUANT = 2.0**7
@@ -95,12 +96,13 @@ def check_int16_region(g: Graph) -> None:
         if not touches_int16(n) or n.outputs[0].quant is None:
             continue
         so = float(n.outputs[0].quant.scale[0])
-        if n.op == "ADD":
+        if n.op in ("ADD", "SUB"):
             ratio = max(float(t.quant.scale[0]) for t in n.inputs) / so
             if ratio >= ADD16_MAX_RATIO:
-                raise ExportError(f"node {n.name!r} (ADD, int16): input scale / output scale "
-                                  f"= {ratio:.4g} is not below {ADD16_MAX_RATIO:g}; LiteRT's "
-                                  "int16 ADD cannot rescale it. Calibrate or widen the output")
+                raise ExportError(f"node {n.name!r} ({n.op}, int16): input scale / output "
+                                  f"scale = {ratio:.4g} is not below {ADD16_MAX_RATIO:g}; "
+                                  f"LiteRT's int16 {n.op} cannot rescale it. Calibrate or "
+                                  "widen the output")
         elif n.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             eff = (float(n.inputs[0].quant.scale[0]) * np.asarray(n.inputs[1].quant.scale) / so)
             if np.any(eff >= CONV16_MAX_REQUANT):
