@@ -23,7 +23,7 @@ from qatir.lower import lower  # noqa: E402
 from qatir.reference_int16 import KERNELS, mbqm64  # noqa: E402
 from qatir.table import builtin_tables  # noqa: E402
 from qatir.tflite_writer import to_tflite  # noqa: E402
-from tests.helpers import QB, compare_all  # noqa: E402
+from tests.helpers import QB, compare_all, file_ops  # noqa: E402
 from tests.helpers.graphs import mobile_block  # noqa: E402
 
 
@@ -98,27 +98,14 @@ def test_single_op_bit_exact_both_resolvers(which):
     assert compare_all(g) == {"reference": 0, "xnnpack": 0}
 
 
-def _file_ops(buf: bytes) -> tuple[list[tuple[str, int]], dict[str, str]]:
-    from ai_edge_litert import schema_py_generated as S
-
-    m = S.ModelT.InitFromPackedBuf(buf, 0)
-    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [(names[max(c.builtinCode, c.deprecatedBuiltinCode)], c.version)
-             for c in m.operatorCodes]
-    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
-    sg = m.subgraphs[0]
-    return ([codes[op.opcodeIndex] for op in sg.operators],
-            {t.name.decode(): types[t.type] for t in sg.tensors})
-
-
 def test_file_has_16x8_types_versions_and_options():
-    ops, types = _file_ops(to_tflite(_single("conv"), io="int8"))
+    ops, types = file_ops(to_tflite(_single("conv"), io="int8"))
     assert ops == [("QUANTIZE", 2), ("CONV_2D", 8)]
     vals = list(types.values())
     assert vals.count("INT16") == 2 and vals.count("INT64") == 1  # conv in/out, its bias
-    ops, _ = _file_ops(to_tflite(_single("add"), io="int8"))
+    ops, _ = file_ops(to_tflite(_single("add"), io="int8"))
     assert ("ADD", INT16_VERSION["ADD"]) in ops
-    ops, _ = _file_ops(to_tflite(_single("fc"), io="int8"))
+    ops, _ = file_ops(to_tflite(_single("fc"), io="int8"))
     assert ("FULLY_CONNECTED", 11) in ops
 
 
@@ -280,7 +267,7 @@ def test_float_edges_dequantize_an_int16_output():
 
     g = _single("conv")
     buf = to_tflite(g, io="float")
-    ops, _ = _file_ops(buf)
+    ops, _ = file_ops(buf)
     assert ("DEQUANTIZE", INT16_VERSION["DEQUANTIZE"]) in ops
     low = lower(g, io="float")
     rng = np.random.default_rng(4)
@@ -349,7 +336,7 @@ def test_logistic_tanh_int16_every_input_both_resolvers(op, m):
 
     qb, x16 = _int16_in([1, 64, 1024], m)
     g = qb.output(qb.op(op, [x16]))
-    ops, types = _file_ops(to_tflite(g, io="int8"))
+    ops, types = file_ops(to_tflite(g, io="int8"))
     assert ops == [(op, 3)] and set(types.values()) == {"INT16"}
     low = lower(g, io="int8")
     assert low.outputs[0].quant.scale == (1.0 / 32768,) and low.outputs[0].quant.zero_point == (0,)
@@ -361,7 +348,7 @@ def test_logistic_tanh_int16_every_input_both_resolvers(op, m):
 def test_softmax_int16_both_resolvers(m, beta):
     qb, x16 = _int16_in([2, 16, 100], m)
     g = qb.output(qb.op("SOFTMAX", [x16], {"beta": beta}))
-    assert _file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 3)]
+    assert file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 3)]
     rng = np.random.default_rng(int(m))
     x = rng.integers(-32768, 32768, (2, 16, 100)).astype(np.int16)
     x[0] //= 256  # rows close to flat as well as spread out
@@ -373,7 +360,7 @@ def test_softmax_int16_both_resolvers(m, beta):
 def test_mean_int16_both_resolvers(axis, keep, m_out):
     qb, x16 = _int16_in([1, 7, 9, 24], 3.0)
     g = qb.output(fq16(qb, qb.op("MEAN", [x16], {"axis": axis, "keep_dims": keep}), m_out))
-    assert _file_ops(to_tflite(g, io="int8"))[0] == [("MEAN", 3)]
+    assert file_ops(to_tflite(g, io="int8"))[0] == [("MEAN", 3)]
     x = np.random.default_rng(5).integers(-32768, 32768, (1, 7, 9, 24)).astype(np.int16)
     assert _worst(g, {"x": x}) == {"reference": 0, "xnnpack": 0}
 
@@ -454,7 +441,7 @@ def test_int8_in_int16_out_softmax_keeps_version_2():
     qb = QB(0)
     x = qb.input("x", [1, 1000], -8.0, 8.0)
     g = qb.output(qb.op("SOFTMAX", [x], {"beta": 1.0}, rng=(0.0, 255 / 256), name="head"))
-    assert _file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 2), ("QUANTIZE", 1)]
+    assert file_ops(to_tflite(g, io="int8"))[0] == [("SOFTMAX", 2), ("QUANTIZE", 1)]
 
 
 def test_tiny_int16_logistic_input_is_floored_and_bit_exact():
@@ -490,7 +477,7 @@ def test_sub_int16_full_range_both_resolvers(shapes, scales):
     b = fq16(qb, qb.g.add_input("b", shapes[1]), scales[1])
     g = qb.output(fq16(qb, qb.op("SUB", [a, b]), scales[2]),
                   fq16(qb, qb.op("SUB", [b, a], name="rev"), scales[2]))
-    ops, _ = _file_ops(to_tflite(g, io="int8"))
+    ops, _ = file_ops(to_tflite(g, io="int8"))
     assert ops == [("SUB", 5), ("SUB", 5)]
     rng = np.random.default_rng(len(shapes[0]))
     feeds = {"a": rng.integers(-32768, 32768, shapes[0]).astype(np.int16),
@@ -519,7 +506,7 @@ def test_int16_sub_outside_xnnpack_ratios_is_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         buf = to_tflite(g, io="int8")
-    assert _file_ops(buf)[0] == [("SUB", 5)]
+    assert file_ops(buf)[0] == [("SUB", 5)]
     rng = np.random.default_rng(2)
     feeds = {k: rng.integers(-32768, 32768, (1, 64)).astype(np.int16) for k in "ab"}
     assert _worst(g, feeds) == {"reference": 0, "xnnpack": 0}

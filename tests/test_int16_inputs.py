@@ -22,7 +22,7 @@ from qatir.lower import lower  # noqa: E402
 from qatir.reference import run_lowered, run_reference  # noqa: E402
 from qatir.table import builtin_tables  # noqa: E402
 from qatir.tflite_writer import to_tflite  # noqa: E402
-from tests.helpers import litert_run  # noqa: E402
+from tests.helpers import file_ops, worst_lsb  # noqa: E402
 
 
 def _table(int16):
@@ -62,29 +62,12 @@ def _quantized(int16, seed: int = 0):
 
 
 def _ops(buf: bytes) -> tuple[list[tuple[str, int]], dict[str, str]]:
-    from ai_edge_litert import schema_py_generated as S
-
-    m = S.ModelT.InitFromPackedBuf(buf, 0)
-    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [(names[max(c.builtinCode, c.deprecatedBuiltinCode)], c.version)
-             for c in m.operatorCodes]
-    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
-    sg = m.subgraphs[0]
-    return ([codes[op.opcodeIndex] for op in sg.operators],
-            {sg.tensors[i].name.decode(): types[sg.tensors[i].type] for i in sg.inputs})
+    return file_ops(buf, inputs_only=True)
 
 
-def _worst(buf: bytes, low: Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, int]:
+def _worst(buf: bytes, low: Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max |LiteRT - run_lowered(low)| per resolver (0: bit exact)."""
-    worst = {"reference": 0, "xnnpack": 0}
-    for f in feeds:
-        for mode, ref in (("reference", True), ("xnnpack", False)):
-            got, _ = litert_run(buf, f, ref)
-            want = run_lowered(low, f, kernels=mode)
-            for k, v in want.items():
-                d = np.abs(got[k].astype(np.float64) - v.astype(np.float64)).max()
-                worst[mode] = max(worst[mode], float(d))
-    return worst
+    return worst_lsb(buf, feeds, lambda f, mode: run_lowered(low, f, kernels=mode))
 
 
 def _int16_feeds(low: Graph, seed: int) -> list[dict[str, np.ndarray]]:

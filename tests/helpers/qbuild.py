@@ -99,22 +99,44 @@ def litert_run(buf: bytes, feeds: dict[str, np.ndarray], ref: bool,
     return {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}, it
 
 
+def worst_lsb(buf: bytes, feeds: Sequence[dict[str, np.ndarray]], want) -> dict[str, float]:
+    """Max |LiteRT - ``want(feed, mode)``| per mode ("reference": BUILTIN_REF, "xnnpack":
+    the default resolver) over ``feeds``, output by output (0 means bit exact)."""
+    worst = {"reference": 0, "xnnpack": 0}
+    for feed in feeds:
+        for mode, ref in (("reference", True), ("xnnpack", False)):
+            got, _ = litert_run(buf, feed, ref)
+            for name, arr in want(feed, mode).items():
+                d = np.abs(got[name].astype(np.float64) - arr.astype(np.float64)).max()
+                worst[mode] = max(worst[mode], float(d))
+    return worst
+
+
 def compare_all(g: Graph, seeds: Sequence[int] = (1, 2, 3)) -> dict[str, int]:
     """Max |LiteRT - reference| per mode over a few random feeds (0 means bit exact)."""
     from qatir.reference import run_reference
     from qatir.tflite_writer import to_tflite
 
-    buf = to_tflite(g, io="int8")
-    worst = {"reference": 0, "xnnpack": 0}
-    for seed in seeds:
-        feeds = int8_feed(g, seed)
-        for mode, ref in (("reference", True), ("xnnpack", False)):
-            got, _ = litert_run(buf, feeds, ref)
-            want = run_reference(g, feeds, kernels=mode)
-            for name, arr in want.items():
-                d = np.abs(got[name].astype(np.int32) - arr.astype(np.int32)).max()
-                worst[mode] = max(worst[mode], int(d))
-    return worst
+    worst = worst_lsb(to_tflite(g, io="int8"), [int8_feed(g, seed) for seed in seeds],
+                      lambda feed, mode: run_reference(g, feed, kernels=mode))
+    return {mode: int(d) for mode, d in worst.items()}
+
+
+def file_ops(buf: bytes, inputs_only: bool = False
+             ) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """A flatbuffer's operators as (name, version) in order, and its tensors' types by
+    name (only the subgraph's inputs with ``inputs_only``)."""
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.ModelT.InitFromPackedBuf(buf, 0)
+    names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [(names[max(c.builtinCode, c.deprecatedBuiltinCode)], c.version)
+             for c in m.operatorCodes]
+    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+    sg = m.subgraphs[0]
+    which = sg.inputs if inputs_only else range(len(sg.tensors))
+    return ([codes[op.opcodeIndex] for op in sg.operators],
+            {sg.tensors[i].name.decode(): types[sg.tensors[i].type] for i in which})
 
 
 def assert_int8_file_matches_reference(path, g: Graph, rng: np.random.Generator,
