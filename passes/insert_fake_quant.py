@@ -383,6 +383,7 @@ def insert_fake_quant(graph: Graph, ctx: PassContext) -> bool:
     graph.metadata["float_nodes"] = float_nodes
     graph.metadata["quant_table"] = table.name
     graph.metadata["bias_correction"] = table.bias_correction
+    graph.metadata["weight_rounding"] = table.weight_rounding
     ctx.notes["float_nodes"] = float_nodes
     ctx.notes["fake_quant_inserted"] = len(ins.created)
     return bool(ins.created)

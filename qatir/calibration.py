@@ -68,27 +68,34 @@ def set_range(node: Node, lo: np.ndarray, hi: np.ndarray) -> None:
         t.data = np.asarray(v, np.float32).reshape(t.shape).copy()
 
 
+def weight_range(node: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """The range a weight FAKE_QUANT takes from its current weights, or None when it is
+    not computed from them (a learned range, a non-constant weight)."""
+    q = get_quantizer(node.attrs["quantizer"])
+    w = node.inputs[0]
+    if q.trainable or not q.calibrates or not w.is_const:
+        return None
+    rows = as_rows(np.asarray(w.data, np.float32), node.attrs.get("axis"))
+    lo, hi = include_zero(rows.min(axis=0), rows.max(axis=0))
+    if node.attrs.get("symmetric"):
+        lo, hi = symmetric_range(lo, hi)
+    # a channel of denormals (a zero batch-norm gamma folded in) takes the widest
+    # channel's range, or [-1, 1]: its weights quantize to zero (see MIN_RANGE)
+    tiny = ((hi - lo) < MIN_RANGE) & ((hi != 0) | (lo != 0))
+    if np.any(tiny):
+        wide = (hi - lo) >= MIN_RANGE
+        lo = np.where(tiny, lo[wide].min() if wide.any() else -1.0, lo).astype(np.float32)
+        hi = np.where(tiny, hi[wide].max() if wide.any() else 1.0, hi).astype(np.float32)
+    return lo, hi
+
+
 def refresh_weight_ranges(graph: Graph) -> None:
     """Set weight FAKE_QUANT ranges from the current weights (unless the range is learned)."""
     for node in graph.nodes:
-        if node.op != "FAKE_QUANT" or node.attrs.get("kind") != "weight":
-            continue
-        q = get_quantizer(node.attrs["quantizer"])
-        w = node.inputs[0]
-        if q.trainable or not q.calibrates or not w.is_const:
-            continue
-        rows = as_rows(np.asarray(w.data, np.float32), node.attrs.get("axis"))
-        lo, hi = include_zero(rows.min(axis=0), rows.max(axis=0))
-        if node.attrs.get("symmetric"):
-            lo, hi = symmetric_range(lo, hi)
-        # a channel of denormals (a zero batch-norm gamma folded in) takes the widest
-        # channel's range, or [-1, 1]: its weights quantize to zero (see MIN_RANGE)
-        tiny = ((hi - lo) < MIN_RANGE) & ((hi != 0) | (lo != 0))
-        if np.any(tiny):
-            wide = (hi - lo) >= MIN_RANGE
-            lo = np.where(tiny, lo[wide].min() if wide.any() else -1.0, lo).astype(np.float32)
-            hi = np.where(tiny, hi[wide].max() if wide.any() else 1.0, hi).astype(np.float32)
-        set_range(node, lo, hi)
+        if node.op == "FAKE_QUANT" and node.attrs.get("kind") == "weight":
+            rng = weight_range(node)
+            if rng is not None:
+                set_range(node, *rng)
 
 
 def retie_shared_inputs(graph: Graph) -> list[str]:
@@ -196,8 +203,10 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
     Batches larger than a fixed-batch graph's are split into graph-sized pieces
     (:func:`qatir.feeds.split_batch`); ``max_batches`` counts those pieces. A
     callable returning a fresh iterable is accepted too. When the table asks for
-    it (``[calibration] bias_correction``), biases are then corrected for weight
-    rounding (:mod:`qatir.bias_correction`), which reads the data again: a one-shot
+    it (``[calibration] weight_rounding = "gptq"``), weights are then rounded for the
+    layers' outputs (:mod:`qatir.weight_rounding`) and (``[calibration]
+    bias_correction``) biases corrected for weight rounding
+    (:mod:`qatir.bias_correction`); each reads the data again: a one-shot
     iterator (a generator) is then refused up front. ``quantizer_options`` maps a
     quantizer name to options for it, e.g. ``{"percentile": {"percentile": 99.9}}``.
     ``engine``: "auto", "litert" or "tf" (module docstring); ``threads``: LiteRT's
@@ -210,6 +219,13 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
         raise QatirError(f"calibrate: engine must be one of {ENGINES}, got {engine!r}")
     data = Passes(graph, batches, max_batches)
     correct = bool(graph.metadata.get("bias_correction"))
+    rounding = graph.metadata.get("weight_rounding", "nearest") == "gptq"
+    if rounding and data.one_shot:
+        raise QatirError(f"calibrate: graph {graph.name!r} has weight_rounding = \"gptq\" "
+                         "([calibration] weight_rounding), which reads the data a second "
+                         f"time, but the batches are a one-shot {type(batches).__name__}: "
+                         "pass a re-iterable (a list, a tf.data.Dataset) or a callable "
+                         "returning a fresh iterator")
     if correct and data.one_shot:
         raise QatirError(f"calibrate: graph {graph.name!r} has bias correction on "
                          "([calibration] bias_correction), which reads the data a second "
@@ -265,6 +281,12 @@ def calibrate(graph: Graph, batches: Iterable[Any] | Callable[[], Iterable[Any]]
     retie_shared_inputs(graph)
     refresh_weight_ranges(graph)
     refresh_quant(graph)
+    if rounding:
+        from qatir import weight_rounding
+
+        weight_rounding.round_weights(graph, data)
+        refresh_weight_ranges(graph)
+        refresh_quant(graph)
     if correct:
         from qatir import bias_correction
 

@@ -99,6 +99,12 @@ class Table:
         where it lowers the output error on the calibration data; qatir.bias_correction)."""
         return self.data["calibration"].get("bias_correction", False)
 
+    @property
+    def weight_rounding(self) -> str:
+        """How calibration rounds conv/FC weights: "nearest", or "gptq" (each layer's
+        output error on the calibration data; qatir.weight_rounding)."""
+        return self.data["calibration"].get("weight_rounding", "nearest")
+
     def constraint_ops(self, key: str) -> frozenset[str]:
         return frozenset(self.data["constraints"].get(key, ()))
 
