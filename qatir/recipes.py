@@ -16,9 +16,9 @@ int8 nodes (they quantize it again on their input), so when the real SQNR falls 
 picks' readers follow them first (int16 where they can, else float), then further units
 are added, a quarter more each check, until the real SQNR reaches the target or none are
 left (at most :data:`MAX_CHECKS` checks; the last one takes every unit worth taking).
-When that still falls short and the table does not correct biases, one more check turns
-``calibration.bias_correction`` on, kept if it measures better (16x8 keeps int8 weights:
-their error is what int16 activations leave).
+When that still falls short, one more check each turns ``calibration.weight_rounding =
+"gptq"`` and then ``calibration.bias_correction`` on, each kept if it measures better (16x8
+keeps int8 weights: their error is what int16 activations leave; :data:`WEIGHT_FIXES`).
 
 The checks aim at the target plus a margin (:data:`MARGIN_DB`): what is checked is the
 calibration samples, what is deployed meets others. ``check="file"`` checks the exported
@@ -71,6 +71,8 @@ class Suggestion:
     margin_db: float = 0.0
     #: the table turns ``calibration.bias_correction`` on (tried when the rest fell short)
     bias_correction: bool = False
+    #: the table's ``calibration.weight_rounding`` (``"gptq"`` tried when the rest fell short)
+    weight_rounding: str = "nearest"
 
     def format_text(self) -> str:
         state = "reached" if self.reached else "NOT reached"
@@ -81,6 +83,7 @@ class Suggestion:
                 f"{100 * self.int8_mac_share:.1f}% of MACs, int8 or int16 "
                 f"{100 * self.int8_or_int16_mac_share:.1f}%; int16: {self.int16 or 'none'}; "
                 f"float: {self.float or 'none'}; int16 graph inputs: {self.inputs or 'none'}"
+                + ("; GPTQ weight rounding" if self.weight_rounding == "gptq" else "")
                 + ("; bias correction on" if self.bias_correction else ""))
 
 
@@ -360,24 +363,35 @@ def suggest_table(rep, target: float, allow_int16: bool = True, allow_float: boo
             continue
         # then more units, a growing step at a time (the real check is the costly part)
         k = len(order) if checks == MAX_CHECKS - 1 else min(len(order), k + max(1, k // 4))
-    corrected = False
-    if real < goal and not base["calibration"].get("bias_correction"):
-        data, real, corrected = _with_bias_correction(rep, data, real, measure)
+    taken: dict[str, Any] = {}
+    for key, value in WEIGHT_FIXES:
+        if real >= goal or base["calibration"].get(key, False) not in (False, "nearest"):
+            continue
+        data, real, kept = _with_calibration(rep, data, real, measure, key, value)
         checks += 1
+        if kept:
+            taken[key] = value
     s8, s816 = _shares(rep, i16, fl)
     rep.suggestion = Suggestion(target, real, est if k else rep.full_int8_sqnr_db, i16, fl, ins,
-                                s8, s816, real >= target, checks, check, margin_db, corrected)
+                                s8, s816, real >= target, checks, check, margin_db,
+                                "bias_correction" in taken,
+                                taken.get("weight_rounding", "nearest"))
     return data
 
 
-def _with_bias_correction(rep, data: dict[str, Any], real: float, measure
-                          ) -> tuple[dict[str, Any], float, bool]:
-    """``data`` with ``calibration.bias_correction = true`` when that measures better: what
-    int16 activations leave is mostly the int8 weights' error (16x8 keeps int8 weights), and
-    bias correction takes out its mean (YOLOv8n, every unit and the input int16: 26.63 ->
-    28.41 dB in the file)."""
+#: what :func:`suggest_table` tries, in order, when the units fall short: what int16
+#: activations leave is mostly the int8 weights' error (16x8 keeps int8 weights); GPTQ
+#: rounding lowers it, bias correction takes out its mean (YOLOv8n, every unit and the
+#: input int16: 26.63 -> 28.41 dB in the file with bias correction)
+WEIGHT_FIXES = (("weight_rounding", "gptq"), ("bias_correction", True))
+
+
+def _with_calibration(rep, data: dict[str, Any], real: float, measure, key: str, value: Any
+                      ) -> tuple[dict[str, Any], float, bool]:
+    """``data`` with ``calibration.<key> = value`` when that measures better, its SQNR, and
+    whether it did."""
     fixed = json.loads(json.dumps(data))
-    fixed["calibration"]["bias_correction"] = True
+    fixed["calibration"][key] = value
     got = measure(rep.graph, fixed, rep.calib)
     return (fixed, got, True) if got > real else (data, real, False)
 

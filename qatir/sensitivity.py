@@ -93,9 +93,10 @@ def sqnrs(gated: Any, configs: list[tuple[np.ndarray, np.ndarray]],
 def float_ref(graph: Graph, q: Graph, feeds: list[Mapping[str, np.ndarray]]
               ) -> list[np.ndarray] | None:
     """The float graph's outputs on ``feeds`` (in the gated program's order) where ``q``'s
-    calibration corrected biases: the gated program's own float run (every gate 0) keeps
-    the corrected biases, so it is not the float model. None where it is."""
-    if not q.metadata.get("bias_corrections"):
+    calibration corrected biases or rounded weights by GPTQ: the gated program's own float
+    run (every gate 0) keeps those biases and weights, so it is not the float model. None
+    where it is."""
+    if not q.metadata.get("bias_corrections") and not q.metadata.get("weight_rounding_done"):
         return None
     import qatir
 

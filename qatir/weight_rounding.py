@@ -41,7 +41,7 @@ import numpy as np
 from qatir.bias_correction import _grid as _input_grid
 from qatir.bias_correction import _input_name, _on_grid, _tap_index, _weight_fq
 from qatir.ir import Graph, Node
-from qatir.numerics import fake_quant, fake_quant_steps
+from qatir.numerics import fake_quant_steps, nudged_params
 
 log = logging.getLogger("qatir.weight_rounding")
 
@@ -53,6 +53,8 @@ METHODS = ("nearest", "gptq")
 MIN_ROWS_PER_COLUMN = 4
 #: the Hessian's damping, a fraction of its mean diagonal
 DAMP = 0.01
+#: columns rounded between two updates of the columns after them (the result is the same)
+BLOCK = 128
 
 
 def targets(graph: Graph) -> list[Node]:
@@ -129,35 +131,71 @@ def hessian_parts(node: Node, rows: np.ndarray, groups: int) -> np.ndarray:
     return np.einsum("gnp,gnq->gpq", r, r)
 
 
-def gptq(w: np.ndarray, h: np.ndarray, quantize, pinned: np.ndarray) -> np.ndarray:
-    """Round ``w`` ``[O, K]`` (one problem) given its Hessian ``h`` ``[K, K]``.
+class Grid:
+    """Each weight's own grid (TF's per-channel fake-quant, bit for bit): ``lo``/``hi`` of
+    any shape, one range per weight; :meth:`__call__` puts values of that shape on it, or
+    (``col``) the values of one last-axis column."""
 
-    ``quantize(values, cols)``: the grid values of ``values`` ``[O, len(cols)]``, the
-    weights at input columns ``cols``; ``pinned`` ``[O, K]`` (bool): weights that take
-    their nearest value whatever the updates made of them. Returns the rounded ``[O, K]``.
-    """
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, bits: int, narrow: bool):
+        lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+        scale, _, nmin, nmax = nudged_params(lo, hi, bits, narrow)
+        steps = np.float32((1 << bits) - 1 - (1 if narrow else 0))
+        inv = (steps / np.where(hi > lo, hi - lo, scale * steps)).astype(np.float32)
+        qz = np.floor(-nmin * inv + np.float32(0.5)).astype(np.float32)
+        scale = np.where((lo == 0) & (hi == 0), np.float32(0), scale).astype(np.float32)
+        self.params = np.stack([scale, nmin, nmax, inv, qz])  # [5, *shape]
+
+    def permuted(self, order: np.ndarray) -> Grid:
+        """The grid with the last axis of ``[G, O, K]`` taken in ``order`` ``[G, K]``."""
+        out = object.__new__(Grid)
+        out.params = np.take_along_axis(self.params, order[None, :, None, :], axis=-1)
+        return out
+
+    def __call__(self, x: np.ndarray, col: int | None = None) -> np.ndarray:
+        scale, nmin, nmax, inv, qz = self.params if col is None else self.params[..., col]
+        shifted = (np.clip(np.asarray(x, np.float32), nmin, nmax) - nmin).astype(np.float32)
+        k = np.floor((shifted * inv - qz) + np.float32(0.5))
+        return (k * scale).astype(np.float32).astype(np.float64)
+
+
+def gptq(w: np.ndarray, h: np.ndarray, grid: Grid, pinned: np.ndarray) -> np.ndarray:
+    """Round ``w`` ``[G, O, K]`` (G independent problems) given their Hessians ``h``
+    ``[G, K, K]`` onto ``grid`` (of ``w``'s shape); ``pinned`` ``[G, O, K]`` (bool): weights
+    that take their nearest value whatever the updates made of them. Returns the rounded
+    ``[G, O, K]``."""
     w = w.astype(np.float64).copy()
-    nearest = quantize(w, np.arange(w.shape[1]))
+    nearest = grid(w)
     h = h.astype(np.float64).copy()
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    w[:, dead] = nearest[:, dead]
-    order = np.argsort(-np.diag(h), kind="stable")
-    w, h, pin, near = w[:, order], h[np.ix_(order, order)], pinned[:, order], nearest[:, order]
-    h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
+    diag = np.diagonal(h, axis1=1, axis2=2).copy()
+    dead = diag <= 0
+    g_dead, k_dead = np.nonzero(dead)
+    h[g_dead, k_dead, k_dead] = 1.0
+    w = np.where(dead[:, None, :], nearest, w)
+    order = np.argsort(-np.where(dead, 1.0, diag), axis=1, kind="stable")  # act order
+    o3 = order[:, None, :]
+    w, pin, near = (np.take_along_axis(a, o3, axis=2) for a in (w, pinned, nearest))
+    h = np.take_along_axis(np.take_along_axis(h, o3, axis=2), order[:, :, None], axis=1)
+    grid = grid.permuted(order)
+    k = w.shape[2]
+    idx = np.arange(k)
+    h[:, idx, idx] += DAMP * np.mean(h[:, idx, idx], axis=1, keepdims=True)
     try:
-        u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: H⁻¹ = UᵀU
+        u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper: H⁻¹ = UᵀU
     except np.linalg.LinAlgError:
         return nearest
     q = np.empty_like(w)
-    for i in range(w.shape[1]):
-        qi = quantize(w[:, i:i + 1], order[i:i + 1])[:, 0]
-        qi = np.where(pin[:, i], near[:, i], qi)
-        q[:, i] = qi
-        err = (w[:, i] - qi) / u[i, i]
-        w[:, i + 1:] -= np.outer(err, u[i, i + 1:])
+    for b0 in range(0, k, BLOCK):  # updates inside a block, the rest once after it
+        b1 = min(b0 + BLOCK, k)
+        errs = np.empty(w.shape[:2] + (b1 - b0,))
+        for i in range(b1 - b0):
+            c = b0 + i
+            qc = np.where(pin[:, :, c], near[:, :, c], grid(w[:, :, c], c))
+            q[:, :, c] = qc
+            errs[:, :, i] = (w[:, :, c] - qc) / u[:, c, c][:, None]
+            w[:, :, c + 1:b1] -= errs[:, :, i, None] * u[:, None, c, c + 1:b1]
+        w[:, :, b1:] -= errs @ u[:, b0:b1, b1:]
     back = np.empty_like(q)
-    back[:, order] = q
+    np.put_along_axis(back, np.broadcast_to(o3, q.shape), q, axis=2)
     return back
 
 
@@ -174,22 +212,17 @@ def round_node(node: Node, h: np.ndarray) -> bool:
     w0 = np.asarray(fq.inputs[0].data, np.float32)
     shape = w0.shape
     # the grid, per weight: one range per channel along ``axis`` (or one for all)
-    lo_full = np.broadcast_to(_along(np.asarray(lo, np.float32), axis, shape), shape)
-    hi_full = np.broadcast_to(_along(np.asarray(hi, np.float32), axis, shape), shape)
-    wp, groups = problems(node, w0)
-    lo_p, _ = problems(node, np.ascontiguousarray(lo_full))
-    hi_p, _ = problems(node, np.ascontiguousarray(hi_full))
+    lo_p = problems(node, np.ascontiguousarray(np.broadcast_to(
+        _along(np.asarray(lo, np.float32), axis, shape), shape)))[0]
+    hi_p = problems(node, np.ascontiguousarray(np.broadcast_to(
+        _along(np.asarray(hi, np.float32), axis, shape), shape)))[0]
     # the weights that set their channel's range keep their nearest value
     rows_w = _as_channel_rows(w0, axis)
-    pin_full = np.zeros(rows_w.shape, bool)
-    pin_full[np.argmin(rows_w, axis=0), np.arange(rows_w.shape[1])] = True
-    pin_full[np.argmax(rows_w, axis=0), np.arange(rows_w.shape[1])] = True
-    pin_p, _ = problems(node, _from_channel_rows(pin_full, axis, shape))
-    out = np.empty(wp.shape, np.float64)
-    for g in range(groups):
-        def quantize(values, cols, g=g):
-            return _grid(values, lo_p[g][:, cols], hi_p[g][:, cols], bits, narrow)
-        out[g] = gptq(wp[g], h[g], quantize, pin_p[g])
+    pin = np.zeros(rows_w.shape, bool)
+    pin[np.argmin(rows_w, axis=0), np.arange(rows_w.shape[1])] = True
+    pin[np.argmax(rows_w, axis=0), np.arange(rows_w.shape[1])] = True
+    out = gptq(problems(node, w0)[0], h, Grid(lo_p, hi_p, bits, narrow),
+               problems(node, _from_channel_rows(pin, axis, shape))[0])
     new = unproblems(node, out, shape).astype(np.float32)
     # calibration computes the range again from the rounded weights: it must be the
     # same grid and give the same integers, or the node keeps nearest rounding
@@ -204,14 +237,6 @@ def round_node(node: Node, h: np.ndarray) -> bool:
         fq.inputs[0].data = w0
         return False
     return True
-
-
-def _grid(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int, narrow: bool
-          ) -> np.ndarray:
-    """Each value on its own weight's grid (``lo``/``hi`` the same shape as ``values``)."""
-    flat = np.asarray(values, np.float32).reshape(1, -1)
-    q = fake_quant(flat, lo.reshape(-1), hi.reshape(-1), bits, narrow, axis=1)
-    return q.reshape(values.shape).astype(np.float64)
 
 
 def _along(v: np.ndarray, axis: int | None, shape: Sequence[int]) -> np.ndarray:

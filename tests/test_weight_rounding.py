@@ -138,17 +138,14 @@ def test_the_weights_that_set_a_range_keep_their_nearest_value():
         x = rng.normal(size=(200, 8)) @ rng.normal(size=(8, 40))  # correlated: big updates
         h = x.T @ x
         m = np.abs(w).max(axis=1, keepdims=True)
-
-        def quantize(values, cols, m=m):
-            return weight_rounding._grid(values, np.broadcast_to(-m, values.shape),
-                                         np.broadcast_to(m, values.shape), 8, True)
-
-        top = np.abs(quantize(w, None)).max(axis=1)
+        grid = weight_rounding.Grid(np.broadcast_to(-m, w.shape)[None],
+                                    np.broadcast_to(m, w.shape)[None], 8, True)
+        top = np.abs(grid(w[None])[0]).max(axis=1)
         pinned = np.abs(w) == m
-        q = weight_rounding.gptq(w, h, quantize, pinned)
+        q = weight_rounding.gptq(w[None], h[None], grid, pinned[None])[0]
         np.testing.assert_array_equal(np.abs(q).max(axis=1), top)
-        np.testing.assert_array_equal(q[pinned], quantize(w, None)[pinned])
-        free = weight_rounding.gptq(w, h, quantize, np.zeros_like(pinned))
+        np.testing.assert_array_equal(q[pinned], grid(w[None])[0][pinned])
+        free = weight_rounding.gptq(w[None], h[None], grid, np.zeros_like(pinned)[None])[0]
         moved += int(np.any(np.abs(free[pinned]) < top))
     assert moved  # the pin is what kept them
 
@@ -185,3 +182,18 @@ def test_an_unknown_rounding_names_the_table_entry(tmp_path):
     path.write_text(text)
     with pytest.raises(TableError, match=r"bad\.toml: calibration\.weight_rounding"):
         load_table(path)
+
+
+def test_the_grid_is_tf_per_channel_fake_quant_bit_for_bit():
+    from qatir.numerics import fake_quant
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(5, 300)).astype(np.float32) * 3
+    hi = np.abs(rng.normal(size=5)).astype(np.float32) * 4
+    hi[0] = 0.0  # an all-zero channel
+    lo = -hi
+    want = fake_quant(x, lo, hi, 8, True, axis=0)
+    grid = weight_rounding.Grid(np.broadcast_to(lo[:, None], x.shape),
+                                np.broadcast_to(hi[:, None], x.shape), 8, True)
+    np.testing.assert_array_equal(grid(x), want)
+    np.testing.assert_array_equal(grid(x[:, 7], 7), want[:, 7])

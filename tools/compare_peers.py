@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict] = {
     "bias_correction": {"bias_correction": True},
     "bias_correction_auto": {"bias_correction": "auto"},
     "no_bias_correction": {"bias_correction": False},
+    "gptq": {"weight_rounding": "gptq"},
     "cle": {"fusions": {"name": "cle", "kind": "cross_layer_equalization",
                         "ops": ["DEPTHWISE_CONV_2D", "CONV_2D"], "note": "W1/s, b1/s, W2*s"}},
     "no_cle": {"no_fusion": "cross_layer_equalization"},
