@@ -168,7 +168,8 @@ def test_suggest_margin_keeps_adding_units(report):
     report.suggest(30, margin_db=500.0)  # unreachable: it takes every unit, then stops
     s = report.suggestion
     assert s.reached and 30.0 < low.sqnr_db < s.sqnr_db < 530.0
-    assert len(low.int16) < len(s.int16)
+    assert len(low.int16) + len(low.float) < len(s.int16) + len(s.float)
+    assert s.float_weights  # last, float islands for the int8 weights left
     assert len(s.int16) + len(s.float) == len(report.rows) - 1  # all but the graph input
     assert s.inputs == ["x"]  # which comes last, as int16
     with pytest.raises(qatir.QatirError, match="check must be one of"):
@@ -315,12 +316,33 @@ def _biased_weights_net() -> qatir.Graph:
     return g
 
 
-def test_suggest_turns_bias_correction_on_when_int16_falls_short():
+def test_suggest_fixes_the_int8_weights_when_int16_falls_short():
+    """Every unit int16 leaves the weights' common rounding shift: GPTQ rounding (tried
+    first) or bias correction removes it."""
     g = _biased_weights_net()
     calib = [{"x": np.abs(f["x"]) + 1.0} for f in _calib(4)]
     calib = [{"x": np.concatenate([f["x"], f["x"]], axis=-1)} for f in calib]
     rep = qatir.analyze(g, calib)
-    table = rep.suggest(120)  # beyond reach: every unit int16, then bias correction
+    table = rep.suggest(120, allow_float=False)  # beyond reach: every unit int16, then fixes
+    s = rep.suggestion
+    assert not s.reached and not s.float_weights
+    assert s.weight_rounding == "gptq" and "GPTQ weight rounding" in s.format_text()
+    assert table["calibration"]["weight_rounding"] == "gptq"
+    assert table["calibration"].get("bias_correction", False) is s.bias_correction
+    plain = json.loads(json.dumps(table))
+    plain["calibration"].update(bias_correction=False, weight_rounding="nearest")
+    assert s.sqnr_db > real_sqnr(g, plain, calib) + 3.0
+
+
+def test_suggest_turns_bias_correction_on_when_int16_falls_short(monkeypatch):
+    from qatir import recipes
+
+    monkeypatch.setattr(recipes, "WEIGHT_FIXES", (("bias_correction", True),))  # that one alone
+    g = _biased_weights_net()
+    calib = [{"x": np.abs(f["x"]) + 1.0} for f in _calib(4)]
+    calib = [{"x": np.concatenate([f["x"], f["x"]], axis=-1)} for f in calib]
+    rep = qatir.analyze(g, calib)
+    table = rep.suggest(120, allow_float=False)  # beyond reach: every unit int16, then this
     s = rep.suggestion
     assert not s.reached and s.bias_correction and "bias correction on" in s.format_text()
     assert table["calibration"]["bias_correction"] is True
@@ -340,3 +362,46 @@ def test_analyze_with_bias_correction_measures_against_the_float_model():
     rep = qatir.analyze(g, calib, table=data)
     assert rep.ref is not None
     assert rep.full_int8_sqnr_db == pytest.approx(real_sqnr(g, data, calib), abs=0.05)
+
+
+def _coarse_weights_net():
+    """Three convs; in the middle one each output channel has one weight 5x the others,
+    so its int8 weight step is coarse. With int8 activations that costs about as much as
+    its activations (the analysis takes it int16), but once every unit is int16 its
+    weights are what is left."""
+    from qatir.ir import Graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("coarse_weights")
+    y = g.add_input("x", [1, 8, 8, 4])
+    cin = 4
+    for i, name in enumerate(["c1", "coarse", "c3"]):
+        w = rng.normal(size=(8, 3, 3, cin)) / np.sqrt(9 * cin)
+        if name == "coarse":
+            w[:, 0, 0, 0] *= 5.0
+        y = g.add_node("CONV_2D", [y, g.const(w.astype(np.float32), f"w{i}"),
+                                   g.const(np.zeros(8, np.float32), f"b{i}")],
+                       {"padding": "SAME"}, name=name).output
+        cin = 8
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def test_suggest_makes_float_the_unit_whose_int8_weights_cost_most():
+    from qatir.recipes import weight_costs
+
+    g = _coarse_weights_net()
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.normal(size=(1, 8, 8, 4)).astype(np.float32)} for _ in range(4)]
+    rep = qatir.analyze(g, calib)
+    every = rep.suggest(40, allow_float=False)  # int16 everywhere falls short
+    assert not rep.suggestion.reached and not rep.suggestion.float
+    costs = weight_costs(rep, every)
+    assert costs[0][0] == "coarse" and costs[0][1] > 0.5
+    table = rep.suggest(40)
+    s = rep.suggestion
+    assert s.reached and s.float_weights == ["coarse"] and s.float == ["coarse"]
+    assert "coarse" not in s.int16 and "float for their weights" in s.format_text()
+    assert s.int8_or_int16_mac_share == pytest.approx(1 - 36864 / (18432 + 2 * 36864))
+    assert real_sqnr(g, table, calib) == pytest.approx(s.sqnr_db)
